@@ -1,0 +1,156 @@
+"""Key files on disk: the broker's signing keys and locally generated private keys.
+
+Private keys are written with mode 0600 (created with O_EXCL, never overwritten) and never
+logged. A signing key file is ``<keys_dir>/signing/<kid>.json``::
+
+    {"kid": ..., "alg": "ES256", "state": "active", "created_at": 1790000000, "jwk": {private JWK}}
+
+``state`` is ``active`` (signs and is published), ``next`` (published, not yet signing) or
+``retired`` (published until its last token expires, then removed by the rotation script).
+Every replica must see the same folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from joserfc.jwk import ECKey, OKPKey, RSAKey
+
+from app.oauth.access_token import TokenSigner, VerificationKey
+
+_GENERATORS = {
+    "ES256": lambda: ECKey.generate_key("P-256"),
+    "ES384": lambda: ECKey.generate_key("P-384"),
+    "Ed25519": lambda: OKPKey.generate_key("Ed25519"),
+    "PS256": lambda: RSAKey.generate_key(2048),
+    "RS256": lambda: RSAKey.generate_key(2048),
+}
+_CLASSES = {"EC": ECKey, "RSA": RSAKey, "OKP": OKPKey}
+STATES = ("next", "active", "retired")
+
+
+class KeyFileError(Exception):
+    """A key file is unreadable or malformed; the message names the file, never its content."""
+
+
+class SigningKey(msgspec.Struct, frozen=True):
+    kid: str
+    alg: str
+    state: str
+    created_at: int
+    jwk: dict[str, Any]
+
+
+def generate_private_key(alg: str) -> Any:
+    return _GENERATORS[alg]()
+
+
+def import_private_jwk(jwk: dict[str, Any]) -> Any:
+    key = _CLASSES[jwk["kty"]].import_key(jwk)
+    if not key.is_private:
+        raise KeyFileError("the JWK holds no private key")
+    return key
+
+
+def public_jwk(key: Any, *, alg: str, kid: str | None = None) -> dict[str, Any]:
+    pub = key.as_dict(private=False)
+    pub.update(kid=kid or key.thumbprint(), alg=alg, use="sig")
+    return pub
+
+
+def write_private(path: Path, data: dict[str, Any]) -> None:
+    """Create ``path`` with mode 0600; refuse to overwrite an existing file."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"cannot read key file {path}: {type(exc).__name__}") from None
+
+
+def signing_dir(keys_dir: Path) -> Path:
+    return keys_dir / "signing"
+
+
+def load_signing_keys(keys_dir: Path) -> list[SigningKey]:
+    out = []
+    folder = signing_dir(keys_dir)
+    if not folder.is_dir():
+        return out
+    for path in sorted(folder.glob("*.json")):
+        try:
+            key = msgspec.convert(read_json(path), SigningKey)
+        except msgspec.ValidationError:
+            raise KeyFileError(f"malformed signing key file {path}") from None
+        if key.state not in STATES:
+            raise KeyFileError(f"{path}: state must be one of {', '.join(STATES)}")
+        out.append(key)
+    return out
+
+
+def create_signing_key(keys_dir: Path, alg: str, *, state: str, now: int | None = None) -> SigningKey:
+    key = generate_private_key(alg)
+    kid = key.thumbprint()
+    record = SigningKey(kid, alg, state, int(now or time.time()), key.as_dict(private=True))
+    write_private(signing_dir(keys_dir) / f"{kid}.json", msgspec.to_builtins(record))
+    return record
+
+
+def set_signing_key_state(keys_dir: Path, kid: str, state: str) -> None:
+    """Rewrite one key file's state atomically (write a temp file with 0600, then rename)."""
+    path = signing_dir(keys_dir) / f"{kid}.json"
+    data = read_json(path)
+    data["state"] = state
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+    os.replace(tmp, path)
+
+
+class SigningKeySet(msgspec.Struct, frozen=True):
+    """What the broker signs with and publishes, loaded once at start (and on reload)."""
+
+    signer: TokenSigner
+    verification_keys: dict[str, VerificationKey]
+    jwks: dict[str, Any]
+
+    @classmethod
+    def from_keys(cls, keys: list[SigningKey]) -> SigningKeySet:
+        from joserfc.jws import JWSRegistry
+
+        active = [k for k in keys if k.state == "active"]
+        if not active:
+            raise KeyFileError("no active signing key in the keys folder")
+        current = max(active, key=lambda k: (k.created_at, k.kid))
+        signer = TokenSigner(import_private_jwk(current.jwk), current.kid, current.alg)
+        published, verification = [], {}
+        for k in keys:
+            priv = import_private_jwk(k.jwk)
+            published.append(public_jwk(priv, alg=k.alg, kid=k.kid))
+            pub_key = _CLASSES[k.jwk["kty"]].import_key(priv.as_dict(private=False))
+            verification[k.kid] = VerificationKey(k.kid, k.alg, JWSRegistry.algorithms[k.alg], pub_key)
+        return cls(signer, verification, {"keys": published})
+
+
+def ensure_signing_keys(keys_dir: Path, alg: str) -> SigningKeySet:
+    """Load the signing keys; on a first start with an empty folder, create one active key."""
+    keys = load_signing_keys(keys_dir)
+    if not keys:
+        try:
+            create_signing_key(keys_dir, alg, state="active")
+        except FileExistsError:  # another process created the same kid: impossible, but harmless
+            pass
+        keys = load_signing_keys(keys_dir)
+    return SigningKeySet.from_keys(keys)

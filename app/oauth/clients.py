@@ -1,0 +1,155 @@
+"""Registered clients and their public keys (RFC 7591 §2 metadata, RFC 7517 keys).
+
+``ClientRecord`` is what the registry stores (JSON). ``Client`` is the prepared, in-memory form
+used on the hot path: every JWK parsed once into a joserfc key bound to its one algorithm.
+``validate_client_jwk`` is the registration-time gate for a public key (matrix #31-#33).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+from joserfc.jwk import ECKey, OKPKey, RSAKey
+from joserfc.jws import JWSRegistry
+
+from app.oauth.errors import OAuthError
+
+CLIENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+SCOPE_TOKEN_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+MAX_KEYS = 10
+_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+_ALG_KTY = {"ES256": ("EC", "P-256"), "ES384": ("EC", "P-384"), "PS256": ("RSA", None),
+            "RS256": ("RSA", None), "Ed25519": ("OKP", "Ed25519")}
+_KEY_CLASSES = {"EC": ECKey, "RSA": RSAKey, "OKP": OKPKey}
+
+
+class InvalidClientMetadata(OAuthError):
+    """RFC 7591 §3.2.2."""
+
+    error = "invalid_client_metadata"
+    description = "The client metadata is invalid."
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason)
+        #: Safe to show the administrator who sent the metadata (it names their own input).
+        self.detail = detail
+
+
+class ClientRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    client_id: str
+    jwks: dict[str, list[dict[str, Any]]]
+    scopes: tuple[str, ...] = ()
+    default_scopes: tuple[str, ...] = ()
+    audiences: tuple[str, ...] = ()
+    default_audience: str | None = None
+    grant_types: tuple[str, ...] = ("client_credentials",)
+    token_lifetime: int | None = None
+    enabled: bool = True
+    created_at: int = 0
+    updated_at: int = 0
+
+
+class PreparedKey(msgspec.Struct, frozen=True):
+    kid: str
+    alg: str
+    verifier: Any  # joserfc JWSAlgModel
+    key: Any  # joserfc public key
+
+
+class Client(msgspec.Struct, frozen=True):
+    record: ClientRecord
+    keys: dict[str, PreparedKey]
+    scopes: frozenset[str]
+
+    @property
+    def client_id(self) -> str:
+        return self.record.client_id
+
+
+def prepare_client(record: ClientRecord) -> Client:
+    """Parse every key once; the result is what the token endpoint uses."""
+    keys: dict[str, PreparedKey] = {}
+    for jwk in record.jwks.get("keys", ()):
+        alg = jwk["alg"]
+        key = _KEY_CLASSES[jwk["kty"]].import_key(jwk)
+        verifier = JWSRegistry.algorithms[alg]
+        verifier.check_key(key)
+        keys[jwk["kid"]] = PreparedKey(jwk["kid"], alg, verifier, key)
+    return Client(record, keys, frozenset(record.scopes))
+
+
+def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str, Any]:
+    """Check one public JWK for registration and return it stamped with ``alg``, ``use`` and ``kid``.
+
+    Refuses private or symmetric material, RSA outside 2048-4096 bits, curves that do not match the
+    algorithm, and keys meant for encryption. The kid defaults to the RFC 7638 thumbprint.
+    """
+    if not isinstance(jwk, dict):
+        raise InvalidClientMetadata("jwk_not_object", "each key must be a JSON object (a JWK)")
+    if _PRIVATE_MEMBERS & jwk.keys():
+        raise InvalidClientMetadata(
+            "jwk_private", "the key holds private key material; register only the public key"
+        )
+    kty = jwk.get("kty")
+    if kty not in _KEY_CLASSES:
+        raise InvalidClientMetadata(
+            "jwk_kty", f"unsupported key type {str(kty)[:20]!r}: use EC, RSA or OKP (no symmetric keys)"
+        )
+    alg = jwk.get("alg", default_alg)
+    if alg not in _ALG_KTY:
+        raise InvalidClientMetadata(
+            "jwk_alg", f"alg must be one of {', '.join(_ALG_KTY)} (got {str(alg)[:20]!r})"
+        )
+    want_kty, want_crv = _ALG_KTY[alg]
+    if kty != want_kty or (want_crv and jwk.get("crv") != want_crv):
+        raise InvalidClientMetadata("jwk_alg_mismatch", f"{alg} needs a {want_kty} key{' on ' + want_crv if want_crv else ''}")
+    if jwk.get("use", "sig") != "sig":
+        raise InvalidClientMetadata("jwk_use", "the key's use must be 'sig'")
+    ops = jwk.get("key_ops")
+    if ops is not None and (not isinstance(ops, list) or set(ops) - {"verify"}):
+        raise InvalidClientMetadata("jwk_key_ops", "key_ops may only contain 'verify'")
+    try:
+        key = _KEY_CLASSES[kty].import_key({k: v for k, v in jwk.items() if k not in ("alg", "use", "key_ops", "kid")})
+    except Exception:
+        raise InvalidClientMetadata("jwk_invalid", "the key could not be parsed (bad coordinates or modulus)") from None
+    if key.is_private:
+        raise InvalidClientMetadata("jwk_private", "the key holds private key material")
+    if kty == "RSA":
+        n = key.raw_value.public_numbers()
+        bits = n.n.bit_length()
+        if bits < 2048 or bits > 4096:
+            raise InvalidClientMetadata("jwk_rsa_size", f"RSA keys must be 2048-4096 bits (got {bits})")
+        if n.e < 3 or n.e % 2 == 0:
+            raise InvalidClientMetadata("jwk_rsa_exponent", "RSA public exponent must be odd and at least 3")
+    kid = jwk.get("kid") or key.thumbprint()
+    if not isinstance(kid, str) or not 1 <= len(kid) <= 128 or not kid.isascii() or not kid.isprintable():
+        raise InvalidClientMetadata("jwk_kid", "kid must be 1-128 printable ASCII characters")
+    public = key.as_dict(private=False)
+    public.update(kid=kid, alg=alg, use="sig")
+    return public
+
+
+def validate_client_jwks(keys: Iterable[Any], *, default_alg: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for jwk in keys:
+        public = validate_client_jwk(jwk, default_alg=default_alg)
+        if public["kid"] in seen:
+            raise InvalidClientMetadata("jwk_duplicate_kid", f"duplicate kid {public['kid']!r}")
+        seen.add(public["kid"])
+        out.append(public)
+    if len(out) > MAX_KEYS:
+        raise InvalidClientMetadata("jwks_too_many", f"at most {MAX_KEYS} keys per client")
+    return {"keys": out}
+
+
+def validate_scope_list(values: Iterable[Any], field: str) -> tuple[str, ...]:
+    out = []
+    for v in values:
+        if not isinstance(v, str) or not SCOPE_TOKEN_RE.fullmatch(v) or len(v) > 128:
+            raise InvalidClientMetadata("scope_invalid", f"{field}: {str(v)[:40]!r} is not a valid scope token (RFC 6749 §3.3)")
+        out.append(v)
+    return tuple(sorted(set(out)))

@@ -1,0 +1,85 @@
+"""The client-credentials grant decision: RFC 6749 §4.4 and §3.3 (scope), RFC 8707 (resource).
+
+``decide_grant`` turns an authenticated client and its request into what the token will say:
+the canonical scope set and the audience. Scope and audience never come from the assertion's
+claims (RFC 7521 §4.2: the assertion only authenticates), only from the form intersected with the
+client's registration.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+import msgspec
+
+from app.oauth.clients import Client
+from app.oauth.errors import InvalidRequest, InvalidScope, InvalidTarget, UnauthorizedClient
+from app.oauth.request import GRANT_CLIENT_CREDENTIALS
+
+# RFC 6749 App. A.4: scope = scope-token *( SP scope-token ); scope-token = 1*NQCHAR
+_SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
+SCOPE_MAX_LENGTH = 4096
+SCOPE_MAX_TOKENS = 100
+RESOURCE_MAX_LENGTH = 2048
+
+
+class Grant(msgspec.Struct, frozen=True):
+    client_id: str
+    scopes: tuple[str, ...]  # sorted, unique
+    audience: str
+    lifetime: int
+
+    @property
+    def scope(self) -> str:
+        return " ".join(self.scopes)
+
+
+def parse_scope(scope: str) -> tuple[str, ...]:
+    if len(scope) > SCOPE_MAX_LENGTH:
+        raise InvalidRequest("scope_too_large")
+    if not _SCOPE.fullmatch(scope):
+        raise InvalidScope("scope_syntax")
+    tokens = scope.split(" ")
+    if len(tokens) > SCOPE_MAX_TOKENS:
+        raise InvalidRequest("scope_too_large")
+    return tuple(sorted(set(tokens)))
+
+
+def check_resource(resource: str) -> str:
+    """RFC 8707 §2: an absolute URI without a fragment."""
+    if len(resource) > RESOURCE_MAX_LENGTH or not resource.isascii() or not resource.isprintable() or " " in resource:
+        raise InvalidTarget("resource_invalid")
+    try:
+        parts = urlsplit(resource)
+    except ValueError:
+        raise InvalidTarget("resource_invalid") from None
+    if not parts.scheme or "#" in resource or not (parts.netloc or parts.path):
+        raise InvalidTarget("resource_invalid")
+    return resource
+
+
+def decide_grant(client: Client, scope: str | None, resource: str | None, default_lifetime: int) -> Grant:
+    record = client.record
+    if GRANT_CLIENT_CREDENTIALS not in record.grant_types:
+        raise UnauthorizedClient("grant_not_allowed")
+
+    if scope is None:
+        scopes = record.default_scopes
+        if not scopes:
+            raise InvalidScope("scope_none_default")
+    else:
+        scopes = parse_scope(scope)
+        if not client.scopes.issuperset(scopes):
+            raise InvalidScope("scope_not_allowed")
+
+    if resource is None:
+        audience = record.default_audience
+        if audience is None:
+            raise InvalidTarget("resource_required")
+    else:
+        audience = check_resource(resource)
+        if audience not in record.audiences and audience != record.default_audience:
+            raise InvalidTarget("resource_not_allowed")
+
+    return Grant(record.client_id, tuple(scopes), audience, record.token_lifetime or default_lifetime)

@@ -1,0 +1,84 @@
+"""Strict JOSE parsing helpers shared by the assertion and access-token verifiers.
+
+RFC 7515 §5.2 and RFC 8725 §3.7 let a recipient refuse what stdlib ``json`` would accept:
+duplicate members, ``NaN``/``Infinity``, invalid UTF-8, non-canonical base64url. Both verifiers
+go through these functions so that every parser on the path sees the same values.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from typing import Any
+
+_MAX_SAFE_INT = 2**53
+
+
+class Malformed(ValueError):
+    """A JOSE segment or claim is malformed; ``reason`` is a stable log code."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def b64url(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def b64decode(segment: bytes) -> bytes | None:
+    """Decode unpadded base64url; None for anything non-canonical (stray trailing bits)."""
+    try:
+        data = base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    if b64url(data) != segment:
+        return None
+    return data
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate member")
+    return obj
+
+
+def strict_object(segment: bytes, reason: str) -> dict[str, Any]:
+    """Decode one base64url segment as a JSON object, or raise ``Malformed(reason)``."""
+    data = b64decode(segment)
+    if data is None:
+        raise Malformed(reason)
+    try:
+        obj = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
+    except Exception:  # ValueError, UnicodeDecodeError, RecursionError, int-size limits
+        raise Malformed(reason) from None
+    if type(obj) is not dict:
+        raise Malformed(reason)
+    return obj
+
+
+def numeric_date(value: Any, reason: str) -> float:
+    """RFC 7519 §2 NumericDate: a finite JSON number; booleans, strings and huge ints are refused."""
+    t = type(value)
+    if t is int:
+        if -_MAX_SAFE_INT < value < _MAX_SAFE_INT:
+            return value
+    elif t is float and math.isfinite(value):
+        return value
+    raise Malformed(reason)
+
+
+def clean(text: str) -> bool:
+    """No lone surrogates (they break UTF-8 encoders in Redis clients and logs)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

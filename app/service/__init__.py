@@ -1,0 +1,1 @@
+"""The only place that joins the protocol core (``app.oauth``) with the stores (``app.store``)."""

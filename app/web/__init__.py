@@ -1,0 +1,1 @@
+"""Litestar layer: the only place Litestar types appear (besides the app factory)."""
