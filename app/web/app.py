@@ -17,6 +17,7 @@ from litestar.exceptions import HTTPException
 
 from app import logging as broker_logging
 from app.config import Settings
+from app.metrics import Metrics
 from app.keystore import SigningKeySet, ensure_signing_keys
 from app.oauth import metadata as oauth_metadata
 from app.oauth.errors import InvalidRequest, OAuthError, ServerError
@@ -31,6 +32,7 @@ from app.web.routes import ROUTES
 def create_app(settings: Settings, *, redis: Any = None, clock: Callable[[], float] = time.time, log_stream: Any = None) -> Litestar:
     broker_logging.configure(settings.log_level, log_stream)
     log = broker_logging.get_logger()
+    metrics = Metrics()
     client = redis if redis is not None else connect(settings.redis_url, timeout=settings.redis_timeout, retries=settings.redis_retries)
     store_opts = {"timeout": settings.redis_timeout, "retries": settings.redis_retries}
     registry = RedisClientRegistry(client, **store_opts)
@@ -108,6 +110,7 @@ def create_app(settings: Settings, *, redis: Any = None, clock: Callable[[], flo
                 "admin_service": admin_service,
                 "health": registry,
                 "registry": registry,
+                "metrics": metrics,
                 "directory": directory,
                 "signer": signer,
                 "jwks": jwks,
