@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
 from app.config import ConfigError, Settings
 
@@ -14,7 +16,13 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="start the broker (settings from BROKER_* environment variables)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--workers", type=_workers, default=1,
+                       help="worker processes: a number, or 0 / 'auto' for one per core (default 1)")
+    serve.add_argument("--graceful-timeout", type=int, default=20,
+                       help="seconds in-flight requests get to finish after SIGTERM (default 20)")
+    keys_cmd = sub.add_parser("keys", help="signing-key folder tasks (see scripts/rotate_signing_key.py)")
+    keys_cmd.add_argument("action", choices=["init"],
+                          help="init: create the first signing key (and dev admin key) if the folder is empty")
     args = parser.parse_args(argv)
 
     try:
@@ -22,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"token-broker: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "keys":
+        return _keys_init(settings)
     if args.command == "serve":
         import uvicorn
 
@@ -39,7 +49,40 @@ def main(argv: list[str] | None = None) -> int:
             log_level="warning",
             access_log=False,
             server_header=False,
+            # SIGTERM: stop accepting, let in-flight requests finish, then exit (rolling restarts).
+            timeout_graceful_shutdown=args.graceful_timeout,
         )
+    return 0
+
+
+def _workers(text: str) -> int:
+    """``--workers``: a positive number, or ``0``/``auto`` for one worker per usable core."""
+    if text.strip().lower() in ("0", "auto"):
+        try:
+            return max(len(os.sched_getaffinity(0)), 1)
+        except AttributeError:  # pragma: no cover - not Linux
+            return max(os.cpu_count() or 1, 1)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or 'auto': {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 (auto) or more")
+    return value
+
+
+def _keys_init(settings: Settings) -> int:
+    """Create the keys folder's first signing key (and, without BROKER_ADMIN_JWKS, the dev admin
+    key) once, before replicas start: a one-shot init container runs this on the shared volume."""
+    from app import logging as broker_logging
+    from app.keystore import ensure_signing_keys
+    from app.service.admin import bootstrap_admin_record
+
+    broker_logging.configure(settings.log_level, None)
+    log = broker_logging.get_logger()
+    key_set = ensure_signing_keys(settings.keys_dir, settings.signing_alg)
+    bootstrap_admin_record(settings, log, int(time.time()))
+    log.info("keys.initialized", keys_dir=str(settings.keys_dir), signing_kid=key_set.signer.kid)
     return 0
 
 

@@ -27,6 +27,13 @@ class ConfigError(ValueError):
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     issuer: str = "http://127.0.0.1:8000"
     redis_url: str | None = None
+    # Redis beyond one server (docs/operations.md): a Cluster reached through BROKER_REDIS_URL
+    # (any node), or a Sentinel-managed master (BROKER_REDIS_URL then gives only db/password/TLS).
+    redis_cluster: bool = False
+    redis_sentinels: tuple[str, ...] = ()
+    redis_sentinel_master: str | None = None
+    # Seconds /readyz reports "draining" after SIGTERM before the graceful shutdown starts (app/web/drain.py).
+    shutdown_drain: float = 0.0
     keys_dir: Path = Path("keys")
     # Client assertion policy (RFC 7523 §3, RFC 10070).
     leeway: int = 10
@@ -48,14 +55,37 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_after: int = 2
     # How often each replica checks the shared client registry for changes.
     registry_poll_interval: float = 0.25
+    # Failed-authentication rate limits (per source address and per client, shared in Redis).
+    ratelimit_failures: int = 20
+    ratelimit_window: int = 60
+    ratelimit_mode: str = "enforce"
     # Bootstrap admin client (issue: onboarding). JWKS JSON; empty in embedded mode → generated.
     admin_jwks: str | None = None
     admin_client_id: str = "broker-admin"
+    # Client onboarding (issue 3): jwks_uri clients, declarative clients file, reserved ids.
+    jwks_uri_allow_http_loopback: bool = False
+    jwks_uri_cache_ttl: int = 300
+    jwks_uri_refetch_cooldown: float = 10.0
+    jwks_uri_timeout: float = 2.0
+    clients_file: str | None = None
+    reserved_client_id_prefixes: tuple[str, ...] = ()
     log_level: str = "info"
+    # Issued-token cache (issue 4): a cached token is served only while at least this share of its
+    # lifetime is left; concurrent misses wait up to cache_stampede_wait s for one replica's mint.
+    cache_min_remaining_share: float = 0.5
+    cache_stampede_wait: float = 0.2
 
     @property
     def token_endpoint(self) -> str:
         return self.issuer + "/token"
+
+    @property
+    def revocation_endpoint(self) -> str:
+        return self.issuer + "/revoke"
+
+    @property
+    def introspection_endpoint(self) -> str:
+        return self.issuer + "/introspect"
 
     @property
     def jwks_uri(self) -> str:
@@ -67,7 +97,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def embedded(self) -> bool:
-        return self.redis_url is None
+        return self.redis_url is None and not self.redis_sentinels
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -122,6 +152,30 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.signing_alg not in SUPPORTED_SIGNING_ALGS:
             raise ConfigError(f"BROKER_SIGNING_ALG must be one of {','.join(SUPPORTED_SIGNING_ALGS)}")
+        if not 1 <= self.jwks_uri_cache_ttl <= 86400:
+            raise ConfigError("BROKER_JWKS_URI_CACHE_TTL must be between 1 and 86400 seconds")
+        if not 0.1 <= self.jwks_uri_refetch_cooldown <= 3600:
+            raise ConfigError("BROKER_JWKS_URI_REFETCH_COOLDOWN must be between 0.1 and 3600 seconds")
+        if not 0.1 <= self.jwks_uri_timeout <= 10:
+            raise ConfigError("BROKER_JWKS_URI_TIMEOUT must be between 0.1 and 10 seconds")
+        if not 0 < self.cache_min_remaining_share <= 1:
+            raise ConfigError("BROKER_CACHE_MIN_REMAINING_SHARE must be above 0 and at most 1")
+        if not 0 <= self.cache_stampede_wait <= 2:
+            raise ConfigError("BROKER_CACHE_STAMPEDE_WAIT must be between 0 and 2 seconds")
+        if self.ratelimit_mode not in ("enforce", "observe", "off"):
+            raise ConfigError("BROKER_RATELIMIT_MODE must be enforce, observe or off")
+        if not 1 <= self.ratelimit_failures <= 1_000_000 or not 1 <= self.ratelimit_window <= 86400:
+            raise ConfigError("BROKER_RATELIMIT_FAILURES and BROKER_RATELIMIT_WINDOW must be positive (window at most 86400 s)")
+        if not 0 <= self.shutdown_drain <= 300:
+            raise ConfigError("BROKER_SHUTDOWN_DRAIN must be between 0 and 300 seconds")
+        if self.redis_cluster and (self.redis_url is None or self.redis_sentinels):
+            raise ConfigError("BROKER_REDIS_CLUSTER needs BROKER_REDIS_URL (a cluster node) and no BROKER_REDIS_SENTINELS")
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            raise ConfigError("BROKER_REDIS_SENTINELS and BROKER_REDIS_SENTINEL_MASTER are set together")
+        for address in self.redis_sentinels:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"BROKER_REDIS_SENTINELS must be host:port,host:port..., got {address!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("BROKER_LOG_LEVEL must be debug, info, warning or error")
 

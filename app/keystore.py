@@ -44,6 +44,9 @@ class SigningKey(msgspec.Struct, frozen=True):
     state: str
     created_at: int
     jwk: dict[str, Any]
+    # Set by ``promote`` when an active key is retired; ``retire-expired`` deletes the key only
+    # after retired_at + the longest token lifetime + clock skew (scripts/rotate_signing_key.py).
+    retired_at: int | None = None
 
 
 def generate_private_key(alg: str) -> Any:
@@ -107,11 +110,12 @@ def create_signing_key(keys_dir: Path, alg: str, *, state: str, now: int | None 
     return record
 
 
-def set_signing_key_state(keys_dir: Path, kid: str, state: str) -> None:
-    """Rewrite one key file's state atomically (write a temp file with 0600, then rename)."""
+def set_signing_key_state(keys_dir: Path, kid: str, state: str, **fields: Any) -> None:
+    """Rewrite one key file's state (and ``fields``) atomically (temp file with 0600, then rename)."""
     path = signing_dir(keys_dir) / f"{kid}.json"
     data = read_json(path)
     data["state"] = state
+    data.update(fields)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

@@ -272,3 +272,16 @@ def spawn_broker(tmp_path: Path) -> Iterator[Any]:
     yield spawn
     for bp in procs:
         bp.stop()
+
+
+# -- generated-input counts (property tests report how many inputs they tried) -------------------
+
+#: test name -> number of generated inputs run; printed in the terminal summary.
+GENERATED_INPUTS: dict[str, int] = {}
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if GENERATED_INPUTS:
+        terminalreporter.write_sep("-", "property tests: generated inputs (every one answered without a 500)")
+        for name, count in sorted(GENERATED_INPUTS.items()):
+            terminalreporter.write_line(f"{name}: {count}")

@@ -39,6 +39,9 @@ def new_key(alg: str) -> Any:
 
 @dataclass
 class TestClient:
+    """A client under test (not a pytest test class)."""
+
+    __test__ = False
     client_id: str
     alg: str = "ES256"
     kid: str | None = None
@@ -87,7 +90,7 @@ class TestClient:
 _MISSING = object()
 
 
-def good(client_id: str, now: float | None = None, **overrides: Any) -> dict[str, Any]:
+def good(client_id: str, /, now: float | None = None, **overrides: Any) -> dict[str, Any]:
     t = int(time.time() if now is None else now)
     claims: dict[str, Any] = {"iss": client_id, "sub": client_id, "aud": ISS, "jti": uuid.uuid4().hex, "iat": t, "exp": t + 60}
     for k, v in overrides.items():
@@ -139,3 +142,7 @@ def decode_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     h, p, _ = token.split(".")
     pad = lambda s: s + "=" * (-len(s) % 4)  # noqa: E731
     return json.loads(base64.urlsafe_b64decode(pad(h))), json.loads(base64.urlsafe_b64decode(pad(p)))
+
+
+def jti_of(assertion: str) -> str:
+    return decode_unverified(assertion)[1]["jti"]

@@ -65,8 +65,12 @@ class TokenSigner:
         header = json.dumps({"alg": alg, "kid": kid, "typ": AT_TYP}, separators=(",", ":")).encode()
         self._prefix = b64url(header) + b"."
 
+    def signing_input(self, claims: AccessTokenClaims) -> bytes:
+        """Header and payload segments exactly as ``sign`` writes them (the cache re-checks with it)."""
+        return self._prefix + b64url(msgspec.json.encode(claims))
+
     def sign(self, claims: AccessTokenClaims) -> str:
-        signing_input = self._prefix + b64url(msgspec.json.encode(claims))
+        signing_input = self.signing_input(claims)
         signature = self._algorithm.sign(signing_input, self._key)
         return (signing_input + b"." + b64url(signature)).decode("ascii")
 

@@ -43,6 +43,8 @@ class AssertionPolicy(msgspec.Struct, frozen=True, kw_only=True):
     jti_max_length: int = 256
     assertion_max: int = 8192
     allow_single_element_aud_array: bool = False
+    #: The token endpoint URL, accepted as ``aud`` only for a client inside its legacy window.
+    token_endpoint: str | None = None
 
 
 class ParsedAssertion(msgspec.Struct, frozen=True):
@@ -58,6 +60,8 @@ class VerifiedAssertion(msgspec.Struct, frozen=True):
     jti: str
     exp: float
     kid: str
+    #: True when ``aud`` was the token endpoint URL, accepted under the client's migration window.
+    legacy_aud: bool = False
 
 
 def parse_assertion(value: str, policy: AssertionPolicy) -> ParsedAssertion:
@@ -104,7 +108,7 @@ def parse_assertion(value: str, policy: AssertionPolicy) -> ParsedAssertion:
 def verify_assertion(parsed: ParsedAssertion, client: Client, policy: AssertionPolicy, now: float) -> VerifiedAssertion:
     """Steps 4-5 against the client named by the assertion."""
     claims = parsed.claims
-    _check_aud(claims.get("aud"), policy)
+    legacy_aud = _check_aud(claims.get("aud"), policy, client.record.legacy_token_endpoint_aud_until, now)
 
     if "exp" not in claims or claims["exp"] is None:
         raise InvalidClient("exp_missing")
@@ -151,12 +155,21 @@ def verify_assertion(parsed: ParsedAssertion, client: Client, policy: AssertionP
         ok = False
     if not ok:
         raise InvalidClient("signature_invalid")
-    return VerifiedAssertion(parsed.client_id, jti, float(exp), key.kid)
+    return VerifiedAssertion(parsed.client_id, jti, float(exp), key.kid, legacy_aud)
 
 
-def _check_aud(aud: Any, policy: AssertionPolicy) -> None:
+def _check_aud(aud: Any, policy: AssertionPolicy, legacy_until: int | None, now: float) -> bool:
+    """True only when the legacy token-endpoint ``aud`` was accepted (the caller logs it)."""
     if type(aud) is str and aud == policy.issuer:
-        return
+        return False
+    if (
+        legacy_until is not None
+        and now < legacy_until
+        and policy.token_endpoint is not None
+        and type(aud) is str
+        and aud == policy.token_endpoint
+    ):
+        return True
     if (
         policy.allow_single_element_aud_array
         and type(aud) is list
@@ -164,7 +177,7 @@ def _check_aud(aud: Any, policy: AssertionPolicy) -> None:
         and type(aud[0]) is str
         and aud[0] == policy.issuer
     ):
-        return
+        return False
     raise InvalidClient("aud_not_issuer")
 
 

@@ -2,11 +2,18 @@
 
 ``ClientRecord`` is what the registry stores (JSON). ``Client`` is the prepared, in-memory form
 used on the hot path: every JWK parsed once into a joserfc key bound to its one algorithm.
-``validate_client_jwk`` is the registration-time gate for a public key (matrix #31-#33).
+``validate_client_jwk`` is the registration-time gate for a public key (matrix #31-#33); the
+same gate runs on every key fetched from a client's ``jwks_uri`` (RFC 7591 §2).
+
+A registered JWK may carry ``nbf`` / ``exp`` (NumericDate, RFC 7519 §2): the key is used only
+inside that window. ``prepare_client(record, now)`` keeps the keys usable at ``now`` and says
+when the answer next changes (``Client.refresh_at``), so callers that cache it know when to redo it.
 """
 
 from __future__ import annotations
 
+import base64
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -24,6 +31,13 @@ _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _ALG_KTY = {"ES256": ("EC", "P-256"), "ES384": ("EC", "P-384"), "PS256": ("RSA", None),
             "RS256": ("RSA", None), "Ed25519": ("OKP", "Ed25519")}
 _KEY_CLASSES = {"EC": ECKey, "RSA": RSAKey, "OKP": OKPKey}
+#: Members a registered JWK may carry besides the key itself (kept on the stored key).
+_WINDOW_MEMBERS = ("nbf", "exp")
+#: client_id prefixes reserved for user subjects (matrix #79, RFC 9068 §5): an access token's
+#: ``sub`` is the client_id, so a client must never be able to take a user's subject. Compared
+#: case-insensitively; deployments add their own namespaces with BROKER_RESERVED_CLIENT_ID_PREFIXES.
+RESERVED_CLIENT_ID_PREFIXES = ("user:", "user.", "user-", "user_", "users:", "usr:", "uid:", "sub:", "person:",
+                               "human:", "employee:", "account:", "auth0")
 
 
 class InvalidClientMetadata(OAuthError):
@@ -40,7 +54,13 @@ class InvalidClientMetadata(OAuthError):
 
 class ClientRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     client_id: str
-    jwks: dict[str, list[dict[str, Any]]]
+    jwks: dict[str, list[dict[str, Any]]] = msgspec.field(default_factory=dict)
+    #: RFC 7591 §2: keys fetched from this URL instead of ``jwks`` (exactly one of the two is set).
+    jwks_uri: str | None = None
+    #: Algorithm for fetched keys that carry no ``alg`` of their own (RFC 7591 §2).
+    token_endpoint_auth_signing_alg: str | None = None
+    #: Migration aid: until this unix time, ``aud`` = the token endpoint URL is also accepted.
+    legacy_token_endpoint_aud_until: int | None = None
     scopes: tuple[str, ...] = ()
     default_scopes: tuple[str, ...] = ()
     audiences: tuple[str, ...] = ()
@@ -50,6 +70,8 @@ class ClientRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     enabled: bool = True
     created_at: int = 0
     updated_at: int = 0
+    #: Bumped by every admin change (even twice in one second); part of the token-cache key.
+    version: int = 0
 
 
 class PreparedKey(msgspec.Struct, frozen=True):
@@ -63,22 +85,56 @@ class Client(msgspec.Struct, frozen=True):
     record: ClientRecord
     keys: dict[str, PreparedKey]
     scopes: frozenset[str]
+    #: When the usable key set next changes (a key's nbf or exp, or a fetched set's expiry).
+    refresh_at: float = math.inf
 
     @property
     def client_id(self) -> str:
         return self.record.client_id
 
 
-def prepare_client(record: ClientRecord) -> Client:
-    """Parse every key once; the result is what the token endpoint uses."""
+def prepare_keys(jwks: Iterable[dict[str, Any]], now: float | None) -> tuple[dict[str, PreparedKey], float]:
+    """Parse every key usable at ``now`` once; also return when that set next changes.
+
+    ``now=None`` ignores key windows (offline tools, benchmarks); the broker always passes its clock.
+    """
     keys: dict[str, PreparedKey] = {}
-    for jwk in record.jwks.get("keys", ()):
+    refresh_at = math.inf
+    for jwk in jwks:
+        if now is not None:
+            nbf, exp = jwk.get("nbf"), jwk.get("exp")
+            if nbf is not None and nbf > now:
+                refresh_at = min(refresh_at, nbf)
+                continue
+            if exp is not None:
+                if exp <= now:
+                    continue
+                refresh_at = min(refresh_at, exp)
         alg = jwk["alg"]
-        key = _KEY_CLASSES[jwk["kty"]].import_key(jwk)
+        key = _KEY_CLASSES[jwk["kty"]].import_key({k: v for k, v in jwk.items() if k not in _WINDOW_MEMBERS})
         verifier = JWSRegistry.algorithms[alg]
         verifier.check_key(key)
         keys[jwk["kid"]] = PreparedKey(jwk["kid"], alg, verifier, key)
-    return Client(record, keys, frozenset(record.scopes))
+    return keys, refresh_at
+
+
+def prepare_client(record: ClientRecord, now: float | None = None) -> Client:
+    """Parse every registered key once; the result is what the token endpoint uses.
+
+    A ``jwks_uri`` client gets its keys later (``with_keys``), from the fetched set.
+    """
+    keys, refresh_at = prepare_keys(record.jwks.get("keys", ()), now)
+    return Client(record, keys, frozenset(record.scopes), refresh_at)
+
+
+def with_keys(client: Client, jwks: Iterable[dict[str, Any]], now: float, fetched_until: float) -> Client:
+    keys, refresh_at = prepare_keys(jwks, now)
+    return Client(client.record, keys, client.scopes, min(refresh_at, fetched_until))
+
+
+def client_id_reserved(client_id: str, prefixes: Iterable[str] = RESERVED_CLIENT_ID_PREFIXES) -> bool:
+    lowered = client_id.lower()
+    return any(lowered.startswith(p.lower()) for p in prefixes)
 
 
 def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str, Any]:
@@ -89,14 +145,14 @@ def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str
     """
     if not isinstance(jwk, dict):
         raise InvalidClientMetadata("jwk_not_object", "each key must be a JSON object (a JWK)")
-    if _PRIVATE_MEMBERS & jwk.keys():
-        raise InvalidClientMetadata(
-            "jwk_private", "the key holds private key material; register only the public key"
-        )
     kty = jwk.get("kty")
     if kty not in _KEY_CLASSES:
         raise InvalidClientMetadata(
             "jwk_kty", f"unsupported key type {str(kty)[:20]!r}: use EC, RSA or OKP (no symmetric keys)"
+        )
+    if _PRIVATE_MEMBERS & jwk.keys():
+        raise InvalidClientMetadata(
+            "jwk_private", "the key holds private key material; register only the public key"
         )
     alg = jwk.get("alg", default_alg)
     if alg not in _ALG_KTY:
@@ -111,8 +167,12 @@ def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str
     ops = jwk.get("key_ops")
     if ops is not None and (not isinstance(ops, list) or set(ops) - {"verify"}):
         raise InvalidClientMetadata("jwk_key_ops", "key_ops may only contain 'verify'")
+    if kty == "RSA":
+        _check_rsa_numbers(jwk)
     try:
-        key = _KEY_CLASSES[kty].import_key({k: v for k, v in jwk.items() if k not in ("alg", "use", "key_ops", "kid")})
+        key = _KEY_CLASSES[kty].import_key(
+            {k: v for k, v in jwk.items() if k not in ("alg", "use", "key_ops", "kid", *_WINDOW_MEMBERS)}
+        )
     except Exception:
         raise InvalidClientMetadata("jwk_invalid", "the key could not be parsed (bad coordinates or modulus)") from None
     if key.is_private:
@@ -127,12 +187,46 @@ def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str
     kid = jwk.get("kid") or key.thumbprint()
     if not isinstance(kid, str) or not 1 <= len(kid) <= 128 or not kid.isascii() or not kid.isprintable():
         raise InvalidClientMetadata("jwk_kid", "kid must be 1-128 printable ASCII characters")
+    window = {}
+    for name in _WINDOW_MEMBERS:
+        value = jwk.get(name)
+        if value is not None:
+            if type(value) is not int or not 0 < value < 2**53:
+                raise InvalidClientMetadata("jwk_window", f"the key's {name} must be a unix time in whole seconds")
+            window[name] = value
+    if "nbf" in window and "exp" in window and window["exp"] <= window["nbf"]:
+        raise InvalidClientMetadata("jwk_window", "the key's exp must be after its nbf")
     public = key.as_dict(private=False)
-    public.update(kid=kid, alg=alg, use="sig")
+    public.update(kid=kid, alg=alg, use="sig", **window)
     return public
 
 
+def _check_rsa_numbers(jwk: dict[str, Any]) -> None:
+    """Size and exponent from the JWK itself, before any import (joserfc only warns on small keys)."""
+    n, e = _b64_int(jwk.get("n")), _b64_int(jwk.get("e"))
+    if n is None or e is None:
+        raise InvalidClientMetadata("jwk_invalid", "the key could not be parsed (bad coordinates or modulus)")
+    bits = n.bit_length()
+    if bits < 2048 or bits > 4096:
+        raise InvalidClientMetadata("jwk_rsa_size", f"RSA keys must be 2048-4096 bits (got {bits})")
+    if e < 3 or e % 2 == 0:
+        raise InvalidClientMetadata("jwk_rsa_exponent", "RSA public exponent must be odd and at least 3")
+
+
+def _b64_int(value: Any) -> int | None:
+    if not isinstance(value, str) or not value or len(value) > 1024 or not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+        return None
+    try:
+        return int.from_bytes(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)), "big")
+    except ValueError:
+        return None
+
+
 def validate_client_jwks(keys: Iterable[Any], *, default_alg: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    keys = list(keys)
+    # Count first: parsing a thousand RSA keys is work an attacker should not get for free.
+    if len(keys) > MAX_KEYS:
+        raise InvalidClientMetadata("jwks_too_many", f"at most {MAX_KEYS} keys per client")
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for jwk in keys:
@@ -141,8 +235,6 @@ def validate_client_jwks(keys: Iterable[Any], *, default_alg: str | None = None)
             raise InvalidClientMetadata("jwk_duplicate_kid", f"duplicate kid {public['kid']!r}")
         seen.add(public["kid"])
         out.append(public)
-    if len(out) > MAX_KEYS:
-        raise InvalidClientMetadata("jwks_too_many", f"at most {MAX_KEYS} keys per client")
     return {"keys": out}
 
 

@@ -65,12 +65,12 @@ def strict_object(segment: bytes, reason: str) -> dict[str, Any]:
 
 
 def numeric_date(value: Any, reason: str) -> float:
-    """RFC 7519 §2 NumericDate: a finite JSON number; booleans, strings and huge ints are refused."""
+    """RFC 7519 §2 NumericDate: a finite, non-negative JSON number; booleans, strings, huge ints refused."""
     t = type(value)
     if t is int:
-        if -_MAX_SAFE_INT < value < _MAX_SAFE_INT:
+        if 0 <= value < _MAX_SAFE_INT:
             return value
-    elif t is float and math.isfinite(value):
+    elif t is float and math.isfinite(value) and value >= 0:
         return value
     raise Malformed(reason)
 

@@ -56,6 +56,21 @@ def parse_token_request(body: bytes, content_type: str | None, *, has_authorizat
     if grant_type != GRANT_CLIENT_CREDENTIALS:
         raise UnsupportedGrantType("grant_type_unsupported")
 
+    assertion, client_id = client_auth_params(params, has_authorization=has_authorization)
+
+    if len(resources) > 1:
+        raise InvalidTarget("resource_multiple")
+    return TokenRequest(assertion, client_id, params.get("scope"), resources[0] if resources else None)
+
+
+def client_auth_params(params: dict[str, str], *, has_authorization: bool) -> tuple[str, str | None]:
+    """RFC 7523 §2.2 client authentication parameters: (client_assertion, client_id or None).
+
+    Shared by every client-authenticated endpoint (token, RFC 7009 revocation, RFC 7662
+    introspection) so each refuses a second method and a bad assertion type identically.
+    """
+    if has_authorization or "client_secret" in params:
+        raise InvalidRequest("multiple_auth_methods")
     client_id = params.get("client_id")
     if client_id is not None and not _VSCHAR.fullmatch(client_id):
         raise InvalidRequest("client_id_charset")
@@ -70,13 +85,18 @@ def parse_token_request(body: bytes, content_type: str | None, *, has_authorizat
         raise InvalidClient("assertion_type_unsupported")
     if assertion is None:
         raise InvalidClient("assertion_missing")
-
-    if len(resources) > 1:
-        raise InvalidTarget("resource_multiple")
-    return TokenRequest(assertion, client_id, params.get("scope"), resources[0] if resources else None)
+    return assertion, client_id
 
 
-def _parse_form(body: bytes) -> tuple[dict[str, str], list[str]]:
+def parse_form(body: bytes, content_type: str | None, known: frozenset[str]) -> dict[str, str]:
+    """A form-encoded body for an endpoint whose parameters are ``known`` (none may repeat)."""
+    if content_type is None or content_type.split(";", 1)[0].strip().lower() != "application/x-www-form-urlencoded":
+        raise InvalidRequest("content_type_invalid")
+    params, _ = _parse_form(body, known)  # unknown parameters (``resource`` too) are ignored
+    return params
+
+
+def _parse_form(body: bytes, known: frozenset[str] = _KNOWN) -> tuple[dict[str, str], list[str]]:
     """Split ``a=b&c=d`` strictly; blank values are dropped, duplicates refused."""
     if not _FORM_BYTES.fullmatch(body):
         raise InvalidRequest("form_charset")
@@ -101,6 +121,6 @@ def _parse_form(body: bytes) -> tuple[dict[str, str], list[str]]:
             if value:
                 resources.append(value)
             continue
-        if value and (name in _KNOWN or name == "client_secret"):
+        if value and (name in known or name == "client_secret"):
             params[name] = value
     return params, resources

@@ -1,5 +1,12 @@
 """Client administration (shaped after RFC 7591 / RFC 7592) and the admin bootstrap.
 
+A client has either ``jwks`` (registered public keys) or ``jwks_uri`` (keys fetched by the broker,
+see ``app.service.jwks_fetch``), never both. ``legacy_token_endpoint_aud_until`` opens a
+time-boxed migration window (at most ``LEGACY_AUD_MAX_WINDOW`` ahead) in which the token endpoint
+URL is also accepted as the assertion ``aud``. client_ids in a user-subject namespace (reserved
+prefixes, matrix #79) are refused at registration. ``load_clients_file`` applies an optional
+declarative clients file (``BROKER_CLIENTS_FILE``) at start.
+
 Every admin call carries a broker-issued access token (RFC 6750 Bearer) whose audience is
 ``<issuer>/admin`` and whose scope holds ``broker:admin``; the admin client got it from ``/token``
 with private_key_jwt like any other client. There is no unauthenticated admin operation.
@@ -18,18 +25,23 @@ from app.config import Settings
 from app.keystore import generate_private_key, public_jwk, read_json, write_private, import_private_jwk
 from app.oauth.access_token import InvalidToken, VerificationKey, verify_access_token
 from app.oauth.clients import (
+    _ALG_KTY,
     CLIENT_ID_RE,
+    RESERVED_CLIENT_ID_PREFIXES,
     ClientRecord,
     InvalidClientMetadata,
+    client_id_reserved,
     validate_client_jwks,
     validate_scope_list,
 )
+from app.service.jwks_fetch import check_jwks_uri
 from app.oauth.grant import check_resource
 from app.oauth.errors import InvalidTarget
 from app.service.directory import ClientDirectory
 from app.store.base import ClientRegistry
 
 ADMIN_SCOPE = "broker:admin"
+LEGACY_AUD_MAX_WINDOW = 366 * 86400
 _GRANT_TYPES = frozenset({"client_credentials"})
 
 
@@ -87,11 +99,17 @@ class AdminService:
 
     async def register(self, admin: str, metadata: Any) -> ClientRecord:
         record = self._build(metadata, existing=None)
+        if client_id_reserved(record.client_id, (*RESERVED_CLIENT_ID_PREFIXES, *self._settings.reserved_client_id_prefixes)):
+            raise InvalidClientMetadata(
+                "client_id_reserved",
+                "client_id starts with a prefix reserved for user subjects (user:, usr:, uid:, ...); "
+                "an access token's sub is the client_id, so pick a service name such as 'billing-api'",
+            )
         if await self._registry.get(record.client_id) is not None:
             raise Conflict(record.client_id)
         await self._registry.put(record)
         self._log.info("admin.client_registered", admin=admin, client_id=record.client_id,
-                       kids=[k["kid"] for k in record.jwks["keys"]])
+                       kids=[k["kid"] for k in record.jwks.get("keys", ())], jwks_uri=record.jwks_uri)
         return record
 
     async def get(self, client_id: str) -> ClientRecord:
@@ -112,7 +130,14 @@ class AdminService:
         current = await self.get(client_id)
         if not isinstance(changes, dict) or "client_id" in changes and changes["client_id"] != client_id:
             raise InvalidClientMetadata("metadata_invalid", "send a JSON object; client_id cannot change")
+        if client_id == self._settings.admin_client_id and changes.get("enabled") is False:
+            raise InvalidClientMetadata("admin_protected", "the bootstrap admin client cannot be disabled")
         merged = {**msgspec.to_builtins(current), **changes}
+        # Switching between registered keys and a jwks_uri replaces the other one.
+        if "jwks_uri" in changes and changes["jwks_uri"] is not None and "jwks" not in changes:
+            merged.pop("jwks", None)
+        if "jwks" in changes and "jwks_uri" not in changes:
+            merged.pop("jwks_uri", None)
         record = self._build(merged, existing=current)
         await self._registry.put(record)
         self._log.info("admin.client_updated", admin=admin, client_id=client_id, fields=sorted(changes))
@@ -120,11 +145,13 @@ class AdminService:
 
     async def add_key(self, admin: str, client_id: str, jwk: Any) -> ClientRecord:
         current = await self.get(client_id)
+        _has_static_keys(current)
         keys = list(current.jwks["keys"]) + [jwk]
         return await self.update(admin, client_id, {"jwks": {"keys": keys}})
 
     async def remove_key(self, admin: str, client_id: str, kid: str) -> ClientRecord:
         current = await self.get(client_id)
+        _has_static_keys(current)
         keys = [k for k in current.jwks["keys"] if k["kid"] != kid]
         if len(keys) == len(current.jwks["keys"]):
             raise NotFound(kid)
@@ -139,6 +166,44 @@ class AdminService:
             raise NotFound(client_id)
         self._log.info("admin.client_deleted", admin=admin, client_id=client_id)
 
+    async def load_clients_file(self, path: str) -> int:
+        """Create or replace every client listed in a JSON file (``{"clients": [...]}`` or a list).
+
+        Clients not in the file are left alone; a client whose stored record already matches is
+        not rewritten (so every replica can load the same file at start). Any invalid entry stops
+        the start with the file and client named.
+        """
+        from app.config import ConfigError
+
+        try:
+            data = msgspec.json.decode(Path(path).read_bytes())
+        except (OSError, msgspec.DecodeError) as exc:
+            raise ConfigError(f"BROKER_CLIENTS_FILE={path}: cannot read JSON ({type(exc).__name__})") from None
+        entries = data.get("clients") if isinstance(data, dict) else data
+        if not isinstance(entries, list):
+            raise ConfigError(f"BROKER_CLIENTS_FILE={path}: expected a list of clients or {{\"clients\": [...]}}")
+        changed = 0
+        for index, metadata in enumerate(entries):
+            name = metadata.get("client_id") if isinstance(metadata, dict) else None
+            try:
+                if name == self._settings.admin_client_id:
+                    raise InvalidClientMetadata("admin_protected", "the admin client comes from BROKER_ADMIN_JWKS")
+                record = self._build(metadata, existing=None)
+                if client_id_reserved(record.client_id, (*RESERVED_CLIENT_ID_PREFIXES, *self._settings.reserved_client_id_prefixes)):
+                    raise InvalidClientMetadata("client_id_reserved", "client_id is in a reserved user-subject namespace")
+            except InvalidClientMetadata as exc:
+                raise ConfigError(f"BROKER_CLIENTS_FILE={path}: client #{index} ({str(name)[:64]!r}): {exc.detail}") from None
+            current = await self._registry.get(record.client_id)
+            if current is not None and _same(current, record):
+                continue
+            if current is not None:
+                record = msgspec.structs.replace(record, created_at=current.created_at, version=current.version + 1)
+            await self._registry.put(record)
+            changed += 1
+            self._log.info("admin.client_loaded", source="clients_file", client_id=record.client_id)
+        self._log.info("admin.clients_file_loaded", path=path, clients=len(entries), changed=changed)
+        return changed
+
     # -- validation -------------------------------------------------------------------------
 
     def _build(self, metadata: Any, *, existing: ClientRecord | None) -> ClientRecord:
@@ -149,10 +214,30 @@ class AdminService:
             raise InvalidClientMetadata(
                 "client_id_invalid", "client_id must be 1-128 characters of A-Z a-z 0-9 . _ : - starting with a letter or digit"
             )
-        jwks = metadata.get("jwks")
-        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
-            raise InvalidClientMetadata("jwks_missing", "jwks must be a JWK Set with at least one public key")
-        checked = validate_client_jwks(jwks["keys"], default_alg=metadata.get("token_endpoint_auth_signing_alg"))
+        signing_alg = metadata.get("token_endpoint_auth_signing_alg")
+        if signing_alg is not None and signing_alg not in _ALG_KTY:
+            raise InvalidClientMetadata(
+                "signing_alg_invalid", f"token_endpoint_auth_signing_alg must be one of {', '.join(_ALG_KTY)}"
+            )
+        jwks = metadata.get("jwks") or None
+        jwks_uri = metadata.get("jwks_uri")
+        if jwks is not None and jwks_uri is not None:
+            raise InvalidClientMetadata("jwks_and_jwks_uri", "give jwks or jwks_uri, not both (RFC 7591 §2)")
+        checked: dict[str, list[dict[str, Any]]] = {}
+        if jwks_uri is not None:
+            jwks_uri = check_jwks_uri(jwks_uri, allow_http_loopback=self._settings.jwks_uri_allow_http_loopback)
+        else:
+            if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
+                raise InvalidClientMetadata("jwks_missing", "give jwks (a JWK Set with at least one public key) or a jwks_uri")
+            checked = validate_client_jwks(jwks["keys"], default_alg=signing_alg)
+        legacy_until = metadata.get("legacy_token_endpoint_aud_until")
+        if legacy_until is not None and (
+            type(legacy_until) is not int or not 0 <= legacy_until <= self._clock() + LEGACY_AUD_MAX_WINDOW
+        ):
+            raise InvalidClientMetadata(
+                "legacy_aud_window_invalid",
+                "legacy_token_endpoint_aud_until must be a unix time at most 366 days ahead (the window is time-boxed)",
+            )
         scopes = validate_scope_list(_list(metadata, "scopes"), "scopes")
         defaults = validate_scope_list(_list(metadata, "default_scopes"), "default_scopes")
         if not set(defaults) <= set(scopes):
@@ -174,7 +259,7 @@ class AdminService:
                 raise InvalidClientMetadata("audience_invalid", "default_audience must be an absolute URI") from None
         if default_audience is None:
             raise InvalidClientMetadata("audience_missing", "give at least one audience (the resource servers this client calls)")
-        grant_types = tuple(_list(metadata, "grant_types") or ["client_credentials"])
+        grant_types = tuple(_list(metadata, "grant_types")) if "grant_types" in metadata else ("client_credentials",)
         if not set(grant_types) <= _GRANT_TYPES:
             raise InvalidClientMetadata("grant_type_invalid", "grant_types may only contain client_credentials")
         lifetime = metadata.get("token_lifetime")
@@ -187,6 +272,9 @@ class AdminService:
         return ClientRecord(
             client_id=client_id,
             jwks=checked,
+            jwks_uri=jwks_uri,
+            token_endpoint_auth_signing_alg=signing_alg,
+            legacy_token_endpoint_aud_until=legacy_until,
             scopes=scopes,
             default_scopes=defaults,
             audiences=tuple(sorted(set(audiences))),
@@ -196,6 +284,21 @@ class AdminService:
             enabled=enabled,
             created_at=existing.created_at if existing else now,
             updated_at=now,
+            # Monotonic even within one second: the token cache keys on it (issue 4).
+            version=existing.version + 1 if existing else 1,
+        )
+
+
+def _same(a: ClientRecord, b: ClientRecord) -> bool:
+    return msgspec.structs.replace(a, created_at=0, updated_at=0, version=0) == msgspec.structs.replace(
+        b, created_at=0, updated_at=0, version=0
+    )
+
+
+def _has_static_keys(record: ClientRecord) -> None:
+    if record.jwks_uri is not None:
+        raise InvalidClientMetadata(
+            "client_uses_jwks_uri", "this client's keys come from its jwks_uri: rotate them there (the broker refetches on a new kid)"
         )
 
 

@@ -7,13 +7,14 @@ that fails closed (replay guard) or open (token cache).
 from __future__ import annotations
 
 import asyncio
+from time import perf_counter
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry  # the sync Retry never retries a coroutine
 
 from app.oauth.clients import ClientRecord
 from app.store import keys
@@ -23,38 +24,84 @@ _STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError, UnicodeError)
 _record_decoder = msgspec.json.Decoder(ClientRecord)
 
 
-def connect(url: str | None, *, timeout: float, retries: int) -> Any:
-    """A real Redis client with explicit short timeouts, or an embedded fakeredis when url is None."""
+def connect(url: str | None, *, timeout: float, retries: int, cluster: bool = False,
+            sentinels: tuple[str, ...] = (), sentinel_master: str | None = None) -> Any:
+    """A real Redis client with explicit short timeouts, or an embedded fakeredis when url is None.
+
+    ``cluster``: a ``RedisCluster`` that discovers the other nodes from ``url`` (every multi-key
+    transaction uses one hash tag, see ``app.store.keys``). ``sentinels``: the master that the
+    Sentinels name ``sentinel_master``, followed across failovers.
+    """
+    opts: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), retries),
+        "health_check_interval": 0,
+        "max_connections": 256,
+    }
+    if sentinels:
+        from redis.asyncio.sentinel import Sentinel
+
+        if url is not None:  # db, username, password, TLS from the URL; its host is not used
+            pool_kwargs = ConnectionPool.from_url(url).connection_kwargs
+            opts.update({k: v for k, v in pool_kwargs.items() if k in ("db", "username", "password", "ssl")})
+        nodes = [(host, int(port)) for host, _, port in (a.rpartition(":") for a in sentinels)]
+        sentinel = Sentinel(nodes, sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout})
+        opts.pop("max_connections")
+        client = sentinel.master_for(sentinel_master, redis_class=_SentinelMaster, **opts)
+        client.sentinel = sentinel
+        return client
     if url is None:
         from fakeredis.aioredis import FakeRedis
 
         return FakeRedis()
-    return Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), retries),
-        health_check_interval=0,
-        max_connections=256,
-    )
+    if cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(url, **opts)
+    return Redis.from_url(url, **opts)
+
+
+class _SentinelMaster(Redis):
+    """The master named by the Sentinels; closing it also closes the connections to the Sentinels."""
+
+    sentinel: Any = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for node in getattr(self.sentinel, "sentinels", ()):
+            await node.aclose()
 
 
 class RedisStore:
     """Base: runs one command or pipeline under a hard deadline, mapping failures."""
 
-    def __init__(self, redis: Any, *, timeout: float, retries: int) -> None:
+    #: The ``op`` label of this store's Redis metrics (``broker_redis_*``).
+    metric_op = "store"
+
+    def __init__(self, redis: Any, *, timeout: float, retries: int, metrics: Any = None) -> None:
         self.redis = redis
         self._deadline = timeout * (retries + 1) + 0.05
+        self._metrics = metrics
 
-    async def _run(self, coro: Any) -> Any:
+    async def _run(self, coro: Any, op: str | None = None) -> Any:
+        op = op or self.metric_op
+        start = perf_counter()
         try:
             async with asyncio.timeout(self._deadline):
                 return await coro
         except _STORE_ERRORS as exc:
+            if self._metrics is not None:
+                self._metrics.inc("broker_redis_errors_total", op=op, error=type(exc).__name__)
             raise StoreUnavailable(type(exc).__name__) from exc
+        finally:
+            if self._metrics is not None:
+                self._metrics.observe("broker_redis_duration_seconds", perf_counter() - start, op=op)
 
 
 class RedisReplayGuard(RedisStore):
+    metric_op = "replay"
+
     async def first_use(self, client_id: str, jti: str, request_id: str, ttl_ms: int) -> bool:
         # SET NX PX GET (Redis >= 7.0): one atomic command; the old value tells a replay (another
         # request's id) from our own retried write (our id).
@@ -65,6 +112,8 @@ class RedisReplayGuard(RedisStore):
 
 
 class RedisClientRegistry(RedisStore):
+    metric_op = "registry"
+
     async def get(self, client_id: str) -> ClientRecord | None:
         raw = await self._run(self.redis.get(keys.client(client_id)))
         if raw is None:
@@ -96,3 +145,15 @@ class RedisClientRegistry(RedisStore):
 
     async def ping(self) -> bool:
         return bool(await self._run(self.redis.ping()))
+
+
+class RedisJwksUriCache(RedisStore):
+    async def get(self, client_id: str, jwks_uri: str) -> bytes | None:
+        value = await self._run(self.redis.get(keys.jwks_uri_cache(client_id, jwks_uri)))
+        return None if value is None else bytes(value)
+
+    async def put(self, client_id: str, jwks_uri: str, value: bytes, ttl_s: int) -> None:
+        await self._run(self.redis.set(keys.jwks_uri_cache(client_id, jwks_uri), value, ex=max(ttl_s, 1)))
+
+    async def claim_refetch(self, client_id: str, jwks_uri: str, cooldown_ms: int) -> bool:
+        return bool(await self._run(self.redis.set(keys.jwks_uri_refetch(client_id, jwks_uri), b"1", nx=True, px=max(cooldown_ms, 1))))

@@ -1,4 +1,5 @@
-"""HTTP routes: token endpoint (RFC 6749 §3.2), metadata (RFC 8414), JWKS, health, admin API."""
+"""HTTP routes: token endpoint (RFC 6749 §3.2), revocation (RFC 7009), introspection (RFC 7662),
+metadata (RFC 8414), JWKS, health, admin API."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import os
 from typing import Any
 
 import msgspec
-from litestar import Request, Response, delete, get, patch, post, route
+from litestar import Request, Response, asgi, delete, get, patch, post, route
 from litestar.enums import HttpMethod
 from litestar.params import FromPath
+from structlog.contextvars import bound_contextvars
 
 from app.oauth.access_token import InvalidToken
 from app.oauth.clients import InvalidClientMetadata
@@ -17,35 +19,133 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from app.oauth.errors import MethodNotAllowed, OAuthError, RequestTooLarge, ServerError, TemporarilyUnavailable
 from app.service.admin import AdminService, Conflict, InsufficientScope, NotFound
 from app.store.base import StoreUnavailable
+from app.web.metrics import record_token_outcome
 from app.web.responses import JSON, NO_STORE, bearer_error, json_response, oauth_error
 
 _TOKEN_HEADERS = {**NO_STORE}
 
 
-@post("/token", status_code=200)
-async def token(request: Request[Any, Any, Any]) -> Response[bytes]:
+_TOKEN_OK_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"cache-control", b"no-store"),
+    (b"pragma", b"no-cache"),
+]
+
+
+@asgi("/token", copy_scope=False)
+async def token(scope: Any, receive: Any, send: Any) -> None:
+    """``POST /token``: the hot path, served as a plain ASGI handler.
+
+    Litestar routes here (and its middleware wraps it), but no Request/Response objects are built:
+    the body is read with the size cap enforced as it arrives, the service returns the JSON bytes,
+    and the answer is two ASGI messages. Other methods get 405 with ``Allow: POST``.
+    """
+    state = scope["litestar_app"].state
+    if scope["method"] != "POST":
+        await _send_error(send, MethodNotAllowed("method_not_allowed", headers={"Allow": "POST"}))
+        return
+    content_type: str | None = None
+    has_authorization = False
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            content_type = value.decode("latin-1")
+        elif name == b"authorization":
+            has_authorization = True
+    try:
+        body = await _read_body(receive, state.settings.body_max)
+        client = scope.get("client")
+        result = await state.token_service.token(
+            body,
+            content_type,
+            has_authorization=has_authorization,
+            request_id=os.urandom(12).hex(),
+            source=client[0] if client else None,
+        )
+    except OAuthError as exc:
+        record_token_outcome(state.metrics, exc)
+        await _send_error(send, exc)
+        return
+    except Exception as exc:  # never a traceback or a Litestar error body on the token endpoint
+        state.log.error("token.unexpected_error", error=type(exc).__name__)
+        error = ServerError("unexpected")
+        record_token_outcome(state.metrics, error)
+        await _send_error(send, error)
+        return
+    record_token_outcome(state.metrics, None)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [*_TOKEN_OK_HEADERS, (b"content-length", str(len(result)).encode())]})
+    await send({"type": "http.response.body", "body": result})
+
+
+async def _read_body(receive: Any, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise OAuthError("client_disconnected")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:  # stop reading: a 10 MB body costs no more than 64 KiB of it
+                raise RequestTooLarge("body_too_large")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _send_error(send: Any, exc: OAuthError) -> None:
+    body = exc.body()
+    headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store"), (b"pragma", b"no-cache"),
+               (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
+    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _token_op(request: Request[Any, Any, Any], service: Any, endpoint: str) -> Any:
+    """RFC 7009 / RFC 7662 call: the service's answer, or an OAuth error response (never a traceback)."""
     state = request.app.state
     headers = request.headers
     try:
         body = await request.body()
-        result = await state.token_service.token(
+        return await service(
             body,
             headers.get("content-type"),
             has_authorization="authorization" in headers,
             request_id=os.urandom(12).hex(),
+            source=request.client.host if request.client else None,
         )
     except OAuthError as exc:
         return oauth_error(exc)
     except RequestEntityTooLarge:
         return oauth_error(RequestTooLarge("body_too_large"))
-    except Exception as exc:  # never a traceback or a Litestar error body on the token endpoint
-        state.log.error("token.unexpected_error", error=type(exc).__name__)
+    except Exception as exc:
+        state.log.error(f"{endpoint}.unexpected_error", error=type(exc).__name__)
         return oauth_error(ServerError("unexpected"))
-    return Response(result, media_type=JSON, headers=_TOKEN_HEADERS)
 
 
-@route("/token", http_method=[HttpMethod.GET, HttpMethod.PUT, HttpMethod.DELETE, HttpMethod.PATCH], status_code=405)
-async def token_other_methods() -> Response[bytes]:
+@post("/revoke", status_code=200)
+async def revoke(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """RFC 7009 §2: 200 with an empty body whether or not there was anything to revoke."""
+    result = await _token_op(request, request.app.state.revocation_service.revoke, "revocation")
+    if isinstance(result, Response):
+        return result
+    return Response(b"", status_code=200, headers=NO_STORE)
+
+
+@post("/introspect", status_code=200)
+async def introspect(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """RFC 7662 §2.2."""
+    result = await _token_op(request, request.app.state.introspection_service.introspect, "introspection")
+    if isinstance(result, Response):
+        return result
+    return Response(result, media_type=JSON, headers=NO_STORE)
+
+
+@route(["/revoke", "/introspect"], http_method=[HttpMethod.GET, HttpMethod.PUT, HttpMethod.DELETE, HttpMethod.PATCH],
+       status_code=405)
+async def token_op_other_methods() -> Response[bytes]:
     return oauth_error(MethodNotAllowed("method_not_allowed", headers={"Allow": "POST"}))
 
 
@@ -59,6 +159,13 @@ async def jwks(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(request.app.state.jwks(), media_type="application/jwk-set+json", headers={"Cache-Control": "public, max-age=300"})
 
 
+@get("/metrics")
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus text exposition format 0.0.4 (this worker process's counters)."""
+    return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4",
+                    headers=NO_STORE)
+
+
 @get("/healthz")
 async def healthz() -> Response[bytes]:
     return json_response({"status": "ok"})
@@ -66,6 +173,8 @@ async def healthz() -> Response[bytes]:
 
 @get("/readyz")
 async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
+    if request.app.state.drain.draining:  # SIGTERM received: leave the load balancer's rotation
+        return json_response({"status": "draining"}, 503)
     try:
         await request.app.state.health.ping()
     except StoreUnavailable:
@@ -77,6 +186,12 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 async def _admin_call(request: Request[Any, Any, Any], op: Any, status: int = 200) -> Response[bytes]:
+    # Every audit event of this admin request (admin.client_*) carries its request id.
+    with bound_contextvars(request_id=os.urandom(12).hex()):
+        return await _admin_call_logged(request, op, status)
+
+
+async def _admin_call_logged(request: Request[Any, Any, Any], op: Any, status: int) -> Response[bytes]:
     admin_service: AdminService = request.app.state.admin_service
     try:
         admin = await admin_service.authenticate(request.headers.get("authorization"))
@@ -163,11 +278,14 @@ async def admin_remove_key(request: Request[Any, Any, Any], client_id: FromPath[
 
 ROUTES = [
     token,
-    token_other_methods,
+    revoke,
+    introspect,
+    token_op_other_methods,
     metadata,
     jwks,
     healthz,
     readyz,
+    metrics,
     admin_register,
     admin_list,
     admin_show,

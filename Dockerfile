@@ -1,0 +1,31 @@
+# Token broker image: slim Python 3.11, runs as a non-root user, holds no key material.
+# Signing keys live on a volume mounted at /srv/keys (shared by every replica); see compose.yaml
+# and docs/operations.md. Build: docker build -t token-broker .
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    BROKER_KEYS_DIR=/srv/keys
+
+RUN groupadd --system --gid 10001 broker \
+ && useradd --system --uid 10001 --gid broker --home-dir /srv --no-create-home --shell /usr/sbin/nologin broker \
+ && mkdir -p /srv/app /srv/keys \
+ && chown broker:broker /srv/keys \
+ && chmod 0700 /srv/keys
+
+WORKDIR /srv/app
+# Dependencies first (pinned in pyproject.toml) so code edits do not reinstall them.
+COPY pyproject.toml README.md ./
+COPY app ./app
+# The rotation script, run with `docker compose run --rm keys-init python scripts/rotate_signing_key.py`.
+COPY scripts/rotate_signing_key.py ./scripts/rotate_signing_key.py
+RUN pip install . && rm -rf /root/.cache
+
+USER broker:broker
+EXPOSE 8000
+# /healthz: the process answers. Compose overrides this with /readyz (Redis and keys ready).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
+CMD ["python", "-m", "app", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,52 @@
+"""The client's own key for private_key_jwt (RFC 7523 §2.2): loaded from a JWK file or object.
+
+The private key stays in the client process: only assertions signed with it leave. ``alg`` and
+``kid`` come from the JWK (the values registered at the broker) unless given explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from joserfc.jwk import ECKey, OKPKey, RSAKey
+
+_CLASSES = {"EC": ECKey, "RSA": RSAKey, "OKP": OKPKey}
+_DEFAULT_ALG = {"EC": "ES256", "RSA": "PS256", "OKP": "Ed25519"}
+
+
+class ClientKey:
+    """A private signing key with the ``alg`` and ``kid`` the broker knows it by."""
+
+    def __init__(self, key: Any, *, alg: str | None = None, kid: str | None = None) -> None:
+        if isinstance(key, (str, Path)):
+            key = _read_jwk(Path(key))
+        if isinstance(key, dict):
+            jwk = key
+            alg = alg or jwk.get("alg")
+            kid = kid or jwk.get("kid")
+            try:
+                key = _CLASSES[jwk["kty"]].import_key(jwk)
+            except Exception:
+                raise ValueError("the client key is not a valid private JWK") from None
+        if not getattr(key, "is_private", False):
+            raise ValueError("the client key must be a private key")
+        self.key = key
+        self.alg = alg or _DEFAULT_ALG[key.key_type]
+        self.kid = kid or key.thumbprint()
+
+    def __repr__(self) -> str:  # never show key material
+        return f"ClientKey(alg={self.alg!r}, kid={self.kid!r})"
+
+
+def _read_jwk(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read client key file {path}: {type(exc).__name__}") from None
+    if isinstance(data, dict) and isinstance(data.get("keys"), list) and len(data["keys"]) == 1:
+        data = data["keys"][0]
+    if not isinstance(data, dict):
+        raise ValueError(f"client key file {path} does not hold a JWK")
+    return data

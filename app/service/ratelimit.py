@@ -1,0 +1,111 @@
+"""Rate limits for failed client authentication, per source address and per client.
+
+RFC 6749 §10.10 asks the server to slow down credential guessing; the answer is 429 (RFC 6585
+§4) with ``Retry-After`` and the ``slow_down`` error. The design keeps the success path free of
+Redis round trips:
+
+- only a failure counts: one ``MULTI`` (INCR + PEXPIRE NX + PTTL per key) shared by all replicas;
+- when a count reaches the limit, the replica that saw it learns "blocked until T" from the reply
+  and keeps it in a small in-process table (bounded; expired entries dropped);
+- every request checks that table, with no I/O: the source address before parsing, the client as
+  soon as the assertion's ``iss`` is known (before any key or signature work).
+
+A replica that has not itself seen a failure past the limit lets one more through; its INCR then
+answers "over the limit" and it blocks too. ``observe`` mode counts and logs but never blocks;
+``off`` does nothing. A failure to count (Redis down) is logged and never changes the answer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from app.oauth.errors import SlowDown
+from app.store import keys
+from app.store.base import FailureCounter, StoreUnavailable
+
+MODES = ("enforce", "observe", "off")
+MAX_BLOCKED = 10_000
+
+
+class FailureLimiter:
+    def __init__(
+        self,
+        counter: FailureCounter,
+        *,
+        limit: int,
+        window: int,
+        mode: str,
+        log: Any,
+        monotonic: Callable[[], float] = time.monotonic,
+        max_blocked: int = MAX_BLOCKED,
+    ) -> None:
+        assert mode in MODES, mode
+        self._counter = counter
+        self._limit = limit
+        self._window_ms = window * 1000
+        self._mode = mode
+        self._log = log
+        self._now = monotonic
+        self._max_blocked = max_blocked
+        self._blocked: dict[str, float] = {}  # counter key -> monotonic deadline
+
+    def check_address(self, address: str | None) -> None:
+        if address is not None:
+            self._check(keys.failures("addr", address), "rate_limited_address")
+
+    def check_client(self, client_id: str) -> None:
+        self._check(keys.failures("client", client_id), "rate_limited_client")
+
+    def _check(self, key: str, reason: str) -> None:
+        if not self._blocked:
+            return
+        until = self._blocked.get(key)
+        if until is None:
+            return
+        left = until - self._now()
+        if left <= 0:
+            del self._blocked[key]
+            return
+        raise SlowDown(reason, headers={"Retry-After": str(max(1, math.ceil(left)))})
+
+    async def failed(self, address: str | None, client_id: str | None, request_id: str) -> None:
+        """Count one failed authentication; learn any block the shared counters now impose."""
+        if self._mode == "off":
+            return
+        subjects = [(kind, value) for kind, value in (("addr", address), ("client", client_id)) if value is not None]
+        if not subjects:
+            return
+        names = [keys.failures(kind, value) for kind, value in subjects]
+        try:
+            results = await self._counter.hit(names, self._window_ms)
+        except StoreUnavailable as exc:
+            self._log.warning("ratelimit.count_failed", request_id=request_id, error=str(exc))
+            return
+        now = self._now()
+        for (kind, value), name, (count, ms_left) in zip(subjects, names, results, strict=True):
+            if count < self._limit:
+                continue
+            if count == self._limit:  # once per window and key, on whichever replica crossed it
+                self._log.warning(
+                    "ratelimit.exceeded",
+                    request_id=request_id,
+                    mode=self._mode,
+                    kind=kind,
+                    **({"client_id": value} if kind == "client" else {"source": value}),
+                    failures=count,
+                    window=self._window_ms // 1000,
+                )
+            if self._mode == "enforce":
+                self._remember(name, now + ms_left / 1000)
+
+    def _remember(self, key: str, until: float) -> None:
+        if key not in self._blocked and len(self._blocked) >= self._max_blocked:
+            now = self._now()
+            for k in [k for k, t in self._blocked.items() if t <= now]:
+                del self._blocked[k]
+            while len(self._blocked) >= self._max_blocked:  # oldest first; Redis still holds the count
+                del self._blocked[next(iter(self._blocked))]
+        self._blocked[key] = until

@@ -1,0 +1,213 @@
+"""The issued-token cache: reuse one still-fresh access token across a client's requests and replicas.
+
+RFC 6749 §5.1 lets the server answer a request with any token that fits it; RFC 9068 tokens carry
+no per-request data, so two requests that agree on (client_id, sorted unique scopes, audience,
+client registration version, signing kid) can share one token (matrix #60-#65). The cache:
+
+- never runs before the client is fully authenticated and its jti consumed (matrix #63): the
+  service hands in the entry read in the same pipeline as the replay record;
+- serves an entry only when it decodes strictly, is not expired, still has at least
+  ``cache_min_remaining_share`` of its lifetime left, and its token is byte for byte the one this
+  broker would have signed for this request: header (alg, current kid) and payload (iss, sub,
+  client_id, aud, scope, jti, iat, exp) are rebuilt and compared, so an entry planted under
+  another key (another client, scope set or audience) is a miss (#65). The signature is not
+  re-verified: writing to Redis lets one break the cache, not forge a signature;
+- on a miss, mints once per key across every replica: an in-process single flight (one task per
+  key; other requests in the process await it) in front of a short Redis lock (``SET NX PX``);
+  a replica that loses the lock polls the entry for up to ``cache_stampede_wait`` seconds, then
+  mints itself;
+- fails open: any cache read, lock or write error, or a corrupt entry, means "mint and answer".
+
+Invalidation needs no purge: the registration version (bumped by every admin change) and the
+signing kid are part of the key, so an entry made before a client is disabled, loses scopes or
+keys, or before the signing key changes is never found again and expires with its token.
+Revocation (RFC 7009) deletes the entry that holds the revoked token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from app.config import Settings
+from app.logging import jti_fingerprint
+from app.oauth.access_token import AccessTokenClaims, TokenSigner, new_token_id
+from app.oauth.grant import Grant
+from app.store import keys
+from app.store.base import CacheLookup, StoreUnavailable, TokenStore
+
+HITS = "broker_token_cache_hits_total"
+MISSES = "broker_token_cache_misses_total"
+MINTED = "broker_tokens_minted_total"
+STAMPEDE_WAITS = "broker_token_cache_stampede_waits_total"
+REVOKED = "broker_tokens_revoked_total"
+
+#: How long a replica may hold the right to mint one entry (it normally takes a few ms).
+LOCK_MS = 2000
+_POLL_INTERVAL = 0.02
+_SIGNATURE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class CachedToken(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The stored entry (JSON). Everything else about the token is rebuilt from the request."""
+
+    access_token: str
+    jti: str
+    iat: int
+    exp: int
+
+
+_decode = msgspec.json.Decoder(CachedToken).decode
+_encode = msgspec.json.Encoder().encode
+
+
+def describe(metrics: Any) -> None:
+    metrics.describe(HITS, "Token requests answered from the issued-token cache.")
+    metrics.describe(MISSES, "Token requests the cache could not answer, by reason (absent, stale, corrupt, mismatch, error).")
+    metrics.describe(MINTED, "Access tokens signed.")
+    metrics.describe(STAMPEDE_WAITS, "Cache misses that waited for another request's mint, in this process or on another replica.")
+    metrics.describe(REVOKED, "Access tokens revoked (RFC 7009).")
+
+
+class TokenCache:
+    def __init__(self, settings: Settings, *, store: TokenStore, metrics: Any, log: Any,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._issuer = settings.issuer
+        self._share = settings.cache_min_remaining_share
+        self._wait = settings.cache_stampede_wait
+        # An entry minted by a replica whose clock runs ahead is still ours (matrix §0 SKEW).
+        self._future_tolerance = settings.leeway + settings.clock_skew
+        self._store = store
+        self.store = store
+        self._metrics = metrics
+        self._log = log
+        self._monotonic = monotonic
+        self._inflight: dict[str, asyncio.Task[tuple[CachedToken, str]]] = {}
+        describe(metrics)
+
+    @staticmethod
+    def cache_id(grant: Grant, version: int, signer: TokenSigner) -> str:
+        return keys.token_cache_id(grant.client_id, grant.scopes, grant.audience, version, signer.kid)
+
+    async def issue(self, grant: Grant, signer: TokenSigner, cache_id: str, lookup: CacheLookup, now: float,
+                    request_id: str) -> tuple[CachedToken, str]:
+        """The token to answer with and how it was found: ``hit``, ``wait`` or ``mint``."""
+        entry, reason = self.check(lookup.entry, grant, signer, now)
+        if entry is not None:
+            self._metrics.inc(HITS)
+            return entry, "hit"
+        if lookup.cache_error is not None:
+            reason = "error"
+            self._log.warning("token_cache.read_failed", request_id=request_id, client_id=grant.client_id,
+                              error=lookup.cache_error)
+        elif reason in ("corrupt", "mismatch"):
+            self._log.warning("token_cache.entry_rejected", request_id=request_id, client_id=grant.client_id,
+                              reason=reason)
+        self._metrics.inc(MISSES, reason=reason)
+
+        task = self._inflight.get(cache_id)
+        if task is not None:  # another request in this process is already minting this entry
+            self._metrics.inc(STAMPEDE_WAITS, via="process")
+            try:
+                entry, _ = await asyncio.wait_for(asyncio.shield(task), self._wait + LOCK_MS / 1000)
+            except Exception:  # the leader failed or is stuck: do not make this request fail too
+                return self._mint(grant, signer, int(now), request_id), "mint"
+            return entry, "wait"
+        # The fill runs as its own task so a leader whose client goes away cannot strand the others.
+        task = asyncio.ensure_future(self._fill(grant, signer, cache_id, now, request_id, lookup.locked))
+        self._inflight[cache_id] = task
+        task.add_done_callback(lambda _t: self._inflight.pop(cache_id, None))
+        return await asyncio.shield(task)
+
+    def check(self, raw: bytes | None, grant: Grant, signer: TokenSigner, now: float) -> tuple[CachedToken | None, str]:
+        """A servable entry, or None and the miss reason."""
+        if raw is None:
+            return None, "absent"
+        try:
+            entry = _decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None, "corrupt"
+        lifetime = entry.exp - entry.iat
+        if lifetime <= 0 or entry.iat > now + self._future_tolerance:
+            return None, "corrupt"
+        remaining = entry.exp - now
+        if remaining <= 0 or remaining < self._share * lifetime:
+            return None, "stale"
+        claims = AccessTokenClaims(
+            iss=self._issuer, sub=grant.client_id, client_id=grant.client_id, aud=grant.audience,
+            scope=grant.scope, jti=entry.jti, iat=entry.iat, exp=entry.exp,
+        )
+        token = entry.access_token
+        try:
+            prefix = signer.signing_input(claims) + b"."
+        except Exception:  # a jti msgspec cannot encode (lone surrogate...): planted, not ours
+            return None, "corrupt"
+        if not token.isascii() or not token.startswith(prefix.decode("ascii")) or not _SIGNATURE.fullmatch(token, len(prefix)):
+            return None, "mismatch"
+        return entry, "hit"
+
+    async def _fill(self, grant: Grant, signer: TokenSigner, cache_id: str, now: float,
+                    request_id: str, prelocked: bool = False) -> tuple[CachedToken, str]:
+        client_id = grant.client_id
+        if prelocked:  # the lookup found no entry and took the lock in the same atomic step
+            locked, raw = True, None
+        else:  # a stale or rejected entry: take the lock now, re-reading the entry atomically
+            try:
+                locked, raw = await self._store.lock_and_read(client_id, cache_id, request_id, LOCK_MS)
+            except StoreUnavailable as exc:
+                self._log.warning("token_cache.lock_failed", request_id=request_id, client_id=client_id, error=str(exc))
+                locked, raw = True, None  # fail open: mint
+        entry, _ = self.check(raw, grant, signer, now)
+        if entry is not None:  # written by another request since this one's first read
+            self._metrics.inc(STAMPEDE_WAITS, via="replica")
+            if locked:
+                try:
+                    await self._store.unlock(client_id, cache_id)
+                except StoreUnavailable:
+                    pass  # it expires in LOCK_MS anyway
+            return entry, "wait"
+        if not locked:
+            self._metrics.inc(STAMPEDE_WAITS, via="replica")
+            deadline = self._monotonic() + self._wait
+            while self._monotonic() < deadline:
+                await asyncio.sleep(_POLL_INTERVAL)
+                try:
+                    raw = await self._store.read(client_id, cache_id)
+                except StoreUnavailable:
+                    break
+                entry, _ = self.check(raw, grant, signer, now)
+                if entry is not None:
+                    return entry, "wait"
+            self._log.info("token_cache.stampede_timeout", request_id=request_id, client_id=client_id)
+        entry = self._mint(grant, signer, int(now), request_id)
+        try:
+            await self._store.write(client_id, cache_id, entry.jti, _encode(entry), max(1, int((entry.exp - now) * 1000)))
+        except StoreUnavailable as exc:
+            self._log.warning("token_cache.write_failed", request_id=request_id, client_id=client_id, error=str(exc))
+        return entry, "mint"
+
+    def _mint(self, grant: Grant, signer: TokenSigner, now: int, request_id: str) -> CachedToken:
+        claims = AccessTokenClaims(
+            iss=self._issuer,
+            sub=grant.client_id,
+            client_id=grant.client_id,
+            aud=grant.audience,
+            scope=grant.scope,
+            jti=new_token_id(),
+            iat=now,
+            exp=now + grant.lifetime,
+        )
+        token = signer.sign(claims)
+        self._metrics.inc(MINTED)
+        self._log.info("token.minted", request_id=request_id, client_id=grant.client_id, kid=signer.kid,
+                       at_jti_hash=jti_fingerprint(grant.client_id, claims.jti), exp=claims.exp)
+        return CachedToken(token, claims.jti, claims.iat, claims.exp)
+
+    async def revoked(self, client_id: str, token_jti: str, ttl_ms: int) -> None:
+        await self._store.revoke(client_id, token_jti, ttl_ms)
+        self._metrics.inc(REVOKED)

@@ -1,0 +1,51 @@
+"""Drain before a graceful shutdown: on SIGTERM, ``/readyz`` answers 503 ``draining`` for
+``BROKER_SHUTDOWN_DRAIN`` seconds while every request is still served, so a load balancer's
+health check (HAProxy ``option httpchk GET /readyz``, a Kubernetes readiness probe) takes the
+replica out of rotation first. Only then does uvicorn's own SIGTERM handling run: stop accepting,
+finish in-flight requests (``--graceful-timeout``), exit. Without the drain, a connection the
+kernel accepted just before the listening socket closed is reset with the request unanswered.
+
+uvicorn installs its signal handlers before the lifespan starts; ``install`` wraps the SIGTERM one
+from the lifespan (main thread only: in-process test clients run the lifespan elsewhere).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from typing import Any
+
+
+class Drain:
+    def __init__(self, seconds: float, log: Any) -> None:
+        self.seconds = seconds
+        self.draining = False
+        self._log = log
+
+    def install(self) -> bool:
+        if self.seconds <= 0 or threading.current_thread() is not threading.main_thread():
+            return False
+        loop = asyncio.get_running_loop()
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def finish(sig: int) -> None:
+            if callable(previous):
+                previous(sig, None)
+            else:  # nobody handled SIGTERM before us: restore the default and deliver it
+                signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
+                signal.raise_signal(sig)
+
+        def on_sigterm(sig: int, frame: Any) -> None:
+            if self.draining:  # a second SIGTERM: stop draining, shut down now
+                loop.call_soon_threadsafe(finish, sig)
+                return
+            self.draining = True
+            loop.call_soon_threadsafe(self._start, loop, finish, sig)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        return True
+
+    def _start(self, loop: asyncio.AbstractEventLoop, finish: Any, sig: int) -> None:
+        self._log.info("broker.draining", seconds=self.seconds)
+        loop.call_later(self.seconds, finish, sig)

@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""Print a fresh client assertion (RFC 7523 private_key_jwt) for a client's private key file.
+
+    python scripts/mint_assertion.py --client-id orders --key keys/orders.jwk [--issuer URL]
+
+The assertion is single-use: its jti is recorded by the broker on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app.client.assertion import make_client_assertion  # noqa: E402
+from app.keystore import KeyFileError, import_private_jwk, read_json  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--client-id", required=True)
+    parser.add_argument("--key", required=True, type=Path, help="the client's private JWK file (written by broker_admin.py register)")
+    parser.add_argument("--issuer", default=os.environ.get("BROKER_ISSUER", "http://127.0.0.1:8000"),
+                        help="the broker's issuer identifier, used as aud (default: $BROKER_ISSUER or http://127.0.0.1:8000)")
+    parser.add_argument("--lifetime", type=int, default=60, help="seconds until exp (1-60)")
+    args = parser.parse_args()
+    try:
+        data = read_json(args.key)
+        key = import_private_jwk(data)
+    except (KeyFileError, KeyError, ValueError) as exc:
+        print(f"mint_assertion: cannot use {args.key}: {exc}", file=sys.stderr)
+        return 2
+    alg = data.get("alg") or "ES256"
+    print(make_client_assertion(key, client_id=args.client_id, issuer=args.issuer, alg=alg, kid=data.get("kid"), lifetime=args.lifetime))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

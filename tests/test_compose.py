@@ -1,0 +1,122 @@
+"""The deployment files: compose.yaml against the official Compose specification schema, plus the
+rules the schema cannot express (loopback-only ports, private Redis, shared keys, health checks).
+
+``tests/data/compose-spec.json`` is ``schema/compose-spec.json`` from the compose-spec/compose-spec
+repository, as vendored by check-jsonschema 0.39.0 (PyPI; Apache-2.0, licence beside it).
+There is no Docker engine here, so the files are checked statically.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKERS = ("broker-1", "broker-2", "broker-3")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+def _published(port: Any) -> tuple[str | None, str]:
+    """(host_ip, published) of a short or long port entry."""
+    if isinstance(port, dict):
+        return port.get("host_ip"), str(port.get("published", ""))
+    parts = str(port).split(":")
+    if len(parts) == 3:
+        return parts[0], parts[1]
+    if len(parts) == 2:
+        return None, parts[0]
+    return None, parts[0]
+
+
+def test_compose_file_is_valid_against_the_compose_spec(compose: dict[str, Any]) -> None:
+    schema = json.loads((ROOT / "tests/data/compose-spec.json").read_text())
+    Draft202012Validator.check_schema(schema)
+    errors = sorted(Draft202012Validator(schema).iter_errors(compose), key=lambda e: list(e.path))
+    assert [f"{list(e.path)}: {e.message}" for e in errors] == []
+
+
+def test_schema_rejects_a_broken_file() -> None:
+    # The check above means something only if the vendored schema can fail.
+    schema = json.loads((ROOT / "tests/data/compose-spec.json").read_text())
+    broken = {"services": {"x": {"image": "a", "ports": [{"target": "not-a-port"}], "restart": 3}}}
+    assert list(Draft202012Validator(schema).iter_errors(broken))
+
+
+def test_every_published_port_binds_loopback_only(compose: dict[str, Any]) -> None:
+    published = []
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            host_ip, pub = _published(port)
+            published.append((name, host_ip, pub))
+    assert published == [("lb", "127.0.0.1", "8080")]
+
+
+def test_redis_is_private_and_never_evicts(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    assert "ports" not in redis and "expose" not in redis
+    cmd = redis["command"]
+    assert cmd[cmd.index("--maxmemory-policy") + 1] == "noeviction"
+    assert compose["networks"]["backend"]["internal"] is True
+    assert redis["networks"] == ["backend"]
+
+
+def test_three_replicas_share_the_signing_keys_volume(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in BROKERS:
+        svc = services[name]
+        assert "signing-keys:/srv/keys:ro" in svc["volumes"], name  # one shared folder, read-only
+        assert svc["environment"]["BROKER_KEYS_DIR"] == "/srv/keys"
+        assert svc["environment"]["BROKER_REDIS_URL"] == "redis://redis:6379/0"
+        assert svc["command"][:4] == ["python", "-m", "app", "serve"]
+        assert "ports" not in svc, name
+        assert svc["depends_on"]["keys-init"]["condition"] == "service_completed_successfully"
+        assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+    init = services["keys-init"]
+    assert init["command"] == ["python", "-m", "app", "keys", "init"]
+    assert "signing-keys:/srv/keys" in init["volumes"]
+    assert "signing-keys" in compose["volumes"]
+
+
+def test_health_checks_use_the_health_endpoints(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in (*BROKERS, "redis", "lb"):
+        assert services[name].get("healthcheck", {}).get("test"), name
+    for name in BROKERS:
+        assert "/readyz" in " ".join(services[name]["healthcheck"]["test"])
+    for name in BROKERS:
+        assert services["lb"]["depends_on"][name]["condition"] == "service_healthy"
+
+
+def test_haproxy_balances_the_three_replicas_by_readiness(compose: dict[str, Any]) -> None:
+    conf = (ROOT / "deploy/haproxy.cfg").read_text()
+    lines = [ln.split("#")[0].strip() for ln in conf.splitlines()]
+    for name in BROKERS:
+        assert f"server {name} {name}:8000" in lines
+    assert "bind :8080" in lines
+    assert "option httpchk GET /readyz" in lines
+    assert "retry-on conn-failure" in lines  # never re-send a POST /token a replica already received
+    assert compose["services"]["lb"]["volumes"] == ["./deploy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro"]
+    # The drain outlasts one failed health check, so HAProxy stops routing before the replica stops.
+    inter = float(next(ln for ln in lines if ln.startswith("default-server")).split("inter ")[1].split("s")[0])
+    for name in BROKERS:
+        assert float(compose["services"][name]["environment"]["BROKER_SHUTDOWN_DRAIN"]) > inter
+
+
+def test_dockerfile_is_slim_non_root_and_keyless() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    lines = [ln.strip() for ln in dockerfile.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert lines[0] == "FROM python:3.11-slim"
+    users = [ln for ln in lines if ln.startswith("USER ")]
+    assert users and users[-1] != "USER root" and not users[-1].startswith("USER 0")
+    assert not any(ln.startswith(("COPY keys", "ADD keys", "COPY . ", "ADD . ")) for ln in lines)
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "keys/" in ignored

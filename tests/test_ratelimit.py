@@ -1,0 +1,265 @@
+"""Failed-authentication rate limits (``app.service.ratelimit``): per source address and per
+client, counted in Redis and shared by replicas, 429 ``slow_down`` with ``Retry-After``, an
+observe-only mode, and no Redis round trip on the success path."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fakeredis.aioredis import FakeRedis
+
+from app.config import ConfigError, Settings
+from app.oauth.errors import OAuthError
+from app.service.ratelimit import FailureLimiter
+from app.store.base import StoreUnavailable
+from tests.conftest import Broker, FrozenClock, RedisServer
+from tests.helpers import ISS, TestClient, form
+
+SLOW_DOWN = {"error": "slow_down", "error_description": "Too many failed requests; retry later."}
+INVALID_CLIENT = {"error": "invalid_client", "error_description": "Client authentication failed."}
+
+
+def make_settings(tmp_path: Path, **kw: Any) -> Settings:
+    kw.setdefault("ratelimit_failures", 3)
+    return Settings(issuer=ISS, keys_dir=tmp_path / "keys", token_lifetime=300, **kw)
+
+
+def call(broker: Broker, data: dict[str, str], source: str | None) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """One token request straight into the service, from the given source address."""
+    body = httpx.QueryParams(data).__str__().encode()
+    try:
+        out = broker.call(lambda: broker.app.state.token_service.token(
+            body, "application/x-www-form-urlencoded", has_authorization=False,
+            request_id=os.urandom(12).hex(), source=source))
+    except OAuthError as exc:
+        return exc.status_code, json.loads(exc.body()), exc.headers
+    return 200, json.loads(out), {}
+
+
+@pytest.fixture
+def limited(tmp_path: Path, clock: FrozenClock) -> Iterator[Broker]:
+    with Broker(make_settings(tmp_path), clock) as b:
+        yield b
+
+
+def bad(client: TestClient, now: float) -> dict[str, str]:
+    """A well-formed assertion for ``client`` with a signature from the wrong key."""
+    return form(client.assertion(now, key=TestClient("intruder").key))
+
+
+def test_settings_validated() -> None:
+    with pytest.raises(ConfigError, match="BROKER_RATELIMIT_MODE"):
+        Settings.from_env({"BROKER_RATELIMIT_MODE": "loud"})
+    with pytest.raises(ConfigError, match="BROKER_RATELIMIT_FAILURES"):
+        Settings.from_env({"BROKER_RATELIMIT_FAILURES": "0"})
+    s = Settings.from_env({"BROKER_RATELIMIT_MODE": "observe", "BROKER_RATELIMIT_FAILURES": "7", "BROKER_RATELIMIT_WINDOW": "30"})
+    assert (s.ratelimit_mode, s.ratelimit_failures, s.ratelimit_window) == ("observe", 7, 30)
+
+
+def test_per_address_limit_blocks_that_address_only(limited: Broker) -> None:
+    c1, c2 = TestClient("c1"), TestClient("c2")
+    limited.register(c1)
+    limited.register(c2)
+    now = limited.clock.now
+    for i in range(3):  # failures for different clients from one address: the address is what counts
+        status, body, _ = call(limited, bad(c1 if i % 2 else c2, now), "192.0.2.1")
+        assert (status, body) == (401, INVALID_CLIENT)
+    status, body, headers = call(limited, form(c1.assertion(now)), "192.0.2.1")
+    assert (status, body) == (429, SLOW_DOWN)
+    assert 1 <= int(headers["Retry-After"]) <= 60
+    # Other addresses are unaffected, even for the same clients (per-client counts are 2 and 1).
+    assert call(limited, form(c1.assertion(now)), "192.0.2.2")[0] == 200
+    assert call(limited, form(c2.assertion(now)), "192.0.2.3")[0] == 200
+    exceeded = [e for e in limited.logs() if e["event"] == "ratelimit.exceeded"]
+    assert [(e["kind"], e["source"], e["mode"]) for e in exceeded] == [("addr", "192.0.2.1", "enforce")]
+    rejected = [e for e in limited.logs() if e["event"] == "token.rejected" and e["reason"].startswith("rate_limited")]
+    assert [e["reason"] for e in rejected] == ["rate_limited_address"]
+
+
+def test_per_client_limit_across_addresses(limited: Broker) -> None:
+    c1, c2 = TestClient("c1"), TestClient("c2")
+    limited.register(c1)
+    limited.register(c2)
+    now = limited.clock.now
+    for i in range(3):
+        assert call(limited, bad(c1, now), f"198.51.100.{i}")[0] == 401
+    status, body, headers = call(limited, form(c1.assertion(now)), "198.51.100.99")
+    assert (status, body) == (429, SLOW_DOWN) and "Retry-After" in headers
+    assert call(limited, form(c2.assertion(now)), "198.51.100.99")[0] == 200
+    assert [e["client_id"] for e in limited.logs() if e["event"] == "ratelimit.exceeded"] == ["c1"]
+
+
+def test_http_answer_is_429_with_retry_after_and_no_store(limited: Broker) -> None:
+    c1 = TestClient("c1")
+    limited.register(c1)
+    for _ in range(3):
+        assert limited.token(bad(c1, limited.clock.now)).status_code == 401
+    resp = limited.get_token(c1)
+    assert resp.status_code == 429 and resp.json() == SLOW_DOWN
+    assert int(resp.headers["retry-after"]) >= 1
+    assert resp.headers["cache-control"] == "no-store"
+
+
+def test_block_ends_with_the_window(tmp_path: Path, clock: FrozenClock) -> None:
+    with Broker(make_settings(tmp_path, ratelimit_window=1), clock) as broker:
+        c1 = TestClient("c1")
+        broker.register(c1)
+        for _ in range(3):
+            call(broker, bad(c1, clock.now), "192.0.2.9")
+        assert call(broker, form(c1.assertion(clock.now)), "192.0.2.9")[0] == 429
+        time.sleep(1.1)
+        assert call(broker, form(c1.assertion(clock.now)), "192.0.2.9")[0] == 200
+
+
+def test_observe_mode_counts_and_logs_but_never_blocks(tmp_path: Path, clock: FrozenClock) -> None:
+    with Broker(make_settings(tmp_path, ratelimit_mode="observe"), clock) as broker:
+        c1 = TestClient("c1")
+        broker.register(c1)
+        for _ in range(5):
+            assert call(broker, bad(c1, clock.now), "192.0.2.5")[0] == 401
+        assert call(broker, form(c1.assertion(clock.now)), "192.0.2.5")[0] == 200
+        exceeded = [e for e in broker.logs() if e["event"] == "ratelimit.exceeded"]
+        assert {(e["kind"], e["mode"], e["failures"]) for e in exceeded} == {("addr", "observe", 3), ("client", "observe", 3)}
+
+
+def test_off_mode_touches_nothing(tmp_path: Path, clock: FrozenClock) -> None:
+    redis = FakeRedis()
+    with Broker(make_settings(tmp_path, ratelimit_mode="off"), clock, redis=redis) as broker:
+        c1 = TestClient("c1")
+        broker.register(c1)
+        for _ in range(5):
+            assert call(broker, bad(c1, clock.now), "192.0.2.5")[0] == 401
+        assert call(broker, form(c1.assertion(clock.now)), "192.0.2.5")[0] == 200
+        assert broker.call(redis.keys, "{tb:rl}*") == []
+
+
+def test_replicas_share_the_count(tmp_path: Path, clock: FrozenClock) -> None:
+    """Two brokers on one store: failures on A count for B; B learns the block from its next INCR."""
+    redis = FakeRedis()
+    c1 = TestClient("c1")
+    with Broker(make_settings(tmp_path), clock, redis=redis) as a, Broker(make_settings(tmp_path), clock, redis=redis) as b:
+        a.register(c1)
+        b.app.state.directory.invalidate()
+        for _ in range(3):
+            assert call(a, bad(c1, clock.now), "192.0.2.7")[0] == 401
+        assert call(a, form(c1.assertion(clock.now)), "192.0.2.7")[0] == 429
+        # B has no local block yet (success path reads nothing from Redis) ...
+        assert call(b, form(c1.assertion(clock.now)), "192.0.2.7")[0] == 200
+        # ... and its first failure returns a count over the limit: blocked from then on.
+        assert call(b, bad(c1, clock.now), "192.0.2.7")[0] == 401
+        assert call(b, form(c1.assertion(clock.now)), "192.0.2.7")[0] == 429
+
+
+class _DownCounter:
+    async def hit(self, keys: list[str], window_ms: int) -> list[tuple[int, int]]:
+        raise StoreUnavailable("ConnectionError")
+
+
+class _NullLog:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self.events.append((event, kw))
+
+
+def test_counting_failure_never_changes_the_answer() -> None:
+    log = _NullLog()
+    limiter = FailureLimiter(_DownCounter(), limit=1, window=60, mode="enforce", log=log)
+    asyncio.run(limiter.failed("192.0.2.1", "c1", "rid"))
+    limiter.check_address("192.0.2.1")
+    limiter.check_client("c1")
+    assert log.events == [("ratelimit.count_failed", {"request_id": "rid", "error": "ConnectionError"})]
+
+
+def test_block_table_is_bounded() -> None:
+    class Over:
+        async def hit(self, keys: list[str], window_ms: int) -> list[tuple[int, int]]:
+            return [(5, 60_000) for _ in keys]
+
+    limiter = FailureLimiter(Over(), limit=1, window=60, mode="enforce", log=_NullLog(), max_blocked=50)
+
+    async def flood() -> None:
+        for i in range(500):
+            await limiter.failed(f"10.0.{i // 256}.{i % 256}", None, "rid")
+
+    asyncio.run(flood())
+    assert len(limiter._blocked) == 50
+    with pytest.raises(OAuthError):
+        limiter.check_address("10.0.1.243")  # the newest entries are kept
+
+
+@pytest.mark.redis
+def test_success_path_sends_no_rate_limit_command(real_redis: RedisServer, tmp_path: Path, clock: FrozenClock) -> None:
+    settings = make_settings(tmp_path, redis_url=real_redis.url, registry_poll_interval=3600.0)
+    with Broker(settings, clock) as broker:
+        c1 = TestClient("c1")
+        broker.register(c1)
+        assert broker.get_token(c1).status_code == 200  # warm the client cache
+        real_redis.command("CONFIG", "RESETSTAT")
+        for _ in range(5):
+            assert broker.get_token(c1).status_code == 200
+        stats = real_redis.command("INFO", "commandstats")
+        assert not [k for k in stats if k.startswith(("cmdstat_incr", "cmdstat_pexpire", "cmdstat_multi"))], stats
+        assert broker.token(bad(c1, clock.now)).status_code == 401
+        stats = real_redis.command("INFO", "commandstats")
+        incr = sum(v["calls"] for k, v in stats.items() if k in ("cmdstat_incr", "cmdstat_incrby"))  # redis-py sends INCRBY
+        assert incr == 2 and stats["cmdstat_multi"]["calls"] == 1  # address + client, in one MULTI
+
+
+# -- a flood of bad assertions does not slow down a good client ----------------------------------
+
+
+async def _timed_posts(url: str, bodies: list[dict[str, str]], local: str, concurrency: int) -> list[tuple[int, float]]:
+    out: list[tuple[int, float]] = []
+    queue = list(bodies)
+    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address=local), timeout=10) as http:
+        async def worker() -> None:
+            while queue:
+                data = queue.pop()
+                t0 = time.perf_counter()
+                resp = await http.post(url + "/token", data=data)
+                out.append((resp.status_code, time.perf_counter() - t0))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return out
+
+
+@pytest.mark.redis
+@pytest.mark.live
+def test_flood_of_bad_assertions_does_not_slow_good_client(real_redis: RedisServer, spawn_broker: Any, tmp_path: Path) -> None:
+    live = spawn_broker(redis_url=real_redis.url)
+    good, victim = TestClient("good"), TestClient("victim")
+    with Broker(make_settings(tmp_path, redis_url=real_redis.url), FrozenClock(time.time())) as admin:
+        admin.register(good)
+        admin.register(victim)
+    time.sleep(0.5)  # the live broker sees the registry change by its epoch poll
+
+    def good_bodies(n: int) -> list[dict[str, str]]:
+        return [form(good.assertion(time.time())) for _ in range(n)]
+
+    async def scenario() -> tuple[list[tuple[int, float]], list[tuple[int, float]], list[tuple[int, float]]]:
+        baseline = await _timed_posts(live.url, good_bodies(40), "127.0.0.1", 1)
+        flood_bodies = [bad(victim, time.time()) for _ in range(400)]
+        flood = asyncio.create_task(_timed_posts(live.url, flood_bodies, "127.0.0.2", 8))
+        await asyncio.sleep(0.05)
+        during = await _timed_posts(live.url, good_bodies(40), "127.0.0.1", 1)
+        return baseline, during, await flood
+
+    baseline, during, flood = asyncio.run(scenario())
+    assert {s for s, _ in baseline + during} == {200}
+    statuses = [s for s, _ in flood]
+    assert set(statuses) <= {401, 429} and statuses.count(401) <= 20 + 8, statuses.count(401)  # the limit, + in-flight
+    base_med = statistics.median(t for _, t in baseline)
+    during_med = statistics.median(t for _, t in during)
+    print(f"good client median: {base_med * 1000:.1f} ms alone, {during_med * 1000:.1f} ms during a 400-request flood")
+    assert during_med < base_med * 4 + 0.02, (base_med, during_med)

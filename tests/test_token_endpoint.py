@@ -1,0 +1,416 @@
+"""Token endpoint request handling and the issued token: matrix sections A (#1-#13) and F (#56-#59)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+import pytest
+
+from app.oauth.access_token import verify_access_token
+from app.oauth.errors import MethodNotAllowed, RequestTooLarge
+from tests.expect import (
+    INVALID_CLIENT_BODY,
+    assert_error,
+    assert_hygiene,
+    assert_invalid_client,
+    assert_token,
+)
+from tests.helpers import DROP, ISS, RS1, RS2, URN, TestClient, decode_unverified, form
+
+
+@pytest.fixture
+def clients(broker) -> dict[str, TestClient]:
+    """Matrix §0: C1 ES256, C2 PS256, C3 not allowed client_credentials, C4 disabled."""
+    out = {
+        "c1": TestClient("c1", alg="ES256", kid="c1-1"),
+        "c2": TestClient("c2", alg="PS256", kid="c2-1", scopes=("read", "write", "c2only")),
+        "c3": TestClient("c3", grant_types=()),
+        "c4": TestClient("c4", enabled=False),
+    }
+    for c in out.values():
+        broker.register(c)
+    return out
+
+
+def encode(params: list[tuple[str, str]]) -> str:
+    return str(httpx.QueryParams(params))
+
+
+def base_params(assertion: str) -> list[tuple[str, str]]:
+    return [("grant_type", "client_credentials"), ("client_assertion_type", URN), ("client_assertion", assertion)]
+
+
+# -- A1: method and content type -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_other_methods_are_405_with_allow_post(broker, method):
+    r = broker.http.request(method, "/token")
+    assert_error(r, 405, "invalid_request", MethodNotAllowed)
+    assert r.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "text/plain", "multipart/form-data; boundary=x", None],
+    ids=["json", "text-plain", "multipart", "missing"],
+)
+def test_wrong_content_type_is_invalid_request(broker, clients, content_type):
+    body = encode(base_params(clients["c1"].assertion(broker.clock.now)))
+    headers = {} if content_type is None else {"content-type": content_type}
+    r = broker.http.post("/token", content=body, headers=headers)
+    assert_error(r, 400, "invalid_request")
+
+
+def test_content_type_with_charset_is_accepted(broker, clients):
+    body = encode(base_params(clients["c1"].assertion(broker.clock.now)))
+    r = broker.token(body, headers={"content-type": "application/x-www-form-urlencoded; charset=UTF-8"})
+    assert_token(r)
+
+
+# -- A2: duplicate parameters ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,second",
+    [
+        ("grant_type", "client_credentials"),
+        ("client_assertion", "same"),
+        ("client_assertion", "other"),
+        ("client_assertion_type", URN),
+        ("client_id", "c1"),
+        ("scope", "read"),
+    ],
+    ids=["grant_type", "assertion-same", "assertion-different", "assertion_type", "client_id", "scope"],
+)
+def test_repeated_parameter_is_invalid_request(broker, clients, name, second):
+    assertion = clients["c1"].assertion(broker.clock.now)
+    params = base_params(assertion) + [("client_id", "c1"), ("scope", "read")]
+    if second == "same":
+        second = assertion
+    r = broker.token(encode(params + [(name, second)]))
+    assert_error(r, 400, "invalid_request")
+    # The assertion was not consumed: it still works once the request is well formed.
+    assert_token(broker.token(form(assertion)))
+
+
+def test_repeated_resource_is_invalid_target(broker, clients):
+    """RFC 8707 §2 allows several resources; we issue single-audience tokens (documented deviation)."""
+    params = base_params(clients["c1"].assertion(broker.clock.now)) + [("resource", RS1), ("resource", RS1)]
+    assert_error(broker.token(encode(params)), 400, "invalid_target")
+
+
+# -- A3: blank and unknown parameters -------------------------------------------------------------
+
+
+def test_blank_client_id_is_treated_as_omitted(broker, clients):
+    assert_token(broker.token(form(clients["c1"].assertion(broker.clock.now), client_id="")))
+
+
+def test_blank_assertion_is_invalid_client(broker, clients):
+    assert_invalid_client(broker.token(form("")))
+
+
+def test_blank_scope_gives_default_scope(broker, clients):
+    body = assert_token(broker.token(form(clients["c1"].assertion(broker.clock.now), scope="")))
+    assert body["scope"] == "read"
+
+
+def test_unknown_parameters_are_ignored_and_change_nothing(broker, clients):
+    c1 = clients["c1"]
+    plain = assert_token(broker.token(form(c1.assertion(broker.clock.now))))
+    extra = assert_token(broker.token(form(c1.assertion(broker.clock.now), foo="bar", aud="x", sub="c2", iss="c2")))
+    _, a = decode_unverified(plain["access_token"])
+    _, b = decode_unverified(extra["access_token"])
+    for claims in (a, b):
+        claims.pop("jti")
+    assert a == b
+
+
+# -- A4: grant type --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "grant,status,code",
+    [
+        (DROP, 400, "invalid_request"),
+        ("password", 400, "unsupported_grant_type"),
+        ("authorization_code", 400, "unsupported_grant_type"),
+        ("refresh_token", 400, "unsupported_grant_type"),
+        ("urn:ietf:params:oauth:grant-type:jwt-bearer", 400, "unsupported_grant_type"),
+        ("Client_Credentials", 400, "unsupported_grant_type"),
+    ],
+    ids=["missing", "password", "authorization_code", "refresh_token", "jwt-bearer", "wrong-case"],
+)
+def test_grant_type(broker, clients, grant, status, code):
+    r = broker.token(form(clients["c1"].assertion(broker.clock.now), grant_type=grant))
+    assert_error(r, status, code)
+
+
+def test_client_not_allowed_client_credentials_is_unauthorized_client(broker, clients):
+    assert_error(broker.get_token(clients["c3"]), 400, "unauthorized_client")
+
+
+# -- A5/A6: no authentication, assertion type ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["grant_type=client_credentials&client_id=c1", "grant_type=client_credentials"],
+    ids=["client_id-only", "grant_type-only"],
+)
+def test_no_client_authentication_is_invalid_client(broker, clients, body):
+    assert_invalid_client(broker.token(body))
+
+
+def test_assertion_without_type_is_invalid_request(broker, clients):
+    r = broker.token(form(clients["c1"].assertion(broker.clock.now), client_assertion_type=DROP))
+    assert_error(r, 400, "invalid_request")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "urn:ietf:params:oauth:client-assertion-type:saml2-bearer",
+        URN.upper(),
+        URN + " ",
+        "urn:ietf:params:oauth:grant-type:jwt-bearer",
+    ],
+    ids=["saml", "upper-case", "trailing-space", "grant-urn"],
+)
+def test_wrong_assertion_type_is_invalid_client(broker, clients, value):
+    assertion = clients["c1"].assertion(broker.clock.now)
+    assert_invalid_client(broker.token(form(assertion, client_assertion_type=value)))
+    assert_token(broker.token(form(assertion)))  # not consumed
+
+
+# -- A7: two authentication methods --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra_header,extra_param",
+    [
+        ({"authorization": "Basic " + base64.b64encode(b"c1:secret").decode()}, {}),
+        ({}, {"client_secret": "secret"}),
+    ],
+    ids=["basic-header", "client_secret"],
+)
+def test_two_auth_methods_is_invalid_request_and_keeps_jti(broker, clients, extra_header, extra_param):
+    assertion = clients["c1"].assertion(broker.clock.now)
+    r = broker.token(form(assertion, **extra_param), headers=extra_header)
+    assert_error(r, 400, "invalid_request")
+    assert_token(broker.token(form(assertion)))
+
+
+# -- A8/A9: client_id binding, credentials in the URL ---------------------------------------------
+
+
+def test_client_id_of_another_client_is_invalid_client(broker, clients):
+    assert_invalid_client(broker.token(form(clients["c1"].assertion(broker.clock.now), client_id="c2")))
+
+
+def test_matching_client_id_is_accepted(broker, clients):
+    assert_token(broker.token(form(clients["c1"].assertion(broker.clock.now), client_id="c1")))
+
+
+def test_credentials_in_query_are_ignored_and_not_logged(broker, clients):
+    assertion = clients["c1"].assertion(broker.clock.now)
+    query = encode([("client_assertion", assertion), ("client_assertion_type", URN)])
+    r = broker.http.post(
+        "/token?" + query, content="grant_type=client_credentials", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    assert_invalid_client(r)
+    assert assertion[:100] not in broker.log_text()
+    assert assertion[-60:] not in broker.log_text()
+
+
+# -- A10: size limits ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [65536 + 1, 10 * 1024 * 1024], ids=["limit+1", "10MB"])
+def test_body_over_limit_is_413(broker, clients, size):
+    body = "grant_type=client_credentials&pad=" + "a" * size
+    r = broker.token(body)
+    assert_error(r, 413, "invalid_request", RequestTooLarge)
+
+
+@pytest.mark.parametrize(
+    "assertion",
+    [
+        "a" * 8193,
+        "." * 60000,
+        "a." * 30000,
+    ],
+    ids=["assertion-limit+1", "dots", "many-segments"],
+)
+def test_pathological_assertions_are_invalid_client(broker, clients, assertion):
+    assert_invalid_client(broker.token(form(assertion)))
+
+
+def test_many_ampersands_within_limit_is_handled(broker, clients):
+    body = encode(base_params(clients["c1"].assertion(broker.clock.now))) + "&" * 60000
+    assert_token(broker.token(body))
+
+
+# -- A11: control characters and encoding -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw_body,status,code",
+    [
+        ("grant_type=client_credentials%00", 400, "invalid_request"),
+        ("grant_type=client_credentials&client_id=%FF%FE", 400, "invalid_request"),
+        ("grant_type=client_credentials&client_id=c1%0D%0Ax", 400, "invalid_request"),
+        ("grant_type=client_credentials\r\n&client_id=c1", 400, "invalid_request"),
+        ("grant_type=client_credentials&client_id=caf\xc3\xa9", 400, "invalid_request"),
+    ],
+    ids=["nul-in-grant", "invalid-utf8-client_id", "crlf-escaped", "crlf-raw", "raw-non-ascii"],
+)
+def test_control_characters_and_bad_encoding(broker, raw_body, status, code):
+    r = broker.token(raw_body.encode("latin-1"))
+    assert_error(r, status, code)
+
+
+def test_10kb_client_id_is_invalid_client_not_500(broker, clients):
+    r = broker.token(form(clients["c1"].assertion(broker.clock.now), client_id="c" * 10_000))
+    assert_invalid_client(r)
+
+
+@pytest.mark.parametrize("scope", ["read\u00e9", "r\x00ead", "read\u3000write"], ids=["non-ascii", "nul", "ideographic-space"])
+def test_bad_scope_characters_are_invalid_scope(broker, clients, scope):
+    assert_error(broker.token(form(clients["c1"].assertion(broker.clock.now), scope=scope)), 400, "invalid_scope")
+
+
+# -- A12/A13: hygiene and the enumeration oracle -------------------------------------------------
+
+
+def test_invalid_client_is_byte_identical_for_every_cause(broker, clients):
+    now = broker.clock.now
+    c1 = clients["c1"]
+    unknown = TestClient("nobody")
+    variants = {
+        "unknown": broker.token(form(unknown.assertion(now))),
+        "disabled": broker.get_token(clients["c4"]),
+        "bad-signature": broker.token(form(c1.assertion(now, key=TestClient("x").key))),
+        "expired": broker.token(form(c1.assertion(now, exp=int(now) - 100, iat=int(now) - 160))),
+        "kid-echo": broker.token(form(c1.assertion(now, header={"alg": "ES256", "kid": 'a"\r\n'}))),
+    }
+    bodies = {name: (r.status_code, r.content, r.headers.get("content-type")) for name, r in variants.items()}
+    assert len(set(bodies.values())) == 1, bodies
+    status, content, _ = bodies["unknown"]
+    assert status == 401 and content == b'{"error":"invalid_client","error_description":"Client authentication failed."}'
+    for r in variants.values():
+        assert_hygiene(r)
+    assert set(variants["unknown"].json()) == set(INVALID_CLIENT_BODY)
+
+
+# -- F56-F58: scope and resource -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scope", ["admin", "read admin", "c2only"], ids=["admin", "read+admin", "other-clients-scope"])
+def test_scope_escalation_is_invalid_scope_and_consumes_jti(broker, clients, scope):
+    assertion = clients["c1"].assertion(broker.clock.now)
+    assert_error(broker.token(form(assertion, scope=scope)), 400, "invalid_scope")
+    assert_invalid_client(broker.token(form(assertion)))
+
+
+@pytest.mark.parametrize(
+    "scope,status,code,granted",
+    [
+        ("READ", 400, "invalid_scope", None),
+        ("read\twrite", 400, "invalid_scope", None),
+        ("read\u00a0write", 400, "invalid_scope", None),
+        ("read  write", 400, "invalid_scope", None),
+        (" read", 400, "invalid_scope", None),
+        ("read ", 400, "invalid_scope", None),
+        ('re"ad', 400, "invalid_scope", None),
+        ("re\\ad", 400, "invalid_scope", None),
+        (" ".join(f"s{i}" for i in range(1000)), 400, "invalid_request", None),
+        ("s" * 10_000, 400, "invalid_request", None),
+        ("read read", 200, None, "read"),
+        ("write read", 200, None, "read write"),
+        ("read write read", 200, None, "read write"),
+    ],
+    ids=["case", "tab", "nbsp", "double-space", "leading-space", "trailing-space", "quote", "backslash",
+         "1000-tokens", "10kb", "dup", "order", "dup-order"],
+)
+def test_scope_syntax(broker, clients, scope, status, code, granted):
+    r = broker.token(form(clients["c1"].assertion(broker.clock.now), scope=scope))
+    if status == 200:
+        body = assert_token(r)
+        assert body["scope"] == granted
+        assert decode_unverified(body["access_token"])[1]["scope"] == granted
+    else:
+        assert_error(r, status, code)
+
+
+def test_no_default_scope_and_none_requested_is_invalid_scope(broker):
+    client = TestClient("nodefault", default_scopes=())
+    broker.register(client)
+    assert_error(broker.get_token(client), 400, "invalid_scope")
+
+
+@pytest.mark.parametrize(
+    "resource",
+    ["https://unregistered.example.test", "/relative/path", RS1 + "#frag", "not a uri"],
+    ids=["unregistered", "relative", "fragment", "spaces"],
+)
+def test_bad_resource_is_invalid_target(broker, clients, resource):
+    assert_error(broker.token(form(clients["c1"].assertion(broker.clock.now), resource=resource)), 400, "invalid_target")
+
+
+def test_resource_selects_the_audience(broker, clients):
+    body = assert_token(broker.token(form(clients["c1"].assertion(broker.clock.now), resource=RS2)))
+    assert decode_unverified(body["access_token"])[1]["aud"] == RS2
+
+
+# -- F59: the success contract ----------------------------------------------------------------------
+
+
+def test_success_contract(broker, clients):
+    now = broker.clock.now
+    body = assert_token(broker.token(form(clients["c1"].assertion(now), scope="read write")))
+    assert body["expires_in"] == 300 and body["scope"] == "read write"
+    header, claims = decode_unverified(body["access_token"])
+    jwks = broker.http.get("/jwks.json").json()
+    assert header["typ"] == "at+jwt" and header["alg"] == "ES256"
+    assert header["kid"] in {k["kid"] for k in jwks["keys"]}
+    assert set(claims) == {"iss", "sub", "client_id", "aud", "scope", "jti", "iat", "exp"}
+    assert claims["iss"] == ISS and claims["sub"] == claims["client_id"] == "c1" and claims["aud"] == RS1
+    assert claims["iat"] == int(now) and claims["exp"] == int(now) + 300
+    assert len(base64.urlsafe_b64decode(claims["jti"] + "==")) >= 16
+    # Verifies against the published JWKS.
+    from app.oauth.access_token import verification_keys_from_jwks
+
+    verified = verify_access_token(body["access_token"], verification_keys_from_jwks(jwks), issuer=ISS, audience=RS1, now=now)
+    assert verified["client_id"] == "c1"
+
+
+def test_token_jtis_are_unique(broker, clients):
+    jtis = set()
+    for _ in range(200):
+        body = assert_token(broker.get_token(clients["c1"]))
+        jtis.add(decode_unverified(body["access_token"])[1]["jti"])
+        broker.clock.advance(200)  # past the cache's 50% freshness floor: every request mints (issue 4)
+    assert len(jtis) == 200
+
+
+def test_per_client_token_lifetime(broker):
+    client = TestClient("short", token_lifetime=120)
+    broker.register(client)
+    assert assert_token(broker.get_token(client))["expires_in"] == 120
+
+
+def test_privilege_claims_in_assertion_are_ignored(broker, clients):
+    """Matrix #47: scope and aud come only from the form and the registration."""
+    c1 = clients["c1"]
+    now = broker.clock.now
+    body = assert_token(broker.token(form(c1.assertion(
+        now, scope="admin", client_id="c2", roles=["admin"], cnf={"jkt": "x"}, act={"sub": "c2"}, resource=RS2
+    ))))
+    claims = decode_unverified(body["access_token"])[1]
+    assert (claims["scope"], claims["client_id"], claims["aud"]) == ("read", "c1", RS1)
+
+
