@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# Set up and run the whole test suite, including the tests against a real redis-server
-# (installed here when missing and we are root) and live broker processes:
+# Set up and run the whole test suite, including the tests against a real redis-server, live
+# broker processes, HAProxy in front of replicas and a seconds-long benchmark smoke (wrk):
 #   ./scripts/test.sh [pytest args]
+# Missing redis-server/haproxy/wrk are installed with apt-get when running as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v redis-server >/dev/null 2>&1; then
+missing=()
+for bin in redis-server haproxy wrk; do
+  command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing redis-server (apt-get)..." >&2
+    echo "installing ${missing[*]} (apt-get)..." >&2
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "redis-server is not installed: the real-Redis tests will be skipped (install it: apt-get install redis-server)" >&2
+    echo "not installed: ${missing[*]}; the tests that need them are skipped (CI=true makes that a failure)." >&2
+    echo "install them with: apt-get install ${missing[*]}" >&2
   fi
 fi
 source scripts/_setup.sh test

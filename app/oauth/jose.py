@@ -50,13 +50,17 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+# Built once: json.loads() with hooks would build a new decoder for every segment.
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
+
+
 def strict_object(segment: bytes, reason: str) -> dict[str, Any]:
     """Decode one base64url segment as a JSON object, or raise ``Malformed(reason)``."""
     data = b64decode(segment)
     if data is None:
         raise Malformed(reason)
     try:
-        obj = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
+        obj = _DECODER.decode(data.decode("utf-8"))
     except Exception:  # ValueError, UnicodeDecodeError, RecursionError, int-size limits
         raise Malformed(reason) from None
     if type(obj) is not dict:

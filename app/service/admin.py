@@ -108,6 +108,7 @@ class AdminService:
         if await self._registry.get(record.client_id) is not None:
             raise Conflict(record.client_id)
         await self._registry.put(record)
+        self._directory.invalidate()  # this replica at once; the others within the epoch poll
         self._log.info("admin.client_registered", admin=admin, client_id=record.client_id,
                        kids=[k["kid"] for k in record.jwks.get("keys", ())], jwks_uri=record.jwks_uri)
         return record
@@ -140,6 +141,7 @@ class AdminService:
             merged.pop("jwks_uri", None)
         record = self._build(merged, existing=current)
         await self._registry.put(record)
+        self._directory.invalidate()  # this replica at once; the others within the epoch poll
         self._log.info("admin.client_updated", admin=admin, client_id=client_id, fields=sorted(changes))
         return record
 
@@ -162,7 +164,9 @@ class AdminService:
     async def delete(self, admin: str, client_id: str) -> None:
         if client_id == self._settings.admin_client_id:
             raise InvalidClientMetadata("admin_protected", "the bootstrap admin client cannot be deleted")
-        if not await self._registry.delete(client_id):
+        deleted = await self._registry.delete(client_id)
+        self._directory.invalidate()
+        if not deleted:
             raise NotFound(client_id)
         self._log.info("admin.client_deleted", admin=admin, client_id=client_id)
 
@@ -199,6 +203,7 @@ class AdminService:
             if current is not None:
                 record = msgspec.structs.replace(record, created_at=current.created_at, version=current.version + 1)
             await self._registry.put(record)
+            self._directory.invalidate()
             changed += 1
             self._log.info("admin.client_loaded", source="clients_file", client_id=record.client_id)
         self._log.info("admin.clients_file_loaded", path=path, clients=len(entries), changed=changed)
