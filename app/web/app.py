@@ -37,6 +37,7 @@ from app.web.responses import json_response, oauth_error
 from app.web.drain import Drain
 from app.web.metrics import describe as describe_metrics
 from app.web.metrics import http_metrics_middleware
+from app.web.openapi import openapi_document
 from app.web.routes import ROUTES
 
 
@@ -164,6 +165,7 @@ def create_app(settings: Settings, *, redis: Any = None, clock: Callable[[], flo
                 "signer": signer,
                 "jwks": jwks,
                 "metadata": oauth_metadata.encode(oauth_metadata.server_metadata(settings, signing_algs=signing_algs)),
+                "openapi": msgspec.json.encode(openapi_document(settings)),
             }
         ),
         openapi_config=None,

@@ -166,6 +166,11 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
                     headers=NO_STORE)
 
 
+@get("/openapi.json")
+async def openapi(request: Request[Any, Any, Any]) -> Response[bytes]:
+    return Response(request.app.state.openapi, media_type=JSON, headers={"Cache-Control": "public, max-age=300"})
+
+
 @get("/healthz")
 async def healthz() -> Response[bytes]:
     return json_response({"status": "ok"})
@@ -277,6 +282,7 @@ async def admin_remove_key(request: Request[Any, Any, Any], client_id: FromPath[
 
 
 ROUTES = [
+    openapi,
     token,
     revoke,
     introspect,
