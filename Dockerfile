@@ -20,7 +20,7 @@ WORKDIR /srv/app
 COPY pyproject.toml README.md ./
 COPY app ./app
 # The rotation script, run with `docker compose run --rm keys-init python scripts/rotate_signing_key.py`.
-COPY scripts/rotate_signing_key.py ./scripts/rotate_signing_key.py
+COPY scripts/rotate_signing_key.py scripts/demo.py ./scripts/
 RUN pip install . && rm -rf /root/.cache
 
 USER broker:broker

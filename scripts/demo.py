@@ -56,13 +56,13 @@ def short(token: str) -> str:
 # -- demo resource server (its own process) ---------------------------------------------------
 
 
-def resource_server(issuer: str, port: int) -> int:
+def resource_server(issuer: str, port: int, host: str = "127.0.0.1", audience: str | None = None) -> int:
     import uvicorn
     from litestar import Litestar, Request, get
 
     from app.resource import ResourceVerifier, require_bearer
 
-    audience = f"http://127.0.0.1:{port}"
+    audience = audience or f"http://127.0.0.1:{port}"
     verifier = ResourceVerifier(issuer, audience, leeway=RS_LEEWAY)
 
     @get("/data", middleware=[require_bearer(verifier, scopes=["read"], realm="demo-api")])
@@ -85,7 +85,7 @@ def resource_server(issuer: str, port: int) -> int:
         await inner(scope, receive, watch)
 
     inner = Litestar([data, healthz], logging_config=None)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     return 0
 
 
@@ -264,13 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     rs = sub.add_parser("resource-server", help="(internal) the demo resource server")
     rs.add_argument("--issuer", required=True)
     rs.add_argument("--port", type=int, required=True)
+    rs.add_argument("--host", default="127.0.0.1", help="listen address (compose: 0.0.0.0)")
+    rs.add_argument("--audience", help="this API's identifier, the tokens' aud (default http://127.0.0.1:PORT)")
     cs = sub.add_parser("client-service", help="(internal) the demo client service")
     cs.add_argument("--issuer", required=True)
     cs.add_argument("--api", required=True)
     cs.add_argument("--key", required=True)
     args = parser.parse_args(argv)
     if args.role == "resource-server":
-        return resource_server(args.issuer, args.port)
+        return resource_server(args.issuer, args.port, args.host, args.audience)
     if args.role == "client-service":
         return client_service(args.issuer, args.api, args.key)
     return orchestrate()

@@ -57,7 +57,7 @@ def test_every_published_port_binds_loopback_only(compose: dict[str, Any]) -> No
         for port in service.get("ports", []):
             host_ip, pub = _published(port)
             published.append((name, host_ip, pub))
-    assert published == [("lb", "127.0.0.1", "8080")]
+    assert published == [("lb", "127.0.0.1", "8080"), ("lb", "127.0.0.1", "9000")]  # broker, demo API
 
 
 def test_redis_is_private_and_never_evicts(compose: dict[str, Any]) -> None:
@@ -120,3 +120,11 @@ def test_dockerfile_is_slim_non_root_and_keyless() -> None:
     assert not any(ln.startswith(("COPY keys", "ADD keys", "COPY . ", "ADD . ")) for ln in lines)
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert "keys/" in ignored
+
+
+def test_demo_resource_server_reaches_the_issuer_through_the_load_balancer(compose: dict[str, Any]) -> None:
+    api = compose["services"]["demo-api"]
+    assert api["network_mode"] == "service:lb"  # 127.0.0.1:8080 inside it is HAProxy: the issuer URL
+    assert "ports" not in api  # published by the lb service, on loopback only
+    assert "127.0.0.1:9000:9000" in compose["services"]["lb"]["ports"]
+    assert api["command"][:3] == ["python", "scripts/demo.py", "resource-server"]
