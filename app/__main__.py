@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     keys_cmd.add_argument("action", choices=["init"],
                           help="init: create the first signing key (and dev admin key) if the folder is empty")
     args = parser.parse_args(argv)
+    if args.command == "serve" and not os.environ.get("BROKER_ISSUER"):
+        # Development default: the issuer is where this process listens on loopback, so that
+        # `serve --port 9000` works without also setting BROKER_ISSUER (workers read the env).
+        os.environ["BROKER_ISSUER"] = f"http://127.0.0.1:{args.port}"
 
     try:
         settings = Settings.from_env()

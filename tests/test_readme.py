@@ -6,10 +6,12 @@ import os
 import re
 import subprocess
 import sys
+import time
 
+import httpx
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.live
 
@@ -22,8 +24,6 @@ def walkthrough_block() -> str:
 
 def test_readme_walkthrough_runs_as_written(spawn_broker, tmp_path):
     # The walk-through uses the broker URL as issuer (loopback http), like ./scripts/serve.sh does.
-    from tests.conftest import free_port
-
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     keys_dir = spawn_broker.keys_dir
@@ -33,9 +33,6 @@ def test_readme_walkthrough_runs_as_written(spawn_broker, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        import httpx
-        import time
-
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
