@@ -213,3 +213,18 @@ def test_bad_requests(broker, c1, rs, path, case, status, code):
 def test_other_methods(broker, path):
     r = broker.http.get(path)
     assert (r.status_code, r.headers["allow"]) == (405, "POST")
+
+
+def test_revoked_admin_token_is_refused_by_the_admin_api(broker):
+    from app.keystore import import_private_jwk, read_json
+
+    data = read_json(broker.settings.keys_dir / "admin.jwk")
+    admin = TestClient("broker-admin", key=import_private_jwk(data), kid=data["kid"])
+    r = broker.token(form(admin.assertion(broker.clock.now), scope="broker:admin", resource=broker.settings.admin_audience))
+    assert r.status_code == 200, r.text
+    bearer = {"authorization": "Bearer " + r.json()["access_token"]}
+    assert broker.http.get("/admin/clients", headers=bearer).status_code == 200
+    revoke(broker, admin, r.json()["access_token"])
+    refused = broker.http.get("/admin/clients", headers=bearer)
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"].startswith('Bearer realm="token-broker", error="invalid_token"')

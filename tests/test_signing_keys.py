@@ -137,3 +137,15 @@ def test_script_commands(tmp_path: Path) -> None:
     assert sorted(k["state"] for k in json.loads(run("status").stdout)) == ["active", "retired"]
     for path in signing_dir(tmp_path / "keys").iterdir():
         assert path.stat().st_mode & 0o077 == 0
+
+
+def test_metadata_follows_a_rotation_to_another_algorithm(broker):
+    """The RFC 8414 document lists the published keys' algorithms as they are after a reload."""
+    from app.service import signing_keys
+
+    before = broker.http.get("/.well-known/oauth-authorization-server").json()
+    assert before["access_token_signing_alg_values_supported"] == ["ES256"]
+    signing_keys.stage(broker.settings.keys_dir, "Ed25519")
+    assert broker.app.state.key_reloader.reload_if_changed()
+    after = broker.http.get("/.well-known/oauth-authorization-server").json()
+    assert after["access_token_signing_alg_values_supported"] == ["ES256", "Ed25519"]

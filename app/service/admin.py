@@ -38,7 +38,7 @@ from app.service.jwks_fetch import check_jwks_uri
 from app.oauth.grant import check_resource
 from app.oauth.errors import InvalidTarget
 from app.service.directory import ClientDirectory
-from app.store.base import ClientRegistry
+from app.store.base import ClientRegistry, TokenStore
 
 ADMIN_SCOPE = "broker:admin"
 LEGACY_AUD_MAX_WINDOW = 366 * 86400
@@ -69,10 +69,12 @@ class AdminService:
         verification_keys: Callable[[], dict[str, VerificationKey]],
         log: Any,
         clock: Callable[[], float] = time.time,
+        tokens: TokenStore | None = None,
     ) -> None:
         self._settings = settings
         self._registry = registry
         self._directory = directory
+        self._tokens = tokens
         self._keys = verification_keys
         self._log = log
         self._clock = clock
@@ -93,6 +95,9 @@ class AdminService:
         client = await self._directory.get(claims["client_id"])
         if client is None or not client.record.enabled:
             raise InvalidToken("client_gone")
+        # A revoked admin token (RFC 7009) is refused until it expires.
+        if self._tokens is not None and await self._tokens.is_revoked(claims["client_id"], claims["jti"]):
+            raise InvalidToken("token_revoked")
         return claims["client_id"]
 
     # -- operations -------------------------------------------------------------------------

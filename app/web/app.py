@@ -6,6 +6,7 @@ Resources (Redis client, poller task) are opened in the lifespan and kept on ``a
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import time
 from collections.abc import AsyncIterator, Callable
@@ -87,9 +88,16 @@ def create_app(settings: Settings, *, redis: Any = None, clock: Callable[[], flo
     introspection_service = IntrospectionService(settings, authenticator=token_service.authenticator, directory=directory,
                                                  tokens=tokens, verification_keys=verification_keys, log=log, clock=clock)
     admin_service = AdminService(
-        settings, registry=registry, directory=directory, verification_keys=verification_keys, log=log, clock=clock
+        settings, registry=registry, directory=directory, verification_keys=verification_keys, log=log, clock=clock,
+        tokens=tokens,
     )
-    signing_algs = sorted({k.alg for k in keys["current"].verification_keys.values()})
+    @functools.lru_cache(maxsize=8)
+    def _metadata_for(signing_algs: tuple[str, ...]) -> bytes:
+        return oauth_metadata.encode(oauth_metadata.server_metadata(settings, signing_algs=list(signing_algs)))
+
+    def metadata() -> bytes:
+        """RFC 8414 document; follows the published keys' algorithms across rotations."""
+        return _metadata_for(tuple(sorted({k.alg for k in keys["current"].verification_keys.values()})))
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -164,7 +172,7 @@ def create_app(settings: Settings, *, redis: Any = None, clock: Callable[[], flo
                 "directory": directory,
                 "signer": signer,
                 "jwks": jwks,
-                "metadata": oauth_metadata.encode(oauth_metadata.server_metadata(settings, signing_algs=signing_algs)),
+                "metadata": metadata,
                 "openapi": msgspec.json.encode(openapi_document(settings)),
             }
         ),

@@ -151,7 +151,7 @@ async def token_op_other_methods() -> Response[bytes]:
 
 @get("/.well-known/oauth-authorization-server")
 async def metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
-    return Response(request.app.state.metadata, media_type=JSON, headers={"Cache-Control": "public, max-age=300"})
+    return Response(request.app.state.metadata(), media_type=JSON, headers={"Cache-Control": "public, max-age=300"})
 
 
 @get("/jwks.json")
