@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.client.assertion import make_client_assertion  # noqa: E402
-from app.keystore import KeyFileError, import_private_jwk, read_json  # noqa: E402
+from app.client.credentials import ClientKey  # noqa: E402
 
 
 def main() -> int:
@@ -28,13 +28,12 @@ def main() -> int:
     parser.add_argument("--lifetime", type=int, default=60, help="seconds until exp (1-60)")
     args = parser.parse_args()
     try:
-        data = read_json(args.key)
-        key = import_private_jwk(data)
-    except (KeyFileError, KeyError, ValueError) as exc:
+        key = ClientKey(args.key)
+    except ValueError as exc:
         print(f"mint_assertion: cannot use {args.key}: {exc}", file=sys.stderr)
         return 2
-    alg = data.get("alg") or "ES256"
-    print(make_client_assertion(key, client_id=args.client_id, issuer=args.issuer, alg=alg, kid=data.get("kid"), lifetime=args.lifetime))
+    print(make_client_assertion(key.key, client_id=args.client_id, issuer=args.issuer, alg=key.alg, kid=key.kid,
+                                lifetime=args.lifetime))
     return 0
 
 

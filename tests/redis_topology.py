@@ -7,6 +7,8 @@ fixture. Cluster nodes need their bus port (port + 10000) free too, so ports are
 
 from __future__ import annotations
 
+import contextlib
+
 import random
 import shutil
 import socket
@@ -176,16 +178,22 @@ class SentinelSetup(Processes):
 import pytest  # noqa: E402
 
 
+@contextlib.contextmanager
+def running(topology: Any) -> Any:
+    """Start a Cluster or SentinelSetup, and stop every process it started, whatever happens."""
+    try:
+        topology.up()
+        yield topology
+    finally:
+        topology.stop_all()
+
+
 @pytest.fixture(scope="module")
 def redis_cluster() -> Any:
     from tests.conftest import _redis_binary
 
-    cluster = Cluster(_redis_binary())
-    try:
-        cluster.up()
+    with running(Cluster(_redis_binary())) as cluster:
         yield cluster
-    finally:
-        cluster.stop_all()
 
 
 @pytest.fixture(params=["single", "cluster"])

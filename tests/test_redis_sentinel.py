@@ -23,7 +23,7 @@ from app.config import ConfigError, Settings
 from tests.conftest import Broker, FrozenClock, _redis_binary
 from tests.expect import assert_invalid_client, assert_token
 from tests.helpers import ISS, TestClient, form
-from tests.redis_topology import SentinelSetup
+from tests.redis_topology import SentinelSetup, running
 from tests.test_replay import _admin_register
 
 
@@ -52,12 +52,8 @@ def test_sentinel_settings_are_not_embedded() -> None:
 
 @pytest.fixture
 def sentinel() -> Iterator[SentinelSetup]:
-    setup = SentinelSetup(_redis_binary())
-    try:
-        setup.up()
+    with running(SentinelSetup(_redis_binary())) as setup:
         yield setup
-    finally:
-        setup.stop_all()
 
 
 @pytest.mark.redis

@@ -19,19 +19,15 @@ from app.store.ratelimit import RedisFailureCounter
 from app.store.redis import RedisClientRegistry, RedisJwksUriCache, RedisReplayGuard, connect
 from app.store.token_cache import RedisTokenStore
 from tests.conftest import _redis_binary
-from tests.redis_topology import SentinelSetup, redis_cluster  # noqa: F401 (fixture)
+from tests.redis_topology import SentinelSetup, running, redis_cluster  # noqa: F401 (fixture)
 
 OPTS = {"timeout": 1.0, "retries": 1}
 
 
 @pytest.fixture(scope="module")
 def redis_sentinel() -> Iterator[SentinelSetup]:
-    setup = SentinelSetup(_redis_binary())
-    try:
-        setup.up()
+    with running(SentinelSetup(_redis_binary())) as setup:
         yield setup
-    finally:
-        setup.stop_all()
 
 
 @pytest.fixture(params=["fakeredis", "redis", "cluster", "sentinel"])

@@ -20,14 +20,13 @@ import httpx
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from app.client.assertion import make_client_assertion
+from app.client.credentials import ClientKey, default_alg
 from app.keystore import generate_private_key, public_jwk, write_private
 from app.oauth.clients import CLIENT_ID_RE
 
 URN = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ADMIN_SCOPE = "broker:admin"
 KEY_ALGS = ("ES256", "Ed25519", "PS256", "RS256", "ES384")
-_CLASSES = {"EC": ECKey, "RSA": RSAKey, "OKP": OKPKey}
-_DEFAULT_ALG = {("EC", "P-256"): "ES256", ("EC", "P-384"): "ES384", ("OKP", "Ed25519"): "Ed25519", ("RSA", None): "PS256"}
 
 
 class AdminError(Exception):
@@ -50,23 +49,13 @@ def load_private_jwk(path: Path) -> tuple[Any, str, str]:
         raise AdminError(f"cannot read key file {path} ({type(exc).__name__}): it must be a private JWK (JSON)") from None
     if isinstance(data, dict) and isinstance(data.get("jwk"), dict):  # a broker signing-key file layout
         data = data["jwk"]
+    if not isinstance(data, dict):
+        raise AdminError(f"{path} is not a valid JWK")
     try:
-        key = _CLASSES[data["kty"]].import_key(data)
-    except Exception:
-        raise AdminError(f"{path} is not a valid JWK") from None
-    if not key.is_private:
-        raise AdminError(f"{path} holds a public key; the admin key file must hold the private key")
-    alg = data.get("alg") or _default_alg(key)
-    return key, alg, data.get("kid") or key.thumbprint()
-
-
-def _default_alg(key: Any) -> str:
-    kty = key.key_type
-    crv = key.as_dict(private=False).get("crv") if kty != "RSA" else None
-    alg = _DEFAULT_ALG.get((kty, crv))
-    if alg is None:
-        raise AdminError(f"unsupported key type {kty} {crv or ''}: use EC P-256/P-384, Ed25519 or RSA")
-    return alg
+        client_key = ClientKey(data)
+    except (ValueError, KeyError) as exc:
+        raise AdminError(f"{path}: {exc}; the admin key file must hold a private JWK") from None
+    return client_key.key, client_key.alg, client_key.kid
 
 
 def generate_client_key(alg: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -97,7 +86,10 @@ def read_public_keys(path: Path, alg: str | None = None) -> list[dict[str, Any]]
                 continue
         if key is None:
             raise AdminError(f"{path}: not a PEM public key this broker supports (EC, Ed25519, RSA)")
-        return [public_jwk(key, alg=alg or _default_alg(key))]
+        try:
+            return [public_jwk(key, alg=alg or default_alg(key))]
+        except ValueError as exc:
+            raise AdminError(f"{path}: {exc}") from None
     try:
         data = json.loads(raw)
     except ValueError:

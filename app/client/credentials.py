@@ -13,7 +13,17 @@ from typing import Any
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 _CLASSES = {"EC": ECKey, "RSA": RSAKey, "OKP": OKPKey}
-_DEFAULT_ALG = {"EC": "ES256", "RSA": "PS256", "OKP": "Ed25519"}
+_DEFAULT_ALG = {("EC", "P-256"): "ES256", ("EC", "P-384"): "ES384", ("OKP", "Ed25519"): "Ed25519", ("RSA", None): "PS256"}
+
+
+def default_alg(key: Any) -> str:
+    """The algorithm a key is registered with when its JWK names none (one alg per key)."""
+    kty = key.key_type
+    crv = key.as_dict(private=False).get("crv") if kty != "RSA" else None
+    alg = _DEFAULT_ALG.get((kty, crv))
+    if alg is None:
+        raise ValueError(f"unsupported key type {kty} {crv or ''}: use EC P-256/P-384, Ed25519 or RSA")
+    return alg
 
 
 class ClientKey:
@@ -33,7 +43,7 @@ class ClientKey:
         if not getattr(key, "is_private", False):
             raise ValueError("the client key must be a private key")
         self.key = key
-        self.alg = alg or _DEFAULT_ALG[key.key_type]
+        self.alg = alg or default_alg(key)
         self.kid = kid or key.thumbprint()
 
     def __repr__(self) -> str:  # never show key material

@@ -82,7 +82,6 @@ class TokenCache:
         self._wait = settings.cache_stampede_wait
         # An entry minted by a replica whose clock runs ahead is still ours (matrix §0 SKEW).
         self._future_tolerance = settings.leeway + settings.clock_skew
-        self._store = store
         self.store = store
         self._metrics = metrics
         self._log = log
@@ -158,7 +157,7 @@ class TokenCache:
             locked, raw = True, None
         else:  # a stale or rejected entry: take the lock now, re-reading the entry atomically
             try:
-                locked, raw = await self._store.lock_and_read(client_id, cache_id, request_id, LOCK_MS)
+                locked, raw = await self.store.lock_and_read(client_id, cache_id, request_id, LOCK_MS)
             except StoreUnavailable as exc:
                 self._log.warning("token_cache.lock_failed", request_id=request_id, client_id=client_id, error=str(exc))
                 locked, raw = True, None  # fail open: mint
@@ -167,7 +166,7 @@ class TokenCache:
             self._metrics.inc(STAMPEDE_WAITS, via="replica")
             if locked:
                 try:
-                    await self._store.unlock(client_id, cache_id)
+                    await self.store.unlock(client_id, cache_id)
                 except StoreUnavailable:
                     pass  # it expires in LOCK_MS anyway
             return entry, "wait"
@@ -177,7 +176,7 @@ class TokenCache:
             while self._monotonic() < deadline:
                 await asyncio.sleep(_POLL_INTERVAL)
                 try:
-                    raw = await self._store.read(client_id, cache_id)
+                    raw = await self.store.read(client_id, cache_id)
                 except StoreUnavailable:
                     break
                 entry, _ = self.check(raw, grant, signer, now)
@@ -186,7 +185,7 @@ class TokenCache:
             self._log.info("token_cache.stampede_timeout", request_id=request_id, client_id=client_id)
         entry = self._mint(grant, signer, int(now), request_id)
         try:
-            await self._store.write(client_id, cache_id, entry.jti, _encode(entry), max(1, int((entry.exp - now) * 1000)))
+            await self.store.write(client_id, cache_id, entry.jti, _encode(entry), max(1, int((entry.exp - now) * 1000)))
         except StoreUnavailable as exc:
             self._log.warning("token_cache.write_failed", request_id=request_id, client_id=client_id, error=str(exc))
         return entry, "mint"
@@ -209,5 +208,5 @@ class TokenCache:
         return CachedToken(token, claims.jti, claims.iat, claims.exp)
 
     async def revoked(self, client_id: str, token_jti: str, ttl_ms: int) -> None:
-        await self._store.revoke(client_id, token_jti, ttl_ms)
+        await self.store.revoke(client_id, token_jti, ttl_ms)
         self._metrics.inc(REVOKED)

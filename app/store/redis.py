@@ -106,7 +106,7 @@ class RedisReplayGuard(RedisStore):
         # SET NX PX GET (Redis >= 7.0): one atomic command; the old value tells a replay (another
         # request's id) from our own retried write (our id).
         previous = await self._run(
-            self.redis.set(keys.replay(client_id, jti), request_id, nx=True, px=ttl_ms, get=True)
+            self.redis.set(keys.replay(client_id, jti), request_id, nx=True, px=ttl_ms, get=True), op="replay"
         )
         return previous is None or previous == request_id.encode()
 

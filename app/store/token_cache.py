@@ -26,12 +26,7 @@ from redis.exceptions import ResponseError
 
 from app.store import keys
 from app.store.base import CacheLookup, StoreUnavailable
-from app.store.redis import RedisStore
-
-
-def first_use(previous: bytes | None, request_id: str) -> bool:
-    """The reply of ``SET ... NX GET``: nothing before, or our own retried write (matrix #55)."""
-    return previous is None or previous == request_id.encode()
+from app.store.redis import RedisReplayGuard
 
 
 # KEYS: replay record, cache entry, mint lock. ARGV: request id, replay ttl (ms), lock ttl (ms).
@@ -65,7 +60,9 @@ return 1
 """
 
 
-class RedisTokenStore(RedisStore):
+class RedisTokenStore(RedisReplayGuard):
+    """Also a ``ReplayGuard``: the plain replay record (``first_use``) is the fallback below."""
+
     metric_op = "token_cache"
 
     def __init__(self, redis: Any, **options: Any) -> None:
@@ -77,7 +74,7 @@ class RedisTokenStore(RedisStore):
         self, client_id: str, jti: str, request_id: str, ttl_ms: int, cache_id: str | None, lock_ms: int = 2000
     ) -> CacheLookup:
         if cache_id is None:  # the grant was refused: only the replay record matters
-            return CacheLookup(await self._consume_only(client_id, jti, request_id, ttl_ms), None)
+            return CacheLookup(await self.first_use(client_id, jti, request_id, ttl_ms), None)
         keys_ = [keys.replay(client_id, jti), keys.token_entry(client_id, cache_id), keys.token_lock(client_id, cache_id)]
         try:
             # Labelled "replay": this is the token endpoint's replay round trip (the cache rides along).
@@ -87,7 +84,7 @@ class RedisTokenStore(RedisStore):
                 raise  # no answer at all: the replay is unconfirmed (fail closed)
             # Redis refused the script as a whole before running it (an ACL that denies the cache
             # keys, OOM, READONLY...): the replay record alone decides, the cache fails open.
-            first = await self._consume_only(client_id, jti, request_id, ttl_ms)
+            first = await self.first_use(client_id, jti, request_id, ttl_ms)
             return CacheLookup(first, None, type(exc.__cause__).__name__)
         if reply[0] == 0:
             return CacheLookup(False, None)
@@ -96,12 +93,6 @@ class RedisTokenStore(RedisStore):
             return CacheLookup(True, None, "cache_read_error")
         entry = reply[1]
         return CacheLookup(True, None if entry is None else bytes(entry), None, bool(reply[2]))
-
-    async def _consume_only(self, client_id: str, jti: str, request_id: str, ttl_ms: int) -> bool:
-        previous = await self._run(
-            self.redis.set(keys.replay(client_id, jti), request_id, nx=True, px=ttl_ms, get=True), op="replay"
-        )
-        return first_use(previous, request_id)
 
     def _count_error(self, op: str, exc: Exception) -> None:
         if self._metrics is not None:
