@@ -17,7 +17,8 @@ from app.config import Settings
 from app.oauth.access_token import AccessTokenClaims, TokenSigner
 from app.oauth.grant import Grant
 from app.keystore import generate_private_key
-from app.service.token_cache import HITS, MINTED, MISSES, STAMPEDE_WAITS, CachedToken
+from app.metrics import Metrics
+from app.service.token_cache import HITS, LOCK_MS, MINTED, MISSES, STAMPEDE_WAITS, CachedToken, TokenCache
 from app.store import keys
 from tests.conftest import Broker
 from tests.expect import assert_error, assert_invalid_client, assert_token
@@ -399,6 +400,40 @@ def test_lock_held_by_another_replica_then_its_entry_appears(broker, c1):
     broker.call(run)
     assert minted(broker) == []
     assert metric(broker, STAMPEDE_WAITS, via="replica") == 1
+
+
+def test_lock_holder_answered_after_a_waiter_in_its_own_process_still_mints(broker, c1):
+    """The CI failure of 2026-11-26, replayed in order (two replicas, one Redis, 2 x 30 misses).
+
+    Replica A's lock holder (L) and a request that lost the lock to it (F) run their lookups; A's
+    event loop happens to resume F first, so F starts A's single flight and polls. L, resumed next,
+    holds the lock: it must mint itself and not queue behind F, else nobody mints until F's wait
+    runs out and replica B's waiter (W), timing out at the same moment, signs a second token.
+    """
+    cache_a = broker.app.state.token_service.cache
+    store = cache_a.store
+    cache_b = TokenCache(broker.settings, store=store, metrics=Metrics(), log=cache_a._log)  # another replica
+    signer = broker.app.state.signer()
+    grant = _grant()
+    version = broker.call(broker.app.state.registry.get, "c1").version
+    cid = cache_a.cache_id(grant, version, signer)
+    now = broker.clock.now
+
+    async def run() -> list[str]:
+        lookups = {}
+        for rid in ("L", "F", "W"):  # L's script runs first in Redis and takes the lock
+            lookups[rid] = await store.consume_and_lookup("c1", "jti-" + rid, rid, 60_000, cid, LOCK_MS)
+        assert [(lk.entry, lk.locked) for lk in lookups.values()] == [(None, True), (None, False), (None, False)]
+        f = asyncio.ensure_future(cache_a.issue(grant, signer, cid, lookups["F"], now, "F"))
+        await asyncio.sleep(0)  # F is A's in-process leader now, polling the lock L holds
+        answers = await asyncio.gather(f, cache_a.issue(grant, signer, cid, lookups["L"], now, "L"),
+                                       cache_b.issue(grant, signer, cid, lookups["W"], now, "W"))
+        return [entry.access_token for entry, _ in answers]
+
+    tokens = broker.call(run)
+    assert len(set(tokens)) == 1
+    assert len(minted(broker)) == 1
+    assert not any(e.get("event") == "token_cache.stampede_timeout" for e in broker.logs())
 
 
 def test_lock_held_but_nothing_appears_mints_after_the_bounded_wait(broker, c1):

@@ -110,7 +110,10 @@ class TokenCache:
         self._metrics.inc(MISSES, reason=reason)
 
         task = self._inflight.get(cache_id)
-        if task is not None:  # another request in this process is already minting this entry
+        # A request whose lookup took the Redis lock is the one every replica waits for: it mints
+        # itself and never queues behind a request of this process that lost the lock to it (that
+        # one is polling Redis for the very entry this one is about to write).
+        if task is not None and not lookup.locked:  # this process already has a fill for this entry
             self._metrics.inc(STAMPEDE_WAITS, via="process")
             try:
                 entry, _ = await asyncio.wait_for(asyncio.shield(task), self._wait + LOCK_MS / 1000)
@@ -119,8 +122,8 @@ class TokenCache:
             return entry, "wait"
         # The fill runs as its own task so a leader whose client goes away cannot strand the others.
         task = asyncio.ensure_future(self._fill(grant, signer, cache_id, now, request_id, lookup.locked))
-        self._inflight[cache_id] = task
-        task.add_done_callback(lambda _t: self._inflight.pop(cache_id, None))
+        self._inflight[cache_id] = task  # the lock holder's fill replaces a polling one: later misses join it
+        task.add_done_callback(lambda t: self._inflight.pop(cache_id) if self._inflight.get(cache_id) is t else None)
         return await asyncio.shield(task)
 
     def check(self, raw: bytes | None, grant: Grant, signer: TokenSigner, now: float) -> tuple[CachedToken | None, str]:
