@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
             log_level="warning",
             access_log=False,
             server_header=False,
+            # uvicorn trusts X-Forwarded-For from loopback unless told otherwise; the broker reads
+            # it only from BROKER_TRUSTED_PROXIES (the per-address rate limit keys on the result).
+            proxy_headers=bool(settings.trusted_proxies),
+            forwarded_allow_ips=list(settings.trusted_proxies),
             # SIGTERM: stop accepting, let in-flight requests finish, then exit (rolling restarts).
             timeout_graceful_shutdown=args.graceful_timeout,
         )

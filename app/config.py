@@ -7,6 +7,7 @@ start with the variable's name in the message.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,6 +60,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ratelimit_failures: int = 20
     ratelimit_window: int = 60
     ratelimit_mode: str = "enforce"
+    # Reverse proxies (IP addresses or CIDR networks) whose X-Forwarded-For names the client, for
+    # the per-address limit and the logs. Empty: the TCP peer is the client and the header is ignored.
+    trusted_proxies: tuple[str, ...] = ()
     # Bootstrap admin client (issue: onboarding). JWKS JSON; empty in embedded mode → generated.
     admin_jwks: str | None = None
     admin_client_id: str = "broker-admin"
@@ -166,6 +170,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("BROKER_RATELIMIT_MODE must be enforce, observe or off")
         if not 1 <= self.ratelimit_failures <= 1_000_000 or not 1 <= self.ratelimit_window <= 86400:
             raise ConfigError("BROKER_RATELIMIT_FAILURES and BROKER_RATELIMIT_WINDOW must be positive (window at most 86400 s)")
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry)  # strict: "10.0.0.1/8" is refused, not read as something else
+            except ValueError:
+                raise ConfigError(f"BROKER_TRUSTED_PROXIES must be IP addresses or CIDR networks, got {entry!r}") from None
         if not 0 <= self.shutdown_drain <= 300:
             raise ConfigError("BROKER_SHUTDOWN_DRAIN must be between 0 and 300 seconds")
         if self.redis_cluster and (self.redis_url is None or self.redis_sentinels):

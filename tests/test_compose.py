@@ -8,6 +8,7 @@ There is no Docker engine here, so the files are checked statically.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 from jsonschema import Draft202012Validator
+
+from app.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKERS = ("broker-1", "broker-2", "broker-3")
@@ -109,6 +112,20 @@ def test_haproxy_balances_the_three_replicas_by_readiness(compose: dict[str, Any
     inter = float(next(ln for ln in lines if ln.startswith("default-server")).split("inter ")[1].split("s")[0])
     for name in BROKERS:
         assert float(compose["services"][name]["environment"]["BROKER_SHUTDOWN_DRAIN"]) > inter
+
+
+def test_replicas_trust_only_the_load_balancer_for_the_callers_address(compose: dict[str, Any]) -> None:
+    """The per-address rate limit must see callers, not HAProxy: HAProxy forwards the peer it saw
+    (tests/test_haproxy_live.py runs it) and the replicas believe that header from its address alone."""
+    lb_address = compose["services"]["lb"]["networks"]["backend"]["ipv4_address"]
+    subnet = compose["networks"]["backend"]["ipam"]["config"][0]["subnet"]
+    assert ipaddress.ip_address(lb_address) in ipaddress.ip_network(subnet)
+    for name in BROKERS:
+        env = compose["services"][name]["environment"]
+        settings = Settings.from_env({"BROKER_TRUSTED_PROXIES": env["BROKER_TRUSTED_PROXIES"]})
+        assert settings.trusted_proxies == (lb_address,)
+    lines = [ln.split("#")[0].strip() for ln in (ROOT / "deploy/haproxy.cfg").read_text().splitlines()]
+    assert lines.index("http-request del-header X-Forwarded-For") < lines.index("option forwardfor")
 
 
 def test_dockerfile_is_slim_non_root_and_keyless() -> None:

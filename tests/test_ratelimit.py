@@ -65,6 +65,22 @@ def test_settings_validated() -> None:
     assert (s.ratelimit_mode, s.ratelimit_failures, s.ratelimit_window) == ("observe", 7, 30)
 
 
+@pytest.mark.parametrize("value, parsed", [
+    ("", ()),
+    ("10.0.0.7", ("10.0.0.7",)),
+    ("172.30.80.0/24, ::1", ("172.30.80.0/24", "::1")),
+    ("*", None),  # trusting everyone lets any caller choose its own address
+    ("10.0.0.1/8", None),  # host bits set: refused, not silently read as 10.0.0.0/8
+    ("haproxy", None),  # names are not resolved
+], ids=["unset", "address", "network-and-v6", "star", "host-bits", "hostname"])
+def test_trusted_proxies_setting(value: str, parsed: tuple[str, ...] | None) -> None:
+    if parsed is None:
+        with pytest.raises(ConfigError, match="BROKER_TRUSTED_PROXIES must be IP addresses or CIDR networks"):
+            Settings.from_env({"BROKER_TRUSTED_PROXIES": value})
+    else:
+        assert Settings.from_env({"BROKER_TRUSTED_PROXIES": value}).trusted_proxies == parsed
+
+
 def test_per_address_limit_blocks_that_address_only(limited: Broker) -> None:
     c1, c2 = TestClient("c1"), TestClient("c2")
     limited.register(c1)
@@ -269,3 +285,34 @@ def test_flood_of_bad_assertions_does_not_slow_good_client(real_redis: RedisServ
     during_med = statistics.median(t for _, t in during)
     print(f"good client median: {base_med * 1000:.1f} ms alone, {during_med * 1000:.1f} ms during a 400-request flood")
     assert during_med < base_med * 4 + 0.02, (base_med, during_med)
+
+
+@pytest.mark.redis
+@pytest.mark.live
+@pytest.mark.parametrize("trusted, limited_source", [
+    (None, "127.0.0.1"),
+    ("127.0.0.1", "198.51.100.7"),
+], ids=["unset-header-ignored", "trusted-proxy-names-the-client"])
+def test_x_forwarded_for_is_read_only_from_trusted_proxies(real_redis: RedisServer, spawn_broker: Any,
+                                                           trusted: str | None, limited_source: str) -> None:
+    """The per-address limit keys on the TCP peer unless the peer is a configured proxy.
+
+    (uvicorn's own default trusts X-Forwarded-For from loopback: a local caller could then pick a
+    new address per request and never be limited. The broker turns that off.)
+    Failures are for unknown client ids, one each, so only the address count can reach the limit.
+    """
+    env = {"BROKER_RATELIMIT_FAILURES": "3", **({"BROKER_TRUSTED_PROXIES": trusted} if trusted else {})}
+    live = spawn_broker(redis_url=real_redis.url, env=env)
+
+    def post(n: int, xff: str) -> int:
+        ghost = TestClient(f"ghost-{n}")
+        return httpx.post(live.url + "/token", data=form(ghost.assertion(time.time())),
+                          headers={"X-Forwarded-For": xff}).status_code
+
+    # A proxy appends the peer it saw on the right; anything left of it is the caller's own claim.
+    sent = [post(0, "198.51.100.7"), post(1, "203.0.113.1, 198.51.100.7"), post(2, "203.0.113.2, 198.51.100.7")]
+    assert sent == [401, 401, 401]
+    assert post(3, "203.0.113.3, 198.51.100.7") == 429  # prepending a new address does not escape
+    assert post(4, "198.51.100.8") == (401 if trusted else 429)
+    exceeded = [e for e in live.logs() if e.get("event") == "ratelimit.exceeded"]
+    assert [(e["kind"], e["source"]) for e in exceeded] == [("addr", limited_source)]
