@@ -43,6 +43,14 @@ def main(argv: list[str] | None = None) -> int:
             print("token-broker: --workers > 1 needs BROKER_REDIS_URL (the embedded store is per process)", file=sys.stderr)
             return 2
         from app.keystore import ensure_signing_keys
+        from app.service.admin import read_clients_file
+
+        if settings.clients_file:  # the same check the start-up load makes, before any worker starts
+            try:
+                read_clients_file(settings, settings.clients_file, now=time.time())
+            except ConfigError as exc:
+                print(f"token-broker: configuration error: {exc}", file=sys.stderr)
+                return 2
 
         ensure_signing_keys(settings.keys_dir, settings.signing_alg)  # create once, before workers fork
         uvicorn.run(

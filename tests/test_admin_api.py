@@ -303,3 +303,39 @@ def test_invalid_clients_file_stops_the_start(tmp_path, clock):
             pass
     pattern = r"client #0 \('bad'\): unsupported key type 'oct'"
     assert info.group_contains(ConfigError, match=pattern) if isinstance(info.value, BaseExceptionGroup) else info.match(pattern)
+
+
+_GOOD_ENTRY = {"client_id": "ok", "jwks": {"keys": []}, "audiences": [RS1]}  # keys filled in below
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read JSON (FileNotFoundError)"),
+    ("{not json", "cannot read JSON (DecodeError)"),
+    ('{"client": []}', 'expected a list of clients or {"clients": [...]}'),
+    ([{"client_id": "bad", "jwks": {"keys": [{"kty": "oct", "k": "AAAA"}]}, "audiences": [RS1]}],
+     "client #0 ('bad'): unsupported key type 'oct': use EC, RSA or OKP (no symmetric keys)"),
+    ("dup", "client #1 ('ok'): client_id appears twice in the file"),
+    ("admin", "client #0 ('broker-admin'): the admin client comes from BROKER_ADMIN_JWKS"),
+], ids=["missing", "not-json", "wrong-shape", "symmetric-key", "duplicate-id", "admin-id"])
+def test_serve_refuses_a_bad_clients_file_in_one_line(tmp_path, content, message):
+    """``serve`` checks the file before uvicorn starts: exit 2 and one line, not a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, free_port
+
+    path = tmp_path / "clients.json"
+    entry = {**_GOOD_ENTRY, "jwks": {"keys": [TestClient("ok").public_jwk()]}}
+    if content == "dup":
+        content = [entry, entry]
+    elif content == "admin":
+        content = [{**entry, "client_id": "broker-admin"}]
+    if content is not None:
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+    env = {**os.environ, "BROKER_KEYS_DIR": str(tmp_path / "keys"), "BROKER_CLIENTS_FILE": str(path)}
+    env.pop("BROKER_REDIS_URL", None)
+    proc = subprocess.run([sys.executable, "-m", "app", "serve", "--port", str(free_port())], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == f"token-broker: configuration error: BROKER_CLIENTS_FILE={path}: {message}\n"

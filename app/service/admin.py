@@ -176,32 +176,14 @@ class AdminService:
         self._log.info("admin.client_deleted", admin=admin, client_id=client_id)
 
     async def load_clients_file(self, path: str) -> int:
-        """Create or replace every client listed in a JSON file (``{"clients": [...]}`` or a list).
+        """Create or replace every client listed in a JSON file (see ``read_clients_file``).
 
         Clients not in the file are left alone; a client whose stored record already matches is
-        not rewritten (so every replica can load the same file at start). Any invalid entry stops
-        the start with the file and client named.
+        not rewritten (so every replica can load the same file at start).
         """
-        from app.config import ConfigError
-
-        try:
-            data = msgspec.json.decode(Path(path).read_bytes())
-        except (OSError, msgspec.DecodeError) as exc:
-            raise ConfigError(f"BROKER_CLIENTS_FILE={path}: cannot read JSON ({type(exc).__name__})") from None
-        entries = data.get("clients") if isinstance(data, dict) else data
-        if not isinstance(entries, list):
-            raise ConfigError(f"BROKER_CLIENTS_FILE={path}: expected a list of clients or {{\"clients\": [...]}}")
+        records = read_clients_file(self._settings, path, now=self._clock())
         changed = 0
-        for index, metadata in enumerate(entries):
-            name = metadata.get("client_id") if isinstance(metadata, dict) else None
-            try:
-                if name == self._settings.admin_client_id:
-                    raise InvalidClientMetadata("admin_protected", "the admin client comes from BROKER_ADMIN_JWKS")
-                record = self._build(metadata, existing=None)
-                if client_id_reserved(record.client_id, (*RESERVED_CLIENT_ID_PREFIXES, *self._settings.reserved_client_id_prefixes)):
-                    raise InvalidClientMetadata("client_id_reserved", "client_id is in a reserved user-subject namespace")
-            except InvalidClientMetadata as exc:
-                raise ConfigError(f"BROKER_CLIENTS_FILE={path}: client #{index} ({str(name)[:64]!r}): {exc.detail}") from None
+        for record in records:
             current = await self._registry.get(record.client_id)
             if current is not None and _same(current, record):
                 continue
@@ -211,92 +193,129 @@ class AdminService:
             self._directory.invalidate()
             changed += 1
             self._log.info("admin.client_loaded", source="clients_file", client_id=record.client_id)
-        self._log.info("admin.clients_file_loaded", path=path, clients=len(entries), changed=changed)
+        self._log.info("admin.clients_file_loaded", path=path, clients=len(records), changed=changed)
         return changed
 
     # -- validation -------------------------------------------------------------------------
 
     def _build(self, metadata: Any, *, existing: ClientRecord | None) -> ClientRecord:
-        if not isinstance(metadata, dict):
-            raise InvalidClientMetadata("metadata_invalid", "the body must be a JSON object")
-        client_id = metadata.get("client_id")
-        if not isinstance(client_id, str) or not CLIENT_ID_RE.fullmatch(client_id):
-            raise InvalidClientMetadata(
-                "client_id_invalid", "client_id must be 1-128 characters of A-Z a-z 0-9 . _ : - starting with a letter or digit"
-            )
-        signing_alg = metadata.get("token_endpoint_auth_signing_alg")
-        if signing_alg is not None and signing_alg not in _ALG_KTY:
-            raise InvalidClientMetadata(
-                "signing_alg_invalid", f"token_endpoint_auth_signing_alg must be one of {', '.join(_ALG_KTY)}"
-            )
-        jwks = metadata.get("jwks") or None
-        jwks_uri = metadata.get("jwks_uri")
-        if jwks is not None and jwks_uri is not None:
-            raise InvalidClientMetadata("jwks_and_jwks_uri", "give jwks or jwks_uri, not both (RFC 7591 §2)")
-        checked: dict[str, list[dict[str, Any]]] = {}
-        if jwks_uri is not None:
-            jwks_uri = check_jwks_uri(jwks_uri, allow_http_loopback=self._settings.jwks_uri_allow_http_loopback)
-        else:
-            if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
-                raise InvalidClientMetadata("jwks_missing", "give jwks (a JWK Set with at least one public key) or a jwks_uri")
-            checked = validate_client_jwks(jwks["keys"], default_alg=signing_alg)
-        legacy_until = metadata.get("legacy_token_endpoint_aud_until")
-        if legacy_until is not None and (
-            type(legacy_until) is not int or not 0 <= legacy_until <= self._clock() + LEGACY_AUD_MAX_WINDOW
-        ):
-            raise InvalidClientMetadata(
-                "legacy_aud_window_invalid",
-                "legacy_token_endpoint_aud_until must be a unix time at most 366 days ahead (the window is time-boxed)",
-            )
-        scopes = validate_scope_list(_list(metadata, "scopes"), "scopes")
-        defaults = validate_scope_list(_list(metadata, "default_scopes"), "default_scopes")
-        if not set(defaults) <= set(scopes):
-            raise InvalidClientMetadata("default_scopes_not_allowed", "default_scopes must be a subset of scopes")
-        audiences = []
-        for aud in _list(metadata, "audiences"):
-            try:
-                audiences.append(check_resource(aud) if isinstance(aud, str) else "")
-            except InvalidTarget:
-                audiences.append("")
-            if not audiences[-1]:
-                raise InvalidClientMetadata("audience_invalid", f"audience {str(aud)[:60]!r} must be an absolute URI without fragment")
-        default_audience = metadata.get("default_audience") or (audiences[0] if audiences else None)
-        if default_audience is not None and default_audience not in audiences:
-            audiences.append(default_audience)
-            try:
-                check_resource(default_audience) if isinstance(default_audience, str) else None
-            except InvalidTarget:
-                raise InvalidClientMetadata("audience_invalid", "default_audience must be an absolute URI") from None
-        if default_audience is None:
-            raise InvalidClientMetadata("audience_missing", "give at least one audience (the resource servers this client calls)")
-        grant_types = tuple(_list(metadata, "grant_types")) if "grant_types" in metadata else ("client_credentials",)
-        if not set(grant_types) <= _GRANT_TYPES:
-            raise InvalidClientMetadata("grant_type_invalid", "grant_types may only contain client_credentials")
-        lifetime = metadata.get("token_lifetime")
-        if lifetime is not None and (type(lifetime) is not int or not 60 <= lifetime <= 86400):
-            raise InvalidClientMetadata("token_lifetime_invalid", "token_lifetime must be an integer from 60 to 86400 seconds")
-        enabled = metadata.get("enabled", True)
-        if type(enabled) is not bool:
-            raise InvalidClientMetadata("enabled_invalid", "enabled must be true or false")
-        now = int(self._clock())
-        return ClientRecord(
-            client_id=client_id,
-            jwks=checked,
-            jwks_uri=jwks_uri,
-            token_endpoint_auth_signing_alg=signing_alg,
-            legacy_token_endpoint_aud_until=legacy_until,
-            scopes=scopes,
-            default_scopes=defaults,
-            audiences=tuple(sorted(set(audiences))),
-            default_audience=default_audience,
-            grant_types=grant_types,
-            token_lifetime=lifetime,
-            enabled=enabled,
-            created_at=existing.created_at if existing else now,
-            updated_at=now,
-            # Monotonic even within one second: the token cache keys on it (issue 4).
-            version=existing.version + 1 if existing else 1,
+        return build_record(self._settings, metadata, existing=existing, now=self._clock())
+
+
+def read_clients_file(settings: Settings, path: str, *, now: float) -> list[ClientRecord]:
+    """The clients of a JSON file (``{"clients": [...]}`` or a list), validated; no I/O but reading it.
+
+    Any invalid entry raises ``ConfigError`` naming the file and the client, so ``serve`` can check
+    the file before it starts (one line, exit 2) and the start-up load cannot half-apply it.
+    """
+    from app.config import ConfigError
+
+    try:
+        data = msgspec.json.decode(Path(path).read_bytes())
+    except (OSError, msgspec.DecodeError) as exc:
+        raise ConfigError(f"BROKER_CLIENTS_FILE={path}: cannot read JSON ({type(exc).__name__})") from None
+    entries = data.get("clients") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise ConfigError(f"BROKER_CLIENTS_FILE={path}: expected a list of clients or {{\"clients\": [...]}}")
+    records = []
+    for index, metadata in enumerate(entries):
+        name = metadata.get("client_id") if isinstance(metadata, dict) else None
+        try:
+            if name == settings.admin_client_id:
+                raise InvalidClientMetadata("admin_protected", "the admin client comes from BROKER_ADMIN_JWKS")
+            record = build_record(settings, metadata, existing=None, now=now)
+            if client_id_reserved(record.client_id, (*RESERVED_CLIENT_ID_PREFIXES, *settings.reserved_client_id_prefixes)):
+                raise InvalidClientMetadata("client_id_reserved", "client_id is in a reserved user-subject namespace")
+            if any(r.client_id == record.client_id for r in records):
+                raise InvalidClientMetadata("client_id_duplicate", "client_id appears twice in the file")
+        except InvalidClientMetadata as exc:
+            raise ConfigError(f"BROKER_CLIENTS_FILE={path}: client #{index} ({str(name)[:64]!r}): {exc.detail}") from None
+        records.append(record)
+    return records
+
+
+def build_record(settings: Settings, metadata: Any, *, existing: ClientRecord | None, now: float) -> ClientRecord:
+    """Validate RFC 7591-style client metadata into a record (no I/O): ``InvalidClientMetadata`` on any fault."""
+    if not isinstance(metadata, dict):
+        raise InvalidClientMetadata("metadata_invalid", "the body must be a JSON object")
+    client_id = metadata.get("client_id")
+    if not isinstance(client_id, str) or not CLIENT_ID_RE.fullmatch(client_id):
+        raise InvalidClientMetadata(
+            "client_id_invalid", "client_id must be 1-128 characters of A-Z a-z 0-9 . _ : - starting with a letter or digit"
         )
+    signing_alg = metadata.get("token_endpoint_auth_signing_alg")
+    if signing_alg is not None and signing_alg not in _ALG_KTY:
+        raise InvalidClientMetadata(
+            "signing_alg_invalid", f"token_endpoint_auth_signing_alg must be one of {', '.join(_ALG_KTY)}"
+        )
+    jwks = metadata.get("jwks") or None
+    jwks_uri = metadata.get("jwks_uri")
+    if jwks is not None and jwks_uri is not None:
+        raise InvalidClientMetadata("jwks_and_jwks_uri", "give jwks or jwks_uri, not both (RFC 7591 §2)")
+    checked: dict[str, list[dict[str, Any]]] = {}
+    if jwks_uri is not None:
+        jwks_uri = check_jwks_uri(jwks_uri, allow_http_loopback=settings.jwks_uri_allow_http_loopback)
+    else:
+        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
+            raise InvalidClientMetadata("jwks_missing", "give jwks (a JWK Set with at least one public key) or a jwks_uri")
+        checked = validate_client_jwks(jwks["keys"], default_alg=signing_alg)
+    legacy_until = metadata.get("legacy_token_endpoint_aud_until")
+    if legacy_until is not None and (
+        type(legacy_until) is not int or not 0 <= legacy_until <= now + LEGACY_AUD_MAX_WINDOW
+    ):
+        raise InvalidClientMetadata(
+            "legacy_aud_window_invalid",
+            "legacy_token_endpoint_aud_until must be a unix time at most 366 days ahead (the window is time-boxed)",
+        )
+    scopes = validate_scope_list(_list(metadata, "scopes"), "scopes")
+    defaults = validate_scope_list(_list(metadata, "default_scopes"), "default_scopes")
+    if not set(defaults) <= set(scopes):
+        raise InvalidClientMetadata("default_scopes_not_allowed", "default_scopes must be a subset of scopes")
+    audiences = []
+    for aud in _list(metadata, "audiences"):
+        try:
+            audiences.append(check_resource(aud) if isinstance(aud, str) else "")
+        except InvalidTarget:
+            audiences.append("")
+        if not audiences[-1]:
+            raise InvalidClientMetadata("audience_invalid", f"audience {str(aud)[:60]!r} must be an absolute URI without fragment")
+    default_audience = metadata.get("default_audience") or (audiences[0] if audiences else None)
+    if default_audience is not None and default_audience not in audiences:
+        audiences.append(default_audience)
+        try:
+            check_resource(default_audience) if isinstance(default_audience, str) else None
+        except InvalidTarget:
+            raise InvalidClientMetadata("audience_invalid", "default_audience must be an absolute URI") from None
+    if default_audience is None:
+        raise InvalidClientMetadata("audience_missing", "give at least one audience (the resource servers this client calls)")
+    grant_types = tuple(_list(metadata, "grant_types")) if "grant_types" in metadata else ("client_credentials",)
+    if not set(grant_types) <= _GRANT_TYPES:
+        raise InvalidClientMetadata("grant_type_invalid", "grant_types may only contain client_credentials")
+    lifetime = metadata.get("token_lifetime")
+    if lifetime is not None and (type(lifetime) is not int or not 60 <= lifetime <= 86400):
+        raise InvalidClientMetadata("token_lifetime_invalid", "token_lifetime must be an integer from 60 to 86400 seconds")
+    enabled = metadata.get("enabled", True)
+    if type(enabled) is not bool:
+        raise InvalidClientMetadata("enabled_invalid", "enabled must be true or false")
+    now = int(now)
+    return ClientRecord(
+        client_id=client_id,
+        jwks=checked,
+        jwks_uri=jwks_uri,
+        token_endpoint_auth_signing_alg=signing_alg,
+        legacy_token_endpoint_aud_until=legacy_until,
+        scopes=scopes,
+        default_scopes=defaults,
+        audiences=tuple(sorted(set(audiences))),
+        default_audience=default_audience,
+        grant_types=grant_types,
+        token_lifetime=lifetime,
+        enabled=enabled,
+        created_at=existing.created_at if existing else now,
+        updated_at=now,
+        # Monotonic even within one second: the token cache keys on it (issue 4).
+        version=existing.version + 1 if existing else 1,
+    )
 
 
 def _same(a: ClientRecord, b: ClientRecord) -> bool:
