@@ -21,6 +21,11 @@ pytestmark = [pytest.mark.live, pytest.mark.redis]
 
 REQUESTS = 200
 CONCURRENCY = 50
+# Waiters give the lock holder up to 1 s (default 0.2 s) before minting themselves: these tests
+# assert "one signing while the holder is alive", and a shared CI machine can stall a process for
+# longer than 0.2 s. A waiter that never sees the holder's entry still mints a second token, so a
+# broken flight or lock fails them as before.
+STAMPEDE_ENV = {"BROKER_CACHE_STAMPEDE_WAIT": "1"}
 
 
 def _events(procs, event: str, client_id: str) -> list[dict]:
@@ -40,8 +45,8 @@ def _auth(client: TestClient) -> dict[str, str]:
 
 
 def test_two_processes_share_one_token(real_redis, spawn_broker):
-    r1 = spawn_broker(redis_url=real_redis.url)
-    r2 = spawn_broker(redis_url=real_redis.url)
+    r1 = spawn_broker(redis_url=real_redis.url, env=STAMPEDE_ENV)
+    r2 = spawn_broker(redis_url=real_redis.url, env=STAMPEDE_ENV)
     procs = (r1, r2)
     client = TestClient("svc-a")
     rs = TestClient("rs-a", scopes=("broker:introspect",), default_scopes=("broker:introspect",))
@@ -121,8 +126,8 @@ def test_simultaneous_misses_on_both_processes_mint_once(real_redis, spawn_broke
     (httpx sends too slowly to make many requests miss at once; raw pre-built requests do.)
     Repeated for three scope sets, each a cold key.
     """
-    r1 = spawn_broker(redis_url=real_redis.url)
-    r2 = spawn_broker(redis_url=real_redis.url)
+    r1 = spawn_broker(redis_url=real_redis.url, env=STAMPEDE_ENV)
+    r2 = spawn_broker(redis_url=real_redis.url, env=STAMPEDE_ENV)
     procs = (r1, r2)
     client = TestClient("svc-b", scopes=("a", "b", "c"), default_scopes=("a",))
     _admin_register(r1.url, spawn_broker.keys_dir, client)
