@@ -177,13 +177,19 @@ class RedisServer:
             r.close()
 
 
-def _redis_binary() -> str:
-    binary = shutil.which("redis-server")
+def require_binary(name: str, needed_for: str, install: str) -> str:
+    """The path of a tool the live tests run. Missing: a skip locally, a failure in CI (``CI=true``),
+    where the README test command has installed it."""
+    binary = shutil.which(name)
     if binary is None:
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("redis-server is not installed: CI must run the real-Redis tests (see README test command)")
-        pytest.skip("redis-server is not installed; the README test command installs it")
+            pytest.fail(f"{name} is not installed: CI must run {needed_for} ({install})")
+        pytest.skip(f"{name} is not installed ({install}; the README test command installs it)")
     return binary
+
+
+def _redis_binary() -> str:
+    return require_binary("redis-server", "the real-Redis tests", "apt-get install redis-server")
 
 
 @pytest.fixture(scope="session")

@@ -12,12 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from app.client.admin import load_private_jwk
-from app.client.assertion import make_client_assertion
 from app.logging import jti_fingerprint
 from tests.conftest import Broker
 from tests.expect import assert_error, assert_invalid_client, assert_token
 from tests.helpers import ISS, RS1, TestClient, b64u, form, new_key, raw
+from tests.test_admin_api import admin_headers
 
 REQUEST_ID = re.compile(r"[0-9a-f]{24}")
 
@@ -78,14 +77,6 @@ def test_replay_attempt_events(broker: Broker, c1: TestClient) -> None:
     assert replay["jti_hash"] == rejected["jti_hash"] == issued["jti_hash"] == digest
     assert replay["request_id"] == rejected["request_id"] != issued["request_id"]
     secrets_absent(broker.log_text(), assertion, claims["jti"])
-
-
-def admin_headers(broker: Broker) -> dict[str, str]:
-    key, alg, kid = load_private_jwk(broker.settings.keys_dir / "admin.jwk")
-    assertion = make_client_assertion(key, client_id="broker-admin", issuer=ISS, alg=alg, kid=kid, now=broker.clock.now)
-    r = broker.token(form(assertion, scope="broker:admin", resource=ISS + "/admin"))
-    assert r.status_code == 200, r.text
-    return {"authorization": "Bearer " + r.json()["access_token"]}
 
 
 def test_admin_change_events(broker: Broker) -> None:

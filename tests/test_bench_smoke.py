@@ -8,13 +8,13 @@ scenario, and that every response had the status the scenario expects (zero unex
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 HTTP_SCENARIOS = ("miss", "hit", "bad_signature", "replay", "fixed_rate")
@@ -24,10 +24,7 @@ pytestmark = [pytest.mark.live, pytest.mark.redis]
 
 
 def _require(tool: str) -> None:
-    if shutil.which(tool) is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{tool} is not installed: CI must run the benchmark smoke")
-        pytest.skip(f"{tool} is not installed")
+    require_binary(tool, "the benchmark smoke", f"apt-get install {tool}")
 
 
 @pytest.mark.timeout(180)

@@ -7,9 +7,7 @@ Runs the repository's HAProxy config with only the addresses changed to loopback
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -22,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, RedisServer, free_port
+from tests.conftest import ROOT, RedisServer, free_port, require_binary
 from tests.helpers import TestClient, form
 from tests.test_replay import _admin_register
 
@@ -30,12 +28,7 @@ pytestmark = [pytest.mark.redis, pytest.mark.live]
 
 
 def _haproxy() -> str:
-    binary = shutil.which("haproxy")
-    if binary is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("haproxy is not installed: CI must run the load-balancer test (apt-get install haproxy)")
-        pytest.skip("haproxy is not installed (apt-get install haproxy)")
-    return binary
+    return require_binary("haproxy", "the load-balancer tests", "apt-get install haproxy")
 
 
 def loopback_config(port: int, broker_ports: list[int]) -> str:
