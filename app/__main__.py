@@ -90,12 +90,12 @@ def _workers(text: str) -> int:
 def _keys_init(settings: Settings) -> int:
     """Create the keys folder's first signing key (and, without BROKER_ADMIN_JWKS, the dev admin
     key) once, before replicas start: a one-shot init container runs this on the shared volume."""
-    from app import logging as broker_logging
+    from app import log as broker_log
     from app.keystore import ensure_signing_keys
     from app.service.admin import bootstrap_admin_record
 
-    broker_logging.configure(settings.log_level, None)
-    log = broker_logging.get_logger()
+    broker_log.configure(settings.log_level, None)
+    log = broker_log.get_logger()
     key_set = ensure_signing_keys(settings.keys_dir, settings.signing_alg)
     bootstrap_admin_record(settings, log, int(time.time()))
     log.info("keys.initialized", keys_dir=str(settings.keys_dir), signing_kid=key_set.signer.kid)

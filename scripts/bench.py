@@ -534,7 +534,7 @@ def measure_ceiling(work: Workload, redis_url: str, pin: Pinning, n: int, rounds
     from app.oauth.assertion import parse_assertion, verify_assertion
     from app.oauth.clients import ClientRecord, prepare_client
     from app.service.token import assertion_policy
-    from app.store import keys as store_keys
+    from app.store import keyspace as store_keys
     from app.store.redis import connect
 
     saved = os.sched_getaffinity(0)
@@ -631,7 +631,7 @@ def msgspec_convert(data: dict[str, Any], typ: Any) -> Any:
 
 def measure_redis_memory(redis: Redis, n: int) -> dict[str, Any]:
     """Bytes of Redis memory per recorded jti: the broker's key shape and value, with a TTL."""
-    from app.store import keys as store_keys
+    from app.store import keyspace as store_keys
 
     before = int(redis.info("memory")["used_memory"])
     rid = os.urandom(12).hex()
@@ -944,7 +944,7 @@ PROFILE_BUCKETS: list[tuple[str, tuple[tuple[str, str], ...]]] = [
     ("  token cache (app/service/token_cache.py)", (("", "/app/service/token_cache.py"),)),
     ("  access-token sign (TokenSigner.sign)", (("sign", "/app/oauth/access_token.py"),)),
     ("    ECDSA sign (joserfc -> cryptography)", (("sign", "jws_algs.py"),)),
-    ("  logging (structlog, app/logging.py)", (("", "/structlog/"), ("", "/app/logging.py"))),
+    ("  logging (structlog, app/log.py)", (("", "/structlog/"), ("", "/app/log.py"))),
     ("redis-py client code (anywhere)", (("", "site-packages/redis/"),)),
     ("Litestar code (anywhere)", (("", "site-packages/litestar/"),)),
     ("uvicorn code (anywhere)", (("", "site-packages/uvicorn/"),)),
@@ -974,7 +974,7 @@ EXCLUSIVE_AREAS: list[tuple[str, tuple[tuple[str, str], ...]]] = [
     ("ECDSA verify (cryptography, via joserfc)", (("verify", "/joserfc/_rfc7518/jws_algs.py"),)),
     ("ECDSA sign (cryptography, via joserfc)", (("sign", "/joserfc/_rfc7518/jws_algs.py"),)),
     ("redis-py client (incl. its per-read asyncio timeout)", (("", "site-packages/redis/"),)),
-    ("logging (structlog, jti fingerprint)", (("", "/structlog/"), ("", "/app/logging.py"))),
+    ("logging (structlog, jti fingerprint)", (("", "/structlog/"), ("", "/app/log.py"))),
     ("token cache (app/service + app/store token_cache.py)", (("", "/app/service/token_cache.py"), ("", "/app/store/token_cache.py"))),
     ("failure rate limiter (app/*/ratelimit.py)", (("", "/app/service/ratelimit.py"), ("", "/app/store/ratelimit.py"))),
     ("Redis store glue (app/store: key hashing, asyncio.timeout per call)", (("", "/app/store/"),)),

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.logging import jti_fingerprint
+from app.oauth.assertion import jti_hash
 from tests.conftest import Broker
 from tests.expect import assert_error, assert_invalid_client, assert_token
 from tests.helpers import ISS, RS1, TestClient, b64u, form, new_key, raw
@@ -39,7 +39,7 @@ def test_issued_token_event(broker: Broker, c1: TestClient) -> None:
     body = assert_token(broker.token(form(assertion)))
     [ev] = events(broker, "token.issued")
     assert REQUEST_ID.fullmatch(ev["request_id"])
-    assert ev["client_id"] == "c1" and ev["jti_hash"] == jti_fingerprint("c1", claims["jti"])
+    assert ev["client_id"] == "c1" and ev["jti_hash"] == jti_hash("c1", claims["jti"])
     assert ev["scope"] == "read" and ev["aud"] == RS1
     secrets_absent(broker.log_text(), assertion, body["access_token"], claims["jti"])
 
@@ -72,7 +72,7 @@ def test_replay_attempt_events(broker: Broker, c1: TestClient) -> None:
     [replay] = events(broker, "replay.rejected")
     [rejected] = events(broker, "token.rejected")
     [issued] = events(broker, "token.issued")
-    digest = jti_fingerprint("c1", claims["jti"])
+    digest = jti_hash("c1", claims["jti"])
     assert replay["reason"] == rejected["reason"] == "jti_replayed"
     assert replay["jti_hash"] == rejected["jti_hash"] == issued["jti_hash"] == digest
     assert replay["request_id"] == rejected["request_id"] != issued["request_id"]

@@ -1,6 +1,6 @@
 """The broker on a real 3-node Redis Cluster (redis-server --cluster-enabled yes on loopback).
 
-Multi-key transactions must stay in one slot (hash tags in ``app.store.keys``); the hot path's
+Multi-key transactions must stay in one slot (hash tags in ``app.store.keyspace``); the hot path's
 non-transactional pipeline (replay record + cache read, two slots) must work across nodes.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from redis.crc import key_slot
 
 from app.config import ConfigError, Settings
-from app.store import keys
+from app.store import keyspace
 from tests.conftest import Broker, FrozenClock
 from tests.expect import assert_invalid_client, assert_token
 from tests.helpers import ISS, RS1, TestClient, form
@@ -32,12 +32,12 @@ def _slots(*names: str) -> set[int]:
 @pytest.mark.parametrize(
     "group",
     [
-        pytest.param(lambda: [keys.client("a"), keys.client("zz"), keys.REGISTRY_INDEX, keys.REGISTRY_EPOCH], id="registry-put-delete"),
-        pytest.param(lambda: [keys.replay("c1", "j"), keys.token_entry("c1", "x"), keys.token_lock("c1", "x")],
+        pytest.param(lambda: [keyspace.client("a"), keyspace.client("zz"), keyspace.REGISTRY_INDEX, keyspace.REGISTRY_EPOCH], id="registry-put-delete"),
+        pytest.param(lambda: [keyspace.replay("c1", "j"), keyspace.token_entry("c1", "x"), keyspace.token_lock("c1", "x")],
                      id="token-endpoint-script"),
-        pytest.param(lambda: [keys.token_entry("c1", "x"), keys.token_lock("c1", "x"), keys.token_pointer("c1", "j"),
-                              keys.token_revoked("c1", "j")], id="token-cache-write-revoke"),
-        pytest.param(lambda: [keys.failures("addr", "127.0.0.1"), keys.failures("client", "c1")], id="ratelimit-hit"),
+        pytest.param(lambda: [keyspace.token_entry("c1", "x"), keyspace.token_lock("c1", "x"), keyspace.token_pointer("c1", "j"),
+                              keyspace.token_revoked("c1", "j")], id="token-cache-write-revoke"),
+        pytest.param(lambda: [keyspace.failures("addr", "127.0.0.1"), keyspace.failures("client", "c1")], id="ratelimit-hit"),
     ],
 )
 def test_every_multi_key_transaction_stays_in_one_slot(group: Any) -> None:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.store import keys
+from app.store import keyspace
 from tests.conftest import Broker
 from tests.expect import assert_invalid_client, assert_token
 from app.store.redis import RedisReplayGuard
@@ -37,7 +37,7 @@ def test_jti_is_namespaced_by_client(broker, a, b):
         client = TestClient(client_id)
         broker.register(client)
         assert_token(broker.token(form(client.assertion(broker.clock.now, jti=jti))))
-    assert keys.replay(*a) != keys.replay(*b)
+    assert keyspace.replay(*a) != keyspace.replay(*b)
 
 
 def test_replay_ttl_covers_exp_plus_leeway(broker, c1):
@@ -55,7 +55,7 @@ def test_replay_record_ttl_is_bounded(broker, c1):
     assert_token(broker.token(form(assertion)))
     jti = jti_of(assertion)
     redis = broker.app.state.registry.redis
-    ttl_ms = broker.call(redis.pttl, keys.replay("c1", jti))
+    ttl_ms = broker.call(redis.pttl, keyspace.replay("c1", jti))
     s = broker.settings
     assert (300 + s.leeway + s.clock_skew - 1) * 1000 < ttl_ms <= (300 + s.leeway + s.clock_skew) * 1000
 

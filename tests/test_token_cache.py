@@ -19,7 +19,7 @@ from app.oauth.grant import Grant
 from app.keystore import generate_private_key
 from app.metrics import Metrics
 from app.service.token_cache import HITS, LOCK_MS, MINTED, MISSES, STAMPEDE_WAITS, CachedToken, TokenCache
-from app.store import keys
+from app.store import keyspace
 from tests.conftest import Broker
 from tests.expect import assert_error, assert_invalid_client, assert_token
 from tests.helpers import ISS, RS1, RS2, TestClient, decode_unverified, form
@@ -149,14 +149,14 @@ def test_cache_key_injection(broker):
     assert t_ab != t_a
     assert decode_unverified(t_a)[1]["client_id"] == "a"
     ids = {
-        keys.token_cache_id("a:b", ("c",), RS1, 1, "k"),
-        keys.token_cache_id("a", ("b:c",), RS1, 1, "k"),
-        keys.token_cache_id("a", ("b", "c"), RS1, 1, "k"),
-        keys.token_cache_id("a", ("b c",), RS1, 1, "k"),
-        keys.token_cache_id("a", ("b",), "c|" + RS1, 1, "k"),
-        keys.token_cache_id("a\n", ("b",), RS1, 1, "k"),
-        keys.token_cache_id("a", ("b",), RS1, 11, "k"),
-        keys.token_cache_id("a", ("b",), RS1, 1, "1k"),
+        keyspace.token_cache_id("a:b", ("c",), RS1, 1, "k"),
+        keyspace.token_cache_id("a", ("b:c",), RS1, 1, "k"),
+        keyspace.token_cache_id("a", ("b", "c"), RS1, 1, "k"),
+        keyspace.token_cache_id("a", ("b c",), RS1, 1, "k"),
+        keyspace.token_cache_id("a", ("b",), "c|" + RS1, 1, "k"),
+        keyspace.token_cache_id("a\n", ("b",), RS1, 1, "k"),
+        keyspace.token_cache_id("a", ("b",), RS1, 11, "k"),
+        keyspace.token_cache_id("a", ("b",), RS1, 1, "1k"),
     }
     assert len(ids) == 8
 
@@ -372,8 +372,8 @@ def test_concurrent_misses_in_one_process_mint_once(broker, c1):
 
 def _lock_key(broker: Broker, client_id: str = "c1") -> tuple[str, str]:
     record = broker.call(broker.app.state.registry.get, client_id)
-    cid = keys.token_cache_id(client_id, ("read",), RS1, record.version, broker.app.state.signer().kid)
-    return keys.token_lock(client_id, cid), keys.token_entry(client_id, cid)
+    cid = keyspace.token_cache_id(client_id, ("read",), RS1, record.version, broker.app.state.signer().kid)
+    return keyspace.token_lock(client_id, cid), keyspace.token_entry(client_id, cid)
 
 
 def test_lock_held_by_another_replica_then_its_entry_appears(broker, c1):

@@ -17,6 +17,8 @@ with a precise ``reason`` for the log; every such error renders identically.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Any
 
@@ -25,6 +27,16 @@ import msgspec
 from app.oauth.clients import Client
 from app.oauth.errors import InvalidClient
 from app.oauth.jose import Malformed, b64decode, clean, strict_object, numeric_date
+
+def jti_hash(client_id: str, jti: str) -> str:
+    """The one name for an assertion's jti outside the token itself: SHA-256 of ``[client_id, jti]``.
+
+    Replay records are keyed by it and logs carry it instead of the jti (enough to correlate,
+    useless to replay). A JSON array, not a concatenation: client ``ab`` + jti ``c`` and client
+    ``a`` + jti ``bc`` must differ; ``json.dumps`` escapes lone surrogates to pure ASCII.
+    """
+    return hashlib.sha256(json.dumps([client_id, jti]).encode("ascii")).hexdigest()
+
 
 _SEGMENT = rb"[A-Za-z0-9_-]+"
 _COMPACT = re.compile(_SEGMENT + rb"\." + _SEGMENT + rb"\." + _SEGMENT)

@@ -13,7 +13,17 @@ import json
 import math
 from typing import Any
 
+from joserfc.jwk import ECKey, OKPKey, RSAKey
+
 _MAX_SAFE_INT = 2**53
+
+#: joserfc key class per JWK ``kty``: the key types the broker, its clients and verifiers use.
+KEY_TYPES = {"EC": ECKey, "RSA": RSAKey, "OKP": OKPKey}
+
+
+def import_jwk(jwk: dict[str, Any]) -> Any:
+    """The one JWK → joserfc key conversion; ``KeyError``/``ValueError`` for what it cannot import."""
+    return KEY_TYPES[jwk["kty"]].import_key(jwk)
 
 
 class Malformed(ValueError):

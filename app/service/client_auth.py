@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from app.config import Settings
-from app.logging import jti_fingerprint
+from app.oauth.assertion import jti_hash
 from app.oauth.assertion import AssertionPolicy, VerifiedAssertion, parse_assertion, verify_assertion
 from app.oauth.clients import Client
 from app.oauth.errors import InvalidClient
@@ -99,7 +99,7 @@ class ClientAuthenticator:
         if verified.legacy_aud:
             self._directory.legacy_aud_accepted(client_id, request_id)
         ttl = min(max(verified.exp + self._ttl_pad - now, 1.0), self._ttl_max)
-        return Authenticated(client, verified, jti_fingerprint(client_id, verified.jti), int(ttl * 1000))
+        return Authenticated(client, verified, jti_hash(client_id, verified.jti), int(ttl * 1000))
 
     def check_first_use(self, first_use: bool, auth: Authenticated, request_id: str) -> None:
         """Step 3's verdict, however it was obtained."""

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.config import Settings
-from app.logging import jti_fingerprint
+from app.oauth.assertion import jti_hash
 from app.oauth.access_token import InvalidToken, VerificationKey, verify_access_token
 from app.oauth.errors import AccessDenied, TemporarilyUnavailable
 from app.oauth.token_ops import INACTIVE, introspection_response
@@ -63,5 +63,5 @@ class IntrospectionService:
             self._log.error("introspection.store_unavailable", request_id=request_id, client_id=caller_id, error=str(exc))
             raise TemporarilyUnavailable("store_unavailable", headers={"Retry-After": str(self._settings.retry_after)}) from None
         self._log.info("introspection.active", request_id=request_id, client_id=caller_id,
-                       token_client_id=claims["client_id"], at_jti_hash=jti_fingerprint(claims["client_id"], claims["jti"]))
+                       token_client_id=claims["client_id"], at_jti_hash=jti_hash(claims["client_id"], claims["jti"]))
         return introspection_response(claims)

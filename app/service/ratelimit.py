@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.oauth.errors import SlowDown
-from app.store import keys
+from app.store import keyspace
 from app.store.base import FailureCounter, StoreUnavailable
 
 MODES = ("enforce", "observe", "off")
@@ -54,10 +54,10 @@ class FailureLimiter:
 
     def check_address(self, address: str | None) -> None:
         if address is not None:
-            self._check(keys.failures("addr", address), "rate_limited_address")
+            self._check(keyspace.failures("addr", address), "rate_limited_address")
 
     def check_client(self, client_id: str) -> None:
-        self._check(keys.failures("client", client_id), "rate_limited_client")
+        self._check(keyspace.failures("client", client_id), "rate_limited_client")
 
     def _check(self, key: str, reason: str) -> None:
         if not self._blocked:
@@ -78,7 +78,7 @@ class FailureLimiter:
         subjects = [(kind, value) for kind, value in (("addr", address), ("client", client_id)) if value is not None]
         if not subjects:
             return
-        names = [keys.failures(kind, value) for kind, value in subjects]
+        names = [keyspace.failures(kind, value) for kind, value in subjects]
         try:
             results = await self._counter.hit(names, self._window_ms)
         except StoreUnavailable as exc:

@@ -20,7 +20,7 @@ from app.oauth.errors import InvalidClient, OAuthError, TemporarilyUnavailable
 from app.oauth.token_ops import parse_token_op_request
 from app.service.client_auth import Authenticated, ClientAuthenticator
 from app.service.token_cache import TokenCache
-from app.logging import jti_fingerprint
+from app.oauth.assertion import jti_hash
 from app.store.base import StoreUnavailable
 
 
@@ -46,7 +46,7 @@ class RevocationService:
         except InvalidToken as exc:
             self._log.info("revocation.ignored", request_id=request_id, client_id=client_id, reason=exc.reason)
             return
-        at_jti_hash = jti_fingerprint(claims["client_id"], claims["jti"])
+        at_jti_hash = jti_hash(claims["client_id"], claims["jti"])
         if claims["client_id"] != client_id:
             self._log.warning("revocation.foreign_token", request_id=request_id, client_id=client_id,
                               token_client_id=claims["client_id"], at_jti_hash=at_jti_hash)

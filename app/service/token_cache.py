@@ -35,10 +35,10 @@ from typing import Any
 import msgspec
 
 from app.config import Settings
-from app.logging import jti_fingerprint
+from app.oauth.assertion import jti_hash
 from app.oauth.access_token import AccessTokenClaims, TokenSigner, new_token_id
 from app.oauth.grant import Grant
-from app.store import keys
+from app.store import keyspace
 from app.store.base import CacheLookup, StoreUnavailable, TokenStore
 
 HITS = "broker_token_cache_hits_total"
@@ -91,7 +91,7 @@ class TokenCache:
 
     @staticmethod
     def cache_id(grant: Grant, version: int, signer: TokenSigner) -> str:
-        return keys.token_cache_id(grant.client_id, grant.scopes, grant.audience, version, signer.kid)
+        return keyspace.token_cache_id(grant.client_id, grant.scopes, grant.audience, version, signer.kid)
 
     async def issue(self, grant: Grant, signer: TokenSigner, cache_id: str, lookup: CacheLookup, now: float,
                     request_id: str) -> tuple[CachedToken, str]:
@@ -207,7 +207,7 @@ class TokenCache:
         token = signer.sign(claims)
         self._metrics.inc(MINTED)
         self._log.info("token.minted", request_id=request_id, client_id=grant.client_id, kid=signer.kid,
-                       at_jti_hash=jti_fingerprint(grant.client_id, claims.jti), exp=claims.exp)
+                       at_jti_hash=jti_hash(grant.client_id, claims.jti), exp=claims.exp)
         return CachedToken(token, claims.jti, claims.iat, claims.exp)
 
     async def revoked(self, client_id: str, token_jti: str, ttl_ms: int) -> None:

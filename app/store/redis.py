@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from redis.asyncio.retry import Retry  # the sync Retry never retries a coroutine
 
 from app.oauth.clients import ClientRecord
-from app.store import keys
+from app.store import keyspace
 from app.store.base import StoreUnavailable
 
 _STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError, UnicodeError)
@@ -29,7 +29,7 @@ def connect(url: str | None, *, timeout: float, retries: int, cluster: bool = Fa
     """A real Redis client with explicit short timeouts, or an embedded fakeredis when url is None.
 
     ``cluster``: a ``RedisCluster`` that discovers the other nodes from ``url`` (every multi-key
-    transaction uses one hash tag, see ``app.store.keys``). ``sentinels``: the master that the
+    transaction uses one hash tag, see ``app.store.keyspace``). ``sentinels``: the master that the
     Sentinels name ``sentinel_master``, followed across failovers.
     """
     opts: dict[str, Any] = {
@@ -106,7 +106,7 @@ class RedisReplayGuard(RedisStore):
         # SET NX PX GET (Redis >= 7.0): one atomic command; the old value tells a replay (another
         # request's id) from our own retried write (our id).
         previous = await self._run(
-            self.redis.set(keys.replay(client_id, jti), request_id, nx=True, px=ttl_ms, get=True), op="replay"
+            self.redis.set(keyspace.replay(client_id, jti), request_id, nx=True, px=ttl_ms, get=True), op="replay"
         )
         return previous is None or previous == request_id.encode()
 
@@ -115,7 +115,7 @@ class RedisClientRegistry(RedisStore):
     metric_op = "registry"
 
     async def get(self, client_id: str) -> ClientRecord | None:
-        raw = await self._run(self.redis.get(keys.client(client_id)))
+        raw = await self._run(self.redis.get(keyspace.client(client_id)))
         if raw is None:
             return None
         record = _record_decoder.decode(raw)
@@ -123,25 +123,25 @@ class RedisClientRegistry(RedisStore):
 
     async def put(self, record: ClientRecord) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.client(record.client_id), msgspec.json.encode(record))
-            pipe.sadd(keys.REGISTRY_INDEX, record.client_id)
-            pipe.incr(keys.REGISTRY_EPOCH)
+            pipe.set(keyspace.client(record.client_id), msgspec.json.encode(record))
+            pipe.sadd(keyspace.REGISTRY_INDEX, record.client_id)
+            pipe.incr(keyspace.REGISTRY_EPOCH)
             await self._run(pipe.execute())
 
     async def delete(self, client_id: str) -> bool:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.client(client_id))
-            pipe.srem(keys.REGISTRY_INDEX, client_id)
-            pipe.incr(keys.REGISTRY_EPOCH)
+            pipe.delete(keyspace.client(client_id))
+            pipe.srem(keyspace.REGISTRY_INDEX, client_id)
+            pipe.incr(keyspace.REGISTRY_EPOCH)
             deleted, _, _ = await self._run(pipe.execute())
         return bool(deleted)
 
     async def list_ids(self) -> list[str]:
-        members = await self._run(self.redis.smembers(keys.REGISTRY_INDEX))
+        members = await self._run(self.redis.smembers(keyspace.REGISTRY_INDEX))
         return sorted(m.decode() for m in members)
 
     async def epoch(self) -> int:
-        return int(await self._run(self.redis.get(keys.REGISTRY_EPOCH)) or 0)
+        return int(await self._run(self.redis.get(keyspace.REGISTRY_EPOCH)) or 0)
 
     async def ping(self) -> bool:
         return bool(await self._run(self.redis.ping()))
@@ -149,11 +149,11 @@ class RedisClientRegistry(RedisStore):
 
 class RedisJwksUriCache(RedisStore):
     async def get(self, client_id: str, jwks_uri: str) -> bytes | None:
-        value = await self._run(self.redis.get(keys.jwks_uri_cache(client_id, jwks_uri)))
+        value = await self._run(self.redis.get(keyspace.jwks_uri_cache(client_id, jwks_uri)))
         return None if value is None else bytes(value)
 
     async def put(self, client_id: str, jwks_uri: str, value: bytes, ttl_s: int) -> None:
-        await self._run(self.redis.set(keys.jwks_uri_cache(client_id, jwks_uri), value, ex=max(ttl_s, 1)))
+        await self._run(self.redis.set(keyspace.jwks_uri_cache(client_id, jwks_uri), value, ex=max(ttl_s, 1)))
 
     async def claim_refetch(self, client_id: str, jwks_uri: str, cooldown_ms: int) -> bool:
-        return bool(await self._run(self.redis.set(keys.jwks_uri_refetch(client_id, jwks_uri), b"1", nx=True, px=max(cooldown_ms, 1))))
+        return bool(await self._run(self.redis.set(keyspace.jwks_uri_refetch(client_id, jwks_uri), b"1", nx=True, px=max(cooldown_ms, 1))))

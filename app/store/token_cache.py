@@ -24,7 +24,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from app.store import keys
+from app.store import keyspace
 from app.store.base import CacheLookup, StoreUnavailable
 from app.store.redis import RedisReplayGuard
 
@@ -75,7 +75,7 @@ class RedisTokenStore(RedisReplayGuard):
     ) -> CacheLookup:
         if cache_id is None:  # the grant was refused: only the replay record matters
             return CacheLookup(await self.first_use(client_id, jti, request_id, ttl_ms), None)
-        keys_ = [keys.replay(client_id, jti), keys.token_entry(client_id, cache_id), keys.token_lock(client_id, cache_id)]
+        keys_ = [keyspace.replay(client_id, jti), keyspace.token_entry(client_id, cache_id), keyspace.token_lock(client_id, cache_id)]
         try:
             # Labelled "replay": this is the token endpoint's replay round trip (the cache rides along).
             reply = await self._run(self._consume(keys=keys_, args=[request_id, ttl_ms, lock_ms]), op="replay")
@@ -99,7 +99,7 @@ class RedisTokenStore(RedisReplayGuard):
             self._metrics.inc("broker_redis_errors_total", op=op, error=type(exc).__name__)
 
     async def read(self, client_id: str, cache_id: str) -> bytes | None:
-        value = await self._run(self.redis.get(keys.token_entry(client_id, cache_id)))
+        value = await self._run(self.redis.get(keyspace.token_entry(client_id, cache_id)))
         return None if value is None else bytes(value)
 
     async def lock_and_read(self, client_id: str, cache_id: str, owner: str, ttl_ms: int) -> tuple[bool, bytes | None]:
@@ -107,26 +107,26 @@ class RedisTokenStore(RedisReplayGuard):
         # another request's write may reach the lock after that write released it; it then sees
         # the entry here instead of minting a second token.
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.token_lock(client_id, cache_id), owner, nx=True, px=ttl_ms)
-            pipe.get(keys.token_entry(client_id, cache_id))
+            pipe.set(keyspace.token_lock(client_id, cache_id), owner, nx=True, px=ttl_ms)
+            pipe.get(keyspace.token_entry(client_id, cache_id))
             locked, entry = await self._run(pipe.execute())
         return bool(locked), None if entry is None else bytes(entry)
 
     async def unlock(self, client_id: str, cache_id: str) -> None:
-        await self._run(self.redis.delete(keys.token_lock(client_id, cache_id)))
+        await self._run(self.redis.delete(keyspace.token_lock(client_id, cache_id)))
 
     async def write(self, client_id: str, cache_id: str, token_jti: str, entry: bytes, ttl_ms: int) -> None:
         # One script call (one reply to parse, not a five-reply MULTI): the entry, the pointer that
         # lets revocation find it, and the lock released (losers poll the entry; releasing early
         # only lets a later miss mint sooner).
-        keys_ = [keys.token_entry(client_id, cache_id), keys.token_pointer(client_id, token_jti),
-                 keys.token_lock(client_id, cache_id)]
+        keys_ = [keyspace.token_entry(client_id, cache_id), keyspace.token_pointer(client_id, token_jti),
+                 keyspace.token_lock(client_id, cache_id)]
         await self._run(self._write(keys=keys_, args=[entry, ttl_ms]))
 
     async def revoke(self, client_id: str, token_jti: str, ttl_ms: int) -> None:
-        pointer = keys.token_pointer(client_id, token_jti)
+        pointer = keyspace.token_pointer(client_id, token_jti)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.token_revoked(client_id, token_jti), b"1", px=ttl_ms)
+            pipe.set(keyspace.token_revoked(client_id, token_jti), b"1", px=ttl_ms)
             pipe.get(pointer)
             _, entry_key = await self._run(pipe.execute())
         if entry_key is not None:
@@ -134,4 +134,4 @@ class RedisTokenStore(RedisReplayGuard):
             await self._run(self.redis.delete(bytes(entry_key).decode("ascii"), pointer))
 
     async def is_revoked(self, client_id: str, token_jti: str) -> bool:
-        return bool(await self._run(self.redis.exists(keys.token_revoked(client_id, token_jti))))
+        return bool(await self._run(self.redis.exists(keyspace.token_revoked(client_id, token_jti))))

@@ -18,7 +18,7 @@ from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
-from app import logging as broker_logging
+from app import log as broker_log
 from app.config import Settings
 from app.metrics import Metrics
 from app.keystore import SigningKeySet, ensure_signing_keys
@@ -43,8 +43,8 @@ from app.web.routes import ROUTES
 
 
 def create_app(settings: Settings, *, redis: Any = None, clock: Callable[[], float] = time.time, log_stream: Any = None) -> Litestar:
-    broker_logging.configure(settings.log_level, log_stream)
-    log = broker_logging.get_logger()
+    broker_log.configure(settings.log_level, log_stream)
+    log = broker_log.get_logger()
     metrics = Metrics()
     client = redis if redis is not None else connect(
         settings.redis_url, timeout=settings.redis_timeout, retries=settings.redis_retries,

@@ -7,7 +7,6 @@ and rendered by stdlib ``json`` (which escapes CR/LF and lone surrogates instead
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sys
@@ -47,8 +46,3 @@ def configure(level: str = "info", stream: Any = None) -> None:
 
 def get_logger(name: str = "broker") -> Any:
     return structlog.get_logger(name)
-
-
-def jti_fingerprint(client_id: str, jti: str) -> str:
-    """What logs carry instead of a jti: a short hash, enough to correlate, useless to replay."""
-    return hashlib.sha256(json.dumps([client_id, jti]).encode("ascii")).hexdigest()[:16]

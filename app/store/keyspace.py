@@ -12,6 +12,8 @@ import functools
 import hashlib
 import json
 
+from app.oauth.assertion import jti_hash
+
 PREFIX = "tb"
 REGISTRY_EPOCH = "{tb:registry}:epoch"
 REGISTRY_INDEX = "{tb:registry}:index"
@@ -19,10 +21,6 @@ REGISTRY_INDEX = "{tb:registry}:index"
 
 def client(client_id: str) -> str:
     return "{tb:registry}:client:" + hashlib.sha256(client_id.encode()).hexdigest()
-
-
-def jti_hash(client_id: str, jti: str) -> str:
-    return hashlib.sha256(json.dumps([client_id, jti]).encode("ascii")).hexdigest()
 
 
 def replay(client_id: str, jti: str) -> str:
