@@ -1,4 +1,4 @@
-"""Security matrix section J (rows 74-79): the resource server's answers, as RFC 6750 §3 says."""
+"""The resource server's answers, as RFC 6750 §3 says (docs/attack-matrix.md, "Resource server")."""
 
 from __future__ import annotations
 
@@ -32,11 +32,12 @@ def assert_invalid_token(response: Any) -> None:
 def test_valid_token_reaches_the_app_with_the_client_not_a_user(authority: Authority, call: Any) -> None:
     response = call(headers=bearer(authority.token(scope="read write")))
     assert response.status_code == 200
-    # Row 79: the RS authorises on client_id and scope; the client is never made a "user".
+    # The RS authorises on client_id and scope; the client is never made a "user"
+    # (attack matrix: `rs-client-not-a-user`).
     assert response.json() == {"client_id": "c1", "scopes": ["read", "write"], "user": None}
 
 
-# -- row 74: typ confusion -----------------------------------------------------------------------
+# -- typ confusion (attack matrix: `rs-typ-confusion`) -------------------------------------------
 
 def _client_assertion(authority: Authority) -> str:
     client = TestClient("c1", kid=BROKER_KID, key=authority.key)  # broker key, so only typ differs
@@ -44,21 +45,21 @@ def _client_assertion(authority: Authority) -> str:
 
 
 @pytest.mark.parametrize("typ", [None, "JWT", "client-authentication+jwt", "jwt", "at+JWT+x"], ids=lambda t: f"typ={t}")
-def test_row74_typ_other_than_at_jwt(authority: Authority, call: Any, typ: str | None) -> None:
+def test_typ_other_than_at_jwt(authority: Authority, call: Any, typ: str | None) -> None:
     header = {"alg": "ES256", "kid": BROKER_KID, **({"typ": typ} if typ else {})}
     assert_invalid_token(call(headers=bearer(authority.token(header=header))))
 
 
-def test_row74_client_assertion_is_not_an_access_token(authority: Authority, call: Any) -> None:
+def test_client_assertion_is_not_an_access_token(authority: Authority, call: Any) -> None:
     assert_invalid_token(call(headers=bearer(_client_assertion(authority))))
 
 
-def test_row74_application_at_jwt_typ_is_accepted(authority: Authority, call: Any) -> None:
+def test_application_at_jwt_typ_is_accepted(authority: Authority, call: Any) -> None:
     header = {"alg": "ES256", "kid": BROKER_KID, "typ": "application/at+jwt"}
     assert call(headers=bearer(authority.token(header=header))).status_code == 200
 
 
-# -- row 75: claims -------------------------------------------------------------------------------
+# -- claims (attack matrix: `rs-claim-checks`) ----------------------------------------------------
 
 CLAIM_ROWS = [
     ("iss-other", lambda now: {"iss": "https://evil.test"}),
@@ -78,16 +79,16 @@ CLAIM_ROWS = [
 
 
 @pytest.mark.parametrize("build", [r[1] for r in CLAIM_ROWS], ids=[r[0] for r in CLAIM_ROWS])
-def test_row75_claim_checks(authority: Authority, call: Any, build: Any) -> None:
+def test_claim_checks(authority: Authority, call: Any, build: Any) -> None:
     assert_invalid_token(call(headers=bearer(authority.token(**build(int(authority.clock.now))))))
 
 
-def test_row75_expiry_within_leeway_is_accepted(authority: Authority, call: Any) -> None:
+def test_expiry_within_leeway_is_accepted(authority: Authority, call: Any) -> None:
     now = int(authority.clock.now)
     assert call(headers=bearer(authority.token(exp=now - 9))).status_code == 200
 
 
-# -- row 76: signature and alg ---------------------------------------------------------------------
+# -- signature and alg (attack matrix: `rs-signature-and-alg`) -------------------------------------
 
 def _hs256_with_public_key(authority: Authority) -> str:
     pem = authority.key.as_pem(private=False)
@@ -111,11 +112,11 @@ SIG_ROWS = [
 
 
 @pytest.mark.parametrize("build", [r[1] for r in SIG_ROWS], ids=[r[0] for r in SIG_ROWS])
-def test_row76_signature_and_alg(authority: Authority, call: Any, build: Any) -> None:
+def test_signature_and_alg(authority: Authority, call: Any, build: Any) -> None:
     assert_invalid_token(call(headers=bearer(build(authority))))
 
 
-def test_row76_alg_outside_rs_allowlist(authority: Authority, clock: Any) -> None:
+def test_alg_outside_rs_allowlist(authority: Authority, clock: Any) -> None:
     """The JWKS publishes an RS256 key; this RS allows only ES256, so the key is never used."""
     import asyncio
 
@@ -138,7 +139,7 @@ def test_row76_alg_outside_rs_allowlist(authority: Authority, clock: Any) -> Non
     assert asyncio.run(verifier.verify(authority.token())).client_id == "c1"
 
 
-def test_row76_unknown_kid_refetches_once_per_cooldown(authority: Authority, call: Any, clock: Any) -> None:
+def test_unknown_kid_refetches_once_per_cooldown(authority: Authority, call: Any, clock: Any) -> None:
     assert call(headers=bearer(authority.token())).status_code == 200
     assert authority.jwks_fetches == 1
     unknown = [authority.token(header={"alg": "ES256", "kid": f"nope-{i}", "typ": "at+jwt"}) for i in range(20)]
@@ -150,7 +151,7 @@ def test_row76_unknown_kid_refetches_once_per_cooldown(authority: Authority, cal
     assert authority.jwks_fetches == 3  # the cooldown passed: one more
 
 
-def test_row76_rotated_broker_key_is_picked_up_by_the_unknown_kid_refetch(authority: Authority, call: Any) -> None:
+def test_rotated_broker_key_is_picked_up_by_the_unknown_kid_refetch(authority: Authority, call: Any) -> None:
     assert call(headers=bearer(authority.token())).status_code == 200
     from app.keystore import public_jwk
 
@@ -176,9 +177,9 @@ def test_oversized_form_body_is_413(authority: Authority, call: Any) -> None:
     assert (response.status_code, response.json()) == (413, {"error": "invalid_request"})
 
 
-# -- row 77: scope -------------------------------------------------------------------------------
+# -- scope (attack matrix: `rs-insufficient-scope`) ----------------------------------------------
 
-def test_row77_missing_scope_is_403_insufficient_scope(authority: Authority, call: Any) -> None:
+def test_missing_scope_is_403_insufficient_scope(authority: Authority, call: Any) -> None:
     response = call(headers=bearer(authority.token(scope="read")), scopes=("read", "write"))
     assert response.status_code == 403
     assert response.headers["www-authenticate"] == (
@@ -188,25 +189,25 @@ def test_row77_missing_scope_is_403_insufficient_scope(authority: Authority, cal
     assert response.json() == {"error": "insufficient_scope", "error_description": "The access token lacks the required scope."}
 
 
-def test_row77_scope_prefix_is_not_the_scope(authority: Authority, call: Any) -> None:
+def test_scope_prefix_is_not_the_scope(authority: Authority, call: Any) -> None:
     assert call(headers=bearer(authority.token(scope="reader writes")), scopes=("read",)).status_code == 403
 
 
-# -- row 78: transport -------------------------------------------------------------------------------
+# -- transport (attack matrix: `rs-token-transport`) -------------------------------------------------
 
-def test_row78_no_token_is_a_bare_challenge(call: Any) -> None:
+def test_no_token_is_a_bare_challenge(call: Any) -> None:
     response = call()
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == 'Bearer realm="api"'
     assert response.json() == {}
 
 
-def test_row78_other_scheme_is_a_bare_challenge(call: Any) -> None:
+def test_other_scheme_is_a_bare_challenge(call: Any) -> None:
     response = call(headers={"Authorization": "Basic YTpi"})
     assert (response.status_code, response.headers["www-authenticate"]) == (401, 'Bearer realm="api"')
 
 
-def test_row78_token_in_query_is_refused_and_not_logged(authority: Authority, call: Any, caplog: Any) -> None:
+def test_token_in_query_is_refused_and_not_logged(authority: Authority, call: Any, caplog: Any) -> None:
     token = authority.token()
     with caplog.at_level(logging.DEBUG):
         response = call(url="/data?access_token=" + token)
@@ -220,7 +221,7 @@ def test_row78_token_in_query_is_refused_and_not_logged(authority: Authority, ca
 
 
 @pytest.mark.parametrize("with_header", [True, False], ids=["header+body", "body-only"])
-def test_row78_token_in_form_body(authority: Authority, call: Any, with_header: bool) -> None:
+def test_token_in_form_body(authority: Authority, call: Any, with_header: bool) -> None:
     token = authority.token()
     headers = {"content-type": "application/x-www-form-urlencoded", **(bearer(token) if with_header else {})}
     response = call("POST", content=f"access_token={token}&x=1", headers=headers)
@@ -228,7 +229,7 @@ def test_row78_token_in_form_body(authority: Authority, call: Any, with_header: 
     assert response.json() == INVALID_REQUEST
 
 
-def test_row78_form_body_without_token_reaches_the_app(authority: Authority, verifier: Any) -> None:
+def test_form_body_without_token_reaches_the_app(authority: Authority, verifier: Any) -> None:
     """The body read to look for a token is replayed to the app unchanged."""
     import asyncio
 
@@ -252,24 +253,24 @@ def test_row78_form_body_without_token_reaches_the_app(authority: Authority, ver
 
 
 @pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer", "bEaReR"])
-def test_row78_scheme_is_case_insensitive(authority: Authority, call: Any, scheme: str) -> None:
+def test_scheme_is_case_insensitive(authority: Authority, call: Any, scheme: str) -> None:
     assert call(headers=bearer(authority.token(), scheme)).status_code == 200
 
 
 @pytest.mark.parametrize("value", ["Bearer", "Bearer ", "Bearer  "], ids=["no-token", "space", "two-spaces"])
-def test_row78_empty_token_is_invalid_request(call: Any, value: str) -> None:
+def test_empty_token_is_invalid_request(call: Any, value: str) -> None:
     response = call(headers={"Authorization": value})
     assert response.status_code == 400
     assert response.json() == {"error": "invalid_request", "error_description": "The request is malformed."}
 
 
 @pytest.mark.parametrize("token", ['a"b', "a b,c", "x" * 8193, "é"], ids=["quote", "comma", "oversized", "non-ascii"])
-def test_row78_token_syntax(call: Any, token: str) -> None:
+def test_token_syntax(call: Any, token: str) -> None:
     response = call(headers={"Authorization": ("Bearer " + token).encode("utf-8")})
     assert_invalid_token(response)
 
 
-def test_row78_repeated_authorization_header(authority: Authority, call: Any) -> None:
+def test_repeated_authorization_header(authority: Authority, call: Any) -> None:
     token = authority.token()
     response = call(headers=[("Authorization", "Bearer " + token), ("Authorization", "Bearer " + token)])
     assert response.status_code == 400
