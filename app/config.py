@@ -63,10 +63,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Reverse proxies (IP addresses or CIDR networks) whose X-Forwarded-For names the client, for
     # the per-address limit and the logs. Empty: the TCP peer is the client and the header is ignored.
     trusted_proxies: tuple[str, ...] = ()
-    # Bootstrap admin client (issue: onboarding). JWKS JSON; empty in embedded mode → generated.
+    # Bootstrap admin client (docs/onboarding.md). JWKS JSON; empty in embedded mode → generated.
     admin_jwks: str | None = None
     admin_client_id: str = "broker-admin"
-    # Client onboarding (issue 3): jwks_uri clients, declarative clients file, reserved ids.
+    # Client onboarding (docs/onboarding.md): jwks_uri clients, declarative clients file, reserved ids.
     jwks_uri_allow_http_loopback: bool = False
     jwks_uri_cache_ttl: int = 300
     jwks_uri_refetch_cooldown: float = 10.0
@@ -74,7 +74,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     clients_file: str | None = None
     reserved_client_id_prefixes: tuple[str, ...] = ()
     log_level: str = "info"
-    # Issued-token cache (issue 4): a cached token is served only while at least this share of its
+    # Issued-token cache (docs/token-cache.md): a cached token is served only while at least this share of its
     # lifetime is left; concurrent misses wait up to cache_stampede_wait s for one replica's mint.
     cache_min_remaining_share: float = 0.5
     cache_stampede_wait: float = 0.2

@@ -2,7 +2,7 @@
 
 ``ClientRecord`` is what the registry stores (JSON). ``Client`` is the prepared, in-memory form
 used on the hot path: every JWK parsed once into a joserfc key bound to its one algorithm.
-``validate_client_jwk`` is the registration-time gate for a public key (matrix #31-#33); the
+``validate_client_jwk`` is the registration-time gate for a public key (attack matrix: `client-key-validation`); the
 same gate runs on every key fetched from a client's ``jwks_uri`` (RFC 7591 §2).
 
 A registered JWK may carry ``nbf`` / ``exp`` (NumericDate, RFC 7519 §2): the key is used only
@@ -33,7 +33,7 @@ _ALG_KTY = {"ES256": ("EC", "P-256"), "ES384": ("EC", "P-384"), "PS256": ("RSA",
 _KEY_CLASSES = {"EC": ECKey, "RSA": RSAKey, "OKP": OKPKey}
 #: Members a registered JWK may carry besides the key itself (kept on the stored key).
 _WINDOW_MEMBERS = ("nbf", "exp")
-#: client_id prefixes reserved for user subjects (matrix #79, RFC 9068 §5): an access token's
+#: client_id prefixes reserved for user subjects (attack matrix: `rs-client-not-a-user`; RFC 9068 §5): an access token's
 #: ``sub`` is the client_id, so a client must never be able to take a user's subject. Compared
 #: case-insensitively; deployments add their own namespaces with BROKER_RESERVED_CLIENT_ID_PREFIXES.
 RESERVED_CLIENT_ID_PREFIXES = ("user:", "user.", "user-", "user_", "users:", "usr:", "uid:", "sub:", "person:",

@@ -4,7 +4,7 @@ A client has either ``jwks`` (registered public keys) or ``jwks_uri`` (keys fetc
 see ``app.service.jwks_fetch``), never both. ``legacy_token_endpoint_aud_until`` opens a
 time-boxed migration window (at most ``LEGACY_AUD_MAX_WINDOW`` ahead) in which the token endpoint
 URL is also accepted as the assertion ``aud``. client_ids in a user-subject namespace (reserved
-prefixes, matrix #79) are refused at registration. ``load_clients_file`` applies an optional
+prefixes, attack matrix: `rs-client-not-a-user`) are refused at registration. ``load_clients_file`` applies an optional
 declarative clients file (``BROKER_CLIENTS_FILE``) at start.
 
 Every admin call carries a broker-issued access token (RFC 6750 Bearer) whose audience is
@@ -313,7 +313,7 @@ def build_record(settings: Settings, metadata: Any, *, existing: ClientRecord | 
         enabled=enabled,
         created_at=existing.created_at if existing else now,
         updated_at=now,
-        # Monotonic even within one second: the token cache keys on it (issue 4).
+        # Monotonic even within one second: the token cache keys on it (docs/token-cache.md).
         version=existing.version + 1 if existing else 1,
     )
 

@@ -13,7 +13,7 @@ no Redis call. An assertion naming a kid the cached client lacks re-reads that c
 (at most once a second per client), so a key added through another replica works at once and a
 rotation (add key → switch → remove old key) needs no waiting.
 
-``jwks_uri`` clients (RFC 7591 §2, matrix #73): the validated set lives in Redis for
+``jwks_uri`` clients (RFC 7591 §2; attack matrix: `client-key-rotation-and-jwks-uri`): the validated set lives in Redis for
 ``jwks_uri_cache_ttl`` seconds, shared by replicas. An assertion naming a kid the set does not hold
 triggers one refetch, at most once per ``jwks_uri_refetch_cooldown`` per client across all
 replicas (a Redis ``SET NX PX`` marker, plus an in-process marker so a flood costs no Redis

@@ -2,15 +2,15 @@
 
 RFC 6749 §5.1 lets the server answer a request with any token that fits it; RFC 9068 tokens carry
 no per-request data, so two requests that agree on (client_id, sorted unique scopes, audience,
-client registration version, signing kid) can share one token (matrix #60-#65). The cache:
+client registration version, signing kid) can share one token (docs/attack-matrix.md, "Issued-token cache"). The cache:
 
-- never runs before the client is fully authenticated and its jti consumed (matrix #63): the
+- never runs before the client is fully authenticated and its jti consumed (attack matrix: `cache-after-authentication`): the
   service hands in the entry read in the same pipeline as the replay record;
 - serves an entry only when it decodes strictly, is not expired, still has at least
   ``cache_min_remaining_share`` of its lifetime left, and its token is byte for byte the one this
   broker would have signed for this request: header (alg, current kid) and payload (iss, sub,
   client_id, aud, scope, jti, iat, exp) are rebuilt and compared, so an entry planted under
-  another key (another client, scope set or audience) is a miss (#65). The signature is not
+  another key (another client, scope set or audience) is a miss (attack matrix: `cache-poisoned-entry`). The signature is not
   re-verified: writing to Redis lets one break the cache, not forge a signature;
 - on a miss, mints once per key across every replica: an in-process single flight (one task per
   key; other requests in the process await it) in front of a short Redis lock (``SET NX PX``);
@@ -80,7 +80,7 @@ class TokenCache:
         self._issuer = settings.issuer
         self._share = settings.cache_min_remaining_share
         self._wait = settings.cache_stampede_wait
-        # An entry minted by a replica whose clock runs ahead is still ours (matrix §0 SKEW).
+        # An entry minted by a replica whose clock runs ahead (within leeway + clock skew) is still ours.
         self._future_tolerance = settings.leeway + settings.clock_skew
         self.store = store
         self._metrics = metrics

@@ -59,7 +59,7 @@ def token_cache_id(client_id: str, scopes: tuple[str, ...], audience: str, versi
     """SHA-256 of the canonical JSON of everything that makes two tokens interchangeable.
 
     JSON, not a string join: client ``a:b`` + scope ``c`` never equals client ``a`` + scope ``b:c``
-    (matrix #62). ``scopes`` must already be sorted and unique (``Grant.scopes`` is).
+    (attack matrix: `cache-key-injection`). ``scopes`` must already be sorted and unique (``Grant.scopes`` is).
     """
     canonical = json.dumps([client_id, list(scopes), audience, version, kid], separators=(",", ":"))
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()

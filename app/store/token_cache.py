@@ -3,7 +3,7 @@
 The token endpoint's hot path is one Redis call (``consume_and_lookup``), a Lua script that runs
 atomically:
 
-1. the replay record ``SET replay-key request-id NX PX ttl GET`` (matrix §3 step 6); a value that
+1. the replay record ``SET replay-key request-id NX PX ttl GET`` (attack matrix: `replay-reply-lost`); a value that
    is not this request's id means replay, and the script stops there;
 2. ``GET entry`` (read with ``pcall``: a broken cache key must not fail the request);
 3. only when the entry is absent, the stampede lock ``SET lock request-id NX PX 2000``.
