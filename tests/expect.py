@@ -1,4 +1,4 @@
-"""Exact-response assertions for the token endpoint (matrix §0 "Meaning of 401 invalid_client")."""
+"""Exact-response assertions for the token endpoint (docs/attack-matrix.md, "Conventions")."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def error_body(code: str, cls: type[errors.OAuthError] | None = None) -> dict[st
 
 
 def assert_hygiene(response: Any) -> None:
-    """Matrix #12: every token-endpoint answer."""
+    """Every token-endpoint answer (attack matrix: `response-hygiene`)."""
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["pragma"] == "no-cache"
     assert response.headers["content-type"].split(";")[0] == "application/json"

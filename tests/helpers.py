@@ -1,6 +1,8 @@
 """Test helpers: keys generated at test time, assertion builders, raw JWS construction.
 
-Names follow ``../shared/security-matrix.md`` §0: ``ISS``, ``good()``, ``sign()`` (A), ``raw()`` (RAW).
+``ISS`` is the test issuer; ``good()`` builds valid claims, ``sign()`` signs them through joserfc,
+``raw()`` builds a compact JWS by hand (for malformed JSON, duplicate members, ``NaN`` and
+non-object payloads).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Admin API (RFC 7591/7592 shape) over HTTP, key validation (matrix #33), reserved client_ids
-(#79), per-key nbf/exp windows, the legacy token-endpoint ``aud`` window, and the clients file."""
+"""Admin API (RFC 7591/7592 shape) over HTTP, key validation (attack matrix: `client-key-validation`),
+reserved client_ids (`rs-client-not-a-user`), per-key nbf/exp windows, the legacy token-endpoint
+``aud`` window, and the clients file."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def test_register_show_list_stamp_alg_use_and_thumbprint_kid(broker):
     assert (r.status_code, r.json()) == (409, {"error": "invalid_client_metadata", "error_description": "client_id is already registered"})
 
 
-# -- matrix #33: key validation at registration ----------------------------------------------------
+# -- key validation at registration (attack matrix: `client-key-validation`) ------------------------
 
 
 def _rsa(bits: int = 2048, **override: str) -> dict[str, Any]:
@@ -154,7 +155,7 @@ def test_registration_refuses_jwks_and_jwks_uri_together(broker):
     assert (r.status_code, r.json()) == bad_request("give jwks or jwks_uri, not both (RFC 7591 §2)")
 
 
-# -- matrix #79: client_ids in the user-subject namespace --------------------------------------------
+# -- client_ids in the user-subject namespace (attack matrix: `rs-client-not-a-user`) ------------------
 
 
 @pytest.mark.parametrize("client_id", ["user:alice", "User-bob", "usr:42", "uid:7", "sub:x", "auth0.123"])

@@ -1,7 +1,7 @@
-"""Audit log (issue 6; security matrix K #80, #9, #26): one structured event per issued token,
-rejection (stable ``reason``), replay and admin change, each with a request id, the client_id and
-a hash of the jti, and never an assertion, a token or a key; hostile strings never break a line
-or turn a rejection into a 500."""
+"""Audit log (attack matrix: `hostile-input-in-logs`, `credentials-in-query`, `oversized-segments`):
+one structured event per issued token, rejection (stable ``reason``), replay and admin change, each
+with a request id, the client_id and a hash of the jti, and never an assertion, a token or a key;
+hostile strings never break a line or turn a rejection into a 500."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ REQUEST_ID = re.compile(r"[0-9a-f]{24}")
 
 
 def secrets_absent(text: str, *secrets: str) -> None:
-    """Matrix #26/#80: no 100-character window of any secret appears in the log."""
+    """`oversized-segments`, `hostile-input-in-logs`: no 100-character window of any secret appears in the log."""
     for secret in secrets:
         for start in range(0, max(1, len(secret) - 99), 50):
             window = secret[start:start + 100]
@@ -44,7 +44,7 @@ def test_issued_token_event(broker: Broker, c1: TestClient) -> None:
     secrets_absent(broker.log_text(), assertion, body["access_token"], claims["jti"])
 
 
-REJECTIONS: dict[str, Any] = {  # the issue's example reason codes, and a bad signature
+REJECTIONS: dict[str, Any] = {  # reason codes docs/security.md lists under "Audit log"
     "aud_not_issuer": lambda c, now: c.assertion(now, aud=ISS + "/token"),
     "exp_too_far": lambda c, now: c.assertion(now, exp=now + 3600),
     "alg_not_allowed": lambda c, now: c.assertion(now, header={"alg": "ES384", "kid": "c1-1"}, key=new_key("ES384")),
@@ -98,7 +98,7 @@ def test_admin_change_events(broker: Broker) -> None:
 
 
 def test_credentials_in_query_ignored_and_not_logged(broker: Broker, c1: TestClient) -> None:
-    """Matrix #9: the query string is never read and never logged."""
+    """`credentials-in-query`: the query string is never read and never logged."""
     assertion = c1.assertion(broker.clock.now)
     query = httpx.QueryParams(form(assertion))
     resp = broker.http.post("/token?" + str(query), content=b"grant_type=client_credentials",
@@ -116,7 +116,7 @@ def test_credentials_in_query_ignored_and_not_logged(broker: Broker, c1: TestCli
     ],
 )
 def test_oversized_segments_rejected_quickly_and_not_logged(broker: Broker, c1: TestClient, segments: tuple[str, int]) -> None:
-    """Matrix #26: 401, and neither logs nor error text carry a raw segment."""
+    """`oversized-segments`: 401, and neither logs nor error text carry a raw segment."""
     part, size = segments
     h, p, s = c1.assertion(broker.clock.now).split(".")
     filler = b64u(b"x" * size)[:size]
@@ -136,7 +136,7 @@ HOSTILE = [
 
 @pytest.mark.parametrize("value", HOSTILE)
 def test_hostile_kid_never_breaks_logging(broker: Broker, c1: TestClient, value: str) -> None:
-    """Matrix #80: attacker-controlled kid reaches no log line raw; one line per event; 401 not 500."""
+    """`hostile-input-in-logs`: attacker-controlled kid reaches no log line raw; one line per event; 401 not 500."""
     header = json.dumps({"alg": "ES256", "kid": value})  # json.dumps escapes the lone surrogate
     assertion = raw(header, json.dumps(c1.claims(broker.clock.now)), c1.key)
     resp = broker.token(form(assertion))

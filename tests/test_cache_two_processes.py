@@ -1,4 +1,4 @@
-"""Issue 4 "done when": two broker processes on one real Redis share one issued-token cache.
+"""Two broker processes on one real Redis share one issued-token cache.
 
 200 concurrent token requests (each with a fresh assertion) from one client for the same scopes,
 split over both processes, produce exactly one signing and 200 identical tokens; other scopes or

@@ -1,4 +1,5 @@
-"""jwks_uri clients (RFC 7591 §2): matrix #73 with a key server on loopback that counts requests."""
+"""jwks_uri clients (RFC 7591 §2; attack matrix: `client-key-rotation-and-jwks-uri`) with a key
+server on loopback that counts requests."""
 
 from __future__ import annotations
 

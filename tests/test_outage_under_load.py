@@ -1,4 +1,4 @@
-"""Kill Redis in the middle of a load run (issue 6, security matrix H #66).
+"""Kill Redis in the middle of a load run (attack matrix: `redis-unreachable`).
 
 A bounded load of single-use assertions runs against two broker processes; Redis is killed
 (SIGKILL) part-way and restarted a moment later. Every request that runs entirely inside the

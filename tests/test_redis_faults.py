@@ -1,4 +1,4 @@
-"""Redis faults (security matrix H #66-#68, E #55): the replay check fails closed.
+"""Redis faults (docs/attack-matrix.md, "Redis faults", and `replay-reply-lost`): the replay check fails closed.
 
 Every fault is injected into a real ``redis-server`` started by the suite: stopped (refused),
 hung (SIGSTOP), ``CLIENT PAUSE``, out of memory, ``READONLY``, ``NOPERM``, a changed password, a
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.redis
 
 UNAVAILABLE = {"error": "temporarily_unavailable", "error_description": "The service is temporarily unavailable; retry later."}
 INVALID_CLIENT = {"error": "invalid_client", "error_description": "Client authentication failed."}
-BUDGET = 1.0  # seconds: the issue's "within about one second" (deadline is timeout*(retries+1))
+BUDGET = 1.0  # seconds: docs/security.md's "within about a second" (deadline is timeout*(retries+1))
 
 
 def assert_unavailable(resp: httpx.Response, elapsed: float | None = None) -> None:
@@ -93,7 +93,7 @@ def eventually_ok(broker: Broker, client: TestClient, within: float = 5.0) -> ht
 
 
 def test_redis_stopped_then_restarted(rbroker: Broker, rc1: TestClient, real_redis: RedisServer) -> None:
-    """#66: connection refused → 503 fast; /readyz 503, /healthz 200; recovery without restart."""
+    """`redis-unreachable`: connection refused → 503 fast; /readyz 503, /healthz 200; recovery without restart."""
     assert rbroker.get_token(rc1).status_code == 200
     real_redis.command("SAVE")  # keep the registry across the restart (the server runs without persistence)
     real_redis.stop()
@@ -111,7 +111,7 @@ def test_redis_stopped_then_restarted(rbroker: Broker, rc1: TestClient, real_red
 
 
 def test_redis_hung_sigstop(rbroker: Broker, rc1: TestClient, real_redis: RedisServer) -> None:
-    """#67: a server that accepts nothing and answers nothing (SIGSTOP) → 503 within budget."""
+    """`redis-hung-or-slow`: a server that accepts nothing and answers nothing (SIGSTOP) → 503 within budget."""
     assert rbroker.get_token(rc1).status_code == 200
     real_redis.pause()
     try:
@@ -126,7 +126,7 @@ def test_redis_hung_sigstop(rbroker: Broker, rc1: TestClient, real_redis: RedisS
 
 
 def test_client_pause_write(rbroker: Broker, rc1: TestClient, real_redis: RedisServer) -> None:
-    """#67: ``CLIENT PAUSE 2000 WRITE`` blocks the SET NX: 503, then healthy after the pause."""
+    """`redis-hung-or-slow`: ``CLIENT PAUSE 2000 WRITE`` blocks the SET NX: 503, then healthy after the pause."""
     assert rbroker.get_token(rc1).status_code == 200
     real_redis.command("CLIENT", "PAUSE", "2000", "WRITE")
     try:
@@ -147,7 +147,7 @@ def test_client_pause_write(rbroker: Broker, rc1: TestClient, real_redis: RedisS
 )
 def test_command_errors(rbroker: Broker, rc1: TestClient, real_redis: RedisServer,
                         fault: list[tuple[str, ...]], restore: list[tuple[str, ...]]) -> None:
-    """#68: OOM, READONLY and NOPERM on the SET NX → 503 (never 500, never 200), logged without secrets."""
+    """`redis-command-errors`: OOM, READONLY and NOPERM on the SET NX → 503 (never 500, never 200), logged without secrets."""
     assert rbroker.get_token(rc1).status_code == 200
     try:
         for cmd in fault:
@@ -163,7 +163,7 @@ def test_command_errors(rbroker: Broker, rc1: TestClient, real_redis: RedisServe
 
 
 def test_password_changed_under_the_broker(rbroker: Broker, rc1: TestClient, real_redis: RedisServer) -> None:
-    """#68 WRONGPASS/NOAUTH: Redis now requires a password the broker does not have → 503."""
+    """`redis-command-errors`, WRONGPASS/NOAUTH: Redis now requires a password the broker does not have → 503."""
     import redis
 
     assert rbroker.get_token(rc1).status_code == 200
@@ -179,7 +179,7 @@ def test_password_changed_under_the_broker(rbroker: Broker, rc1: TestClient, rea
 
 
 def test_pool_exhausted(real_redis: RedisServer, tmp_path: Path, clock: FrozenClock) -> None:
-    """#68: no free connection in the pool (MaxConnectionsError) → 503 at once, fine after release."""
+    """`redis-command-errors`: no free connection in the pool (MaxConnectionsError) → 503 at once, fine after release."""
     client = Redis.from_url(real_redis.url, max_connections=1, socket_timeout=0.3, socket_connect_timeout=0.3,
                             retry=Retry(NoBackoff(), 1))
     settings = redis_settings(tmp_path, real_redis.url, registry_poll_interval=3600.0)
@@ -197,7 +197,7 @@ def test_pool_exhausted(real_redis: RedisServer, tmp_path: Path, clock: FrozenCl
         broker.call(client.aclose)
 
 
-# -- #55: the reply is lost after the write, and redis-py retries --------------------------------
+# -- the reply is lost after the write, and redis-py retries (attack matrix: `replay-reply-lost`) ---
 
 
 class DelayProxy:
@@ -280,7 +280,7 @@ def proxied(proxy: DelayProxy, tmp_path: Path, clock: FrozenClock) -> Iterator[B
 
 
 def test_reply_lost_after_write_retry_is_first_use(proxied: Broker, proxy: DelayProxy) -> None:
-    """#55: SET NX ran, its reply is late, redis-py retries the same command → 200, not 401."""
+    """`replay-reply-lost`: SET NX ran, its reply is late, redis-py retries the same command → 200, not 401."""
     c1 = TestClient("c1")
     proxied.register(c1)
     assert proxied.get_token(c1).status_code == 200  # warms the client cache
@@ -295,7 +295,7 @@ def test_reply_lost_after_write_retry_is_first_use(proxied: Broker, proxy: Delay
 
 
 def test_every_reply_late_is_503_never_401(proxied: Broker, proxy: DelayProxy) -> None:
-    """#55/#67: Redis slower than the deadline on every attempt → 503; a later retry by the
+    """`replay-reply-lost`, `redis-hung-or-slow`: Redis slower than the deadline on every attempt → 503; a later retry by the
     client of that same assertion is a replay (its jti was recorded), never a silent second token."""
     c1 = TestClient("c1")
     proxied.register(c1)
@@ -315,7 +315,7 @@ def test_every_reply_late_is_503_never_401(proxied: Broker, proxy: DelayProxy) -
 
 
 def test_slow_redis_degrades_latency_not_correctness(proxied: Broker, proxy: DelayProxy) -> None:
-    """Issue 6: every reply 0.1 s late (under the 0.3 s timeout) → slower 200s, replays still 401."""
+    """Every reply 0.1 s late (under the 0.3 s timeout) → slower 200s, replays still 401."""
     c1 = TestClient("c1")
     proxied.register(c1)
     assert proxied.get_token(c1).status_code == 200
@@ -341,7 +341,7 @@ def live_token(url: str, client: TestClient) -> httpx.Response:
 
 @pytest.mark.live
 def test_live_broker_sigstop_and_recovery(real_redis: RedisServer, spawn_broker: Any, tmp_path: Path) -> None:
-    """#66/#67 on a real ``python -m app serve`` process: 503 + Retry-After, readyz/healthz, no leak."""
+    """`redis-unreachable`, `redis-hung-or-slow` on a real ``python -m app serve`` process: 503 + Retry-After, readyz/healthz, no leak."""
     live = spawn_broker(redis_url=real_redis.url)
     # Register through an in-process broker on the same Redis; the live one sees it by epoch poll.
     with Broker(redis_settings(tmp_path, real_redis.url), FrozenClock(time.time())) as admin:

@@ -1,4 +1,4 @@
-"""Replay protection: matrix section E (#49-#55), in-process and across broker processes."""
+"""Replay protection (docs/attack-matrix.md, "Replay"), in-process and across broker processes."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_jti_is_namespaced_by_client(broker, a, b):
 
 
 def test_replay_ttl_covers_exp_plus_leeway(broker, c1):
-    """#54(a): exp = now-5 with L = 10 is accepted once; its replay is refused."""
+    """`replay-ttl-and-clock-edges` (a): exp = now-5 with L = 10 is accepted once; its replay is refused."""
     now = broker.clock.now
     assertion = c1.assertion(now, exp=int(now) - 5, iat=int(now) - 60)
     assert_token(broker.token(form(assertion)))
@@ -61,7 +61,7 @@ def test_replay_record_ttl_is_bounded(broker, c1):
 
 
 def test_same_request_id_retry_is_first_use(broker):
-    """#55: a retried SET whose first reply was lost finds its own request id: first use."""
+    """`replay-reply-lost`: a retried SET whose first reply was lost finds its own request id: first use."""
     guard = RedisReplayGuard(broker.app.state.registry.redis, timeout=0.3, retries=1)
     assert broker.call(guard.first_use, "c1", "j", "req-1", 10_000) is True
     assert broker.call(guard.first_use, "c1", "j", "req-1", 10_000) is True
@@ -112,7 +112,7 @@ def test_replay_across_two_processes(real_redis, spawn_broker):
 
 @pytest.mark.live
 def test_concurrent_identical_requests_across_processes(real_redis, spawn_broker):
-    """#51: 50 concurrent identical requests over R1 and R2, 20 rounds: exactly one 200 per round.
+    """`replay-race`: 50 concurrent identical requests over R1 and R2, 20 rounds: exactly one 200 per round.
 
     The failed-authentication rate limit is set to observe-only here: 980 replays from one client
     would otherwise (rightly) turn into 429s, which is not what this row tests.

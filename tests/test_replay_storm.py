@@ -1,4 +1,4 @@
-"""Replay storm (security matrix E): N fresh assertions, each sent K times at once across several
+"""Replay storm (attack matrix: `replay-race`): N fresh assertions, each sent K times at once across several
 broker processes sharing one real Redis → exactly N tokens and N×(K−1) ``invalid_client``.
 
 The jti record is one atomic ``SET NX PX GET`` in Redis, so which replica wins does not matter:

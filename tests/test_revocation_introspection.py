@@ -1,4 +1,4 @@
-"""RFC 7009 revocation and RFC 7662 introspection (issue 4), in process on fakeredis, frozen clock."""
+"""RFC 7009 revocation and RFC 7662 introspection (docs/token-cache.md), in process on fakeredis, frozen clock."""
 
 from __future__ import annotations
 

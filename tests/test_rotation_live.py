@@ -1,12 +1,12 @@
 """Signing-key rotation under load across three broker processes on one real Redis.
 
-The property (issue 8): no token fails verification at a resource server using any replica's
-JWKS, at any time. A resource server may hold a JWKS fetched up to the cache lifetime before the
-token arrives, or fetch one at any time while the token is valid. So for every token issued during
-stage → promote → retire, every JWKS snapshot of every replica taken in
+The property (attack matrix: `signing-key-rotation`): no token fails verification at a resource
+server using any replica's JWKS, at any time. A resource server may hold a JWKS fetched up to the
+cache lifetime before the token arrives, or fetch one at any time while the token is valid. So for
+every token issued during stage → promote → retire, every JWKS snapshot of every replica taken in
 ``[received - cache lifetime, exp)`` must hold its kid and verify it. The test uses a short cache
-lifetime (and a short token lifetime) so that the whole cycle fits in seconds; the rule it checks
-is the one ``promote`` enforces with the real 300 s.
+lifetime (and a short token lifetime) so that the whole cycle fits in seconds; the rule it checks is
+the one ``promote`` enforces with the real 300 s.
 """
 
 from __future__ import annotations

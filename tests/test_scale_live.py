@@ -1,4 +1,4 @@
-"""Several workers per host, and a replica stopped under load (graceful shutdown, issue 8).
+"""Several workers per host, and a replica stopped under load (graceful shutdown).
 
 A stopped replica finishes the requests it accepted (uvicorn's graceful shutdown, bounded by
 ``--graceful-timeout``) and then refuses connections, which a load balancer routes elsewhere

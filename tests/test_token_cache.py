@@ -1,4 +1,5 @@
-"""Issued-token cache (issue 4): reuse, freshness, isolation (matrix #60-#65, #69), stampede, renewal.
+"""Issued-token cache (docs/token-cache.md): reuse, freshness, isolation (docs/attack-matrix.md,
+"Issued-token cache", and `cache-store-fails-open`), stampede, renewal.
 
 In-process broker on fakeredis with a frozen clock, plus one real-Redis test where an ACL user may
 not touch the cache keys at all (the cache fails open, the replay check still works).
@@ -56,7 +57,7 @@ def test_second_request_is_served_from_cache_with_remaining_life(broker, c1):
     broker.clock.advance(100)
     second = tok(broker, c1)
     assert second["access_token"] == first["access_token"]
-    assert second["expires_in"] == LIFETIME - 100  # the served token's own exp - now (matrix #64)
+    assert second["expires_in"] == LIFETIME - 100  # the served token's own exp - now (attack matrix: `cache-invalidation`)
     assert len(minted(broker)) == 1
     assert (metric(broker, HITS), metric(broker, MISSES, reason="absent"), metric(broker, MINTED)) == (1, 1, 1)
     issued = [e for e in broker.logs() if e.get("event") == "token.issued"]
@@ -99,11 +100,11 @@ def test_stale_entry_is_replaced_by_the_new_mint(broker, c1):
     assert len(entry_keys(broker)) == 1
 
 
-# -- isolation (matrix #60-#62) --------------------------------------------------------------------
+# -- isolation (attack matrix: `cache-cross-client`, `cache-scope-and-resource`, `cache-key-injection`) ---
 
 
 def test_cross_client_never_shares(broker, c1):
-    """#60: C2 with the identical scope and resource gets its own token."""
+    """`cache-cross-client`: C2 with the identical scope and resource gets its own token."""
     c2 = TestClient("c2", alg="PS256")
     broker.register(c2)
     t1 = tok(broker, c1, scope="read", resource=RS1)["access_token"]
@@ -129,7 +130,7 @@ def test_cross_client_never_shares(broker, c1):
          "rs1-vs-rs2", "default-audience"],
 )
 def test_scope_and_audience_isolation(broker, c1, first, second, same):
-    """#61: canonical scope sets share an entry; anything else never does."""
+    """`cache-scope-and-resource`: canonical scope sets share an entry; anything else never does."""
     a = tok(broker, c1, **first)
     b = tok(broker, c1, **second)
     assert (a["access_token"] == b["access_token"]) is same
@@ -139,7 +140,7 @@ def test_scope_and_audience_isolation(broker, c1, first, second, same):
 
 
 def test_cache_key_injection(broker):
-    """#62: client ``a:b`` + scope ``c`` vs client ``a`` + scope ``b:c`` (and friends) never collide."""
+    """`cache-key-injection`: client ``a:b`` + scope ``c`` vs client ``a`` + scope ``b:c`` (and friends) never collide."""
     ab = TestClient("a:b", scopes=("c",), default_scopes=("c",))
     a = TestClient("a", scopes=("b:c",), default_scopes=("b:c",))
     broker.register(ab)
@@ -161,7 +162,7 @@ def test_cache_key_injection(broker):
     assert len(ids) == 8
 
 
-# -- a warm cache never bypasses authentication (#63) ------------------------------------------------
+# -- a warm cache never bypasses authentication (attack matrix: `cache-after-authentication`) -----------
 
 
 @pytest.mark.parametrize(
@@ -184,7 +185,7 @@ def test_warm_cache_does_not_bypass_authentication(broker, c1, bad):
     assert metric(broker, HITS) == 1  # only the genuine second request
 
 
-# -- invalidation (#64) -----------------------------------------------------------------------------
+# -- invalidation (attack matrix: `cache-invalidation`) ----------------------------------------------
 
 
 def test_disabled_client_is_refused_and_reenabled_client_gets_a_new_token(broker, c1):
@@ -242,7 +243,7 @@ def test_signing_key_change_is_a_miss(broker, c1):
     assert cache.check(entry, _grant(), new, now) == (None, "mismatch")
 
 
-# -- corrupt or poisoned entries (#65) and cache faults (#69) ---------------------------------------
+# -- corrupt or poisoned entries and cache faults (attack matrix: `cache-poisoned-entry`, `cache-store-fails-open`) ---
 
 
 def _planted(broker: Broker, other: TestClient) -> dict[str, bytes]:
@@ -291,7 +292,7 @@ def test_poisoned_entry_is_a_miss_and_is_overwritten(broker, c1, kind):
 
 
 def test_wrong_type_at_cache_key_fails_open(broker, c1):
-    """#69: the cache half of the pipeline errors (WRONGTYPE) while the replay half works."""
+    """`cache-store-fails-open`: the cache half of the pipeline errors (WRONGTYPE) while the replay half works."""
     tok(broker, c1)
     (key,) = entry_keys(broker)
     broker.call(_redis(broker).delete, key)
@@ -304,7 +305,7 @@ def test_wrong_type_at_cache_key_fails_open(broker, c1):
 
 @pytest.mark.redis
 def test_cache_keys_forbidden_by_acl_fail_open_replay_still_fails_closed(real_redis, tmp_path, clock):
-    """#69 on a real Redis: an ACL user that may touch only the registry and replay keys.
+    """`cache-store-fails-open` on a real Redis: an ACL user that may touch only the registry and replay keys.
 
     Every cache command (read, lock, write) is refused with NOPERM: tokens are still issued
     (minted each time) and a replayed assertion is still refused.

@@ -1,4 +1,5 @@
-"""Token endpoint request handling and the issued token: matrix sections A (#1-#13) and F (#56-#59)."""
+"""Token endpoint request handling and the issued token (docs/attack-matrix.md: "Token endpoint requests" and
+"Scope, resource and the issued token")."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from tests.helpers import DROP, ISS, RS1, RS2, URN, TestClient, decode_unverifie
 
 @pytest.fixture
 def clients(broker) -> dict[str, TestClient]:
-    """Matrix §0: C1 ES256, C2 PS256, C3 not allowed client_credentials, C4 disabled."""
+    """C1 ES256, C2 PS256, C3 not allowed client_credentials, C4 disabled (docs/attack-matrix.md, "Conventions")."""
     out = {
         "c1": TestClient("c1", alg="ES256", kid="c1-1"),
         "c2": TestClient("c2", alg="PS256", kid="c2-1", scopes=("read", "write", "c2only")),
@@ -42,7 +43,7 @@ def base_params(assertion: str) -> list[tuple[str, str]]:
     return [("grant_type", "client_credentials"), ("client_assertion_type", URN), ("client_assertion", assertion)]
 
 
-# -- A1: method and content type -------------------------------------------------------------------
+# -- method and content type (attack matrix: `token-method-and-content-type`) ----------------------
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
@@ -70,7 +71,7 @@ def test_content_type_with_charset_is_accepted(broker, clients):
     assert_token(r)
 
 
-# -- A2: duplicate parameters ------------------------------------------------------------------------
+# -- duplicate parameters (attack matrix: `duplicate-parameters`) ----------------------------------
 
 
 @pytest.mark.parametrize(
@@ -102,7 +103,7 @@ def test_repeated_resource_is_invalid_target(broker, clients):
     assert_error(broker.token(encode(params)), 400, "invalid_target")
 
 
-# -- A3: blank and unknown parameters -------------------------------------------------------------
+# -- blank and unknown parameters (attack matrix: `blank-and-unknown-parameters`) ------------------
 
 
 def test_blank_client_id_is_treated_as_omitted(broker, clients):
@@ -129,7 +130,7 @@ def test_unknown_parameters_are_ignored_and_change_nothing(broker, clients):
     assert a == b
 
 
-# -- A4: grant type --------------------------------------------------------------------------------
+# -- grant type (attack matrix: `grant-type`) ------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -153,7 +154,7 @@ def test_client_not_allowed_client_credentials_is_unauthorized_client(broker, cl
     assert_error(broker.get_token(clients["c3"]), 400, "unauthorized_client")
 
 
-# -- A5/A6: no authentication, assertion type ----------------------------------------------------
+# -- no authentication, assertion type (attack matrix: `no-client-authentication`, `client-assertion-type`) ---
 
 
 @pytest.mark.parametrize(
@@ -186,7 +187,7 @@ def test_wrong_assertion_type_is_invalid_client(broker, clients, value):
     assert_token(broker.token(form(assertion)))  # not consumed
 
 
-# -- A7: two authentication methods --------------------------------------------------------------
+# -- two authentication methods (attack matrix: `two-authentication-methods`) ----------------------
 
 
 @pytest.mark.parametrize(
@@ -204,7 +205,7 @@ def test_two_auth_methods_is_invalid_request_and_keeps_jti(broker, clients, extr
     assert_token(broker.token(form(assertion)))
 
 
-# -- A8/A9: client_id binding, credentials in the URL ---------------------------------------------
+# -- client_id binding, credentials in the URL (attack matrix: `client-id-mismatch`, `credentials-in-query`) ---
 
 
 def test_client_id_of_another_client_is_invalid_client(broker, clients):
@@ -226,7 +227,7 @@ def test_credentials_in_query_are_ignored_and_not_logged(broker, clients):
     assert assertion[-60:] not in broker.log_text()
 
 
-# -- A10: size limits ------------------------------------------------------------------------------
+# -- size limits (attack matrix: `oversized-body`) -------------------------------------------------
 
 
 @pytest.mark.parametrize("size", [65536 + 1, 10 * 1024 * 1024], ids=["limit+1", "10MB"])
@@ -254,7 +255,7 @@ def test_many_ampersands_within_limit_is_handled(broker, clients):
     assert_token(broker.token(body))
 
 
-# -- A11: control characters and encoding -----------------------------------------------------------
+# -- control characters and encoding (attack matrix: `form-charset`) -------------------------------
 
 
 @pytest.mark.parametrize(
@@ -283,7 +284,7 @@ def test_bad_scope_characters_are_invalid_scope(broker, clients, scope):
     assert_error(broker.token(form(clients["c1"].assertion(broker.clock.now), scope=scope)), 400, "invalid_scope")
 
 
-# -- A12/A13: hygiene and the enumeration oracle -------------------------------------------------
+# -- hygiene and the enumeration oracle (attack matrix: `response-hygiene`, `client-enumeration`) ---
 
 
 def test_invalid_client_is_byte_identical_for_every_cause(broker, clients):
@@ -306,7 +307,7 @@ def test_invalid_client_is_byte_identical_for_every_cause(broker, clients):
     assert set(variants["unknown"].json()) == set(INVALID_CLIENT_BODY)
 
 
-# -- F56-F58: scope and resource -------------------------------------------------------------------
+# -- scope and resource (attack matrix: `scope-escalation`, `scope-syntax`, `resource-invalid`) ----
 
 
 @pytest.mark.parametrize("scope", ["admin", "read admin", "c2only"], ids=["admin", "read+admin", "other-clients-scope"])
@@ -366,7 +367,7 @@ def test_resource_selects_the_audience(broker, clients):
     assert decode_unverified(body["access_token"])[1]["aud"] == RS2
 
 
-# -- F59: the success contract ----------------------------------------------------------------------
+# -- the success contract (attack matrix: `success-contract`) --------------------------------------
 
 
 def test_success_contract(broker, clients):
@@ -393,7 +394,7 @@ def test_token_jtis_are_unique(broker, clients):
     for _ in range(200):
         body = assert_token(broker.get_token(clients["c1"]))
         jtis.add(decode_unverified(body["access_token"])[1]["jti"])
-        broker.clock.advance(200)  # past the cache's 50% freshness floor: every request mints (issue 4)
+        broker.clock.advance(200)  # past the cache's 50% freshness floor: every request mints (docs/token-cache.md)
     assert len(jtis) == 200
 
 
@@ -404,7 +405,7 @@ def test_per_client_token_lifetime(broker):
 
 
 def test_privilege_claims_in_assertion_are_ignored(broker, clients):
-    """Matrix #47: scope and aud come only from the form and the registration."""
+    """Scope and aud come only from the form and the registration (attack matrix: `privilege-claims-ignored`)."""
     c1 = clients["c1"]
     now = broker.clock.now
     body = assert_token(broker.token(form(c1.assertion(
