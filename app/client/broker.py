@@ -22,7 +22,7 @@ from app.client.auth import BrokerAuth
 from app.client.credentials import ClientKey
 from app.client.flow import TokenFlow
 from app.client.renewal import RenewalPolicy
-from app.client.shared_cache import AsyncSharedTokenCache, SharedCacheCommands, SharedTokenCache
+from app.client.shared_cache import AsyncSharedTokenCache, SharedTokenCache
 from app.client.shells import AsyncShell, HttpSettings, SyncShell
 
 Scope = str | Iterable[str] | None
@@ -51,7 +51,7 @@ class BrokerClient:
         token_endpoint: str | None = None,
         renewal: RenewalPolicy | None = None,
         http: HttpSettings | None = None,
-        shared_cache: SharedCacheCommands | None = None,
+        shared_cache: SharedTokenCache | AsyncSharedTokenCache | None = None,
         clock: Callable[[], float] = time.time,
         assertion_lifetime: int = MAX_LIFETIME,
     ) -> None:

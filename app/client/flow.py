@@ -69,7 +69,7 @@ class TokenFlow:
         self._tokens: dict[Key, CachedToken] = {}
         self._attempts: dict[Key, int] = {}  # token requests finished, per key
         self._errors: dict[Key, BrokerError] = {}  # the last attempt's error, until one succeeds
-        self._guard = threading.Lock()
+        self._guard = threading.Lock()  # makes invalidate's compare-and-delete atomic across threads
 
     # -- the in-memory cache, outside any flow ----------------------------------------------------
 
@@ -135,12 +135,12 @@ class TokenFlow:
                 metadata = yield HttpCall("GET", self.issuer + METADATA_PATH)
                 self.token_endpoint = token_endpoint_from(metadata, self.issuer)
             started = self.clock()
-            response = yield HttpCall("POST", self.token_endpoint, self.form(key))
+            response = yield HttpCall("POST", self.token_endpoint, self._form(key))
         except httpx.HTTPError as exc:
             raise BrokerUnavailable("unreachable", description=type(exc).__name__) from None
         return token_from(response, client_id=self.client_id, scope=key[0], started=started, policy=self.renewal)
 
-    def form(self, key: Key) -> dict[str, str]:
+    def _form(self, key: Key) -> dict[str, str]:
         """The token request body (RFC 6749 §4.4.2, RFC 7523 §2.2, RFC 8707 §2)."""
         assertion = make_client_assertion(
             self.key.key, client_id=self.client_id, issuer=self.issuer, alg=self.key.alg, kid=self.key.kid,

@@ -42,6 +42,8 @@ class HttpSettings:
 
 
 class SyncShell:
+    """Runs flows for ``get_token``/``invalidate``: ``httpx.Client``, ``time.sleep``, a ``SharedTokenCache``."""
+
     def __init__(self, core: TokenFlow, http: HttpSettings, cache: SharedTokenCache | None) -> None:
         self._core, self._http, self.cache = core, http, cache
         self._guard = threading.Lock()
@@ -83,6 +85,9 @@ class SyncShell:
 
 
 class AsyncShell:
+    """Runs flows for ``aget_token``/``ainvalidate``: ``httpx.AsyncClient``, ``asyncio.sleep``, an
+    ``AsyncSharedTokenCache``."""
+
     def __init__(self, core: TokenFlow, http: HttpSettings, cache: AsyncSharedTokenCache | None) -> None:
         self._core, self._http, self.cache = core, http, cache
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Key, asyncio.Lock]] = weakref.WeakKeyDictionary()
