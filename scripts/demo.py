@@ -104,7 +104,7 @@ class DemoClock:
 
 
 def client_service(issuer: str, api: str, key_file: str) -> int:
-    from app.client import BrokerClient, InvalidClientError
+    from app.client import BrokerClient, HttpSettings, InvalidClientError
     from app.keystore import generate_private_key
 
     def on_token_response(response: httpx.Response) -> None:
@@ -124,7 +124,7 @@ def client_service(issuer: str, api: str, key_file: str) -> int:
 
     clock = DemoClock()
     broker = BrokerClient(issuer, CLIENT_ID, key_file, resource=api, clock=clock,
-                          http=httpx.Client(timeout=5, event_hooks={"response": [on_token_response]}))
+                          http=HttpSettings(client=httpx.Client(timeout=5, event_hooks={"response": [on_token_response]})))
     api_http = httpx.Client(auth=broker.auth(), timeout=5, event_hooks={"response": [on_api_response]})
     ok = True
 
@@ -135,7 +135,7 @@ def client_service(issuer: str, api: str, key_file: str) -> int:
 
     print("\nStep 2: a client with the wrong key is refused", flush=True)
     impostor = BrokerClient(issuer, CLIENT_ID, generate_private_key("ES256"), alg="ES256", kid=f"{CLIENT_ID}-1",
-                            resource=api, http=httpx.Client(timeout=5, event_hooks={"response": [on_token_response]}))
+                            resource=api, http=HttpSettings(client=httpx.Client(timeout=5, event_hooks={"response": [on_token_response]})))
     try:
         impostor.get_token()
         ok = False

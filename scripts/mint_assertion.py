@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.client.assertion import make_client_assertion  # noqa: E402
+from app.client.assertion import MAX_LIFETIME, make_client_assertion  # noqa: E402
 from app.client.credentials import ClientKey  # noqa: E402
 
 
@@ -25,15 +25,19 @@ def main() -> int:
     parser.add_argument("--key", required=True, type=Path, help="the client's private JWK file (written by broker_admin.py register)")
     parser.add_argument("--issuer", default=os.environ.get("BROKER_ISSUER", "http://127.0.0.1:8000"),
                         help="the broker's issuer identifier, used as aud (default: $BROKER_ISSUER or http://127.0.0.1:8000)")
-    parser.add_argument("--lifetime", type=int, default=60, help="seconds until exp (1-60)")
+    parser.add_argument("--lifetime", type=int, default=MAX_LIFETIME, help=f"seconds until exp (1-{MAX_LIFETIME})")
     args = parser.parse_args()
     try:
         key = ClientKey(args.key)
     except ValueError as exc:
         print(f"mint_assertion: cannot use {args.key}: {exc}", file=sys.stderr)
         return 2
-    print(make_client_assertion(key.key, client_id=args.client_id, issuer=args.issuer, alg=key.alg, kid=key.kid,
-                                lifetime=args.lifetime))
+    try:
+        assertion = make_client_assertion(key.key, client_id=args.client_id, issuer=args.issuer, alg=key.alg,
+                                          kid=key.kid, lifetime=args.lifetime)
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(assertion)
     return 0
 
 

@@ -4,6 +4,9 @@
     broker = BrokerClient("https://broker.example", "orders", "orders.jwk", scope="read",
                           resource="https://api.example")
     httpx.Client(auth=broker.auth()).get("https://api.example/items")
+
+The token logic is written once without I/O (``flow.py``, ``auth.bearer_flow``) and run by a
+blocking and an asyncio shell (``shells.py``).
 """
 
 import logging
@@ -15,6 +18,7 @@ from app.client.credentials import ClientKey
 from app.client.errors import BrokerError, BrokerUnavailable, InvalidClientError, InvalidScopeError, InvalidTargetError
 from app.client.renewal import CachedToken, RenewalPolicy
 from app.client.shared_cache import AsyncSharedTokenCache, SharedTokenCache
+from app.client.shells import HttpSettings
 
 # A library adds no handler of its own (the application configures logging).
 logging.getLogger("token_broker.client").addHandler(logging.NullHandler())
@@ -27,6 +31,7 @@ __all__ = [
     "BrokerUnavailable",
     "CachedToken",
     "ClientKey",
+    "HttpSettings",
     "InvalidClientError",
     "InvalidScopeError",
     "InvalidTargetError",

@@ -15,16 +15,16 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
-from joserfc.jwk import ECKey, OKPKey, RSAKey
 
-from app.client.assertion import make_client_assertion
+from app.client.assertion import ASSERTION_TYPE, make_client_assertion
 from app.client.credentials import ClientKey, default_alg
 from app.keystore import generate_private_key, public_jwk, write_private
 from app.oauth.clients import CLIENT_ID_RE
+from app.oauth.jose import KEY_TYPES
 
-URN = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ADMIN_SCOPE = "broker:admin"
 KEY_ALGS = ("ES256", "Ed25519", "PS256", "RS256", "ES384")
 
@@ -78,7 +78,7 @@ def read_public_keys(path: Path, alg: str | None = None) -> list[dict[str, Any]]
         raise AdminError(f"{path} holds a PRIVATE key: give the public key only (it never leaves your machine)")
     if raw.lstrip().startswith(b"-----BEGIN"):
         key = None
-        for cls in (ECKey, OKPKey, RSAKey):
+        for cls in KEY_TYPES.values():
             try:
                 key = cls.import_key(raw)
                 break
@@ -162,7 +162,7 @@ class BrokerAdmin:
             assertion = make_client_assertion(self._key, client_id=self._admin_client_id, issuer=self.issuer,
                                               alg=self._alg, kid=self._kid)
             response = self._send("POST", "/token", data={
-                "grant_type": "client_credentials", "client_assertion_type": URN, "client_assertion": assertion,
+                "grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion,
                 "scope": ADMIN_SCOPE, "resource": self.issuer + "/admin",
             })
             if response.status_code != 200:
@@ -222,8 +222,6 @@ class BrokerAdmin:
 
 
 def _path(value: str) -> str:
-    from urllib.parse import quote
-
     return quote(value, safe="")
 
 

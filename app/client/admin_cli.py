@@ -50,6 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser = add_parser  # type: ignore[method-assign]
 
+    _register_command(sub)
+    sub.add_parser("list", help="list every client", description="Print every registered client as JSON.")
+    show = sub.add_parser("show", help="show one client", description="Print one client's metadata and public keys.")
+    show.add_argument("client_id")
+
+    upd = sub.add_parser("update", help="change a client's scopes, audiences, lifetime or legacy-aud window",
+                         description="Change metadata; options not given stay as they are.")
+    upd.add_argument("client_id")
+    _metadata_options(upd, required_audience=False)
+
+    _key_commands(sub)
+    for name, text in (("disable", "refuse the client's token requests (reversible with enable)"),
+                       ("enable", "accept the client's token requests again"),
+                       ("delete", "delete the client and its keys (not reversible)")):
+        p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        p.add_argument("client_id")
+    return parser
+
+
+def _register_command(sub: Any) -> None:
+    """``register``: onboarding, with a key pair generated here or the client's own public key."""
     reg = sub.add_parser(
         "register", help="onboard a client: generate its key pair here, register the public key, print what it needs",
         description="Generate the client's key pair locally (ES256 unless --alg), write the private key to "
@@ -65,15 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bring your own key: a public JWK, JWK Set or PEM file (the private key stays with you)")
     src.add_argument("--jwks-uri", metavar="URL", help="the broker fetches the client's keys from this https URL")
 
-    sub.add_parser("list", help="list every client", description="Print every registered client as JSON.")
-    show = sub.add_parser("show", help="show one client", description="Print one client's metadata and public keys.")
-    show.add_argument("client_id")
 
-    upd = sub.add_parser("update", help="change a client's scopes, audiences, lifetime or legacy-aud window",
-                         description="Change metadata; options not given stay as they are.")
-    upd.add_argument("client_id")
-    _metadata_options(upd, required_audience=False)
-
+def _key_commands(sub: Any) -> None:
+    """``add-key`` and ``remove-key``: the two ends of a key rotation."""
     add = sub.add_parser(
         "add-key", help="add a key (rotation step 1): generated here, or --public-key FILE",
         description="Add a key to a client. Without --public-key a new pair is generated and the private key "
@@ -88,13 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Remove one key. Every replica refuses it within 1 s. A client keeps at least one key.")
     rm.add_argument("client_id")
     rm.add_argument("--kid", required=True, help="the kid to remove (see `show`)")
-
-    for name, text in (("disable", "refuse the client's token requests (reversible with enable)"),
-                       ("enable", "accept the client's token requests again"),
-                       ("delete", "delete the client and its keys (not reversible)")):
-        p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
-        p.add_argument("client_id")
-    return parser
 
 
 def _connection_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:

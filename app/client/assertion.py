@@ -14,6 +14,9 @@ from typing import Any
 from joserfc import jwt
 
 ASSERTION_TYP = "client-authentication+jwt"
+#: ``client_assertion_type`` of a token request authenticated with a JWT (RFC 7523 §2.2).
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#: The longest ``exp - iat`` this library signs, in seconds.
 MAX_LIFETIME = 60
 
 
@@ -27,6 +30,7 @@ def make_client_assertion(
     lifetime: int = MAX_LIFETIME,
     now: float | None = None,
 ) -> str:
+    """A signed assertion for one token request; ``now`` defaults to the wall clock."""
     if not 1 <= lifetime <= MAX_LIFETIME:
         raise ValueError(f"assertion lifetime must be 1-{MAX_LIFETIME} seconds")
     issued = int(time.time() if now is None else now)

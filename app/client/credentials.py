@@ -10,9 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from joserfc.jwk import ECKey, OKPKey, RSAKey
+from app.oauth.jose import import_jwk
 
-_CLASSES = {"EC": ECKey, "RSA": RSAKey, "OKP": OKPKey}
 _DEFAULT_ALG = {("EC", "P-256"): "ES256", ("EC", "P-384"): "ES384", ("OKP", "Ed25519"): "Ed25519", ("RSA", None): "PS256"}
 
 
@@ -37,8 +36,8 @@ class ClientKey:
             alg = alg or jwk.get("alg")
             kid = kid or jwk.get("kid")
             try:
-                key = _CLASSES[jwk["kty"]].import_key(jwk)
-            except Exception:
+                key = import_jwk(jwk)
+            except Exception:  # whatever joserfc raises for a malformed JWK: one clear message
                 raise ValueError("the client key is not a valid private JWK") from None
         if not getattr(key, "is_private", False):
             raise ValueError("the client key must be a private key")

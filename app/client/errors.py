@@ -18,8 +18,8 @@ class BrokerError(Exception):
 
 
 class BrokerUnavailable(BrokerError):
-    """The broker is unreachable, timed out, answered 5xx (503 ``temporarily_unavailable``) or
-    sent something that is not a token response. Retrying later may succeed."""
+    """The broker is unreachable, timed out, answered 5xx (503 ``temporarily_unavailable``) or a 429
+    without an error code, or sent something that is not a token response. Retrying later may succeed."""
 
     def __init__(self, error: str, *, status_code: int | None = None, description: str | None = None,
                  retry_after: float | None = None) -> None:
@@ -43,12 +43,12 @@ _BY_CODE: dict[str, type[BrokerError]] = {
     "invalid_client": InvalidClientError,
     "invalid_scope": InvalidScopeError,
     "invalid_target": InvalidTargetError,
-    "temporarily_unavailable": BrokerUnavailable,
-    "server_error": BrokerUnavailable,
 }
 
 
 def error_for(code: str, status_code: int, description: str | None, retry_after: float | None) -> BrokerError:
+    """The exception for an error answer: ``BrokerUnavailable`` (retryable) for 5xx, ``server_error``
+    and ``temporarily_unavailable``."""
     if status_code >= 500 or code in ("temporarily_unavailable", "server_error"):
         return BrokerUnavailable(code, status_code=status_code, description=description, retry_after=retry_after)
     return _BY_CODE.get(code, BrokerError)(code, status_code=status_code, description=description)

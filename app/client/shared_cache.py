@@ -2,13 +2,14 @@
 
 One token request per (client, scope, resource) across the replicas: the replica that finds no
 fresh token takes a short lock (``SET NX PX``), asks the broker and stores the token; the others
-wait briefly for it. The stored entry carries its renewal point, so every replica renews at the
-same jittered moment and only the lock holder asks the broker.
+poll briefly for it. The stored entry carries its renewal point, so every replica renews at the
+same jittered moment and only the lock holder asks the broker. The protocol itself is the token
+flow's (``flow.py``); this module builds its Redis commands, and the two shells run them.
 
-Key names (hash tag keeps the pair on one cluster slot)::
+Key names (the hash tag keeps the pair on one cluster slot)::
 
-    tbc:{<client_id>:<sha256(scope, resource)[:32]>}:token   JSON entry, TTL = until exp
-    tbc:{<client_id>:<sha256(scope, resource)[:32]>}:lock    lock, PX = lock_ttl
+    tbc:{<client_id>:<sha256(client_id, scope, resource)[:32]>}:token   JSON entry, TTL = until exp
+    tbc:{<client_id>:<sha256(client_id, scope, resource)[:32]>}:lock    lock, PX = lock_ttl
 
 The Redis holds live bearer tokens: it must be the client service's private Redis, not the
 broker's and not one shared with other services. Any Redis error falls back to the process's own
@@ -22,9 +23,18 @@ import json
 import secrets
 from typing import Any
 
+from redis.exceptions import RedisError
+
+from app.client.effects import RedisCommand
 from app.client.renewal import CachedToken
 
 PREFIX = "tbc"
+
+#: What a failed shared-cache command raises (a connection error is an ``OSError`` too).
+CACHE_ERRORS = (RedisError, OSError)
+
+# Delete the key only when it still holds the expected value (a lock we own, a token we saw).
+_DELETE_IF = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 def cache_slot(client_id: str, scope: str, resource: str) -> str:
@@ -37,6 +47,9 @@ def encode_entry(token: CachedToken) -> str:
 
 
 def decode_entry(raw: Any) -> CachedToken | None:
+    """The stored entry, or None for no entry or one this version cannot read."""
+    if raw is None:
+        return None
     try:
         access_token, scope, issued, expires, renew = json.loads(raw)
         return CachedToken(str(access_token), str(scope), float(issued), float(expires), float(renew))
@@ -44,55 +57,42 @@ def decode_entry(raw: Any) -> CachedToken | None:
         return None
 
 
-def _ttl_ms(token: CachedToken, now: float) -> int:
-    return max(1, int((token.expires_at - now) * 1000))
-
-
-# Delete the key only when it still holds the expected value (a lock we own, a token we saw).
-_DELETE_IF = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-
-
-class SharedTokenCache:
-    """Blocking variant, over a ``redis.Redis`` client."""
+class SharedCacheCommands:
+    """The settings and the Redis commands of the shared cache, without I/O: both shells below."""
 
     def __init__(self, redis: Any, *, lock_ttl: float = 5.0, wait: float = 3.0, poll: float = 0.05) -> None:
         self.redis = redis
         self.lock_ttl, self.wait, self.poll = lock_ttl, wait, poll
 
-    def get(self, slot: str) -> CachedToken | None:
-        raw = self.redis.get(slot + ":token")
-        return None if raw is None else decode_entry(raw)
+    def read(self, slot: str) -> RedisCommand:
+        """Its reply goes through ``decode_entry``."""
+        return RedisCommand("get", (slot + ":token",))
 
-    def put(self, slot: str, token: CachedToken, now: float) -> None:
-        self.redis.set(slot + ":token", encode_entry(token), px=_ttl_ms(token, now))
+    def write(self, slot: str, token: CachedToken, now: float) -> RedisCommand:
+        ttl_ms = max(1, int((token.expires_at - now) * 1000))
+        return RedisCommand("set", (slot + ":token", encode_entry(token)), {"px": ttl_ms})
 
-    def lock(self, slot: str) -> str | None:
+    def lock(self, slot: str) -> tuple[str, RedisCommand]:
+        """A new owner value and the command that takes the lock with it (a truthy reply: taken)."""
         owner = secrets.token_hex(8)
-        return owner if self.redis.set(slot + ":lock", owner, nx=True, px=int(self.lock_ttl * 1000)) else None
+        return owner, RedisCommand("set", (slot + ":lock", owner), {"nx": True, "px": int(self.lock_ttl * 1000)})
 
-    def unlock(self, slot: str, owner: str) -> None:
-        self.redis.eval(_DELETE_IF, 1, slot + ":lock", owner)
+    def unlock(self, slot: str, owner: str) -> RedisCommand:
+        return RedisCommand("eval", (_DELETE_IF, 1, slot + ":lock", owner))
 
-    def discard(self, slot: str, token: CachedToken) -> None:
-        self.redis.eval(_DELETE_IF, 1, slot + ":token", encode_entry(token))
+    def discard(self, slot: str, token: CachedToken) -> RedisCommand:
+        return RedisCommand("eval", (_DELETE_IF, 1, slot + ":token", encode_entry(token)))
 
 
-class AsyncSharedTokenCache(SharedTokenCache):
-    """asyncio variant, over a ``redis.asyncio.Redis`` client."""
+class SharedTokenCache(SharedCacheCommands):
+    """Blocking shell over a ``redis.Redis`` client; used by ``BrokerClient.get_token``."""
 
-    async def get(self, slot: str) -> CachedToken | None:  # type: ignore[override]
-        raw = await self.redis.get(slot + ":token")
-        return None if raw is None else decode_entry(raw)
+    def execute(self, command: RedisCommand) -> Any:
+        return getattr(self.redis, command.method)(*command.args, **command.kwargs)
 
-    async def put(self, slot: str, token: CachedToken, now: float) -> None:  # type: ignore[override]
-        await self.redis.set(slot + ":token", encode_entry(token), px=_ttl_ms(token, now))
 
-    async def lock(self, slot: str) -> str | None:  # type: ignore[override]
-        owner = secrets.token_hex(8)
-        return owner if await self.redis.set(slot + ":lock", owner, nx=True, px=int(self.lock_ttl * 1000)) else None
+class AsyncSharedTokenCache(SharedCacheCommands):
+    """asyncio shell over a ``redis.asyncio.Redis`` client; used by ``BrokerClient.aget_token``."""
 
-    async def unlock(self, slot: str, owner: str) -> None:  # type: ignore[override]
-        await self.redis.eval(_DELETE_IF, 1, slot + ":lock", owner)
-
-    async def discard(self, slot: str, token: CachedToken) -> None:  # type: ignore[override]
-        await self.redis.eval(_DELETE_IF, 1, slot + ":token", encode_entry(token))
+    async def execute(self, command: RedisCommand) -> Any:
+        return await getattr(self.redis, command.method)(*command.args, **command.kwargs)

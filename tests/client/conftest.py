@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from app.client import BrokerClient
+from app.client import BrokerClient, HttpSettings
 from app.keystore import public_jwk
 from tests.conftest import ROOT, Broker, free_port
 from tests.helpers import ISS, RS1, TestClient, new_key
@@ -56,7 +56,7 @@ def transport(broker: Broker) -> CountingTransport:
 @pytest.fixture
 def make_client(broker: Broker, transport: CountingTransport, c1: TestClient) -> Callable[..., BrokerClient]:
     def make(key: Any = None, **kw: Any) -> BrokerClient:
-        http = httpx.Client(transport=transport, base_url=ISS)
+        http = HttpSettings(client=httpx.Client(transport=transport, base_url=ISS))
         options: dict[str, Any] = {"alg": c1.alg, "kid": c1.kid, "http": http, "clock": broker.clock, **kw}
         return BrokerClient(ISS, c1.client_id, key or c1.key, **options)
 

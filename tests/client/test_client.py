@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.client import BrokerClient, BrokerError, BrokerUnavailable, InvalidClientError, InvalidScopeError, RenewalPolicy
+from app.client import (BrokerClient, BrokerError, BrokerUnavailable, ClientKey, HttpSettings, InvalidClientError,
+                        InvalidScopeError, RenewalPolicy)
 from app.client.errors import InvalidTargetError
 from app.oauth.access_token import verification_keys_from_jwks, verify_access_token
 from tests.client.conftest import CountingTransport, ResourceServer
@@ -66,7 +67,7 @@ def test_token_is_cached_per_scope_and_resource(make_client: Any, transport: Cou
 ], ids=["low", "mid", "high", "fixed-80", "fixed-90"])
 def test_renewal_happens_at_the_drawn_point(make_client: Any, transport: CountingTransport, broker: Any,
                                             renew_at: float, jitter: float, draw: float, renew_after: int) -> None:
-    client = make_client(renew_at=renew_at, jitter=jitter, rng=lambda: draw)
+    client = make_client(renewal=RenewalPolicy(renew_at, jitter, lambda: draw))
     first = client.get_token()
     broker.clock.advance(renew_after - 1)
     assert client.get_token() == first and transport.token_requests == 1
@@ -91,7 +92,7 @@ def test_renewal_settings_outside_the_window_are_refused(renew_at: float, jitter
 
 def test_renewal_failure_serves_the_old_token_until_it_expires(make_client: Any, transport: CountingTransport,
                                                                broker: Any) -> None:
-    client = make_client(jitter=0.0)
+    client = make_client(renewal=RenewalPolicy(jitter=0.0))
     first = client.get_token()
     broker.clock.advance(LIFETIME * 0.85)
     transport.mode = "down"
@@ -140,7 +141,7 @@ def test_broker_unreachable_is_broker_unavailable(make_client: Any, transport: C
 
 def test_metadata_for_another_issuer_is_refused(c1: Any, broker: Any, transport: CountingTransport) -> None:
     client = BrokerClient("https://other.test", "c1", c1.key, alg="ES256", kid="c1-1",
-                          http=httpx.Client(transport=transport, base_url=ISS), clock=broker.clock)
+                          http=HttpSettings(client=httpx.Client(transport=transport, base_url=ISS)), clock=broker.clock)
     with pytest.raises(BrokerError) as err:
         client.get_token()
     assert err.value.error == "metadata_invalid"
@@ -149,7 +150,7 @@ def test_metadata_for_another_issuer_is_refused(c1: Any, broker: Any, transport:
 
 def test_key_material_is_not_in_repr(make_client: Any, c1: Any) -> None:
     client = make_client()
-    text = repr(client) + repr(client._key)
+    text = repr(client) + repr(ClientKey(c1.key, alg="ES256"))
     assert c1.key.as_dict(private=True)["d"] not in text
 
 

@@ -11,7 +11,8 @@ import pytest
 import redis
 import redis.asyncio
 
-from app.client import AsyncSharedTokenCache, BrokerClient, SharedTokenCache
+from app.client import AsyncSharedTokenCache, BrokerClient, RenewalPolicy, SharedTokenCache
+from app.client.effects import RedisCommand
 from app.client.shared_cache import cache_slot
 from tests.client.conftest import CountingTransport, LiveBroker
 
@@ -43,8 +44,8 @@ def test_replicas_share_one_token_request(make_client: Any, transport: CountingT
 
 def test_replicas_renew_once_at_the_shared_renewal_point(make_client: Any, transport: CountingTransport,
                                                          sync_redis: Any, broker: Any) -> None:
-    a = make_client(shared_cache=SharedTokenCache(sync_redis), rng=lambda: 0.0)
-    b = make_client(shared_cache=SharedTokenCache(sync_redis), rng=lambda: 0.999)
+    a = make_client(shared_cache=SharedTokenCache(sync_redis), renewal=RenewalPolicy(rng=lambda: 0.0))
+    b = make_client(shared_cache=SharedTokenCache(sync_redis), renewal=RenewalPolicy(rng=lambda: 0.999))
     first = a.get_token()
     assert b.get_token() == first  # b adopts a's entry, and a's renewal point (80%)
     broker.clock.advance(240)
@@ -106,13 +107,16 @@ def test_lock_taken_after_the_entry_appeared_is_released(make_client: Any, trans
     token = a.get_token()
     b = make_client(shared_cache=cache)
     slot = cache_slot("c1", "", "")
-    real_get, calls = cache.get, []
+    real_execute, reads = cache.execute, []
 
-    def first_get_misses(s: str) -> Any:
-        calls.append(s)
-        return None if len(calls) == 1 else real_get(s)
+    def first_read_misses(command: RedisCommand) -> Any:
+        if command.method == "get":
+            reads.append(command)
+            if len(reads) == 1:
+                return None
+        return real_execute(command)
 
-    cache.get = first_get_misses  # type: ignore[method-assign]
+    cache.execute = first_read_misses  # type: ignore[method-assign]
     assert b.get_token() == token
     assert transport.token_requests == 1
     assert sync_redis.exists(slot + ":lock") == 0
