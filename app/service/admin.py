@@ -35,6 +35,7 @@ from app.oauth.clients import (
     validate_scope_list,
 )
 from app.service.jwks_fetch import check_jwks_uri
+from app.service.ssrf import refuse_inward_names
 from app.oauth.grant import check_resource
 from app.oauth.errors import InvalidTarget
 from app.service.directory import ClientDirectory
@@ -104,6 +105,7 @@ class AdminService:
 
     async def register(self, admin: str, metadata: Any) -> ClientRecord:
         record = self._build(metadata, existing=None)
+        await self._refuse_inward_jwks_uri(record)
         if client_id_reserved(record.client_id, (*RESERVED_CLIENT_ID_PREFIXES, *self._settings.reserved_client_id_prefixes)):
             raise InvalidClientMetadata(
                 "client_id_reserved",
@@ -145,6 +147,7 @@ class AdminService:
         if "jwks" in changes and "jwks_uri" not in changes:
             merged.pop("jwks_uri", None)
         record = self._build(merged, existing=current)
+        await self._refuse_inward_jwks_uri(record)
         await self._registry.put(record)
         self._directory.invalidate()  # this replica at once; the others within the epoch poll
         self._log.info("admin.client_updated", admin=admin, client_id=client_id, fields=sorted(changes))
@@ -200,6 +203,12 @@ class AdminService:
 
     def _build(self, metadata: Any, *, existing: ClientRecord | None) -> ClientRecord:
         return build_record(self._settings, metadata, existing=existing, now=self._clock())
+
+    async def _refuse_inward_jwks_uri(self, record: ClientRecord) -> None:
+        """Early, best-effort refusal of a jwks_uri name that resolves inward (the fetch re-checks)."""
+        if record.jwks_uri is not None:
+            await refuse_inward_names(record.jwks_uri, allow_loopback=self._settings.jwks_uri_allow_http_loopback,
+                                      timeout=self._settings.jwks_uri_timeout)
 
 
 def read_clients_file(settings: Settings, path: str, *, now: float) -> list[ClientRecord]:
