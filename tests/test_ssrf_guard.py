@@ -246,11 +246,14 @@ def test_admin_api_resolves_the_host_at_registration(broker, fake_dns, host, exp
     assert fake_dns == [host]
 
 
-def test_admin_api_resolves_the_host_on_update_too(broker, fake_dns):
+def test_admin_api_resolves_a_changed_host_on_update(broker, fake_dns):
     h = admin_headers(broker)
     assert broker.http.post("/admin/clients", json=uri_metadata("https://keys.public.test/jwks"), headers=h).status_code == 201
+    assert broker.http.patch("/admin/clients/svc", json={"scopes": ["read", "write"]}, headers=h).status_code == 200
+    assert fake_dns == ["keys.public.test"]  # an unchanged jwks_uri is not resolved again
     r = broker.http.patch("/admin/clients/svc", json={"jwks_uri": "https://keys.sixtofour.test/jwks"}, headers=h)
     assert (r.status_code, r.json()) == bad_request(RESOLVES_INWARD[1])
+    assert fake_dns == ["keys.public.test", "keys.sixtofour.test"]
 
 
 @pytest.mark.parametrize("host", ["keys.loopback.test", "keys.sixtofour.test", "keys.mixed.test"])

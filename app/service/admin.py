@@ -105,7 +105,6 @@ class AdminService:
 
     async def register(self, admin: str, metadata: Any) -> ClientRecord:
         record = self._build(metadata, existing=None)
-        await self._refuse_inward_jwks_uri(record)
         if client_id_reserved(record.client_id, (*RESERVED_CLIENT_ID_PREFIXES, *self._settings.reserved_client_id_prefixes)):
             raise InvalidClientMetadata(
                 "client_id_reserved",
@@ -114,6 +113,7 @@ class AdminService:
             )
         if await self._registry.get(record.client_id) is not None:
             raise Conflict(record.client_id)
+        await self._refuse_inward_jwks_uri(record, previous=None)
         await self._registry.put(record)
         self._directory.invalidate()  # this replica at once; the others within the epoch poll
         self._log.info("admin.client_registered", admin=admin, client_id=record.client_id,
@@ -147,7 +147,7 @@ class AdminService:
         if "jwks" in changes and "jwks_uri" not in changes:
             merged.pop("jwks_uri", None)
         record = self._build(merged, existing=current)
-        await self._refuse_inward_jwks_uri(record)
+        await self._refuse_inward_jwks_uri(record, previous=current.jwks_uri)
         await self._registry.put(record)
         self._directory.invalidate()  # this replica at once; the others within the epoch poll
         self._log.info("admin.client_updated", admin=admin, client_id=client_id, fields=sorted(changes))
@@ -204,9 +204,9 @@ class AdminService:
     def _build(self, metadata: Any, *, existing: ClientRecord | None) -> ClientRecord:
         return build_record(self._settings, metadata, existing=existing, now=self._clock())
 
-    async def _refuse_inward_jwks_uri(self, record: ClientRecord) -> None:
-        """Early, best-effort refusal of a jwks_uri name that resolves inward (the fetch re-checks)."""
-        if record.jwks_uri is not None:
+    async def _refuse_inward_jwks_uri(self, record: ClientRecord, *, previous: str | None) -> None:
+        """Early, best-effort refusal of a new jwks_uri whose name resolves inward (the fetch re-checks)."""
+        if record.jwks_uri is not None and record.jwks_uri != previous:
             await refuse_inward_names(record.jwks_uri, allow_loopback=self._settings.jwks_uri_allow_http_loopback,
                                       timeout=self._settings.jwks_uri_timeout)
 
