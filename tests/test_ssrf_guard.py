@@ -22,6 +22,7 @@ import pytest
 
 from app.oauth.clients import InvalidClientMetadata
 from app.service.jwks_fetch import JwksFetchError, address_allowed, check_jwks_uri, fetch_jwks
+from app.service.ssrf import address_refusal
 from tests.test_admin_api import admin_headers, bad_request, meta
 
 # Teredo addresses carry the client's IPv4 address with every bit inverted.
@@ -97,8 +98,6 @@ ADDRESSES: list[tuple[str, str, str | None]] = [
 
 @pytest.mark.parametrize(("ip", "expected"), [a[1:] for a in ADDRESSES], ids=[a[0] for a in ADDRESSES])
 def test_address_judgment(ip, expected):
-    from app.service.ssrf import address_refusal
-
     assert address_refusal(ipaddress.ip_address(ip), allow_loopback=False) == expected
 
 
@@ -124,8 +123,6 @@ LOOPBACK_FLAG = [
 @pytest.mark.parametrize(("ip", "expected"), [a[1:] for a in LOOPBACK_FLAG], ids=[a[0] for a in LOOPBACK_FLAG])
 def test_loopback_flag_allows_loopback_only(ip, expected):
     assert address_allowed(ipaddress.ip_address(ip), allow_loopback=True) is (expected is None)
-    from app.service.ssrf import address_refusal
-
     assert address_refusal(ipaddress.ip_address(ip), allow_loopback=True) == expected
 
 
