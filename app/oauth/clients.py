@@ -23,6 +23,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
 from app.oauth.errors import OAuthError
+from app.oauth.key_strength import WeakKey, check_public_key
 
 CLIENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 SCOPE_TOKEN_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
@@ -112,6 +113,7 @@ def prepare_keys(jwks: Iterable[dict[str, Any]], now: float | None) -> tuple[dic
                 refresh_at = min(refresh_at, exp)
         alg = jwk["alg"]
         key = _KEY_CLASSES[jwk["kty"]].import_key({k: v for k, v in jwk.items() if k not in _WINDOW_MEMBERS})
+        check_public_key(key.raw_value)  # a record stored before the check existed: WeakKey, never used
         verifier = JWSRegistry.algorithms[alg]
         verifier.check_key(key)
         keys[jwk["kid"]] = PreparedKey(jwk["kid"], alg, verifier, key)
@@ -141,7 +143,7 @@ def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str
     """Check one public JWK for registration and return it stamped with ``alg``, ``use`` and ``kid``.
 
     Refuses private or symmetric material, RSA outside 2048-4096 bits, curves that do not match the
-    algorithm, and keys meant for encryption. The kid defaults to the RFC 7638 thumbprint.
+    algorithm, keys meant for encryption, and weak keys (``app.oauth.key_strength``). The kid defaults to the RFC 7638 thumbprint.
     """
     if not isinstance(jwk, dict):
         raise InvalidClientMetadata("jwk_not_object", "each key must be a JSON object (a JWK)")
@@ -177,6 +179,10 @@ def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str
         raise InvalidClientMetadata("jwk_invalid", "the key could not be parsed (bad coordinates or modulus)") from None
     if key.is_private:
         raise InvalidClientMetadata("jwk_private", "the key holds private key material")
+    try:
+        check_public_key(key.raw_value)
+    except WeakKey as exc:
+        raise InvalidClientMetadata(exc.reason, exc.detail) from None
     if kty == "RSA":
         n = key.raw_value.public_numbers()
         bits = n.n.bit_length()

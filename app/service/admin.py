@@ -35,6 +35,7 @@ from app.oauth.clients import (
     validate_scope_list,
 )
 from app.service.jwks_fetch import check_jwks_uri
+from app.service.ssrf import refuse_inward_names
 from app.oauth.grant import check_resource
 from app.oauth.errors import InvalidTarget
 from app.service.directory import ClientDirectory
@@ -112,6 +113,7 @@ class AdminService:
             )
         if await self._registry.get(record.client_id) is not None:
             raise Conflict(record.client_id)
+        await self._refuse_inward_jwks_uri(record, previous=None)
         await self._registry.put(record)
         self._directory.invalidate()  # this replica at once; the others within the epoch poll
         self._log.info("admin.client_registered", admin=admin, client_id=record.client_id,
@@ -145,6 +147,7 @@ class AdminService:
         if "jwks" in changes and "jwks_uri" not in changes:
             merged.pop("jwks_uri", None)
         record = self._build(merged, existing=current)
+        await self._refuse_inward_jwks_uri(record, previous=current.jwks_uri)
         await self._registry.put(record)
         self._directory.invalidate()  # this replica at once; the others within the epoch poll
         self._log.info("admin.client_updated", admin=admin, client_id=client_id, fields=sorted(changes))
@@ -200,6 +203,12 @@ class AdminService:
 
     def _build(self, metadata: Any, *, existing: ClientRecord | None) -> ClientRecord:
         return build_record(self._settings, metadata, existing=existing, now=self._clock())
+
+    async def _refuse_inward_jwks_uri(self, record: ClientRecord, *, previous: str | None) -> None:
+        """Early, best-effort refusal of a new jwks_uri whose name resolves inward (the fetch re-checks)."""
+        if record.jwks_uri is not None and record.jwks_uri != previous:
+            await refuse_inward_names(record.jwks_uri, allow_loopback=self._settings.jwks_uri_allow_http_loopback,
+                                      timeout=self._settings.jwks_uri_timeout)
 
 
 def read_clients_file(settings: Settings, path: str, *, now: float) -> list[ClientRecord]:

@@ -5,9 +5,10 @@ The rules, all fail-closed:
 - ``https`` only; plain ``http`` only to a loopback address, and only when
   ``BROKER_JWKS_URI_ALLOW_HTTP_LOOPBACK`` is on (tests, local development);
 - no user info, no fragment, no redirects (a 3xx is a failure, never followed);
-- the host name is resolved once and **every** address must be public: private, loopback,
-  link-local, multicast, reserved, CGNAT and unspecified addresses are refused (loopback only with
-  the flag). The connection then goes to the checked address itself (the name is kept for the
+- the host name is resolved once and **every** address must be global unicast, IPv4 carried in
+  IPv6 (mapped, compatible, 6to4, Teredo, NAT64) judged as IPv4 (``app.service.ssrf``; loopback
+  only with the flag); numeric hosts other than a dotted quad (``2130706433``, ``127.1``) are
+  refused. The connection then goes to the checked address itself (the name is kept for the
   ``Host`` header and TLS SNI/certificate check), so a second DNS answer cannot redirect it;
 - connect/read timeouts and a total deadline; at most 64 KiB of body;
 - no proxies from the environment (``trust_env=False``).
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import socket
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,10 +28,10 @@ import httpx
 import msgspec
 
 from app.oauth.clients import InvalidClientMetadata, validate_client_jwks
+from app.service import ssrf
 
 MAX_BYTES = 64 * 1024
 URI_MAX = 2048
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")
 
 
 class JwksFetchError(Exception):
@@ -54,6 +54,11 @@ def check_jwks_uri(url: Any, *, allow_http_loopback: bool) -> str:
     except ValueError:
         raise InvalidClientMetadata("jwks_uri_invalid", "jwks_uri has an invalid port") from None
     literal = _literal_ip(parts.hostname)
+    if literal is None and ssrf.numeric_host_refused(parts.hostname):
+        raise InvalidClientMetadata(
+            "jwks_uri_numeric_host",
+            "jwks_uri's host must be a DNS name, a dotted-quad IPv4 address or a bracketed IPv6 address",
+        )
     name = parts.hostname.rstrip(".")
     local_name = name == "localhost" or name.endswith(".localhost")
     if local_name and not allow_http_loopback:
@@ -70,14 +75,8 @@ def check_jwks_uri(url: Any, *, allow_http_loopback: bool) -> str:
 
 
 def address_allowed(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_loopback: bool) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_loopback:
-        return allow_loopback
-    return not (
-        ip.is_private or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified
-        or (isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT) or not ip.is_global
-    )
+    """Global unicast only, tunnelled and translated IPv4 judged too (``app.service.ssrf``)."""
+    return ssrf.address_refusal(ip, allow_loopback=allow_loopback) is None
 
 
 def _literal_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -94,10 +93,9 @@ async def resolve_checked(host: str, port: int, *, allow_loopback: bool) -> str:
         addresses = [literal]
     else:
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            addresses = await ssrf.resolve(host, port)
         except (OSError, UnicodeError):
             raise JwksFetchError("dns_failed") from None
-        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
     if not addresses:
         raise JwksFetchError("dns_failed")
     for ip in addresses:
