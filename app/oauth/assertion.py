@@ -25,8 +25,10 @@ from typing import Any
 import msgspec
 
 from app.oauth.clients import Client
+from app.oauth.constants import ASSERTION_MAX, JTI_MAX_LENGTH
 from app.oauth.errors import InvalidClient
-from app.oauth.jose import Malformed, b64decode, clean, strict_object, numeric_date
+from app.oauth.jose import Malformed, b64decode, clean, numeric_date, strict_object
+
 
 def jti_hash(client_id: str, jti: str) -> str:
     """The one name for an assertion's jti outside the token itself: SHA-256 of ``[client_id, jti]``.
@@ -52,8 +54,8 @@ class AssertionPolicy(msgspec.Struct, frozen=True, kw_only=True):
     leeway: int = 10
     max_lifetime: int = 300
     max_age: int = 300
-    jti_max_length: int = 256
-    assertion_max: int = 8192
+    jti_max_length: int = JTI_MAX_LENGTH
+    assertion_max: int = ASSERTION_MAX
     allow_single_element_aud_array: bool = False
     #: The token endpoint URL, accepted as ``aud`` only for a client inside its legacy window.
     token_endpoint: str | None = None

@@ -28,9 +28,7 @@ import httpx
 import msgspec
 
 from app.oauth.clients import InvalidClientMetadata, validate_client_jwks
-
-MAX_BYTES = 64 * 1024
-URI_MAX = 2048
+from app.oauth.constants import FETCHED_DOCUMENT_MAX, URI_MAX
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 
 
@@ -140,12 +138,12 @@ async def fetch_jwks(url: str, *, allow_http_loopback: bool, timeout: float) -> 
                     if response.headers.get("content-encoding", "identity").lower() != "identity":
                         raise JwksFetchError("content_encoding")
                     length = response.headers.get("content-length")
-                    if length is not None and (not length.isdigit() or int(length) > MAX_BYTES):
+                    if length is not None and (not length.isdigit() or int(length) > FETCHED_DOCUMENT_MAX):
                         raise JwksFetchError("too_large")
                     body = bytearray()
                     async for chunk in response.aiter_raw():
                         body += chunk
-                        if len(body) > MAX_BYTES:
+                        if len(body) > FETCHED_DOCUMENT_MAX:
                             raise JwksFetchError("too_large")
                 finally:
                     await response.aclose()
