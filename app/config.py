@@ -105,7 +105,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.redis_url is None and not self.redis_sentinels
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``BROKER_<FIELD>`` variables of ``env`` (default: the process environment);
+        unset or empty variables keep the default."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
         for field in msgspec.structs.fields(cls):
@@ -114,7 +116,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             if raw is None or raw == "":
                 continue
             values[field.name] = _coerce(var, raw, field.type)
-        values.update(overrides)
         try:
             settings = msgspec.convert(values, cls, strict=False)
         except msgspec.ValidationError as exc:  # pragma: no cover - _coerce catches most
@@ -123,16 +124,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return settings
 
     def validate(self) -> None:
-        parts = urlsplit(self.issuer)
-        if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
-            raise ConfigError(
-                "BROKER_ISSUER must be an absolute http(s) URL with no query or fragment "
-                f"(RFC 8414 §2), got {self.issuer!r}"
-            )
-        if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-            raise ConfigError("BROKER_ISSUER must use https except on loopback")
-        if self.issuer.endswith("/"):
-            raise ConfigError("BROKER_ISSUER must not end with '/' (it is compared byte for byte)")
+        """Raise ``ConfigError`` naming the first variable whose value is out of bounds."""
+        self._validate_issuer()
         if self.redis_url is not None and urlsplit(self.redis_url).scheme not in (
             "redis",
             "rediss",
@@ -186,6 +179,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(f"BROKER_REDIS_SENTINELS must be host:port,host:port..., got {address!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("BROKER_LOG_LEVEL must be debug, info, warning or error")
+
+    def _validate_issuer(self) -> None:
+        parts = urlsplit(self.issuer)
+        if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
+            raise ConfigError(
+                "BROKER_ISSUER must be an absolute http(s) URL with no query or fragment "
+                f"(RFC 8414 §2), got {self.issuer!r}"
+            )
+        if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise ConfigError("BROKER_ISSUER must use https except on loopback")
+        if self.issuer.endswith("/"):
+            raise ConfigError("BROKER_ISSUER must not end with '/' (it is compared byte for byte)")
 
 
 def _coerce(var: str, raw: str, typ: object) -> object:

@@ -1,7 +1,8 @@
 """Key files on disk: the broker's signing keys and locally generated private keys.
 
-Private keys are written with mode 0600 (created with O_EXCL, never overwritten) and never
-logged. A signing key file is ``<keys_dir>/signing/<kid>.json``::
+Private keys are written with mode 0600 and never logged: a new key file is created with O_EXCL
+(never over an existing file); a state change rewrites it through a 0600 temporary file and a
+rename. A signing key file is ``<keys_dir>/signing/<kid>.json``::
 
     {"kid": ..., "alg": "ES256", "state": "active", "created_at": 1790000000, "jwk": {private JWK}}
 

@@ -2,8 +2,8 @@
 
 ``TokenSigner`` signs with one broker key; its protected header is encoded once at start, so a
 token costs one claims encode and one signature. ``verify_access_token`` is the single
-implementation of RFC 9068 §4 validation, used by the admin API, introspection and the
-resource-server library alike.
+implementation of RFC 9068 §4 validation, used by the admin API, revocation, introspection and
+the resource-server library alike.
 """
 
 from __future__ import annotations

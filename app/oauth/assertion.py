@@ -7,8 +7,10 @@ The steps, in order (``docs/security.md`` explains each):
    broker's allow-list, ``typ`` absent / ``JWT`` / ``client-authentication+jwt``;
 3. payload: strict JSON object (duplicate members, NaN/Infinity refused); ``iss`` == ``sub`` names
    the client, which the caller then looks up (keys are only ever taken from that client);
-4. claims: ``aud`` is the issuer string; ``exp`` required, not past, within the lifetime cap;
-   ``iat`` not too old and not in the future; ``nbf`` honoured; ``jti`` a 1-256 character string;
+4. claims: ``aud`` is the issuer string (a one-element array of it only when the deployment
+   allows that; the token endpoint URL only inside the client's legacy window); ``exp`` required,
+   not past, within the lifetime cap; ``iat`` not too old and not in the future; ``nbf`` honoured;
+   ``jti`` a string of 1 to ``jti_max_length`` (default 256) characters;
 5. signature with the client's key chosen by ``kid``, through joserfc's algorithm bound to that key.
 
 Only then may the caller record the ``jti`` (replay step). Any failure is an ``InvalidClient``

@@ -25,12 +25,14 @@ from app.oauth.errors import OAuthError
 from app.oauth.jose import KEY_TYPES, VerificationKey, import_jwk, verification_key
 
 CLIENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-SCOPE_TOKEN_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+#: RFC 6749 App. A.4: scope-token = 1*NQCHAR (%x21 / %x23-5B / %x5D-7E).
+SCOPE_TOKEN = r"[\x21\x23-\x5b\x5d-\x7e]+"
+SCOPE_TOKEN_RE = re.compile(SCOPE_TOKEN)
 MAX_KEYS = 10
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 #: Members a registered JWK may carry besides the key itself (kept on the stored key).
 _WINDOW_MEMBERS = ("nbf", "exp")
-#: client_id prefixes reserved for user subjects (matrix #79, RFC 9068 §5): an access token's
+#: client_id prefixes reserved for user subjects (RFC 9068 §5): an access token's
 #: ``sub`` is the client_id, so a client must never be able to take a user's subject. Compared
 #: case-insensitively; deployments add their own namespaces with BROKER_RESERVED_CLIENT_ID_PREFIXES.
 RESERVED_CLIENT_ID_PREFIXES = ("user:", "user.", "user-", "user_", "users:", "usr:", "uid:", "sub:", "person:",
@@ -119,7 +121,8 @@ def with_keys(client: Client, jwks: Iterable[dict[str, Any]], now: float, fetche
     return Client(client.record, keys, client.scopes, min(refresh_at, fetched_until))
 
 
-def client_id_reserved(client_id: str, prefixes: Iterable[str] = RESERVED_CLIENT_ID_PREFIXES) -> bool:
+def client_id_reserved(client_id: str, prefixes: Iterable[str]) -> bool:
+    """Whether ``client_id`` starts with one of ``prefixes`` (case-insensitively)."""
     lowered = client_id.lower()
     return any(lowered.startswith(p.lower()) for p in prefixes)
 

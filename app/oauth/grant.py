@@ -13,12 +13,12 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from app.oauth.clients import Client
+from app.oauth.clients import SCOPE_TOKEN, Client
 from app.oauth.constants import GRANT_CLIENT_CREDENTIALS, URI_MAX
 from app.oauth.errors import InvalidRequest, InvalidScope, InvalidTarget, UnauthorizedClient
 
-# RFC 6749 App. A.4: scope = scope-token *( SP scope-token ); scope-token = 1*NQCHAR
-_SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
+# RFC 6749 App. A.4: scope = scope-token *( SP scope-token )
+_SCOPE = re.compile(f"{SCOPE_TOKEN}(?: {SCOPE_TOKEN})*")
 SCOPE_MAX_LENGTH = 4096
 SCOPE_MAX_TOKENS = 100
 

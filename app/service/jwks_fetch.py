@@ -41,7 +41,8 @@ class JwksFetchError(Exception):
 
 
 def check_jwks_uri(url: Any, *, allow_http_loopback: bool) -> str:
-    """Registration-time syntax check (matrix #33, #73); addresses are checked again at fetch."""
+    """Registration-time check of the URL and any literal address; names are resolved and
+    checked again at every fetch."""
     if not isinstance(url, str) or not url or len(url) > URI_MAX or not url.isascii() or not url.isprintable():
         raise InvalidClientMetadata("jwks_uri_invalid", "jwks_uri must be an absolute https URL")
     parts = urlsplit(url)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from typing import Any
 
 from app.oauth.errors import SlowDown
@@ -39,7 +38,6 @@ class FailureLimiter:
         window: int,
         mode: str,
         log: Any,
-        monotonic: Callable[[], float] = time.monotonic,
         max_blocked: int = MAX_BLOCKED,
     ) -> None:
         assert mode in MODES, mode
@@ -48,7 +46,6 @@ class FailureLimiter:
         self._window_ms = window * 1000
         self._mode = mode
         self._log = log
-        self._now = monotonic
         self._max_blocked = max_blocked
         # (kind, subject) -> monotonic deadline. The subjects themselves are the keys: checking
         # costs no hashing on the hot path; at most max_blocked entries, each an address or a
@@ -68,7 +65,7 @@ class FailureLimiter:
         until = self._blocked.get(subject)
         if until is None:
             return
-        left = until - self._now()
+        left = until - time.monotonic()
         if left <= 0:
             del self._blocked[subject]
             return
@@ -86,7 +83,7 @@ class FailureLimiter:
         except StoreUnavailable as exc:
             self._log.warning("ratelimit.count_failed", request_id=request_id, error=str(exc))
             return
-        now = self._now()
+        now = time.monotonic()
         for (kind, value), (count, ms_left) in zip(subjects, results, strict=True):
             if count < self._limit:
                 continue
@@ -105,7 +102,7 @@ class FailureLimiter:
 
     def _remember(self, subject: tuple[str, str], until: float) -> None:
         if subject not in self._blocked and len(self._blocked) >= self._max_blocked:
-            now = self._now()
+            now = time.monotonic()
             for s in [s for s, t in self._blocked.items() if t <= now]:
                 del self._blocked[s]
             while len(self._blocked) >= self._max_blocked:  # oldest first; Redis still holds the count

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -74,8 +73,7 @@ def describe(metrics: Any) -> None:
 
 
 class TokenCache:
-    def __init__(self, settings: Settings, *, store: TokenStore, metrics: Any, log: Any,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: Settings, *, store: TokenStore, metrics: Any, log: Any) -> None:
         self._issuer = settings.issuer
         self._share = settings.cache_min_remaining_share
         self._wait = settings.cache_stampede_wait
@@ -84,7 +82,6 @@ class TokenCache:
         self.store = store
         self._metrics = metrics
         self._log = log
-        self._monotonic = monotonic
         self._inflight: dict[str, asyncio.Task[tuple[CacheEntry, str]]] = {}
         describe(metrics)
 
@@ -174,8 +171,8 @@ class TokenCache:
             return entry, "wait"
         if not locked:
             self._metrics.inc(STAMPEDE_WAITS, via="replica")
-            deadline = self._monotonic() + self._wait
-            while self._monotonic() < deadline:
+            deadline = time.monotonic() + self._wait
+            while time.monotonic() < deadline:
                 await asyncio.sleep(_POLL_INTERVAL)
                 try:
                     raw = await self.store.read(client_id, cache_id)
