@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from joserfc.errors import JoseError
 
 from app.oauth.access_token import TokenSigner
 from app.oauth.constants import ALG_KEY_TYPES
@@ -137,7 +138,10 @@ class SigningKeySet(msgspec.Struct, frozen=True):
         for k in keys:
             priv = import_private_jwk(k.jwk)
             published.append(public_jwk(priv, alg=k.alg, kid=k.kid))
-            verification[k.kid] = verification_key(priv.as_dict(private=False), kid=k.kid, alg=k.alg)
+            try:
+                verification[k.kid] = verification_key(priv.as_dict(private=False), kid=k.kid, alg=k.alg)
+            except JoseError:
+                raise KeyFileError(f"signing key {k.kid}: the key does not fit its alg {k.alg}") from None
         return cls(signer, verification, {"keys": published})
 
 
