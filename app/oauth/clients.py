@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import msgspec
+
 from app.oauth.constants import ALG_KEY_TYPES, GRANT_CLIENT_CREDENTIALS
 from app.oauth.errors import OAuthError
 from app.oauth.jose import KEY_TYPES, VerificationKey, import_jwk, verification_key

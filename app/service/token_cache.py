@@ -21,8 +21,8 @@ client registration version, signing kid) can share one token: one cache entry, 
 - fails open: any cache read, lock or write error, or a corrupt entry, means "mint and answer".
 
 Invalidation needs no purge: the registration version (bumped by every admin change) and the
-signing kid are part of the entry's id, so an entry made before a client is disabled, loses scopes or
-keys, or before the signing key changes is never found again and expires with its token.
+signing kid are part of the entry's id, so an entry made before a client is disabled, loses
+scopes or keys, or before the signing key changes is never found again and expires with its token.
 Revocation (RFC 7009) deletes the entry that holds the revoked token.
 """
 
