@@ -1,8 +1,11 @@
 """Broker settings: one frozen struct built from ``BROKER_*`` variables at start.
 
-Nothing here is read at import time; ``Settings.from_env`` is called once by the composition root
-(``app.web.app.create_app``) or the CLI, and the result is passed down. A bad value stops the
-start with the variable's name in the message.
+Nothing here is read at import time. ``Settings.from_env`` is called by the entry points only:
+the command line (``app/__main__.py``, which checks the settings before it starts the server and
+runs ``keys init``), the ASGI module the server imports (``app/web/asgi.py``, which passes the
+result to the composition root ``app.web.app.create_app``) and ``scripts/rotate_signing_key.py``.
+``create_app`` never reads the environment; tests build ``Settings`` directly. A bad value stops
+the start with the variable's name in the message.
 """
 
 from __future__ import annotations
@@ -15,10 +18,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-#: Assertion algorithms the broker can ever accept (a deployment may narrow the list).
-SUPPORTED_ASSERTION_ALGS = ("ES256", "ES384", "PS256", "RS256", "Ed25519")
-#: Algorithms the broker can sign access tokens with.
-SUPPORTED_SIGNING_ALGS = ("ES256", "ES384", "Ed25519", "PS256", "RS256")
+from app.oauth.constants import ASSERTION_ALGS, ASSERTION_MAX, BODY_MAX, JTI_MAX_LENGTH, SIGNING_ALGS
 
 
 class ConfigError(ValueError):
@@ -41,15 +41,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     assertion_max_lifetime: int = 300
     assertion_max_age: int = 300
     clock_skew: int = 30
-    jti_max_length: int = 256
+    jti_max_length: int = JTI_MAX_LENGTH
     allow_single_element_aud_array: bool = False
-    assertion_algs: tuple[str, ...] = SUPPORTED_ASSERTION_ALGS
+    assertion_algs: tuple[str, ...] = ASSERTION_ALGS
     # Access tokens (RFC 9068).
     token_lifetime: int = 900
     signing_alg: str = "ES256"
     # Request bounds.
-    body_max: int = 65536
-    assertion_max: int = 8192
+    body_max: int = BODY_MAX
+    assertion_max: int = ASSERTION_MAX
     # Redis client behaviour: explicit, short, bounded (redis-py's defaults take 4-9 s).
     redis_timeout: float = 0.3
     redis_retries: int = 1
@@ -63,10 +63,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Reverse proxies (IP addresses or CIDR networks) whose X-Forwarded-For names the client, for
     # the per-address limit and the logs. Empty: the TCP peer is the client and the header is ignored.
     trusted_proxies: tuple[str, ...] = ()
-    # Bootstrap admin client (docs/onboarding.md). JWKS JSON; empty in embedded mode → generated.
+    # Bootstrap admin client: its public key(s) as JWKS JSON; unset → the key pair in <keys_dir>/admin.jwk
+    # (generated on first start).
     admin_jwks: str | None = None
     admin_client_id: str = "broker-admin"
-    # Client onboarding (docs/onboarding.md): jwks_uri clients, declarative clients file, reserved ids.
+    # Client onboarding: jwks_uri clients, declarative clients file, reserved ids.
     jwks_uri_allow_http_loopback: bool = False
     jwks_uri_cache_ttl: int = 300
     jwks_uri_refetch_cooldown: float = 10.0
@@ -74,7 +75,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     clients_file: str | None = None
     reserved_client_id_prefixes: tuple[str, ...] = ()
     log_level: str = "info"
-    # Issued-token cache (docs/token-cache.md): a cached token is served only while at least this share of its
+    # Issued-token cache: a cached token is served only while at least this share of its
     # lifetime is left; concurrent misses wait up to cache_stampede_wait s for one replica's mint.
     cache_min_remaining_share: float = 0.5
     cache_stampede_wait: float = 0.2
@@ -104,7 +105,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.redis_url is None and not self.redis_sentinels
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``BROKER_<FIELD>`` variables of ``env`` (default: the process environment);
+        unset or empty variables keep the default."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
         for field in msgspec.structs.fields(cls):
@@ -113,7 +116,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             if raw is None or raw == "":
                 continue
             values[field.name] = _coerce(var, raw, field.type)
-        values.update(overrides)
         try:
             settings = msgspec.convert(values, cls, strict=False)
         except msgspec.ValidationError as exc:  # pragma: no cover - _coerce catches most
@@ -122,16 +124,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return settings
 
     def validate(self) -> None:
-        parts = urlsplit(self.issuer)
-        if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
-            raise ConfigError(
-                "BROKER_ISSUER must be an absolute http(s) URL with no query or fragment "
-                f"(RFC 8414 §2), got {self.issuer!r}"
-            )
-        if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-            raise ConfigError("BROKER_ISSUER must use https except on loopback")
-        if self.issuer.endswith("/"):
-            raise ConfigError("BROKER_ISSUER must not end with '/' (it is compared byte for byte)")
+        """Raise ``ConfigError`` naming the first variable whose value is out of bounds."""
+        self._validate_issuer()
         if self.redis_url is not None and urlsplit(self.redis_url).scheme not in (
             "redis",
             "rediss",
@@ -150,12 +144,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("BROKER_REDIS_TIMEOUT must be between 0 and 10 seconds")
         if not 0 <= self.redis_retries <= 3:
             raise ConfigError("BROKER_REDIS_RETRIES must be between 0 and 3")
-        if not self.assertion_algs or any(a not in SUPPORTED_ASSERTION_ALGS for a in self.assertion_algs):
-            raise ConfigError(
-                f"BROKER_ASSERTION_ALGS must be a comma-separated subset of {','.join(SUPPORTED_ASSERTION_ALGS)}"
-            )
-        if self.signing_alg not in SUPPORTED_SIGNING_ALGS:
-            raise ConfigError(f"BROKER_SIGNING_ALG must be one of {','.join(SUPPORTED_SIGNING_ALGS)}")
+        if not self.assertion_algs or any(a not in ASSERTION_ALGS for a in self.assertion_algs):
+            raise ConfigError(f"BROKER_ASSERTION_ALGS must be a comma-separated subset of {','.join(ASSERTION_ALGS)}")
+        if self.signing_alg not in SIGNING_ALGS:
+            raise ConfigError(f"BROKER_SIGNING_ALG must be one of {','.join(SIGNING_ALGS)}")
         if not 1 <= self.jwks_uri_cache_ttl <= 86400:
             raise ConfigError("BROKER_JWKS_URI_CACHE_TTL must be between 1 and 86400 seconds")
         if not 0.1 <= self.jwks_uri_refetch_cooldown <= 3600:
@@ -187,6 +179,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(f"BROKER_REDIS_SENTINELS must be host:port,host:port..., got {address!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("BROKER_LOG_LEVEL must be debug, info, warning or error")
+
+    def _validate_issuer(self) -> None:
+        parts = urlsplit(self.issuer)
+        if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
+            raise ConfigError(
+                "BROKER_ISSUER must be an absolute http(s) URL with no query or fragment "
+                f"(RFC 8414 §2), got {self.issuer!r}"
+            )
+        if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise ConfigError("BROKER_ISSUER must use https except on loopback")
+        if self.issuer.endswith("/"):
+            raise ConfigError("BROKER_ISSUER must not end with '/' (it is compared byte for byte)")
 
 
 def _coerce(var: str, raw: str, typ: object) -> object:

@@ -1,7 +1,8 @@
 """Key files on disk: the broker's signing keys and locally generated private keys.
 
-Private keys are written with mode 0600 (created with O_EXCL, never overwritten) and never
-logged. A signing key file is ``<keys_dir>/signing/<kid>.json``::
+Private keys are written with mode 0600 and never logged: a new key file is created with O_EXCL
+(never over an existing file); a state change rewrites it through a 0600 temporary file and a
+rename. A signing key file is ``<keys_dir>/signing/<kid>.json``::
 
     {"kid": ..., "alg": "ES256", "state": "active", "created_at": 1790000000, "jwk": {private JWK}}
 
@@ -19,18 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from joserfc.jwk import ECKey, OKPKey, RSAKey
+from joserfc.errors import JoseError
 
-from app.oauth.access_token import TokenSigner, VerificationKey
+from app.oauth.access_token import TokenSigner
+from app.oauth.constants import ALG_KEY_TYPES
+from app.oauth.jose import KEY_TYPES, VerificationKey, import_jwk, verification_key
 
-_GENERATORS = {
-    "ES256": lambda: ECKey.generate_key("P-256"),
-    "ES384": lambda: ECKey.generate_key("P-384"),
-    "Ed25519": lambda: OKPKey.generate_key("Ed25519"),
-    "PS256": lambda: RSAKey.generate_key(2048),
-    "RS256": lambda: RSAKey.generate_key(2048),
-}
-_CLASSES = {"EC": ECKey, "RSA": RSAKey, "OKP": OKPKey}
 STATES = ("next", "active", "retired")
 
 
@@ -50,11 +45,13 @@ class SigningKey(msgspec.Struct, frozen=True):
 
 
 def generate_private_key(alg: str) -> Any:
-    return _GENERATORS[alg]()
+    """A new private key of the type ``alg`` needs (RSA keys are 2048 bits)."""
+    kty, crv = ALG_KEY_TYPES[alg]
+    return KEY_TYPES[kty].generate_key(crv or 2048)
 
 
 def import_private_jwk(jwk: dict[str, Any]) -> Any:
-    key = _CLASSES[jwk["kty"]].import_key(jwk)
+    key = import_jwk(jwk)
     if not key.is_private:
         raise KeyFileError("the JWK holds no private key")
     return key
@@ -132,8 +129,6 @@ class SigningKeySet(msgspec.Struct, frozen=True):
 
     @classmethod
     def from_keys(cls, keys: list[SigningKey]) -> SigningKeySet:
-        from joserfc.jws import JWSRegistry
-
         active = [k for k in keys if k.state == "active"]
         if not active:
             raise KeyFileError("no active signing key in the keys folder")
@@ -143,8 +138,10 @@ class SigningKeySet(msgspec.Struct, frozen=True):
         for k in keys:
             priv = import_private_jwk(k.jwk)
             published.append(public_jwk(priv, alg=k.alg, kid=k.kid))
-            pub_key = _CLASSES[k.jwk["kty"]].import_key(priv.as_dict(private=False))
-            verification[k.kid] = VerificationKey(k.kid, k.alg, JWSRegistry.algorithms[k.alg], pub_key)
+            try:
+                verification[k.kid] = verification_key(priv.as_dict(private=False), kid=k.kid, alg=k.alg)
+            except JoseError:
+                raise KeyFileError(f"signing key {k.kid}: the key does not fit its alg {k.alg}") from None
         return cls(signer, verification, {"keys": published})
 
 

@@ -54,9 +54,10 @@ from cryptography.hazmat.primitives import hashes  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature  # noqa: E402
 
+from app.oauth.constants import ADMIN_SCOPE, CLIENT_ASSERTION_TYPE  # noqa: E402
+
 LUA = ROOT / "scripts" / "bench" / "post_bodies.lua"
 RS = "https://api.bench.test"
-URN = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MISS_SCOPES = [f"m{i:02d}" for i in range(64)]  # C(64,1..3) = 43,744 distinct scope sets per client
 N_MISS_CLIENTS = 24
 N_HIT_CLIENTS = 4
@@ -316,7 +317,7 @@ class BenchClient:
 
 
 def form(assertion: str, scope: str | None) -> str:
-    body = "grant_type=client_credentials&client_assertion_type=" + quote(URN, safe="") + "&client_assertion=" + assertion
+    body = "grant_type=client_credentials&client_assertion_type=" + quote(CLIENT_ASSERTION_TYPE, safe="") + "&client_assertion=" + assertion
     if scope:
         body += "&scope=" + quote(scope, safe="")
     return body
@@ -382,7 +383,7 @@ def register_clients(broker: Broker, keys_dir: Path, clients: list[BenchClient])
     key = import_private_jwk(data)
     assertion = make_client_assertion(key, client_id="broker-admin", issuer=broker.issuer, alg=data.get("alg", "ES256"),
                                       kid=data.get("kid"))
-    body = (form(assertion, "broker:admin") + "&resource=" + quote(broker.issuer + "/admin", safe=""))
+    body = (form(assertion, ADMIN_SCOPE) + "&resource=" + quote(broker.issuer + "/admin", safe=""))
     status, _, payload = broker.token(body)
     if status != 200:
         raise RuntimeError(f"admin token: {status} {payload}")
@@ -527,10 +528,10 @@ def _per_op_us(fn: Any, items: list[Any], rounds: int) -> tuple[float, float]:
 
 def measure_ceiling(work: Workload, redis_url: str, pin: Pinning, n: int, rounds: int) -> dict[str, Any]:
     from joserfc.jwk import ECKey
-    from joserfc.jws import JWSRegistry
 
     from app.config import Settings
-    from app.oauth.access_token import AccessTokenClaims, TokenSigner, VerificationKey, new_token_id, verify_access_token
+    from app.oauth.access_token import AccessTokenClaims, TokenSigner, new_token_id, verify_access_token
+    from app.oauth.jose import verification_key
     from app.oauth.assertion import parse_assertion, verify_assertion
     from app.oauth.clients import ClientRecord, prepare_client
     from app.service.token import assertion_policy
@@ -560,8 +561,7 @@ def measure_ceiling(work: Workload, redis_url: str, pin: Pinning, n: int, rounds
         sign_wall, sign_us = _per_op_us(signer.sign, claims, rounds)
 
         # Resource-server verification (RFC 9068 §4) of broker-shaped tokens.
-        pub = ECKey.import_key(key.as_dict(private=False))
-        vkeys = {"bench-kid": VerificationKey("bench-kid", "ES256", JWSRegistry.algorithms["ES256"], pub)}
+        vkeys = {"bench-kid": verification_key(key.as_dict(private=False), kid="bench-kid", alg="ES256")}
         tokens = [signer.sign(c) for c in claims]
 
         def rs(token: str) -> None:

@@ -40,6 +40,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing the pack
 
 import httpx  # noqa: E402
 
+from app.oauth.constants import ADMIN_SCOPE  # noqa: E402
+
 TOKEN_LIFETIME = 5  # seconds; BROKER_TOKEN_LIFETIME for the demo broker
 RS_LEEWAY = 1  # the demo resource server's clock leeway, seconds
 CLIENT_ID = "demo-client"
@@ -197,7 +199,7 @@ def register_demo_client(issuer: str, keys_dir: Path, api: str, key_file: Path) 
     key = generate_private_key("ES256")
     kid = f"{CLIENT_ID}-1"
     write_private(key_file, {**key.as_dict(private=True), "kid": kid, "alg": "ES256"})  # stays on this machine
-    admin = BrokerClient(issuer, "broker-admin", keys_dir / "admin.jwk", scope="broker:admin", resource=issuer + "/admin")
+    admin = BrokerClient(issuer, "broker-admin", keys_dir / "admin.jwk", scope=ADMIN_SCOPE, resource=issuer + "/admin")
     metadata = {
         "client_id": CLIENT_ID,
         "jwks": {"keys": [public_jwk(key, alg="ES256", kid=kid)]},  # the public half only

@@ -9,7 +9,6 @@ from app.oauth import errors
 _BY_CODE = {
     "invalid_request": errors.InvalidRequest,
     "invalid_client": errors.InvalidClient,
-    "invalid_grant": errors.InvalidGrant,
     "unauthorized_client": errors.UnauthorizedClient,
     "unsupported_grant_type": errors.UnsupportedGrantType,
     "invalid_scope": errors.InvalidScope,

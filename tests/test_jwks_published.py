@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from app.config import SUPPORTED_SIGNING_ALGS, Settings
+from app.config import Settings
+from app.oauth.constants import SIGNING_ALGS
 from app.service import signing_keys
 from tests.conftest import Broker, FrozenClock
 from tests.helpers import ISS
@@ -42,7 +43,7 @@ def _assert_public_signature_keys(keys: list[dict], expected_algs: list[str]) ->
         assert isinstance(key["kid"], str) and key["kid"]
 
 
-@pytest.mark.parametrize("alg", SUPPORTED_SIGNING_ALGS)
+@pytest.mark.parametrize("alg", SIGNING_ALGS)
 def test_published_keys_are_public_signature_keys(tmp_path: Path, alg: str) -> None:
     settings = Settings(issuer=ISS, keys_dir=tmp_path / "keys", signing_alg=alg)
     with Broker(settings, FrozenClock()) as broker:

@@ -20,7 +20,8 @@ from app.config import Settings
 from app.oauth.assertion import AssertionPolicy, VerifiedAssertion, parse_assertion, verify_assertion
 from app.oauth.clients import ClientRecord, prepare_client, validate_client_jwks
 from app.oauth.errors import InvalidClient, OAuthError
-from app.oauth.request import ASSERTION_TYPE, parse_token_request
+from app.oauth.constants import CLIENT_ASSERTION_TYPE
+from app.oauth.request import parse_token_request
 from tests.conftest import GENERATED_INPUTS, Broker, FrozenClock
 from tests.helpers import ISS, TestClient, form, raw
 
@@ -37,7 +38,7 @@ NASTY = ["\ud800", "a\r\nb", "\x00", "\u2028", "%", "%ZZ", "%FF", "+", "=", "&",
 names = st.sampled_from(["grant_type", "client_assertion_type", "client_assertion", "client_id", "scope",
                          "resource", "client_secret", "foo", ""]) | st.text(max_size=8)
 values = (
-    st.sampled_from(["client_credentials", ASSERTION_TYPE, "a.b.c", "read write", "https://api.example.test", *NASTY])
+    st.sampled_from(["client_credentials", CLIENT_ASSERTION_TYPE, "a.b.c", "read write", "https://api.example.test", *NASTY])
     | st.text(max_size=20)
 )
 

@@ -176,7 +176,7 @@ def test_replicas_share_the_count(tmp_path: Path, clock: FrozenClock) -> None:
 
 
 class _DownCounter:
-    async def hit(self, keys: list[str], window_ms: int) -> list[tuple[int, int]]:
+    async def hit(self, subjects: list[tuple[str, str]], window_ms: int) -> list[tuple[int, int]]:
         raise StoreUnavailable("ConnectionError")
 
 
@@ -199,8 +199,8 @@ def test_counting_failure_never_changes_the_answer() -> None:
 
 def test_block_table_is_bounded() -> None:
     class Over:
-        async def hit(self, keys: list[str], window_ms: int) -> list[tuple[int, int]]:
-            return [(5, 60_000) for _ in keys]
+        async def hit(self, subjects: list[tuple[str, str]], window_ms: int) -> list[tuple[int, int]]:
+            return [(5, 60_000) for _ in subjects]
 
     limiter = FailureLimiter(Over(), limit=1, window=60, mode="enforce", log=_NullLog(), max_blocked=50)
 

@@ -120,9 +120,9 @@ def test_token_store(target: dict[str, Any]) -> None:
 def test_failure_counter(target: dict[str, Any]) -> None:
     async def body(client: Any) -> None:
         counter = RedisFailureCounter(client, **OPTS)
-        names = ["{tb:rl}:addr:x", "{tb:rl}:client:y"]
-        first = await counter.hit(names, 60_000)
-        second = await counter.hit(names, 60_000)
+        subjects = [("addr", "x"), ("client", "y")]
+        first = await counter.hit(subjects, 60_000)
+        second = await counter.hit(subjects, 60_000)
         assert [count for count, _ in first] == [1, 1]
         assert [count for count, _ in second] == [2, 2]
         assert all(0 < ttl <= 60_000 for _, ttl in second)

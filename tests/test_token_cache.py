@@ -19,7 +19,7 @@ from app.oauth.access_token import AccessTokenClaims, TokenSigner
 from app.oauth.grant import Grant
 from app.keystore import generate_private_key
 from app.metrics import Metrics
-from app.service.token_cache import HITS, LOCK_MS, MINTED, MISSES, STAMPEDE_WAITS, CachedToken, TokenCache
+from app.service.token_cache import HITS, LOCK_MS, MINTED, MISSES, STAMPEDE_WAITS, CacheEntry, TokenCache
 from app.store import keyspace
 from tests.conftest import Broker
 from tests.expect import assert_error, assert_invalid_client, assert_token
@@ -238,7 +238,7 @@ def test_signing_key_change_is_a_miss(broker, c1):
     assert cache.cache_id(_grant(), 1, old) != cache.cache_id(_grant(), 1, new)
     now = int(broker.clock.now)
     claims = AccessTokenClaims(ISS, "c1", "c1", RS1, "read", "j" * 22, now, now + LIFETIME)
-    entry = msgspec.json.encode(CachedToken(old.sign(claims), claims.jti, now, now + LIFETIME))
+    entry = msgspec.json.encode(CacheEntry(old.sign(claims), claims.jti, now, now + LIFETIME))
     assert cache.check(entry, _grant(), old, now)[1] == "hit"
     assert cache.check(entry, _grant(), new, now) == (None, "mismatch")
 
@@ -386,7 +386,7 @@ def test_lock_held_by_another_replica_then_its_entry_appears(broker, c1):
 
     async def other_replica_writes() -> None:
         await asyncio.sleep(0.06)
-        await _redis(broker).set(entry_key, msgspec.json.encode(CachedToken(theirs, claims.jti, now, now + LIFETIME)))
+        await _redis(broker).set(entry_key, msgspec.json.encode(CacheEntry(theirs, claims.jti, now, now + LIFETIME)))
 
     async def run() -> None:
         writer = asyncio.create_task(other_replica_writes())

@@ -216,6 +216,25 @@ def test_matching_client_id_is_accepted(broker, clients):
     assert_token(broker.token(form(clients["c1"].assertion(broker.clock.now), client_id="c1")))
 
 
+@pytest.mark.parametrize(
+    "client_id,status,code,reason",
+    [
+        # RFC 6749 App. A.1: client-id = *VSCHAR (%x20-7E). SP passes the form check; no registered
+        # client_id holds one, so it can only fail as a mismatch with the assertion's iss.
+        ("c 1", 401, "invalid_client", "client_id_mismatch"),
+        ("c1\x7f", 400, "invalid_request", "client_id_charset"),
+        ("c1\t", 400, "invalid_request", "client_id_charset"),
+        ("c1\u00e9", 400, "invalid_request", "client_id_charset"),
+    ],
+    ids=["space-is-vschar", "del-is-not", "htab-is-not", "non-ascii-is-not"],
+)
+def test_client_id_parameter_charset_is_vschar(broker, clients, client_id, status, code, reason):
+    r = broker.token(form(clients["c1"].assertion(broker.clock.now), client_id=client_id))
+    assert_error(r, status, code)
+    rejected = [e for e in broker.logs() if e.get("event") == "token.rejected"]
+    assert [e["reason"] for e in rejected] == [reason]
+
+
 def test_credentials_in_query_are_ignored_and_not_logged(broker, clients):
     assertion = clients["c1"].assertion(broker.clock.now)
     query = encode([("client_assertion", assertion), ("client_assertion_type", URN)])

@@ -2,8 +2,8 @@
 
 ``TokenSigner`` signs with one broker key; its protected header is encoded once at start, so a
 token costs one claims encode and one signature. ``verify_access_token`` is the single
-implementation of RFC 9068 §4 validation, used by the admin API, introspection and the
-resource-server library alike.
+implementation of RFC 9068 §4 validation, used by the admin API, revocation, introspection and
+the resource-server library alike.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Any
 import msgspec
 from joserfc.jws import JWSRegistry
 
-from app.oauth.jose import Malformed, b64decode, b64url, numeric_date, strict_object
+from app.oauth.constants import ACCESS_TOKEN_MAX
+from app.oauth.jose import Malformed, VerificationKey, b64decode, b64url, numeric_date, strict_object, verification_key
 
 AT_TYP = "at+jwt"
 _COMPACT = re.compile(rb"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-TOKEN_MAX = 8192
 
 
 class AccessTokenClaims(msgspec.Struct, frozen=True):
@@ -41,13 +41,6 @@ class InvalidToken(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class VerificationKey(msgspec.Struct, frozen=True):
-    kid: str
-    alg: str
-    verifier: Any
-    key: Any
 
 
 def new_token_id() -> str:
@@ -89,7 +82,7 @@ def verify_access_token(
     An ``audience`` of None skips the audience check (introspection, which answers for any
     resource). Required-scope checks belong to the caller (they give 403, not 401).
     """
-    if len(token) > TOKEN_MAX or not token.isascii() or not _COMPACT.fullmatch(raw := token.encode()):
+    if len(token) > ACCESS_TOKEN_MAX or not token.isascii() or not _COMPACT.fullmatch(raw := token.encode()):
         raise InvalidToken("token_malformed")
     h64, p64, s64 = raw.split(b".")
     try:
@@ -139,23 +132,17 @@ def verify_access_token(
 
 def verification_keys_from_jwks(jwks: Mapping[str, Any]) -> dict[str, VerificationKey]:
     """Build the verifier's key map from a published JWKS; keys without kid or a known alg are skipped."""
-    from joserfc.jwk import ECKey, OKPKey, RSAKey
-
-    classes = {"EC": ECKey, "RSA": RSAKey, "OKP": OKPKey}
     out: dict[str, VerificationKey] = {}
     for jwk in jwks.get("keys", ()):
         if not isinstance(jwk, dict):
             continue
-        alg, kid, kty = jwk.get("alg"), jwk.get("kid"), jwk.get("kty")
-        if alg not in JWSRegistry.algorithms or alg.startswith(("HS", "none")) or kty not in classes or not isinstance(kid, str):
+        alg, kid = jwk.get("alg"), jwk.get("kid")
+        if alg not in JWSRegistry.algorithms or alg.startswith(("HS", "none")) or not isinstance(kid, str):
             continue
         if jwk.get("use", "sig") != "sig" or set(jwk) & {"d", "p", "q", "k"}:
             continue
         try:
-            key = classes[kty].import_key(jwk)
-            verifier = JWSRegistry.algorithms[alg]
-            verifier.check_key(key)
-        except Exception:
+            out[kid] = verification_key(jwk, kid=kid, alg=alg)
+        except Exception:  # an unknown kty, or a key that does not fit its alg
             continue
-        out[kid] = VerificationKey(kid, alg, verifier, key)
     return out

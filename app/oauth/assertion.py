@@ -7,8 +7,10 @@ The steps, in order (``docs/security.md`` explains each):
    broker's allow-list, ``typ`` absent / ``JWT`` / ``client-authentication+jwt``;
 3. payload: strict JSON object (duplicate members, NaN/Infinity refused); ``iss`` == ``sub`` names
    the client, which the caller then looks up (keys are only ever taken from that client);
-4. claims: ``aud`` is the issuer string; ``exp`` required, not past, within the lifetime cap;
-   ``iat`` not too old and not in the future; ``nbf`` honoured; ``jti`` a 1-256 character string;
+4. claims: ``aud`` is the issuer string (a one-element array of it only when the deployment
+   allows that; the token endpoint URL only inside the client's legacy window); ``exp`` required,
+   not past, within the lifetime cap; ``iat`` not too old and not in the future; ``nbf`` honoured;
+   ``jti`` a string of 1 to ``jti_max_length`` (default 256) characters;
 5. signature with the client's key chosen by ``kid``, through joserfc's algorithm bound to that key.
 
 Only then may the caller record the ``jti`` (replay step). Any failure is an ``InvalidClient``
@@ -25,8 +27,10 @@ from typing import Any
 import msgspec
 
 from app.oauth.clients import Client
+from app.oauth.constants import ASSERTION_MAX, JTI_MAX_LENGTH
 from app.oauth.errors import InvalidClient
-from app.oauth.jose import Malformed, b64decode, clean, strict_object, numeric_date
+from app.oauth.jose import Malformed, b64decode, clean, numeric_date, strict_object
+
 
 def jti_hash(client_id: str, jti: str) -> str:
     """The one name for an assertion's jti outside the token itself: SHA-256 of ``[client_id, jti]``.
@@ -52,8 +56,8 @@ class AssertionPolicy(msgspec.Struct, frozen=True, kw_only=True):
     leeway: int = 10
     max_lifetime: int = 300
     max_age: int = 300
-    jti_max_length: int = 256
-    assertion_max: int = 8192
+    jti_max_length: int = JTI_MAX_LENGTH
+    assertion_max: int = ASSERTION_MAX
     allow_single_element_aud_array: bool = False
     #: The token endpoint URL, accepted as ``aud`` only for a client inside its legacy window.
     token_endpoint: str | None = None

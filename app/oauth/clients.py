@@ -1,9 +1,10 @@
 """Registered clients and their public keys (RFC 7591 §2 metadata, RFC 7517 keys).
 
 ``ClientRecord`` is what the registry stores (JSON). ``Client`` is the prepared, in-memory form
-used on the hot path: every JWK parsed once into a joserfc key bound to its one algorithm.
-``validate_client_jwk`` is the registration-time gate for a public key (attack matrix: `client-key-validation`); the
-same gate runs on every key fetched from a client's ``jwks_uri`` (RFC 7591 §2).
+used on the hot path: every JWK parsed once into a ``VerificationKey`` (``app.oauth.jose``), a
+joserfc key bound to its one algorithm. ``validate_client_jwk`` is the registration-time gate for
+a public key (private, symmetric, undersized or mismatched keys are refused); the same gate runs
+on every key fetched from a client's ``jwks_uri`` (RFC 7591 §2).
 
 A registered JWK may carry ``nbf`` / ``exp`` (NumericDate, RFC 7519 §2): the key is used only
 inside that window. ``prepare_client(record, now)`` keeps the keys usable at ``now`` and says
@@ -19,22 +20,21 @@ from collections.abc import Iterable
 from typing import Any
 
 import msgspec
-from joserfc.jwk import ECKey, OKPKey, RSAKey
-from joserfc.jws import JWSRegistry
 
+from app.oauth.constants import ALG_KEY_TYPES, GRANT_CLIENT_CREDENTIALS
 from app.oauth.errors import OAuthError
+from app.oauth.jose import KEY_TYPES, VerificationKey, import_jwk, verification_key
 from app.oauth.key_strength import WeakKey, check_public_key
 
 CLIENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-SCOPE_TOKEN_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+#: RFC 6749 App. A.4: scope-token = 1*NQCHAR (%x21 / %x23-5B / %x5D-7E).
+SCOPE_TOKEN = r"[\x21\x23-\x5b\x5d-\x7e]+"
+SCOPE_TOKEN_RE = re.compile(SCOPE_TOKEN)
 MAX_KEYS = 10
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
-_ALG_KTY = {"ES256": ("EC", "P-256"), "ES384": ("EC", "P-384"), "PS256": ("RSA", None),
-            "RS256": ("RSA", None), "Ed25519": ("OKP", "Ed25519")}
-_KEY_CLASSES = {"EC": ECKey, "RSA": RSAKey, "OKP": OKPKey}
 #: Members a registered JWK may carry besides the key itself (kept on the stored key).
 _WINDOW_MEMBERS = ("nbf", "exp")
-#: client_id prefixes reserved for user subjects (attack matrix: `rs-client-not-a-user`; RFC 9068 §5): an access token's
+#: client_id prefixes reserved for user subjects (RFC 9068 §5): an access token's
 #: ``sub`` is the client_id, so a client must never be able to take a user's subject. Compared
 #: case-insensitively; deployments add their own namespaces with BROKER_RESERVED_CLIENT_ID_PREFIXES.
 RESERVED_CLIENT_ID_PREFIXES = ("user:", "user.", "user-", "user_", "users:", "usr:", "uid:", "sub:", "person:",
@@ -66,7 +66,7 @@ class ClientRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     default_scopes: tuple[str, ...] = ()
     audiences: tuple[str, ...] = ()
     default_audience: str | None = None
-    grant_types: tuple[str, ...] = ("client_credentials",)
+    grant_types: tuple[str, ...] = (GRANT_CLIENT_CREDENTIALS,)
     token_lifetime: int | None = None
     enabled: bool = True
     created_at: int = 0
@@ -75,16 +75,9 @@ class ClientRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     version: int = 0
 
 
-class PreparedKey(msgspec.Struct, frozen=True):
-    kid: str
-    alg: str
-    verifier: Any  # joserfc JWSAlgModel
-    key: Any  # joserfc public key
-
-
 class Client(msgspec.Struct, frozen=True):
     record: ClientRecord
-    keys: dict[str, PreparedKey]
+    keys: dict[str, VerificationKey]
     scopes: frozenset[str]
     #: When the usable key set next changes (a key's nbf or exp, or a fetched set's expiry).
     refresh_at: float = math.inf
@@ -94,12 +87,12 @@ class Client(msgspec.Struct, frozen=True):
         return self.record.client_id
 
 
-def prepare_keys(jwks: Iterable[dict[str, Any]], now: float | None) -> tuple[dict[str, PreparedKey], float]:
+def prepare_keys(jwks: Iterable[dict[str, Any]], now: float | None) -> tuple[dict[str, VerificationKey], float]:
     """Parse every key usable at ``now`` once; also return when that set next changes.
 
     ``now=None`` ignores key windows (offline tools, benchmarks); the broker always passes its clock.
     """
-    keys: dict[str, PreparedKey] = {}
+    keys: dict[str, VerificationKey] = {}
     refresh_at = math.inf
     for jwk in jwks:
         if now is not None:
@@ -111,12 +104,10 @@ def prepare_keys(jwks: Iterable[dict[str, Any]], now: float | None) -> tuple[dic
                 if exp <= now:
                     continue
                 refresh_at = min(refresh_at, exp)
-        alg = jwk["alg"]
-        key = _KEY_CLASSES[jwk["kty"]].import_key({k: v for k, v in jwk.items() if k not in _WINDOW_MEMBERS})
-        check_public_key(key.raw_value)  # a record stored before the check existed: WeakKey, never used
-        verifier = JWSRegistry.algorithms[alg]
-        verifier.check_key(key)
-        keys[jwk["kid"]] = PreparedKey(jwk["kid"], alg, verifier, key)
+        material = {k: v for k, v in jwk.items() if k not in _WINDOW_MEMBERS}
+        prepared = verification_key(material, kid=jwk["kid"], alg=jwk["alg"])
+        check_public_key(prepared.key.raw_value)  # a record stored before the check existed: WeakKey, never used
+        keys[jwk["kid"]] = prepared
     return keys, refresh_at
 
 
@@ -134,7 +125,8 @@ def with_keys(client: Client, jwks: Iterable[dict[str, Any]], now: float, fetche
     return Client(client.record, keys, client.scopes, min(refresh_at, fetched_until))
 
 
-def client_id_reserved(client_id: str, prefixes: Iterable[str] = RESERVED_CLIENT_ID_PREFIXES) -> bool:
+def client_id_reserved(client_id: str, prefixes: Iterable[str]) -> bool:
+    """Whether ``client_id`` starts with one of ``prefixes`` (case-insensitively)."""
     lowered = client_id.lower()
     return any(lowered.startswith(p.lower()) for p in prefixes)
 
@@ -148,7 +140,7 @@ def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str
     if not isinstance(jwk, dict):
         raise InvalidClientMetadata("jwk_not_object", "each key must be a JSON object (a JWK)")
     kty = jwk.get("kty")
-    if kty not in _KEY_CLASSES:
+    if kty not in KEY_TYPES:
         raise InvalidClientMetadata(
             "jwk_kty", f"unsupported key type {str(kty)[:20]!r}: use EC, RSA or OKP (no symmetric keys)"
         )
@@ -157,11 +149,11 @@ def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str
             "jwk_private", "the key holds private key material; register only the public key"
         )
     alg = jwk.get("alg", default_alg)
-    if alg not in _ALG_KTY:
+    if alg not in ALG_KEY_TYPES:
         raise InvalidClientMetadata(
-            "jwk_alg", f"alg must be one of {', '.join(_ALG_KTY)} (got {str(alg)[:20]!r})"
+            "jwk_alg", f"alg must be one of {', '.join(ALG_KEY_TYPES)} (got {str(alg)[:20]!r})"
         )
-    want_kty, want_crv = _ALG_KTY[alg]
+    want_kty, want_crv = ALG_KEY_TYPES[alg]
     if kty != want_kty or (want_crv and jwk.get("crv") != want_crv):
         raise InvalidClientMetadata("jwk_alg_mismatch", f"{alg} needs a {want_kty} key{' on ' + want_crv if want_crv else ''}")
     if jwk.get("use", "sig") != "sig":
@@ -172,9 +164,7 @@ def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str
     if kty == "RSA":
         _check_rsa_numbers(jwk)
     try:
-        key = _KEY_CLASSES[kty].import_key(
-            {k: v for k, v in jwk.items() if k not in ("alg", "use", "key_ops", "kid", *_WINDOW_MEMBERS)}
-        )
+        key = import_jwk({k: v for k, v in jwk.items() if k not in ("alg", "use", "key_ops", "kid", *_WINDOW_MEMBERS)})
     except Exception:
         raise InvalidClientMetadata("jwk_invalid", "the key could not be parsed (bad coordinates or modulus)") from None
     if key.is_private:

@@ -42,11 +42,6 @@ class InvalidClient(OAuthError):
     description = "Client authentication failed."
 
 
-class InvalidGrant(OAuthError):
-    error = "invalid_grant"
-    description = "The grant is invalid."
-
-
 class UnauthorizedClient(OAuthError):
     error = "unauthorized_client"
     description = "The client is not allowed to use this grant type."

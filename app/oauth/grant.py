@@ -13,15 +13,14 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from app.oauth.clients import Client
+from app.oauth.clients import SCOPE_TOKEN, Client
+from app.oauth.constants import GRANT_CLIENT_CREDENTIALS, URI_MAX
 from app.oauth.errors import InvalidRequest, InvalidScope, InvalidTarget, UnauthorizedClient
-from app.oauth.request import GRANT_CLIENT_CREDENTIALS
 
-# RFC 6749 App. A.4: scope = scope-token *( SP scope-token ); scope-token = 1*NQCHAR
-_SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
+# RFC 6749 App. A.4: scope = scope-token *( SP scope-token )
+_SCOPE = re.compile(f"{SCOPE_TOKEN}(?: {SCOPE_TOKEN})*")
 SCOPE_MAX_LENGTH = 4096
 SCOPE_MAX_TOKENS = 100
-RESOURCE_MAX_LENGTH = 2048
 
 
 class Grant(msgspec.Struct, frozen=True):
@@ -48,7 +47,7 @@ def parse_scope(scope: str) -> tuple[str, ...]:
 
 def check_resource(resource: str) -> str:
     """RFC 8707 §2: an absolute URI without a fragment."""
-    if len(resource) > RESOURCE_MAX_LENGTH or not resource.isascii() or not resource.isprintable() or " " in resource:
+    if len(resource) > URI_MAX or not resource.isascii() or not resource.isprintable() or " " in resource:
         raise InvalidTarget("resource_invalid")
     try:
         parts = urlsplit(resource)

@@ -1,8 +1,12 @@
-"""Strict JOSE parsing helpers shared by the assertion and access-token verifiers.
+"""JOSE helpers shared by the assertion and access-token verifiers: keys and strict parsing.
+
+``import_jwk`` is the one JWK → joserfc key conversion and ``verification_key`` the one way to
+bind a public key to the algorithm it verifies (``VerificationKey``): client keys, the broker's
+own keys and the keys a resource server fetches all go through them.
 
 RFC 7515 §5.2 and RFC 8725 §3.7 let a recipient refuse what stdlib ``json`` would accept:
 duplicate members, ``NaN``/``Infinity``, invalid UTF-8, non-canonical base64url. Both verifiers
-go through these functions so that every parser on the path sees the same values.
+go through ``strict_object`` and ``numeric_date`` so that every parser on the path sees the same values.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import json
 import math
 from typing import Any
 
+import msgspec
 from joserfc.jwk import ECKey, OKPKey, RSAKey
+from joserfc.jws import JWSRegistry
 
 _MAX_SAFE_INT = 2**53
 
@@ -24,6 +30,23 @@ KEY_TYPES = {"EC": ECKey, "RSA": RSAKey, "OKP": OKPKey}
 def import_jwk(jwk: dict[str, Any]) -> Any:
     """The one JWK → joserfc key conversion; ``KeyError``/``ValueError`` for what it cannot import."""
     return KEY_TYPES[jwk["kty"]].import_key(jwk)
+
+
+class VerificationKey(msgspec.Struct, frozen=True):
+    """A public key bound to the one algorithm it may verify (RFC 8725 §3.1)."""
+
+    kid: str
+    alg: str
+    verifier: Any  # joserfc JWSAlgModel for ``alg``
+    key: Any  # joserfc public key
+
+
+def verification_key(jwk: dict[str, Any], *, kid: str, alg: str) -> VerificationKey:
+    """Import ``jwk`` and bind it to ``alg``; raises for a key it cannot import or that does not fit ``alg``."""
+    key = import_jwk(jwk)
+    verifier = JWSRegistry.algorithms[alg]
+    verifier.check_key(key)
+    return VerificationKey(kid, alg, verifier, key)
 
 
 class Malformed(ValueError):

@@ -1,6 +1,8 @@
 """Authorization server metadata: RFC 8414 §2.
 
-The document is built once at start (it depends only on settings) and served as bytes.
+The document depends on the settings and on the algorithms of the published signing keys
+(``signing_algs``), which change with key rotation; the composition root encodes it once per set
+of algorithms and serves the bytes.
 """
 
 from __future__ import annotations
@@ -10,26 +12,29 @@ from typing import Any
 import msgspec
 
 from app.config import Settings
+from app.oauth.constants import AUTH_METHOD_PRIVATE_KEY_JWT, GRANT_CLIENT_CREDENTIALS
 
 
 def server_metadata(settings: Settings, *, signing_algs: list[str]) -> dict[str, Any]:
-    issuer = settings.issuer
+    """The metadata document; ``signing_algs`` are the algorithms of the published signing keys."""
+    auth_methods = [AUTH_METHOD_PRIVATE_KEY_JWT]
+    assertion_algs = list(settings.assertion_algs)
     return {
-        "issuer": issuer,
+        "issuer": settings.issuer,
         "token_endpoint": settings.token_endpoint,
         "jwks_uri": settings.jwks_uri,
-        "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
-        "token_endpoint_auth_signing_alg_values_supported": list(settings.assertion_algs),
+        "grant_types_supported": [GRANT_CLIENT_CREDENTIALS],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "token_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "response_types_supported": [],
         "access_token_signing_alg_values_supported": signing_algs,
         # RFC 8414 §2: RFC 7009 revocation and RFC 7662 introspection, private_key_jwt as at /token.
         "revocation_endpoint": settings.revocation_endpoint,
-        "revocation_endpoint_auth_methods_supported": ["private_key_jwt"],
-        "revocation_endpoint_auth_signing_alg_values_supported": list(settings.assertion_algs),
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "introspection_endpoint": settings.introspection_endpoint,
-        "introspection_endpoint_auth_methods_supported": ["private_key_jwt"],
-        "introspection_endpoint_auth_signing_alg_values_supported": list(settings.assertion_algs),
+        "introspection_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_signing_alg_values_supported": assertion_algs,
     }
 
 

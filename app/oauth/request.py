@@ -4,7 +4,7 @@ The body is parsed from raw bytes (never through the web framework's form parser
 the first of duplicate values and silently normalises bad encodings). Rules, in order:
 
 - ``Content-Type`` must be ``application/x-www-form-urlencoded`` (parameters allowed);
-- the body must be ASCII, percent-escapes must decode to UTF-8;
+- the body must be visible ASCII (SP only encoded), percent-escapes must decode to UTF-8;
 - no parameter may appear twice, except ``resource`` (RFC 8707 allows several; we issue tokens
   for one audience, so several are ``invalid_target``);
 - blank values count as absent (RFC 6749 §3.2); unknown parameters are ignored;
@@ -20,16 +20,19 @@ from urllib.parse import unquote_to_bytes
 
 import msgspec
 
+from app.oauth.constants import CLIENT_ASSERTION_TYPE, GRANT_CLIENT_CREDENTIALS
 from app.oauth.errors import InvalidClient, InvalidRequest, InvalidTarget, UnsupportedGrantType
-
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-GRANT_CLIENT_CREDENTIALS = "client_credentials"
 
 _KNOWN = frozenset(
     {"grant_type", "client_assertion_type", "client_assertion", "client_id", "scope", "resource"}
 )
-# RFC 6749 App. A.1: client-id = *VSCHAR (%x20-7E); A.10 grant-name; we also exclude SP in ids.
+# RFC 6749 App. A.1: client-id = *VSCHAR, and VSCHAR (%x20-7E) includes SP, so a client_id with a
+# space passes this check. Registration is stricter (``CLIENT_ID_RE`` has no SP), so such a
+# client_id names no registered client and the request fails as ``invalid_client`` (a mismatch
+# with the assertion's ``iss``, or an unknown client).
+# grant_type (A.10: a grant-name or a URI, both within VSCHAR) is held to the same set.
 _VSCHAR = re.compile(r"[\x20-\x7e]*")
+# The raw body: visible ASCII only (SP arrives encoded, as "+" or "%20").
 _FORM_BYTES = re.compile(rb"[\x21-\x7e]*")
 
 
@@ -81,7 +84,7 @@ def client_auth_params(params: dict[str, str], *, has_authorization: bool) -> tu
         if assertion is not None:
             raise InvalidRequest("assertion_type_missing")
         raise InvalidClient("client_auth_missing")
-    if assertion_type != ASSERTION_TYPE:
+    if assertion_type != CLIENT_ASSERTION_TYPE:
         raise InvalidClient("assertion_type_unsupported")
     if assertion is None:
         raise InvalidClient("assertion_missing")

@@ -17,6 +17,7 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from app.oauth.constants import BODY_MAX
 from app.resource.bearer import BearerError, extract_bearer, form_has_token
 from app.resource.verifier import AccessToken, ResourceVerifier, VerifierUnavailable
 
@@ -25,8 +26,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-BODY_MAX = 65536
 
 
 class _BodyTooLarge(Exception):

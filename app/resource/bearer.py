@@ -14,9 +14,10 @@ import re
 from collections.abc import Iterable
 from urllib.parse import parse_qsl
 
-# RFC 6750 §2.1: b68token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+from app.oauth.constants import ACCESS_TOKEN_MAX
+
+# RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-TOKEN_MAX = 8192
 
 
 class BearerError(Exception):
@@ -97,6 +98,6 @@ def extract_bearer(authorization: Iterable[str], *, query_string: bytes = b"", f
     token = token.strip(" ")
     if not token:
         raise invalid_request("token_empty")
-    if len(token) > TOKEN_MAX or not _B64TOKEN.fullmatch(token):
+    if len(token) > ACCESS_TOKEN_MAX or not _B64TOKEN.fullmatch(token):
         raise invalid_token("token_syntax")
     return token

@@ -15,9 +15,8 @@ import httpx
 
 from app.client.assertion import make_client_assertion
 from app.client.credentials import ClientKey
+from app.oauth.constants import CLIENT_ASSERTION_TYPE
 from app.resource.keys import VerifierUnavailable
-
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 class Introspection:
@@ -36,7 +35,7 @@ class Introspection:
         assertion = make_client_assertion(self._key.key, client_id=self.client_id, issuer=self.issuer, alg=self._key.alg,
                                           kid=self._key.kid, now=self._clock())
         form = {"token": token, "token_type_hint": "access_token",
-                "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}
+                "client_assertion_type": CLIENT_ASSERTION_TYPE, "client_assertion": assertion}
         try:
             if self._http is not None:
                 response = await self._http.post(self.endpoint, data=form, timeout=self._timeout)

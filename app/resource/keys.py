@@ -17,10 +17,9 @@ from typing import Any
 
 import httpx
 
-from app.oauth.access_token import VerificationKey, verification_keys_from_jwks
-
-METADATA_PATH = "/.well-known/oauth-authorization-server"
-DOCUMENT_MAX = 65536
+from app.oauth.access_token import verification_keys_from_jwks
+from app.oauth.constants import FETCHED_DOCUMENT_MAX, METADATA_PATH
+from app.oauth.jose import VerificationKey
 
 log = logging.getLogger("token_broker.resource")
 
@@ -112,7 +111,7 @@ class BrokerKeys:
 
 
 def _document(response: httpx.Response) -> dict[str, Any]:
-    if response.status_code != 200 or len(response.content) > DOCUMENT_MAX:
+    if response.status_code != 200 or len(response.content) > FETCHED_DOCUMENT_MAX:
         raise ValueError(f"HTTP {response.status_code}")
     doc = response.json()
     if not isinstance(doc, dict):

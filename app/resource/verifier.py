@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import msgspec
 
-from app.config import SUPPORTED_SIGNING_ALGS
 from app.oauth.access_token import InvalidToken, verify_access_token
+from app.oauth.constants import SIGNING_ALGS
 from app.resource.bearer import BearerError, insufficient_scope, invalid_token
 from app.resource.keys import BrokerKeys, VerifierUnavailable
 
@@ -43,7 +43,7 @@ class ResourceVerifier:
         http: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.time,
         leeway: int = 10,
-        algorithms: Iterable[str] = SUPPORTED_SIGNING_ALGS,
+        algorithms: Iterable[str] = SIGNING_ALGS,
         jwks_max_age: float = 300.0,
         unknown_kid_cooldown: float = 30.0,
         timeout: float = 3.0,

@@ -25,7 +25,6 @@ from app.config import Settings
 from app.keystore import generate_private_key, public_jwk, read_json, write_private, import_private_jwk
 from app.oauth.access_token import InvalidToken, VerificationKey, verify_access_token
 from app.oauth.clients import (
-    _ALG_KTY,
     CLIENT_ID_RE,
     RESERVED_CLIENT_ID_PREFIXES,
     ClientRecord,
@@ -37,11 +36,11 @@ from app.oauth.clients import (
 from app.service.jwks_fetch import check_jwks_uri
 from app.service.ssrf import refuse_inward_names
 from app.oauth.grant import check_resource
+from app.oauth.constants import ADMIN_SCOPE, ALG_KEY_TYPES
 from app.oauth.errors import InvalidTarget
 from app.service.directory import ClientDirectory
 from app.store.base import ClientRegistry, TokenStore
 
-ADMIN_SCOPE = "broker:admin"
 LEGACY_AUD_MAX_WINDOW = 366 * 86400
 _GRANT_TYPES = frozenset({"client_credentials"})
 
@@ -253,9 +252,9 @@ def build_record(settings: Settings, metadata: Any, *, existing: ClientRecord | 
             "client_id_invalid", "client_id must be 1-128 characters of A-Z a-z 0-9 . _ : - starting with a letter or digit"
         )
     signing_alg = metadata.get("token_endpoint_auth_signing_alg")
-    if signing_alg is not None and signing_alg not in _ALG_KTY:
+    if signing_alg is not None and signing_alg not in ALG_KEY_TYPES:
         raise InvalidClientMetadata(
-            "signing_alg_invalid", f"token_endpoint_auth_signing_alg must be one of {', '.join(_ALG_KTY)}"
+            "signing_alg_invalid", f"token_endpoint_auth_signing_alg must be one of {', '.join(ALG_KEY_TYPES)}"
         )
     jwks = metadata.get("jwks") or None
     jwks_uri = metadata.get("jwks_uri")

@@ -13,7 +13,7 @@ no Redis call. An assertion naming a kid the cached client lacks re-reads that c
 (at most once a second per client), so a key added through another replica works at once and a
 rotation (add key → switch → remove old key) needs no waiting.
 
-``jwks_uri`` clients (RFC 7591 §2; attack matrix: `client-key-rotation-and-jwks-uri`): the validated set lives in Redis for
+``jwks_uri`` clients (RFC 7591 §2): the validated set lives in Redis for
 ``jwks_uri_cache_ttl`` seconds, shared by replicas. An assertion naming a kid the set does not hold
 triggers one refetch, at most once per ``jwks_uri_refetch_cooldown`` per client across all
 replicas (a Redis ``SET NX PX`` marker, plus an in-process marker so a flood costs no Redis
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -55,9 +55,6 @@ class JwksUriPolicy(msgspec.Struct, frozen=True, kw_only=True):
     timeout: float = 2.0
 
 
-Fetcher = Callable[[str], Awaitable[bytes]]
-
-
 class ClientDirectory:
     def __init__(
         self,
@@ -68,7 +65,6 @@ class ClientDirectory:
         clock: Callable[[], float] = time.time,
         jwks_cache: JwksUriCache | None = None,
         jwks_policy: JwksUriPolicy | None = None,
-        fetcher: Fetcher | None = None,
         metrics: Any = None,
     ) -> None:
         self._registry = registry
@@ -80,7 +76,6 @@ class ClientDirectory:
         self._epoch: int | None = None
         self._jwks_cache = jwks_cache
         self._policy = jwks_policy or JwksUriPolicy()
-        self._fetcher = fetcher or self._fetch
         self._metrics = metrics
         if metrics is not None:
             metrics.describe(LEGACY_AUD_METRIC, "Assertions accepted with the token endpoint URL as aud (migration window)")
@@ -222,7 +217,7 @@ class ClientDirectory:
         now = self._clock()
         self.fetches += 1
         try:
-            body = await self._fetcher(uri)
+            body = await self._fetch(uri)
             jwks = parse_fetched_jwks(body, default_alg=record.token_endpoint_auth_signing_alg)
         except JwksFetchError as exc:
             self._log.warning("jwks_uri.fetch_failed", client_id=cid, reason=exc.reason)

@@ -28,10 +28,8 @@ import httpx
 import msgspec
 
 from app.oauth.clients import InvalidClientMetadata, validate_client_jwks
+from app.oauth.constants import FETCHED_DOCUMENT_MAX, URI_MAX
 from app.service import ssrf
-
-MAX_BYTES = 64 * 1024
-URI_MAX = 2048
 
 
 class JwksFetchError(Exception):
@@ -43,7 +41,8 @@ class JwksFetchError(Exception):
 
 
 def check_jwks_uri(url: Any, *, allow_http_loopback: bool) -> str:
-    """Registration-time syntax check (attack matrix: `client-key-validation`); addresses are checked again at fetch."""
+    """Registration-time check of the URL and any literal address; names are resolved and
+    checked again at every fetch."""
     if not isinstance(url, str) or not url or len(url) > URI_MAX or not url.isascii() or not url.isprintable():
         raise InvalidClientMetadata("jwks_uri_invalid", "jwks_uri must be an absolute https URL")
     parts = urlsplit(url)
@@ -138,12 +137,12 @@ async def fetch_jwks(url: str, *, allow_http_loopback: bool, timeout: float) -> 
                     if response.headers.get("content-encoding", "identity").lower() != "identity":
                         raise JwksFetchError("content_encoding")
                     length = response.headers.get("content-length")
-                    if length is not None and (not length.isdigit() or int(length) > MAX_BYTES):
+                    if length is not None and (not length.isdigit() or int(length) > FETCHED_DOCUMENT_MAX):
                         raise JwksFetchError("too_large")
                     body = bytearray()
                     async for chunk in response.aiter_raw():
                         body += chunk
-                        if len(body) > MAX_BYTES:
+                        if len(body) > FETCHED_DOCUMENT_MAX:
                             raise JwksFetchError("too_large")
                 finally:
                     await response.aclose()

@@ -4,14 +4,15 @@ RFC 6749 §10.10 asks the server to slow down credential guessing; the answer is
 §4) with ``Retry-After`` and the ``slow_down`` error. The design keeps the success path free of
 Redis round trips:
 
-- only a failure counts: one ``MULTI`` (INCR + PEXPIRE NX + PTTL per key) shared by all replicas;
+- only a failure counts: one Lua script call (INCR + PEXPIRE NX + PTTL per subject) on counters
+  shared by all replicas (``FailureCounter``);
 - when a count reaches the limit, the replica that saw it learns "blocked until T" from the reply
   and keeps it in a small in-process table (bounded; expired entries dropped);
 - every request checks that table, with no I/O: the source address before parsing, the client as
   soon as the assertion's ``iss`` is known (before any key or signature work).
 
-A replica that has not itself seen a failure past the limit lets one more through; its INCR then
-answers "over the limit" and it blocks too. ``observe`` mode counts and logs but never blocks;
+A replica that has not itself seen a count past the limit keeps answering until its own next
+failure for that subject; that count answers "over the limit" and it blocks too. ``observe`` mode counts and logs but never blocks;
 ``off`` does nothing. A failure to count (Redis down) is logged and never changes the answer.
 """
 
@@ -19,11 +20,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from typing import Any
 
 from app.oauth.errors import SlowDown
-from app.store import keyspace
 from app.store.base import FailureCounter, StoreUnavailable
 
 MODES = ("enforce", "observe", "off")
@@ -39,7 +38,6 @@ class FailureLimiter:
         window: int,
         mode: str,
         log: Any,
-        monotonic: Callable[[], float] = time.monotonic,
         max_blocked: int = MAX_BLOCKED,
     ) -> None:
         assert mode in MODES, mode
@@ -48,26 +46,28 @@ class FailureLimiter:
         self._window_ms = window * 1000
         self._mode = mode
         self._log = log
-        self._now = monotonic
         self._max_blocked = max_blocked
-        self._blocked: dict[str, float] = {}  # counter key -> monotonic deadline
+        # (kind, subject) -> monotonic deadline. The subjects themselves are the keys: checking
+        # costs no hashing on the hot path; at most max_blocked entries, each an address or a
+        # client_id no longer than an assertion.
+        self._blocked: dict[tuple[str, str], float] = {}
 
     def check_address(self, address: str | None) -> None:
         if address is not None:
-            self._check(keyspace.failures("addr", address), "rate_limited_address")
+            self._check(("addr", address), "rate_limited_address")
 
     def check_client(self, client_id: str) -> None:
-        self._check(keyspace.failures("client", client_id), "rate_limited_client")
+        self._check(("client", client_id), "rate_limited_client")
 
-    def _check(self, key: str, reason: str) -> None:
+    def _check(self, subject: tuple[str, str], reason: str) -> None:
         if not self._blocked:
             return
-        until = self._blocked.get(key)
+        until = self._blocked.get(subject)
         if until is None:
             return
-        left = until - self._now()
+        left = until - time.monotonic()
         if left <= 0:
-            del self._blocked[key]
+            del self._blocked[subject]
             return
         raise SlowDown(reason, headers={"Retry-After": str(max(1, math.ceil(left)))})
 
@@ -78,14 +78,13 @@ class FailureLimiter:
         subjects = [(kind, value) for kind, value in (("addr", address), ("client", client_id)) if value is not None]
         if not subjects:
             return
-        names = [keyspace.failures(kind, value) for kind, value in subjects]
         try:
-            results = await self._counter.hit(names, self._window_ms)
+            results = await self._counter.hit(subjects, self._window_ms)
         except StoreUnavailable as exc:
             self._log.warning("ratelimit.count_failed", request_id=request_id, error=str(exc))
             return
-        now = self._now()
-        for (kind, value), name, (count, ms_left) in zip(subjects, names, results, strict=True):
+        now = time.monotonic()
+        for (kind, value), (count, ms_left) in zip(subjects, results, strict=True):
             if count < self._limit:
                 continue
             if count == self._limit:  # once per window and key, on whichever replica crossed it
@@ -99,13 +98,13 @@ class FailureLimiter:
                     window=self._window_ms // 1000,
                 )
             if self._mode == "enforce":
-                self._remember(name, now + ms_left / 1000)
+                self._remember((kind, value), now + ms_left / 1000)
 
-    def _remember(self, key: str, until: float) -> None:
-        if key not in self._blocked and len(self._blocked) >= self._max_blocked:
-            now = self._now()
-            for k in [k for k, t in self._blocked.items() if t <= now]:
-                del self._blocked[k]
+    def _remember(self, subject: tuple[str, str], until: float) -> None:
+        if subject not in self._blocked and len(self._blocked) >= self._max_blocked:
+            now = time.monotonic()
+            for s in [s for s, t in self._blocked.items() if t <= now]:
+                del self._blocked[s]
             while len(self._blocked) >= self._max_blocked:  # oldest first; Redis still holds the count
                 del self._blocked[next(iter(self._blocked))]
-        self._blocked[key] = until
+        self._blocked[subject] = until

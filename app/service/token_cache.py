@@ -2,25 +2,27 @@
 
 RFC 6749 §5.1 lets the server answer a request with any token that fits it; RFC 9068 tokens carry
 no per-request data, so two requests that agree on (client_id, sorted unique scopes, audience,
-client registration version, signing kid) can share one token (docs/attack-matrix.md, "Issued-token cache"). The cache:
+client registration version, signing kid) can share one token: one cache entry, named by
+``TokenStore.cache_id``. The cache:
 
-- never runs before the client is fully authenticated and its jti consumed (attack matrix: `cache-after-authentication`): the
-  service hands in the entry read in the same pipeline as the replay record;
+- never runs before the client is fully authenticated and its jti consumed: the token service
+  hands in the entry read by the same atomic store call that recorded the jti
+  (``TokenStore.consume_and_lookup``, one Lua script);
 - serves an entry only when it decodes strictly, is not expired, still has at least
   ``cache_min_remaining_share`` of its lifetime left, and its token is byte for byte the one this
   broker would have signed for this request: header (alg, current kid) and payload (iss, sub,
   client_id, aud, scope, jti, iat, exp) are rebuilt and compared, so an entry planted under
-  another key (another client, scope set or audience) is a miss (attack matrix: `cache-poisoned-entry`). The signature is not
+  another grant's id (another client, scope set or audience) is a miss. The signature is not
   re-verified: writing to Redis lets one break the cache, not forge a signature;
-- on a miss, mints once per key across every replica: an in-process single flight (one task per
-  key; other requests in the process await it) in front of a short Redis lock (``SET NX PX``);
+- on a miss, mints once per entry across every replica: an in-process single flight (one task per
+  entry; other requests in the process await it) in front of a short Redis lock (``SET NX PX``);
   a replica that loses the lock polls the entry for up to ``cache_stampede_wait`` seconds, then
   mints itself;
 - fails open: any cache read, lock or write error, or a corrupt entry, means "mint and answer".
 
 Invalidation needs no purge: the registration version (bumped by every admin change) and the
-signing kid are part of the key, so an entry made before a client is disabled, loses scopes or
-keys, or before the signing key changes is never found again and expires with its token.
+signing kid are part of the entry's id, so an entry made before a client is disabled, loses
+scopes or keys, or before the signing key changes is never found again and expires with its token.
 Revocation (RFC 7009) deletes the entry that holds the revoked token.
 """
 
@@ -29,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -38,8 +39,7 @@ from app.config import Settings
 from app.oauth.assertion import jti_hash
 from app.oauth.access_token import AccessTokenClaims, TokenSigner, new_token_id
 from app.oauth.grant import Grant
-from app.store import keyspace
-from app.store.base import CacheLookup, StoreUnavailable, TokenStore
+from app.store.base import LOCK_MS, CacheLookup, StoreUnavailable, TokenStore
 
 HITS = "broker_token_cache_hits_total"
 MISSES = "broker_token_cache_misses_total"
@@ -47,13 +47,11 @@ MINTED = "broker_tokens_minted_total"
 STAMPEDE_WAITS = "broker_token_cache_stampede_waits_total"
 REVOKED = "broker_tokens_revoked_total"
 
-#: How long a replica may hold the right to mint one entry (it normally takes a few ms).
-LOCK_MS = 2000
 _POLL_INTERVAL = 0.02
 _SIGNATURE = re.compile(r"[A-Za-z0-9_-]+")
 
 
-class CachedToken(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class CacheEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The stored entry (JSON). Everything else about the token is rebuilt from the request."""
 
     access_token: str
@@ -62,7 +60,7 @@ class CachedToken(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     exp: int
 
 
-_decode = msgspec.json.Decoder(CachedToken).decode
+_decode = msgspec.json.Decoder(CacheEntry).decode
 _encode = msgspec.json.Encoder().encode
 
 
@@ -75,26 +73,24 @@ def describe(metrics: Any) -> None:
 
 
 class TokenCache:
-    def __init__(self, settings: Settings, *, store: TokenStore, metrics: Any, log: Any,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: Settings, *, store: TokenStore, metrics: Any, log: Any) -> None:
         self._issuer = settings.issuer
         self._share = settings.cache_min_remaining_share
         self._wait = settings.cache_stampede_wait
-        # An entry minted by a replica whose clock runs ahead (within leeway + clock skew) is still ours.
+        # An entry minted by a replica whose clock runs ahead (within leeway + skew) is still ours.
         self._future_tolerance = settings.leeway + settings.clock_skew
         self.store = store
         self._metrics = metrics
         self._log = log
-        self._monotonic = monotonic
-        self._inflight: dict[str, asyncio.Task[tuple[CachedToken, str]]] = {}
+        self._inflight: dict[str, asyncio.Task[tuple[CacheEntry, str]]] = {}
         describe(metrics)
 
-    @staticmethod
-    def cache_id(grant: Grant, version: int, signer: TokenSigner) -> str:
-        return keyspace.token_cache_id(grant.client_id, grant.scopes, grant.audience, version, signer.kid)
+    def cache_id(self, grant: Grant, version: int, signer: TokenSigner) -> str:
+        """The id of the entry for this grant, client registration ``version`` and signing key."""
+        return self.store.cache_id(grant.client_id, grant.scopes, grant.audience, version, signer.kid)
 
     async def issue(self, grant: Grant, signer: TokenSigner, cache_id: str, lookup: CacheLookup, now: float,
-                    request_id: str) -> tuple[CachedToken, str]:
+                    request_id: str) -> tuple[CacheEntry, str]:
         """The token to answer with and how it was found: ``hit``, ``wait`` or ``mint``."""
         entry, reason = self.check(lookup.entry, grant, signer, now)
         if entry is not None:
@@ -126,7 +122,7 @@ class TokenCache:
         task.add_done_callback(lambda t: self._inflight.pop(cache_id) if self._inflight.get(cache_id) is t else None)
         return await asyncio.shield(task)
 
-    def check(self, raw: bytes | None, grant: Grant, signer: TokenSigner, now: float) -> tuple[CachedToken | None, str]:
+    def check(self, raw: bytes | None, grant: Grant, signer: TokenSigner, now: float) -> tuple[CacheEntry | None, str]:
         """A servable entry, or None and the miss reason."""
         if raw is None:
             return None, "absent"
@@ -154,7 +150,7 @@ class TokenCache:
         return entry, "hit"
 
     async def _fill(self, grant: Grant, signer: TokenSigner, cache_id: str, now: float,
-                    request_id: str, prelocked: bool = False) -> tuple[CachedToken, str]:
+                    request_id: str, prelocked: bool) -> tuple[CacheEntry, str]:
         client_id = grant.client_id
         if prelocked:  # the lookup found no entry and took the lock in the same atomic step
             locked, raw = True, None
@@ -175,8 +171,8 @@ class TokenCache:
             return entry, "wait"
         if not locked:
             self._metrics.inc(STAMPEDE_WAITS, via="replica")
-            deadline = self._monotonic() + self._wait
-            while self._monotonic() < deadline:
+            deadline = time.monotonic() + self._wait
+            while time.monotonic() < deadline:
                 await asyncio.sleep(_POLL_INTERVAL)
                 try:
                     raw = await self.store.read(client_id, cache_id)
@@ -193,7 +189,7 @@ class TokenCache:
             self._log.warning("token_cache.write_failed", request_id=request_id, client_id=client_id, error=str(exc))
         return entry, "mint"
 
-    def _mint(self, grant: Grant, signer: TokenSigner, now: int, request_id: str) -> CachedToken:
+    def _mint(self, grant: Grant, signer: TokenSigner, now: int, request_id: str) -> CacheEntry:
         claims = AccessTokenClaims(
             iss=self._issuer,
             sub=grant.client_id,
@@ -208,7 +204,7 @@ class TokenCache:
         self._metrics.inc(MINTED)
         self._log.info("token.minted", request_id=request_id, client_id=grant.client_id, kid=signer.kid,
                        at_jti_hash=jti_hash(grant.client_id, claims.jti), exp=claims.exp)
-        return CachedToken(token, claims.jti, claims.iat, claims.exp)
+        return CacheEntry(token, claims.jti, claims.iat, claims.exp)
 
     async def revoked(self, client_id: str, token_jti: str, ttl_ms: int) -> None:
         await self.store.revoke(client_id, token_jti, ttl_ms)

@@ -1,4 +1,5 @@
-"""Storage: one small interface per concern (``base``), Redis implementations (``redis``).
+"""Storage: one small interface per concern (``base``), Redis implementations (``redis``,
+``token_cache``, ``ratelimit``).
 
-Key names are built in ``keys`` only.
+Redis key names are built in ``keyspace`` only and never leave this package.
 """

@@ -1,12 +1,21 @@
-"""Store interfaces. The service layer depends on these, never on redis-py directly."""
+"""Store interfaces. The service layer depends on these, never on redis-py directly.
+
+Services name what they store by its subject (a client_id, a jti, a source address, a grant's
+fields); the implementations build the Redis key names from those (``app.store.keyspace``), so no
+key name ever leaves ``app/store``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import msgspec
 
 from app.oauth.clients import ClientRecord
+
+#: How long a request may hold the right to mint one cache entry (a mint normally takes a few ms).
+LOCK_MS = 2000
 
 
 class StoreUnavailable(Exception):
@@ -15,48 +24,61 @@ class StoreUnavailable(Exception):
 
 class ReplayGuard(Protocol):
     async def first_use(self, client_id: str, jti: str, request_id: str, ttl_ms: int) -> bool:
-        """Record (client_id, jti) atomically; True only for the first use.
+        """Record an assertion's jti atomically.
 
-        ``request_id`` identifies this request, so a client-library retry of the very same command
-        (reply lost after the write) is recognised as first use rather than a replay.
+        Args:
+            client_id: The client the assertion authenticated (jti values are per client).
+            jti: The assertion's ``jti``.
+            request_id: This request; a client-library retry of the very same command (reply lost
+                after the write) is recognised as first use rather than a replay.
+            ttl_ms: How long the record must outlive the assertion.
+
+        Returns:
+            True only for the first use of (client_id, jti).
         """
         ...
 
 
 class ClientRegistry(Protocol):
-    async def get(self, client_id: str) -> ClientRecord | None: ...
+    async def get(self, client_id: str) -> ClientRecord | None:
+        """Returns: the registered client, or None."""
+        ...
 
     async def put(self, record: ClientRecord) -> None:
-        """Create or replace a client and bump the registry epoch."""
+        """Create or replace a client and bump the registry epoch, in one transaction."""
         ...
 
-    async def delete(self, client_id: str) -> bool: ...
+    async def delete(self, client_id: str) -> bool:
+        """Remove a client and bump the registry epoch. Returns: whether it existed."""
+        ...
 
-    async def list_ids(self) -> list[str]: ...
+    async def list_ids(self) -> list[str]:
+        """Returns: every registered client_id, sorted."""
+        ...
 
     async def epoch(self) -> int:
-        """A counter bumped by every change; replicas poll it to drop cached clients."""
+        """Returns: a counter bumped by every change; replicas poll it to drop cached clients."""
         ...
-
-
-class HealthCheck(Protocol):
-    async def ping(self) -> bool: ...
 
 
 class JwksUriCache(Protocol):
     """Key sets fetched from clients' ``jwks_uri``, shared by replicas (RFC 7591 §2)."""
 
-    async def get(self, client_id: str, jwks_uri: str) -> bytes | None: ...
+    async def get(self, client_id: str, jwks_uri: str) -> bytes | None:
+        """Returns: the stored set for this client and URI, or None when absent or expired."""
+        ...
 
-    async def put(self, client_id: str, jwks_uri: str, value: bytes, ttl_s: int) -> None: ...
+    async def put(self, client_id: str, jwks_uri: str, value: bytes, ttl_s: int) -> None:
+        """Store the validated set for ``ttl_s`` seconds (at least 1)."""
+        ...
 
     async def claim_refetch(self, client_id: str, jwks_uri: str, cooldown_ms: int) -> bool:
-        """True for the one caller (on any replica) allowed to refetch in this interval."""
+        """Returns: True for the one caller (on any replica) allowed to refetch in this interval."""
         ...
 
 
 class CacheLookup(msgspec.Struct, frozen=True):
-    """What the token endpoint's one round trip returns: the replay verdict and the cache entry.
+    """What the token endpoint's one store call returns: the replay verdict and the cache entry.
 
     ``entry`` is only meaningful when ``first_use`` is True. ``cache_error`` names a failure of the
     cache half alone (the replay half succeeded): the caller then mints (the cache fails open).
@@ -70,41 +92,94 @@ class CacheLookup(msgspec.Struct, frozen=True):
 
 
 class TokenStore(Protocol):
-    """Issued-token cache, stampede lock and revocation list (RFC 7009 §2)."""
+    """Issued-token cache, stampede lock and revocation list (RFC 7009 §2).
 
-    async def consume_and_lookup(
-        self, client_id: str, jti: str, request_id: str, ttl_ms: int, cache_id: str | None, lock_ms: int = 2000
-    ) -> CacheLookup:
-        """In one atomic call: record the assertion's jti (as ``ReplayGuard.first_use``), read the
-        cache entry and, when it is absent, take the mint lock for ``lock_ms``.
+    Cache entries are addressed by ``(client_id, cache_id)``; ``cache_id`` comes from ``cache_id``.
+    """
 
-        Raises ``StoreUnavailable`` when the replay half has no answer (fail closed).
+    def cache_id(self, client_id: str, scopes: tuple[str, ...], audience: str, version: int, kid: str) -> str:
+        """The id of the one cache entry shared by every request these fields describe.
+
+        Two requests that agree on all of them may be answered with the same token. Computing it
+        costs a hash: do it once per request and pass it to the other methods.
+
+        Args:
+            client_id: The authenticated client.
+            scopes: The granted scopes, sorted and unique (``Grant.scopes``).
+            audience: The token's ``aud``.
+            version: The client's registration version (bumped by every admin change).
+            kid: The signing key the token is (or would be) signed with.
+
+        Returns:
+            An opaque string, unambiguous for any field values.
         """
         ...
 
-    async def read(self, client_id: str, cache_id: str) -> bytes | None: ...
+    async def consume_and_lookup(
+        self, client_id: str, jti: str, request_id: str, ttl_ms: int, cache_id: str | None, lock_ms: int = LOCK_MS
+    ) -> CacheLookup:
+        """Record the assertion's jti and look the cache entry up, in one atomic call.
 
-    async def lock_and_read(self, client_id: str, cache_id: str, owner: str, ttl_ms: int) -> tuple[bool, bytes | None]:
-        """Take the stampede lock (``SET NX PX``) and read the entry, atomically: (locked, entry)."""
+        Args:
+            client_id, jti, request_id, ttl_ms: As for ``ReplayGuard.first_use``.
+            cache_id: The entry to read; None when the grant was refused (only the jti is recorded).
+            lock_ms: When the entry is absent, take the mint lock for this long.
+
+        Returns:
+            The replay verdict, the entry if present, whether the lock was taken.
+
+        Raises:
+            StoreUnavailable: the replay half has no answer (the caller fails closed).
+        """
         ...
 
-    async def unlock(self, client_id: str, cache_id: str) -> None: ...
+    async def read(self, client_id: str, cache_id: str) -> bytes | None:
+        """Returns: the cache entry, or None."""
+        ...
+
+    async def lock_and_read(self, client_id: str, cache_id: str, owner: str, ttl_ms: int) -> tuple[bool, bytes | None]:
+        """Take the mint lock (if free) for ``owner`` and read the entry, atomically.
+
+        Returns:
+            (whether this call took the lock, the entry or None).
+        """
+        ...
+
+    async def unlock(self, client_id: str, cache_id: str) -> None:
+        """Release the mint lock (whoever holds it)."""
+        ...
 
     async def write(self, client_id: str, cache_id: str, token_jti: str, entry: bytes, ttl_ms: int) -> None:
-        """Store the entry and its revocation pointer together, then release the lock."""
+        """Store the entry and the pointer from ``token_jti`` to it, and release the mint lock.
+
+        Args:
+            token_jti: The ``jti`` of the access token the entry holds (revocation finds it by that).
+            entry: The encoded entry; ``ttl_ms``: its remaining lifetime.
+        """
         ...
 
     async def revoke(self, client_id: str, token_jti: str, ttl_ms: int) -> None:
-        """Mark the token revoked until it expires and purge the cache entry that holds it."""
+        """Mark the token revoked for ``ttl_ms`` (until it expires) and purge the entry that holds it."""
         ...
 
-    async def is_revoked(self, client_id: str, token_jti: str) -> bool: ...
+    async def is_revoked(self, client_id: str, token_jti: str) -> bool:
+        """Returns: whether ``revoke`` marked this token and the mark has not expired."""
+        ...
 
 
 class FailureCounter(Protocol):
-    async def hit(self, keys: list[str], window_ms: int) -> list[tuple[int, int]]:
-        """Count one failure under each key, atomically; return ``(count, ms_left)`` per key.
+    async def hit(self, subjects: Sequence[tuple[str, str]], window_ms: int) -> list[tuple[int, int]]:
+        """Count one failure against each subject, atomically.
 
-        A key's window starts at its first failure and is never extended by later ones.
+        A subject's window starts at its first failure and is never extended by later ones; every
+        replica shares the counts.
+
+        Args:
+            subjects: ``(kind, value)`` pairs, e.g. ``("addr", "192.0.2.1")``, ``("client", "c1")``.
+            window_ms: The window length.
+
+        Returns:
+            ``(count, ms_left)`` per subject, in order: failures in the current window and the
+            time until it ends.
         """
         ...

@@ -1,9 +1,14 @@
 """Every Redis key name the broker uses, built in one place.
 
-Registry keys share the hash tag ``{tb:registry}`` so that the multi-key transaction of a
-registry change stays in one Redis Cluster slot. Replay keys are a SHA-256 of the JSON array
-``[client_id, jti]``: a delimiter-free concatenation could collide (client ``ab`` + jti ``c`` vs
-client ``a`` + jti ``bc``), and ``json.dumps`` escapes lone surrogates to pure ASCII.
+Private to the Redis implementations in ``app/store``: services pass subjects (client_id, jti,
+grant fields) to the store interfaces (``app.store.base``) and never see these names.
+
+A key touched together with others by one transaction or script shares their hash tag, so that
+the command stays in one Redis Cluster slot: ``{tb:registry}`` for a registry change,
+``{tb:tok:...}`` per client for the token endpoint and the token cache, ``{tb:rl}`` for the
+failure counters. Replay keys carry ``jti_hash`` (SHA-256 of the JSON array ``[client_id, jti]``):
+a delimiter-free concatenation could collide (client ``ab`` + jti ``c`` vs client ``a`` + jti
+``bc``), and ``json.dumps`` escapes lone surrogates to pure ASCII.
 """
 
 from __future__ import annotations
@@ -46,8 +51,9 @@ def jwks_uri_refetch(client_id: str, jwks_uri: str) -> str:
 
 
 # -- issued-token cache, revocation (RFC 7009) ----------------------------------------------------
-# Every key of one client's cache shares the hash tag ``{tb:tok:<sha256(client_id)>}`` so that an
-# entry and its revocation pointer are written in one MULTI inside one Redis Cluster slot.
+# Every key of one client's cache shares the hash tag ``{tb:tok:<sha256(client_id)>}``: the Lua
+# scripts that read or write an entry, its lock and its revocation pointer, and the MULTI of a
+# revocation, each touch one Redis Cluster slot.
 
 
 @functools.lru_cache(maxsize=4096)  # three keys per token request share it: hash once per client
@@ -59,7 +65,8 @@ def token_cache_id(client_id: str, scopes: tuple[str, ...], audience: str, versi
     """SHA-256 of the canonical JSON of everything that makes two tokens interchangeable.
 
     JSON, not a string join: client ``a:b`` + scope ``c`` never equals client ``a`` + scope ``b:c``
-    (attack matrix: `cache-key-injection`). ``scopes`` must already be sorted and unique (``Grant.scopes`` is).
+    (no entry can be planted under another grant's id). ``scopes`` must already be sorted and
+    unique (``Grant.scopes`` is).
     """
     canonical = json.dumps([client_id, list(scopes), audience, version, kid], separators=(",", ":"))
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
@@ -83,7 +90,7 @@ def token_revoked(client_id: str, token_jti: str) -> str:
     return f"{_token_tag(client_id)}:revoked:{jti_hash(client_id, token_jti)}"
 
 
-#: Failure counters for rate limiting share one hash tag: a failure counts against the source
-#: address and the client in one MULTI, which must stay in one Redis Cluster slot.
 def failures(kind: str, subject: str) -> str:
+    """A rate-limit failure counter. One hash tag for all: a failure counts against the source
+    address and the client in one Lua script call, which must stay in one Redis Cluster slot."""
     return "{tb:rl}:" + kind + ":" + hashlib.sha256(json.dumps(subject).encode("ascii")).hexdigest()

@@ -8,8 +8,10 @@ share the count. Only failed requests come here: the success path costs no Redis
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from app.store import keyspace
 from app.store.redis import RedisStore
 
 
@@ -31,10 +33,11 @@ class RedisFailureCounter(RedisStore):
         super().__init__(redis, **options)
         self._hit = redis.register_script(_HIT)
 
-    async def hit(self, keys: list[str], window_ms: int) -> list[tuple[int, int]]:
-        replies = await self._run(self._hit(keys=keys, args=[window_ms]))
+    async def hit(self, subjects: Sequence[tuple[str, str]], window_ms: int) -> list[tuple[int, int]]:
+        names = [keyspace.failures(kind, value) for kind, value in subjects]
+        replies = await self._run(self._hit(keys=names, args=[window_ms]))
         out = []
-        for i in range(len(keys)):
+        for i in range(len(names)):
             count, ttl = int(replies[2 * i]), int(replies[2 * i + 1])
             out.append((count, ttl if ttl > 0 else window_ms))
         return out

@@ -29,8 +29,8 @@ def connect(url: str | None, *, timeout: float, retries: int, cluster: bool = Fa
     """A real Redis client with explicit short timeouts, or an embedded fakeredis when url is None.
 
     ``cluster``: a ``RedisCluster`` that discovers the other nodes from ``url`` (every multi-key
-    transaction uses one hash tag, see ``app.store.keyspace``). ``sentinels``: the master that the
-    Sentinels name ``sentinel_master``, followed across failovers.
+    transaction or script uses one hash tag, see ``app.store.keyspace``). ``sentinels``: the master
+    that the Sentinels name ``sentinel_master``, followed across failovers.
     """
     opts: dict[str, Any] = {
         "socket_timeout": timeout,
@@ -48,9 +48,9 @@ def connect(url: str | None, *, timeout: float, retries: int, cluster: bool = Fa
         nodes = [(host, int(port)) for host, _, port in (a.rpartition(":") for a in sentinels)]
         sentinel = Sentinel(nodes, sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout})
         opts.pop("max_connections")
-        client = sentinel.master_for(sentinel_master, redis_class=_SentinelMaster, **opts)
-        client.sentinel = sentinel
-        return client
+        master = sentinel.master_for(sentinel_master, redis_class=_SentinelMaster, **opts)
+        master.sentinel = sentinel
+        return master
     if url is None:
         from fakeredis.aioredis import FakeRedis
 
@@ -74,7 +74,8 @@ class _SentinelMaster(Redis):
 
 
 class RedisStore:
-    """Base: runs one command or pipeline under a hard deadline, mapping failures."""
+    """Base: runs one Redis call (a command, a MULTI transaction or a Lua script) under a hard
+    deadline, mapping every failure to ``StoreUnavailable``."""
 
     #: The ``op`` label of this store's Redis metrics (``broker_redis_*``).
     metric_op = "store"

@@ -3,10 +3,11 @@
 The token endpoint's hot path is one Redis call (``consume_and_lookup``), a Lua script that runs
 atomically:
 
-1. the replay record ``SET replay-key request-id NX PX ttl GET`` (attack matrix: `replay-reply-lost`); a value that
-   is not this request's id means replay, and the script stops there;
+1. the replay record ``SET replay-key request-id NX PX ttl GET`` (the jti is consumed only after
+   the assertion verified); a value that is not this request's id means replay, and the script
+   stops there;
 2. ``GET entry`` (read with ``pcall``: a broken cache key must not fail the request);
-3. only when the entry is absent, the stampede lock ``SET lock request-id NX PX 2000``.
+3. only when the entry is absent, the stampede lock ``SET lock request-id NX PX lock_ms``.
 
 So a cache hit costs one round trip and a miss two (this call, then the write), and the read and
 the lock are one atomic step (no request can read "absent", lose the race to another's write and
@@ -15,7 +16,7 @@ error of the call as a whole fails closed (``StoreUnavailable``); an error readi
 comes back in ``CacheLookup.cache_error`` and the caller mints (fails open).
 
 Entries, pointers and revocation markers all expire with the token they describe, so memory is
-bounded by the tokens alive at once; a stampede lock lives 2 s at most.
+bounded by the tokens alive at once; a stampede lock lives ``LOCK_MS`` (2 s) at most.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from app.store import keyspace
-from app.store.base import CacheLookup, StoreUnavailable
+from app.store.base import LOCK_MS, CacheLookup, StoreUnavailable
 from app.store.redis import RedisReplayGuard
 
 
@@ -70,15 +71,18 @@ class RedisTokenStore(RedisReplayGuard):
         self._consume = redis.register_script(_CONSUME_AND_LOOKUP)
         self._write = redis.register_script(_WRITE)
 
+    def cache_id(self, client_id: str, scopes: tuple[str, ...], audience: str, version: int, kid: str) -> str:
+        return keyspace.token_cache_id(client_id, scopes, audience, version, kid)
+
     async def consume_and_lookup(
-        self, client_id: str, jti: str, request_id: str, ttl_ms: int, cache_id: str | None, lock_ms: int = 2000
+        self, client_id: str, jti: str, request_id: str, ttl_ms: int, cache_id: str | None, lock_ms: int = LOCK_MS
     ) -> CacheLookup:
         if cache_id is None:  # the grant was refused: only the replay record matters
             return CacheLookup(await self.first_use(client_id, jti, request_id, ttl_ms), None)
-        keys_ = [keyspace.replay(client_id, jti), keyspace.token_entry(client_id, cache_id), keyspace.token_lock(client_id, cache_id)]
+        names = [keyspace.replay(client_id, jti), keyspace.token_entry(client_id, cache_id), keyspace.token_lock(client_id, cache_id)]
         try:
             # Labelled "replay": this is the token endpoint's replay round trip (the cache rides along).
-            reply = await self._run(self._consume(keys=keys_, args=[request_id, ttl_ms, lock_ms]), op="replay")
+            reply = await self._run(self._consume(keys=names, args=[request_id, ttl_ms, lock_ms]), op="replay")
         except StoreUnavailable as exc:
             if not isinstance(exc.__cause__, ResponseError):
                 raise  # no answer at all: the replay is unconfirmed (fail closed)
@@ -119,9 +123,9 @@ class RedisTokenStore(RedisReplayGuard):
         # One script call (one reply to parse, not a five-reply MULTI): the entry, the pointer that
         # lets revocation find it, and the lock released (losers poll the entry; releasing early
         # only lets a later miss mint sooner).
-        keys_ = [keyspace.token_entry(client_id, cache_id), keyspace.token_pointer(client_id, token_jti),
+        names = [keyspace.token_entry(client_id, cache_id), keyspace.token_pointer(client_id, token_jti),
                  keyspace.token_lock(client_id, cache_id)]
-        await self._run(self._write(keys=keys_, args=[entry, ttl_ms]))
+        await self._run(self._write(keys=names, args=[entry, ttl_ms]))
 
     async def revoke(self, client_id: str, token_jti: str, ttl_ms: int) -> None:
         pointer = keyspace.token_pointer(client_id, token_jti)

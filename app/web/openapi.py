@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.config import Settings
+from app.oauth.constants import CLIENT_ASSERTION_TYPE, METADATA_PATH
 
 _ERROR = {
     "type": "object",
@@ -20,7 +21,7 @@ _ERROR = {
     },
 }
 _CLIENT_AUTH = {
-    "client_assertion_type": {"type": "string", "const": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"},
+    "client_assertion_type": {"type": "string", "const": CLIENT_ASSERTION_TYPE},
     "client_assertion": {"type": "string", "description": "JWT signed with the client's private key (RFC 7523 §3; aud = issuer)"},
     "client_id": {"type": "string", "description": "optional; must name the assertion's client"},
 }
@@ -88,7 +89,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                                             "properties": {"active": {"type": "boolean"}}}),
                               **_errors(400, 401, 403, 413, 429, 503)},
             }},
-            "/.well-known/oauth-authorization-server": {"get": {
+            METADATA_PATH: {"get": {
                 "summary": "Authorization server metadata (RFC 8414)",
                 "responses": {"200": _json("metadata", plain)}}},
             "/jwks.json": {"get": {

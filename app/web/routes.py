@@ -14,6 +14,7 @@ from structlog.contextvars import bound_contextvars
 
 from app.oauth.access_token import InvalidToken
 from app.oauth.clients import InvalidClientMetadata
+from app.oauth.constants import METADATA_PATH
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
 from app.oauth.errors import MethodNotAllowed, OAuthError, RequestTooLarge, ServerError, TemporarilyUnavailable
@@ -149,7 +150,7 @@ async def token_op_other_methods() -> Response[bytes]:
     return oauth_error(MethodNotAllowed("method_not_allowed", headers={"Allow": "POST"}))
 
 
-@get("/.well-known/oauth-authorization-server")
+@get(METADATA_PATH)
 async def metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(request.app.state.metadata(), media_type=JSON, headers={"Cache-Control": "public, max-age=300"})
 
