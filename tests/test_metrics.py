@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.metrics import Metrics
+from app.metrics import Metric, Metrics
 from tests.conftest import Broker, FrozenClock
 from tests.helpers import form
 
@@ -83,8 +83,7 @@ def test_redis_errors_are_counted(real_redis, tmp_path, clock: FrozenClock) -> N
     ids=["below-first", "on-a-bound", "middle", "overflow"],
 )
 def test_histogram_buckets_are_cumulative_upper_bounds(value: float, bucket: str) -> None:
-    m = Metrics()
-    m.histogram("h_seconds")
+    m = Metrics([Metric("h_seconds", "histogram", "A test histogram.", ("endpoint",))])
     m.observe("h_seconds", value, endpoint="/token")
     samples = _samples(m.render().decode())
     first = next(k for k, v in samples.items() if k.startswith("h_seconds_bucket") and v == 1)

@@ -69,7 +69,7 @@ class AdminService:
         verification_keys: Callable[[], dict[str, VerificationKey]],
         log: Any,
         clock: Callable[[], float] = time.time,
-        tokens: TokenStore | None = None,
+        tokens: TokenStore,
     ) -> None:
         self._settings = settings
         self._registry = registry
@@ -96,9 +96,20 @@ class AdminService:
         if client is None or not client.record.enabled:
             raise InvalidToken("client_gone")
         # A revoked admin token (RFC 7009) is refused until it expires.
-        if self._tokens is not None and await self._tokens.is_revoked(claims["client_id"], claims["jti"]):
+        if await self._tokens.is_revoked(claims["client_id"], claims["jti"]):
             raise InvalidToken("token_revoked")
         return claims["client_id"]
+
+    async def bootstrap_admin(self) -> None:
+        """Register the admin client at start (``bootstrap_admin_record``), or bring the stored one
+        up to date when its keys or audience changed; an unchanged record is not rewritten."""
+        admin = bootstrap_admin_record(self._settings, self._log, int(self._clock()))
+        existing = await self._registry.get(admin.client_id)
+        if existing is not None and existing.jwks == admin.jwks and existing.audiences == admin.audiences:
+            return
+        if existing is not None:  # a new registration version: the token cache keys on it
+            admin = msgspec.structs.replace(admin, version=existing.version + 1)
+        await self._registry.put(admin)
 
     # -- operations -------------------------------------------------------------------------
 
