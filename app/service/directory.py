@@ -85,8 +85,6 @@ class ClientDirectory:
         self._inflight: dict[str, asyncio.Future[Client]] = {}
         self._last_refetch: dict[str, float] = {}
         self._last_reload: dict[str, float] = {}
-        #: Fetches actually sent (for tests and metrics).
-        self.fetches = 0
 
     async def get(self, client_id: str, kid: str | None = None) -> Client | None:
         """The client, with the keys usable now; ``kid`` unknown to a jwks_uri client → maybe refetch."""
@@ -218,7 +216,6 @@ class ClientDirectory:
         uri = record.jwks_uri
         assert uri is not None
         now = self._clock()
-        self.fetches += 1
         try:
             body = await self._fetcher(uri)
             jwks = parse_fetched_jwks(body, default_alg=record.token_endpoint_auth_signing_alg)
