@@ -95,13 +95,13 @@ class _Form(Protocol):
     def client_id(self) -> str | None: ...
 
 
-class _Recorded(Protocol):
+class _Verdict(Protocol):
     @property
     def first_use(self) -> bool: ...
 
 
 F = TypeVar("F", bound=_Form)
-R = TypeVar("R", bound=_Recorded)
+R = TypeVar("R", bound=_Verdict)
 T = TypeVar("T")
 
 

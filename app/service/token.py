@@ -11,7 +11,7 @@ path (``app.service.client_auth``: parse, verify, record the jti, log, rate-limi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -35,7 +35,7 @@ class TokenResponse(msgspec.Struct, frozen=True):
     scope: str
 
 
-class _Recorded(msgspec.Struct, frozen=True):
+class _Lookup(msgspec.Struct, frozen=True):
     """What ``record`` learnt: the script's answer, and the grant decision it was made for."""
 
     first_use: bool
@@ -62,11 +62,12 @@ class TokenService:
         self._signer = signer
         self._log = log
 
-    async def token(self, request: EndpointRequest) -> bytes:
-        """The JSON body of the answer (RFC 6749 §5.1); raises the ``OAuthError`` to answer with."""
-        return await self._auth.run(self, request)
+    def token(self, request: EndpointRequest) -> Coroutine[Any, Any, bytes]:
+        """Await it for the JSON body of the answer (RFC 6749 §5.1); raises the ``OAuthError`` to
+        answer with. (The authenticator's coroutine itself: no second frame on the hot path.)"""
+        return self._auth.run(self, request)
 
-    async def record(self, auth: Authenticated, form: TokenRequest, request_id: str) -> _Recorded:
+    async def record(self, auth: Authenticated, form: TokenRequest, request_id: str) -> _Lookup:
         grant = denial = cache_id = None
         try:
             grant = decide_grant(auth.client, form.scope, form.resource, self._lifetime)
@@ -78,9 +79,9 @@ class TokenService:
         lookup = await self._tokens.consume_and_lookup(
             auth.client_id, auth.assertion.jti, request_id, auth.replay_ttl_ms, cache_id
         )
-        return _Recorded(lookup.first_use, lookup, grant, denial, signer, cache_id)
+        return _Lookup(lookup.first_use, lookup, grant, denial, signer, cache_id)
 
-    async def answer(self, auth: Authenticated, form: TokenRequest, recorded: _Recorded, now: float,
+    async def answer(self, auth: Authenticated, form: TokenRequest, recorded: _Lookup, now: float,
                      request_id: str) -> bytes:
         if recorded.denial is not None:
             raise recorded.denial
