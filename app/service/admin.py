@@ -289,7 +289,7 @@ def build_record(settings: Settings, metadata: Any, *, existing: ClientRecord | 
         legacy_token_endpoint_aud_until=legacy_until,
         scopes=scopes,
         default_scopes=defaults,
-        audiences=audiences,
+        audiences=tuple(sorted(set(audiences))),
         default_audience=default_audience,
         grant_types=grant_types,
         token_lifetime=lifetime,
@@ -315,8 +315,8 @@ def _client_keys(settings: Settings, metadata: dict[str, Any],
     return None, validate_client_jwks(jwks["keys"], default_alg=signing_alg)
 
 
-def _audiences(metadata: dict[str, Any]) -> tuple[tuple[str, ...], str]:
-    """(every audience the client may ask for, sorted; the one it gets when it names none)."""
+def _audiences(metadata: dict[str, Any]) -> tuple[list[str], str]:
+    """(every audience the client may ask for; the one it gets when it names none)."""
     audiences = []
     for aud in _list(metadata, "audiences"):
         try:
@@ -334,7 +334,7 @@ def _audiences(metadata: dict[str, Any]) -> tuple[tuple[str, ...], str]:
             raise InvalidClientMetadata("audience_invalid", "default_audience must be an absolute URI") from None
     if default_audience is None:
         raise InvalidClientMetadata("audience_missing", "give at least one audience (the resource servers this client calls)")
-    return tuple(sorted(set(audiences))), default_audience
+    return audiences, default_audience
 
 
 def _same(a: ClientRecord, b: ClientRecord) -> bool:
