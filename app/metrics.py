@@ -1,51 +1,106 @@
-"""In-process counters, gauges and histograms exposed in Prometheus text format at ``/metrics``.
+"""Every metric the broker exposes, declared once, and the in-process registry behind ``/metrics``.
 
-Deliberately tiny (no client library): a counter is a dict increment on the hot path. Each
-worker process has its own counters; scrape every worker or run one worker per container.
-Metric and label names share the reason codes used in the logs.
+Each metric (name, type, help text, label names) is declared below and nowhere else; the stores,
+services and web layer import the name and count into the one ``Metrics`` that ``create_app``
+builds. A ``Metrics`` knows every declared metric from the start, so any part works without
+another having registered something first, and a name that was never declared fails at once
+(``KeyError``) instead of producing an undocumented series.
+
+Deliberately tiny (no client library): a counter is a dict update on the hot path. Each worker
+process has its own counters; scrape every worker or run one worker per container. Label values
+are the reason codes used in the logs.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import defaultdict
+from collections.abc import Iterable
+from typing import Literal
 
+import msgspec
 
 #: Request latency buckets (seconds): the token endpoint's normal range is 0.5-20 ms.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-class Metrics:
-    def __init__(self) -> None:
-        self._counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(lambda: defaultdict(float))
-        self._help: dict[str, str] = {}
-        self._gauges: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
-        self._histograms: dict[str, dict[tuple[tuple[str, str], ...], _Histogram]] = {}
-        self._bounds: dict[str, tuple[float, ...]] = {}
+class Metric(msgspec.Struct, frozen=True):
+    name: str
+    kind: Literal["counter", "gauge", "histogram"]
+    help: str
+    labels: tuple[str, ...] = ()
+    #: Bucket upper bounds (seconds), histograms only.
+    buckets: tuple[float, ...] = LATENCY_BUCKETS
 
-    def describe(self, name: str, help_text: str) -> None:
-        self._help[name] = help_text
+
+DECLARED: list[Metric] = []
+
+
+def _declare(name: str, kind: Literal["counter", "gauge", "histogram"], help_text: str, *labels: str) -> str:
+    DECLARED.append(Metric(name, kind, help_text, labels))
+    return name
+
+
+# -- HTTP (app.web.metrics) -------------------------------------------------------------------------
+HTTP_REQUESTS = _declare("broker_http_requests_total", "counter",
+                         "HTTP requests by route template and status code.", "endpoint", "status")
+HTTP_REQUEST_SECONDS = _declare("broker_http_request_duration_seconds", "histogram",
+                                "HTTP request latency by route template and outcome.", "endpoint", "outcome")
+# -- token endpoint outcomes (app.web.routes) -----------------------------------------------------
+TOKENS_ISSUED = _declare("broker_tokens_issued_total", "counter", "Access tokens issued.")
+TOKEN_REJECTIONS = _declare("broker_token_rejections_total", "counter",
+                            "Token requests refused, by RFC 6749 error and log reason code.", "error", "reason")
+REPLAYS_REJECTED = _declare("broker_replays_rejected_total", "counter",
+                            "Client assertions refused because their jti was already used.")
+# -- issued-token cache (app.service.token_cache) -------------------------------------------------
+CACHE_HITS = _declare("broker_token_cache_hits_total", "counter", "Token requests answered from the issued-token cache.")
+CACHE_MISSES = _declare("broker_token_cache_misses_total", "counter",
+                        "Token requests the cache could not answer, by reason (absent, stale, corrupt, mismatch, error).",
+                        "reason")
+TOKENS_MINTED = _declare("broker_tokens_minted_total", "counter", "Access tokens signed.")
+CACHE_STAMPEDE_WAITS = _declare("broker_token_cache_stampede_waits_total", "counter",
+                                "Cache misses that waited for another request's mint, in this process or on another replica.",
+                                "via")
+TOKENS_REVOKED = _declare("broker_tokens_revoked_total", "counter", "Access tokens revoked (RFC 7009).")
+# -- client authentication (app.service.directory) ------------------------------------------------
+LEGACY_AUD_ACCEPTED = _declare("broker_client_auth_legacy_aud_accepted_total", "counter",
+                               "Assertions accepted with the token endpoint URL as aud (migration window).", "client_id")
+# -- stores (app.store) ---------------------------------------------------------------------------
+REDIS_ERRORS = _declare("broker_redis_errors_total", "counter",
+                        "Redis calls that failed (timeout, refused, error reply), by store.", "op", "error")
+REDIS_SECONDS = _declare("broker_redis_duration_seconds", "histogram", "Redis call latency by store.", "op")
+# -- signing keys (app.service.signing_keys) ------------------------------------------------------
+SIGNING_KEYS = _declare("broker_signing_keys", "gauge", "Signing keys in the keys folder, by rotation state.", "state")
+SIGNING_KEY_INFO = _declare("broker_signing_key_info", "gauge",
+                            "1 for each signing key (kid) and its rotation state.", "kid", "state")
+SIGNING_KEY_RELOAD_ERRORS = _declare("broker_signing_key_reload_errors_total", "counter",
+                                     "Reloads of the keys folder that failed (the previous keys stay in use).")
+
+_Labels = tuple[tuple[str, str], ...]
+
+
+class Metrics:
+    def __init__(self, declared: Iterable[Metric] = DECLARED) -> None:
+        self._declared = {m.name: m for m in declared}
+        # Counters and gauges: labels -> value. Histograms: labels -> _Histogram.
+        self._series: dict[str, dict[_Labels, float]] = {name: {} for name in self._declared}
+        self._histograms: dict[str, dict[_Labels, _Histogram]] = {
+            name: {} for name, m in self._declared.items() if m.kind == "histogram"
+        }
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
-        self._counters[name][tuple(sorted(labels.items()))] += amount
-
-    def value(self, name: str, **labels: str) -> float:
+        series = self._series[name]
         key = tuple(sorted(labels.items()))
-        if name in self._gauges:
-            return self._gauges[name].get(key, 0.0)
-        return self._counters.get(name, {}).get(key, 0.0)
+        series[key] = series.get(key, 0.0) + amount
 
     def set(self, name: str, value: float, **labels: str) -> None:
         """A gauge: the current value of something (key rotation state, ...)."""
-        self._gauges[name][tuple(sorted(labels.items()))] = value
+        self._series[name][tuple(sorted(labels.items()))] = value
 
     def clear_gauge(self, name: str) -> None:
-        self._gauges.pop(name, None)
+        self._series[name].clear()
 
-    def histogram(self, name: str, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        """Declare a histogram's bucket upper bounds (seconds); ``observe`` then feeds it."""
-        self._bounds[name] = tuple(sorted(bounds))
-        self._histograms.setdefault(name, {})
+    def value(self, name: str, **labels: str) -> float:
+        return self._series[name].get(tuple(sorted(labels.items())), 0.0)
 
     def observe(self, name: str, value: float, **labels: str) -> None:
         """One bisect and three additions: cheap enough for every request."""
@@ -53,34 +108,22 @@ class Metrics:
         key = tuple(sorted(labels.items()))
         hist = series.get(key)
         if hist is None:
-            hist = series[key] = _Histogram(self._bounds[name])
+            hist = series[key] = _Histogram(self._declared[name].buckets)
         hist.counts[bisect_left(hist.bounds, value)] += 1
         hist.sum += value
         hist.count += 1
 
-    def histogram_count(self, name: str, **labels: str) -> int:
-        hist = self._histograms.get(name, {}).get(tuple(sorted(labels.items())))
-        return 0 if hist is None else hist.count
-
     def render(self) -> bytes:
         lines: list[str] = []
-        for name in sorted(self._counters):
-            if name in self._help:
-                lines.append(f"# HELP {name} {self._help[name]}")
-            lines.append(f"# TYPE {name} counter")
-            for labels, value in sorted(self._counters[name].items()):
-                label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-                lines.append(f"{name}{{{label_text}}} {value:g}" if label_text else f"{name} {value:g}")
-        for name in sorted(self._gauges):
-            if name in self._help:
-                lines.append(f"# HELP {name} {self._help[name]}")
-            lines.append(f"# TYPE {name} gauge")
-            for labels, value in sorted(self._gauges[name].items()):
-                lines.append(_sample(name, labels, value))
-        for name in sorted(self._histograms):
-            if name in self._help:
-                lines.append(f"# HELP {name} {self._help[name]}")
-            lines.append(f"# TYPE {name} histogram")
+        for name in sorted(self._declared):
+            metric = self._declared[name]
+            if not self._series[name] and not self._histograms.get(name):
+                continue  # a family appears with its first sample
+            lines.append(f"# HELP {name} {metric.help}")
+            lines.append(f"# TYPE {name} {metric.kind}")
+            if metric.kind != "histogram":
+                lines.extend(_sample(name, labels, value) for labels, value in sorted(self._series[name].items()))
+                continue
             for labels, hist in sorted(self._histograms[name].items(), key=lambda item: item[0]):
                 cumulative = 0
                 for bound, count in zip((*hist.bounds, float("inf")), hist.counts):
@@ -102,7 +145,7 @@ class _Histogram:
         self.count = 0
 
 
-def _sample(name: str, labels: tuple[tuple[str, str], ...], value: float) -> str:
+def _sample(name: str, labels: _Labels, value: float) -> str:
     if not labels:
         return f"{name} {value:g}"
     label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)

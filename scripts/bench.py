@@ -534,7 +534,7 @@ def measure_ceiling(work: Workload, redis_url: str, pin: Pinning, n: int, rounds
     from app.oauth.jose import verification_key
     from app.oauth.assertion import parse_assertion, verify_assertion
     from app.oauth.clients import ClientRecord, prepare_client
-    from app.service.token import assertion_policy
+    from app.service.client_auth import assertion_policy
     from app.store import keyspace as store_keys
     from app.store.redis import connect
 

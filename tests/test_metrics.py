@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.metrics import Metrics
+from app.metrics import Metric, Metrics
 from tests.conftest import Broker, FrozenClock
 from tests.helpers import form
 
@@ -83,11 +83,39 @@ def test_redis_errors_are_counted(real_redis, tmp_path, clock: FrozenClock) -> N
     ids=["below-first", "on-a-bound", "middle", "overflow"],
 )
 def test_histogram_buckets_are_cumulative_upper_bounds(value: float, bucket: str) -> None:
-    m = Metrics()
-    m.histogram("h_seconds")
+    m = Metrics([Metric("h_seconds", "histogram", "A test histogram.", ("endpoint",))])
     m.observe("h_seconds", value, endpoint="/token")
     samples = _samples(m.render().decode())
     first = next(k for k, v in samples.items() if k.startswith("h_seconds_bucket") and v == 1)
     assert f'le="{bucket}"' in first
     assert samples['h_seconds_bucket{endpoint="/token",le="+Inf"}'] == 1
     assert samples['h_seconds_count{endpoint="/token"}'] == 1
+
+
+def test_a_store_counts_into_a_fresh_registry() -> None:
+    """Every metric is declared in app.metrics: a store needs nothing registered by the web layer."""
+    import asyncio
+
+    from fakeredis.aioredis import FakeRedis
+
+    from app.store.redis import RedisReplayGuard
+
+    m = Metrics()
+    guard = RedisReplayGuard(FakeRedis(), timeout=0.3, retries=1, metrics=m)
+    assert asyncio.run(guard.first_use("c1", "jti-1", "r1", 60_000)) is True
+    samples = _samples(m.render().decode())
+    assert samples['broker_redis_duration_seconds_count{op="replay"}'] == 1
+
+
+def test_every_exposed_family_is_declared_with_help_and_type(broker: Broker, c1) -> None:
+    assert broker.token(form(c1.assertion(broker.clock.now))).status_code == 200
+    text = broker.http.get("/metrics").text
+    helped = {line.split(" ")[2] for line in text.splitlines() if line.startswith("# HELP ")}
+    typed = {line.split(" ")[2]: line.split(" ")[3] for line in text.splitlines() if line.startswith("# TYPE ")}
+    families = set()
+    for name in _samples(text):
+        base = name.split("{")[0]
+        if typed.get(base.rsplit("_", 1)[0]) == "histogram":
+            base = base.rsplit("_", 1)[0]
+        families.add(base)
+    assert families and families <= helped and families <= set(typed)

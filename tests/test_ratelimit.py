@@ -19,6 +19,7 @@ from fakeredis.aioredis import FakeRedis
 
 from app.config import ConfigError, Settings
 from app.oauth.errors import OAuthError
+from app.service.client_auth import EndpointRequest
 from app.service.ratelimit import FailureLimiter
 from app.store.base import StoreUnavailable
 from tests.conftest import Broker, FrozenClock, RedisServer
@@ -37,9 +38,8 @@ def call(broker: Broker, data: dict[str, str], source: str | None) -> tuple[int,
     """One token request straight into the service, from the given source address."""
     body = httpx.QueryParams(data).__str__().encode()
     try:
-        out = broker.call(lambda: broker.app.state.token_service.token(
-            body, "application/x-www-form-urlencoded", has_authorization=False,
-            request_id=os.urandom(12).hex(), source=source))
+        out = broker.call(lambda: broker.app.state.token_service.token(EndpointRequest(
+            body, "application/x-www-form-urlencoded", False, os.urandom(12).hex(), source)))
     except OAuthError as exc:
         return exc.status_code, json.loads(exc.body()), exc.headers
     return 200, json.loads(out), {}

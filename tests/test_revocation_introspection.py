@@ -89,7 +89,7 @@ def test_revocation_lasts_until_the_token_expires(broker, c1, rs):
     revoke(broker, c1, token)
     broker.clock.advance(299)
     assert introspect(broker, token) == INACTIVE
-    redis = broker.app.state.token_service.cache.store.redis
+    redis = broker.app.state.token_cache.store.redis
     ttls = [broker.call(redis.pttl, k) for k in broker.call(redis.keys, "*:revoked:*")]
     assert len(ttls) == 1 and 299_000 < ttls[0] <= 300_000  # the token's own lifetime (exp - now at revocation)
 

@@ -19,6 +19,7 @@ from app.oauth.access_token import AccessTokenClaims, TokenSigner
 from app.oauth.grant import Grant
 from app.keystore import generate_private_key
 from app.metrics import Metrics
+from app.service.client_auth import EndpointRequest
 from app.service.token_cache import HITS, LOCK_MS, MINTED, MISSES, STAMPEDE_WAITS, CacheEntry, TokenCache
 from app.store import keyspace
 from tests.conftest import Broker
@@ -29,7 +30,7 @@ LIFETIME = 300  # the broker fixture's token_lifetime
 
 
 def _redis(broker: Broker):
-    return broker.app.state.token_service.cache.store.redis
+    return broker.app.state.token_cache.store.redis
 
 
 def entry_keys(broker: Broker) -> list[bytes]:
@@ -231,7 +232,7 @@ def _grant() -> Grant:
 
 def test_signing_key_change_is_a_miss(broker, c1):
     """A retired or replaced signing key: another kid is another key, and the entry re-check fails."""
-    cache = broker.app.state.token_service.cache
+    cache = broker.app.state.token_cache
     old = broker.app.state.signer()
     key = generate_private_key("ES256")
     new = TokenSigner(key, key.thumbprint(), "ES256")
@@ -360,8 +361,8 @@ def test_concurrent_misses_in_one_process_mint_once(broker, c1):
         import httpx
 
         return await asyncio.gather(*[
-            service.token(str(httpx.QueryParams(b)).encode(), "application/x-www-form-urlencoded",
-                          has_authorization=False, request_id=f"r{i}")
+            service.token(EndpointRequest(str(httpx.QueryParams(b)).encode(), "application/x-www-form-urlencoded",
+                                          False, f"r{i}", None))
             for i, b in enumerate(bodies)
         ])
 
@@ -391,9 +392,9 @@ def test_lock_held_by_another_replica_then_its_entry_appears(broker, c1):
     async def run() -> None:
         writer = asyncio.create_task(other_replica_writes())
         try:
-            body = await broker.app.state.token_service.token(
+            body = await broker.app.state.token_service.token(EndpointRequest(
                 str(__import__("httpx").QueryParams(form(c1.assertion(now)))).encode(),
-                "application/x-www-form-urlencoded", has_authorization=False, request_id="r1")
+                "application/x-www-form-urlencoded", False, "r1", None))
         finally:
             await writer
         assert msgspec.json.decode(body)["access_token"] == theirs
@@ -411,7 +412,7 @@ def test_lock_holder_answered_after_a_waiter_in_its_own_process_still_mints(brok
     holds the lock: it must mint itself and not queue behind F, else nobody mints until F's wait
     runs out and replica B's waiter (W), timing out at the same moment, signs a second token.
     """
-    cache_a = broker.app.state.token_service.cache
+    cache_a = broker.app.state.token_cache
     store = cache_a.store
     cache_b = TokenCache(broker.settings, store=store, metrics=Metrics(), log=cache_a._log)  # another replica
     signer = broker.app.state.signer()

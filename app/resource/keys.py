@@ -54,7 +54,6 @@ class BrokerKeys:
         self._kid_refetch_at: float | None = None
         self._jwks_uri: str | None = None
         self.metadata: dict[str, Any] = {}
-        self.fetches = 0  # JWKS fetches made, for metrics and tests
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
     async def current(self) -> dict[str, VerificationKey]:
@@ -106,7 +105,6 @@ class BrokerKeys:
             if doc.get("issuer") != self.issuer or not isinstance(doc.get("jwks_uri"), str):
                 raise ValueError("metadata issuer mismatch or no jwks_uri")
             self.metadata, self._jwks_uri = doc, doc["jwks_uri"]
-        self.fetches += 1
         return verification_keys_from_jwks(_document(await http.get(self._jwks_uri, timeout=self._timeout)))
 
 

@@ -1,10 +1,10 @@
-"""Client administration (shaped after RFC 7591 / RFC 7592) and the admin bootstrap.
+"""Client administration (shaped after RFC 7591 / RFC 7592) and the admin client's bootstrap.
 
 A client has either ``jwks`` (registered public keys) or ``jwks_uri`` (keys fetched by the broker,
 see ``app.service.jwks_fetch``), never both. ``legacy_token_endpoint_aud_until`` opens a
 time-boxed migration window (at most ``LEGACY_AUD_MAX_WINDOW`` ahead) in which the token endpoint
 URL is also accepted as the assertion ``aud``. client_ids in a user-subject namespace (reserved
-prefixes, attack matrix: `rs-client-not-a-user`) are refused at registration. ``load_clients_file`` applies an optional
+prefixes such as ``user:``: an access token's ``sub`` is the client_id) are refused at registration. ``load_clients_file`` applies an optional
 declarative clients file (``BROKER_CLIENTS_FILE``) at start.
 
 Every admin call carries a broker-issued access token (RFC 6750 Bearer) whose audience is
@@ -21,8 +21,8 @@ from typing import Any
 
 import msgspec
 
-from app.config import Settings
-from app.keystore import generate_private_key, public_jwk, read_json, write_private, import_private_jwk
+from app.config import ConfigError, Settings
+from app.keystore import generate_private_key, import_private_jwk, public_jwk, read_json, write_private
 from app.oauth.access_token import InvalidToken, VerificationKey, verify_access_token
 from app.oauth.clients import (
     CLIENT_ID_RE,
@@ -33,12 +33,12 @@ from app.oauth.clients import (
     validate_client_jwks,
     validate_scope_list,
 )
-from app.service.jwks_fetch import check_jwks_uri
-from app.service.ssrf import refuse_inward_names
-from app.oauth.grant import check_resource
 from app.oauth.constants import ADMIN_SCOPE, ALG_KEY_TYPES
+from app.service.ssrf import refuse_inward_names
 from app.oauth.errors import InvalidTarget
+from app.oauth.grant import check_resource
 from app.service.directory import ClientDirectory
+from app.service.jwks_fetch import check_jwks_uri
 from app.store.base import ClientRegistry, TokenStore
 
 LEGACY_AUD_MAX_WINDOW = 366 * 86400
@@ -69,7 +69,7 @@ class AdminService:
         verification_keys: Callable[[], dict[str, VerificationKey]],
         log: Any,
         clock: Callable[[], float] = time.time,
-        tokens: TokenStore | None = None,
+        tokens: TokenStore,
     ) -> None:
         self._settings = settings
         self._registry = registry
@@ -96,9 +96,20 @@ class AdminService:
         if client is None or not client.record.enabled:
             raise InvalidToken("client_gone")
         # A revoked admin token (RFC 7009) is refused until it expires.
-        if self._tokens is not None and await self._tokens.is_revoked(claims["client_id"], claims["jti"]):
+        if await self._tokens.is_revoked(claims["client_id"], claims["jti"]):
             raise InvalidToken("token_revoked")
         return claims["client_id"]
+
+    async def bootstrap_admin(self) -> None:
+        """Register the admin client at start (``bootstrap_admin_record``), or bring the stored one
+        up to date when its keys or audience changed; an unchanged record is not rewritten."""
+        admin = bootstrap_admin_record(self._settings, self._log, int(self._clock()))
+        existing = await self._registry.get(admin.client_id)
+        if existing is not None and existing.jwks == admin.jwks and existing.audiences == admin.audiences:
+            return
+        if existing is not None:  # a new registration version: the token cache keys on it
+            admin = msgspec.structs.replace(admin, version=existing.version + 1)
+        await self._registry.put(admin)
 
     # -- operations -------------------------------------------------------------------------
 
@@ -216,8 +227,6 @@ def read_clients_file(settings: Settings, path: str, *, now: float) -> list[Clie
     Any invalid entry raises ``ConfigError`` naming the file and the client, so ``serve`` can check
     the file before it starts (one line, exit 2) and the start-up load cannot half-apply it.
     """
-    from app.config import ConfigError
-
     try:
         data = msgspec.json.decode(Path(path).read_bytes())
     except (OSError, msgspec.DecodeError) as exc:
@@ -256,17 +265,7 @@ def build_record(settings: Settings, metadata: Any, *, existing: ClientRecord | 
         raise InvalidClientMetadata(
             "signing_alg_invalid", f"token_endpoint_auth_signing_alg must be one of {', '.join(ALG_KEY_TYPES)}"
         )
-    jwks = metadata.get("jwks") or None
-    jwks_uri = metadata.get("jwks_uri")
-    if jwks is not None and jwks_uri is not None:
-        raise InvalidClientMetadata("jwks_and_jwks_uri", "give jwks or jwks_uri, not both (RFC 7591 §2)")
-    checked: dict[str, list[dict[str, Any]]] = {}
-    if jwks_uri is not None:
-        jwks_uri = check_jwks_uri(jwks_uri, allow_http_loopback=settings.jwks_uri_allow_http_loopback)
-    else:
-        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
-            raise InvalidClientMetadata("jwks_missing", "give jwks (a JWK Set with at least one public key) or a jwks_uri")
-        checked = validate_client_jwks(jwks["keys"], default_alg=signing_alg)
+    jwks_uri, checked = _client_keys(settings, metadata, signing_alg)
     legacy_until = metadata.get("legacy_token_endpoint_aud_until")
     if legacy_until is not None and (
         type(legacy_until) is not int or not 0 <= legacy_until <= now + LEGACY_AUD_MAX_WINDOW
@@ -279,23 +278,7 @@ def build_record(settings: Settings, metadata: Any, *, existing: ClientRecord | 
     defaults = validate_scope_list(_list(metadata, "default_scopes"), "default_scopes")
     if not set(defaults) <= set(scopes):
         raise InvalidClientMetadata("default_scopes_not_allowed", "default_scopes must be a subset of scopes")
-    audiences = []
-    for aud in _list(metadata, "audiences"):
-        try:
-            audiences.append(check_resource(aud) if isinstance(aud, str) else "")
-        except InvalidTarget:
-            audiences.append("")
-        if not audiences[-1]:
-            raise InvalidClientMetadata("audience_invalid", f"audience {str(aud)[:60]!r} must be an absolute URI without fragment")
-    default_audience = metadata.get("default_audience") or (audiences[0] if audiences else None)
-    if default_audience is not None and default_audience not in audiences:
-        audiences.append(default_audience)
-        try:
-            check_resource(default_audience) if isinstance(default_audience, str) else None
-        except InvalidTarget:
-            raise InvalidClientMetadata("audience_invalid", "default_audience must be an absolute URI") from None
-    if default_audience is None:
-        raise InvalidClientMetadata("audience_missing", "give at least one audience (the resource servers this client calls)")
+    audiences, default_audience = _audiences(metadata)
     grant_types = tuple(_list(metadata, "grant_types")) if "grant_types" in metadata else ("client_credentials",)
     if not set(grant_types) <= _GRANT_TYPES:
         raise InvalidClientMetadata("grant_type_invalid", "grant_types may only contain client_credentials")
@@ -321,9 +304,45 @@ def build_record(settings: Settings, metadata: Any, *, existing: ClientRecord | 
         enabled=enabled,
         created_at=existing.created_at if existing else now,
         updated_at=now,
-        # Monotonic even within one second: the token cache keys on it (docs/token-cache.md).
+        # Monotonic even within one second: the token cache keys on it.
         version=existing.version + 1 if existing else 1,
     )
+
+
+def _client_keys(settings: Settings, metadata: dict[str, Any],
+                 signing_alg: str | None) -> tuple[str | None, dict[str, list[dict[str, Any]]]]:
+    """(jwks_uri, validated jwks): a client has one or the other (RFC 7591 §2)."""
+    jwks = metadata.get("jwks") or None
+    jwks_uri = metadata.get("jwks_uri")
+    if jwks is not None and jwks_uri is not None:
+        raise InvalidClientMetadata("jwks_and_jwks_uri", "give jwks or jwks_uri, not both (RFC 7591 §2)")
+    if jwks_uri is not None:
+        return check_jwks_uri(jwks_uri, allow_http_loopback=settings.jwks_uri_allow_http_loopback), {}
+    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
+        raise InvalidClientMetadata("jwks_missing", "give jwks (a JWK Set with at least one public key) or a jwks_uri")
+    return None, validate_client_jwks(jwks["keys"], default_alg=signing_alg)
+
+
+def _audiences(metadata: dict[str, Any]) -> tuple[list[str], str]:
+    """(every audience the client may ask for; the one it gets when it names none)."""
+    audiences = []
+    for aud in _list(metadata, "audiences"):
+        try:
+            audiences.append(check_resource(aud) if isinstance(aud, str) else "")
+        except InvalidTarget:
+            audiences.append("")
+        if not audiences[-1]:
+            raise InvalidClientMetadata("audience_invalid", f"audience {str(aud)[:60]!r} must be an absolute URI without fragment")
+    default_audience = metadata.get("default_audience") or (audiences[0] if audiences else None)
+    if default_audience is not None and default_audience not in audiences:
+        audiences.append(default_audience)
+        try:
+            check_resource(default_audience) if isinstance(default_audience, str) else None
+        except InvalidTarget:
+            raise InvalidClientMetadata("audience_invalid", "default_audience must be an absolute URI") from None
+    if default_audience is None:
+        raise InvalidClientMetadata("audience_missing", "give at least one audience (the resource servers this client calls)")
+    return audiences, default_audience
 
 
 def _same(a: ClientRecord, b: ClientRecord) -> bool:

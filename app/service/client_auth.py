@@ -1,34 +1,51 @@
-"""private_key_jwt client authentication (RFC 7523 §2.2, §3; RFC 10070), shared by every endpoint.
+"""private_key_jwt client authentication (RFC 7523 §2.2, §3; RFC 10070): the one path of every
+endpoint a client authenticates at (the token endpoint, RFC 7009 revocation, RFC 7662
+introspection).
 
-The token endpoint, RFC 7009 revocation and RFC 7662 introspection authenticate a client through
-this one path, in this order:
+``ClientAuthenticator.run`` serves one request to such an endpoint, in this order:
 
-1. parse the assertion and find the client it names (``app.oauth.assertion``, directory);
-2. verify the assertion against that client's keys and the claim rules (``verify``);
-3. record the jti: one atomic ``SET NX PX GET`` (``consume``: fails closed, no answer → 503).
+1. refuse a source address the rate limiter has blocked (an in-process table: no I/O);
+2. parse the form (the endpoint's ``parse``);
+3. parse the assertion and find the client it names; refuse a blocked client before any key or
+   signature work; verify the assertion against that client's keys and the claim rules;
+4. record the jti (the endpoint's ``record``; fails closed: no answer → 503). Revocation and
+   introspection use ``first_use`` (one ``SET NX PX GET``); the token endpoint records it in the
+   same Lua script call that reads its token cache (``app.store.token_cache``), so that endpoint
+   still costs one Redis round trip;
+5. the endpoint's ``answer``.
 
-The token endpoint runs step 3 itself, pipelined with its cache read (one Redis round trip), and
-hands the answer to ``check_first_use``; the other endpoints call ``authenticate`` (all three).
+Whatever step refuses the request, the refusal is logged as ``<event>.rejected``, a failed client
+authentication (``invalid_client``) counts toward the rate limits, and a store that cannot answer
+becomes 503 ``temporarily_unavailable`` with ``Retry-After`` (logged as
+``<event>.store_unavailable``). Endpoints implement none of this themselves.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
 from app.config import Settings
-from app.oauth.assertion import jti_hash
-from app.oauth.assertion import AssertionPolicy, VerifiedAssertion, parse_assertion, verify_assertion
+from app.oauth.assertion import AssertionPolicy, ParsedAssertion, VerifiedAssertion, jti_hash, parse_assertion, verify_assertion
 from app.oauth.clients import Client
-from app.oauth.errors import InvalidClient
+from app.oauth.errors import InvalidClient, OAuthError, TemporarilyUnavailable
 from app.service.directory import ClientDirectory
-from app.store.base import ReplayGuard
+from app.service.ratelimit import FailureLimiter
+from app.store.base import ReplayGuard, StoreUnavailable
 
-if TYPE_CHECKING:
-    from app.service.ratelimit import FailureLimiter
+
+class EndpointRequest(msgspec.Struct, frozen=True):
+    """One POST to a client-authenticated endpoint, as the web layer read it (built once)."""
+
+    body: bytes
+    content_type: str | None
+    has_authorization: bool
+    request_id: str
+    #: The peer's address: the rate limiter's per-source key.
+    source: str | None
 
 
 def assertion_policy(settings: Settings) -> AssertionPolicy:
@@ -46,7 +63,7 @@ def assertion_policy(settings: Settings) -> AssertionPolicy:
 
 
 class Authenticated(msgspec.Struct, frozen=True):
-    """A client whose assertion verified (steps 1-2); ``replay_ttl_ms`` is for step 3."""
+    """A client whose assertion verified (step 3); ``replay_ttl_ms`` is for recording its jti."""
 
     client: Client
     assertion: VerifiedAssertion
@@ -58,6 +75,51 @@ class Authenticated(msgspec.Struct, frozen=True):
         return self.client.client_id
 
 
+class FirstUse(msgspec.Struct, frozen=True):
+    """The verdict of a plain jti record (``ClientAuthenticator.first_use``)."""
+
+    first_use: bool
+
+
+_FIRST_USE = FirstUse(True)
+_REPLAYED = FirstUse(False)
+
+
+class _Form(Protocol):
+    """The client-authentication parameters every endpoint's form carries (RFC 7521 §4.2)."""
+
+    @property
+    def client_assertion(self) -> str: ...
+
+    @property
+    def client_id(self) -> str | None: ...
+
+
+class _Verdict(Protocol):
+    @property
+    def first_use(self) -> bool: ...
+
+
+F = TypeVar("F", bound=_Form)
+R = TypeVar("R", bound=_Verdict)
+T = TypeVar("T")
+
+
+class Endpoint(Protocol[F, R, T]):
+    """What an endpoint supplies to ``ClientAuthenticator.run``."""
+
+    #: Prefix of the endpoint's log events (``token``, ``revocation``, ``introspection``).
+    event: str
+
+    def parse(self, body: bytes, content_type: str | None, *, has_authorization: bool) -> F: ...
+
+    async def record(self, auth: Authenticated, form: F, request_id: str) -> R:
+        """Record the assertion's jti (step 4); may return more than the verdict."""
+        ...
+
+    async def answer(self, auth: Authenticated, form: F, recorded: R, now: float, request_id: str) -> T: ...
+
+
 class ClientAuthenticator:
     def __init__(
         self,
@@ -65,29 +127,60 @@ class ClientAuthenticator:
         *,
         directory: ClientDirectory,
         replay: ReplayGuard,
+        limiter: FailureLimiter,
         log: Any,
         clock: Callable[[], float] = time.time,
-        limiter: FailureLimiter | None = None,
     ) -> None:
         self._policy = assertion_policy(settings)
         self._directory = directory
         self._replay = replay
+        self._limiter = limiter
         self._log = log
         self._clock = clock
-        self.limiter = limiter
+        self._retry_after = str(settings.retry_after)
         # Replay records outlive the assertion by leeway + skew, never less than 1 s.
         self._ttl_pad = settings.leeway + settings.clock_skew
         self._ttl_max = settings.assertion_max_lifetime + self._ttl_pad
 
-    async def verify(self, assertion: str, client_id_param: str | None, now: float, request_id: str,
-                     on_client: Callable[[str], None] | None = None) -> Authenticated:
-        """Steps 1-2. ``on_client`` learns the assertion's client_id as soon as it is parsed (logs)."""
-        parsed = parse_assertion(assertion, self._policy)
+    async def run(self, endpoint: Endpoint[F, R, T], request: EndpointRequest) -> T:
+        """Steps 1-5 (module docstring); raises the ``OAuthError`` to answer with."""
+        request_id = request.request_id
+        client_id: str | None = None  # for the logs and the per-client limit, once the assertion names it
+        digest: str | None = None
+        try:
+            self._limiter.check_address(request.source)
+            now = self._clock()
+            form = endpoint.parse(request.body, request.content_type, has_authorization=request.has_authorization)
+            parsed = parse_assertion(form.client_assertion, self._policy)
+            client_id = parsed.client_id
+            auth = await self._verify(parsed, form.client_id, now, request_id)
+            digest = auth.jti_hash
+            recorded = await endpoint.record(auth, form, request_id)
+            if not recorded.first_use:
+                self._log.warning("replay.rejected", request_id=request_id, client_id=client_id, jti_hash=digest,
+                                  reason="jti_replayed")
+                raise InvalidClient("jti_replayed")
+            return await endpoint.answer(auth, form, recorded, now, request_id)
+        except StoreUnavailable as exc:
+            self._log.error(endpoint.event + ".store_unavailable", request_id=request_id, client_id=client_id,
+                            error=str(exc))
+            raise TemporarilyUnavailable("store_unavailable", headers={"Retry-After": self._retry_after}) from None
+        except OAuthError as exc:
+            self._log.info(endpoint.event + ".rejected", request_id=request_id, client_id=client_id, jti_hash=digest,
+                           error=exc.error, reason=exc.reason)
+            if isinstance(exc, InvalidClient):
+                await self._limiter.failed(request.source, client_id, request_id)
+            raise
+
+    async def first_use(self, auth: Authenticated, form: _Form, request_id: str) -> FirstUse:
+        """Step 4 for an endpoint that records nothing else: one ``SET NX PX GET``."""
+        first = await self._replay.first_use(auth.client_id, auth.assertion.jti, request_id, auth.replay_ttl_ms)
+        return _FIRST_USE if first else _REPLAYED
+
+    async def _verify(self, parsed: ParsedAssertion, client_id_param: str | None, now: float,
+                      request_id: str) -> Authenticated:
         client_id = parsed.client_id
-        if on_client is not None:
-            on_client(client_id)
-        if self.limiter is not None:  # before any key or signature work
-            self.limiter.check_client(client_id)
+        self._limiter.check_client(client_id)  # before any key or signature work
         if client_id_param is not None and client_id_param != client_id:
             raise InvalidClient("client_id_mismatch")
         client = await self._directory.get(client_id, parsed.header.get("kid"))
@@ -100,18 +193,3 @@ class ClientAuthenticator:
             self._directory.legacy_aud_accepted(client_id, request_id)
         ttl = min(max(verified.exp + self._ttl_pad - now, 1.0), self._ttl_max)
         return Authenticated(client, verified, jti_hash(client_id, verified.jti), int(ttl * 1000))
-
-    def check_first_use(self, first_use: bool, auth: Authenticated, request_id: str) -> None:
-        """Step 3's verdict, however it was obtained."""
-        if not first_use:
-            self._log.warning("replay.rejected", request_id=request_id, client_id=auth.client_id,
-                              jti_hash=auth.jti_hash, reason="jti_replayed")
-            raise InvalidClient("jti_replayed")
-
-    async def authenticate(self, assertion: str, client_id_param: str | None, request_id: str,
-                           on_client: Callable[[str], None] | None = None) -> Authenticated:
-        """Steps 1-3 (revocation, introspection). ``StoreUnavailable`` propagates (→ 503)."""
-        auth = await self.verify(assertion, client_id_param, self._clock(), request_id, on_client)
-        first = await self._replay.first_use(auth.client_id, auth.assertion.jti, request_id, auth.replay_ttl_ms)
-        self.check_first_use(first, auth, request_id)
-        return auth

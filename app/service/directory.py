@@ -29,6 +29,7 @@ from typing import Any
 
 import msgspec
 
+from app.metrics import LEGACY_AUD_ACCEPTED as LEGACY_AUD_METRIC
 from app.oauth.clients import Client, ClientRecord, prepare_client, with_keys
 from app.service.jwks_fetch import JwksFetchError, fetch_jwks, parse_fetched_jwks
 from app.store.base import ClientRegistry, JwksUriCache, StoreUnavailable
@@ -36,7 +37,6 @@ from app.store.base import ClientRegistry, JwksUriCache, StoreUnavailable
 MAX_CACHED = 10_000
 #: Unknown kid from a static client: re-read its record at most this often (seconds, per client).
 STATIC_RELOAD_INTERVAL = 1.0
-LEGACY_AUD_METRIC = "broker_client_auth_legacy_aud_accepted_total"
 _MISS = object()
 
 
@@ -77,13 +77,9 @@ class ClientDirectory:
         self._jwks_cache = jwks_cache
         self._policy = jwks_policy or JwksUriPolicy()
         self._metrics = metrics
-        if metrics is not None:
-            metrics.describe(LEGACY_AUD_METRIC, "Assertions accepted with the token endpoint URL as aud (migration window)")
         self._inflight: dict[str, asyncio.Future[Client]] = {}
         self._last_refetch: dict[str, float] = {}
         self._last_reload: dict[str, float] = {}
-        #: Fetches actually sent (for tests and metrics).
-        self.fetches = 0
 
     async def get(self, client_id: str, kid: str | None = None) -> Client | None:
         """The client, with the keys usable now; ``kid`` unknown to a jwks_uri client → maybe refetch."""
@@ -215,7 +211,6 @@ class ClientDirectory:
         uri = record.jwks_uri
         assert uri is not None
         now = self._clock()
-        self.fetches += 1
         try:
             body = await self._fetch(uri)
             jwks = parse_fetched_jwks(body, default_alg=record.token_endpoint_auth_signing_alg)

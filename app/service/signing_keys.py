@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,8 @@ from app.keystore import (
     set_signing_key_state,
     signing_dir,
 )
+from app.metrics import SIGNING_KEY_INFO, SIGNING_KEY_RELOAD_ERRORS, SIGNING_KEYS, Metrics
+from app.oauth.access_token import TokenSigner, VerificationKey
 
 #: /jwks.json answers with ``Cache-Control: max-age`` of this many seconds (app/web/routes.py).
 JWKS_CACHE_SECONDS = 300
@@ -112,23 +113,46 @@ def status(keys_dir: Path, *, now: int | None = None) -> list[dict[str, Any]]:
     ]
 
 
-# -- live reload in every replica ----------------------------------------------------------------
+# -- the keys in use, and their live reload in every replica ---------------------------------------
+
+
+class SigningKeys:
+    """The key set this replica signs with and publishes now, shared by every part that signs or
+    verifies; the reloader swaps in a new set as a whole. The JWKS document and the algorithm list
+    are worked out once per set, not per request."""
+
+    def __init__(self, key_set: SigningKeySet) -> None:
+        self.replace(key_set)
+
+    def replace(self, key_set: SigningKeySet) -> None:
+        self._set = key_set
+        self._jwks = msgspec.json.encode(key_set.jwks)
+        #: The published keys' algorithms, sorted (RFC 8414 metadata follows them across rotations).
+        self.algs = tuple(sorted({k.alg for k in key_set.verification_keys.values()}))
+
+    def signer(self) -> TokenSigner:
+        return self._set.signer
+
+    def verification_keys(self) -> dict[str, VerificationKey]:
+        return self._set.verification_keys
+
+    def jwks(self) -> bytes:
+        return self._jwks
 
 
 class SigningKeyReloader:
-    """Keeps ``keys["current"]`` equal to the keys folder, polling file stats every interval."""
+    """Keeps ``keys`` equal to the keys folder, polling file stats every interval."""
 
-    def __init__(self, keys_dir: Path, keys: dict[str, SigningKeySet], *, log: Any, metrics: Any = None,
-                 interval: float = RELOAD_INTERVAL, on_change: Callable[[SigningKeySet], None] | None = None) -> None:
+    def __init__(self, keys_dir: Path, keys: SigningKeys, *, log: Any, metrics: Metrics,
+                 interval: float = RELOAD_INTERVAL) -> None:
         self._dir = signing_dir(keys_dir)
         self._keys_dir = keys_dir
         self._keys = keys
         self._log = log
         self._metrics = metrics
         self._interval = interval
-        self._on_change = on_change
         self._seen = self._fingerprint()
-        self.publish_metrics(load_signing_keys(keys_dir))
+        self._publish_metrics(load_signing_keys(keys_dir))
 
     def _fingerprint(self) -> tuple[tuple[str, int, int], ...]:
         try:
@@ -155,28 +179,23 @@ class SigningKeyReloader:
         except (KeyFileError, KeyError, ValueError) as exc:
             # Keep signing with the previous set; the next poll tries again (fingerprint not kept).
             self._log.error("signing_keys.reload_failed", error=str(exc))
-            if self._metrics is not None:
-                self._metrics.inc("broker_signing_key_reload_errors_total")
+            self._metrics.inc(SIGNING_KEY_RELOAD_ERRORS)
             return False
-        old_kid = self._keys["current"].signer.kid
-        self._keys["current"] = key_set
+        old_kid = self._keys.signer().kid
+        self._keys.replace(key_set)
         self._seen = seen
-        self.publish_metrics(loaded)
-        if self._on_change is not None:
-            self._on_change(key_set)
+        self._publish_metrics(loaded)
         self._log.info("signing_keys.reloaded", signing_kid=key_set.signer.kid, previous_signing_kid=old_kid,
                        published_kids=sorted(key_set.verification_keys))
         return True
 
-    def publish_metrics(self, loaded: list[SigningKey]) -> None:
-        if self._metrics is None:
-            return
-        self._metrics.clear_gauge("broker_signing_keys")
-        self._metrics.clear_gauge("broker_signing_key_info")
+    def _publish_metrics(self, loaded: list[SigningKey]) -> None:
+        self._metrics.clear_gauge(SIGNING_KEYS)
+        self._metrics.clear_gauge(SIGNING_KEY_INFO)
         for state in ("next", "active", "retired"):
-            self._metrics.set("broker_signing_keys", sum(1 for k in loaded if k.state == state), state=state)
+            self._metrics.set(SIGNING_KEYS, sum(1 for k in loaded if k.state == state), state=state)
         for k in loaded:
-            self._metrics.set("broker_signing_key_info", 1, kid=k.kid, state=k.state)
+            self._metrics.set(SIGNING_KEY_INFO, 1, kid=k.kid, state=k.state)
 
     async def run(self) -> None:
         while True:

@@ -36,16 +36,16 @@ from typing import Any
 import msgspec
 
 from app.config import Settings
+from app.metrics import CACHE_HITS as HITS
+from app.metrics import CACHE_MISSES as MISSES
+from app.metrics import CACHE_STAMPEDE_WAITS as STAMPEDE_WAITS
+from app.metrics import TOKENS_MINTED as MINTED
+from app.metrics import TOKENS_REVOKED as REVOKED
 from app.oauth.assertion import jti_hash
 from app.oauth.access_token import AccessTokenClaims, TokenSigner, new_token_id
 from app.oauth.grant import Grant
 from app.store.base import LOCK_MS, CacheLookup, StoreUnavailable, TokenStore
 
-HITS = "broker_token_cache_hits_total"
-MISSES = "broker_token_cache_misses_total"
-MINTED = "broker_tokens_minted_total"
-STAMPEDE_WAITS = "broker_token_cache_stampede_waits_total"
-REVOKED = "broker_tokens_revoked_total"
 
 _POLL_INTERVAL = 0.02
 _SIGNATURE = re.compile(r"[A-Za-z0-9_-]+")
@@ -64,14 +64,6 @@ _decode = msgspec.json.Decoder(CacheEntry).decode
 _encode = msgspec.json.Encoder().encode
 
 
-def describe(metrics: Any) -> None:
-    metrics.describe(HITS, "Token requests answered from the issued-token cache.")
-    metrics.describe(MISSES, "Token requests the cache could not answer, by reason (absent, stale, corrupt, mismatch, error).")
-    metrics.describe(MINTED, "Access tokens signed.")
-    metrics.describe(STAMPEDE_WAITS, "Cache misses that waited for another request's mint, in this process or on another replica.")
-    metrics.describe(REVOKED, "Access tokens revoked (RFC 7009).")
-
-
 class TokenCache:
     def __init__(self, settings: Settings, *, store: TokenStore, metrics: Any, log: Any) -> None:
         self._issuer = settings.issuer
@@ -83,7 +75,6 @@ class TokenCache:
         self._metrics = metrics
         self._log = log
         self._inflight: dict[str, asyncio.Task[tuple[CacheEntry, str]]] = {}
-        describe(metrics)
 
     def cache_id(self, grant: Grant, version: int, signer: TokenSigner) -> str:
         """The id of the entry for this grant, client registration ``version`` and signing key."""

@@ -16,6 +16,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.asyncio.retry import Retry  # the sync Retry never retries a coroutine
 
+from app.metrics import REDIS_ERRORS, REDIS_SECONDS, Metrics
 from app.oauth.clients import ClientRecord
 from app.store import keyspace
 from app.store.base import StoreUnavailable
@@ -80,7 +81,7 @@ class RedisStore:
     #: The ``op`` label of this store's Redis metrics (``broker_redis_*``).
     metric_op = "store"
 
-    def __init__(self, redis: Any, *, timeout: float, retries: int, metrics: Any = None) -> None:
+    def __init__(self, redis: Any, *, timeout: float, retries: int, metrics: Metrics | None = None) -> None:
         self.redis = redis
         self._deadline = timeout * (retries + 1) + 0.05
         self._metrics = metrics
@@ -92,12 +93,15 @@ class RedisStore:
             async with asyncio.timeout(self._deadline):
                 return await coro
         except _STORE_ERRORS as exc:
-            if self._metrics is not None:
-                self._metrics.inc("broker_redis_errors_total", op=op, error=type(exc).__name__)
+            self._count_error(op, type(exc).__name__)
             raise StoreUnavailable(type(exc).__name__) from exc
         finally:
             if self._metrics is not None:
-                self._metrics.observe("broker_redis_duration_seconds", perf_counter() - start, op=op)
+                self._metrics.observe(REDIS_SECONDS, perf_counter() - start, op=op)
+
+    def _count_error(self, op: str, error: str) -> None:
+        if self._metrics is not None:
+            self._metrics.inc(REDIS_ERRORS, op=op, error=error)
 
 
 class RedisReplayGuard(RedisStore):

@@ -92,15 +92,11 @@ class RedisTokenStore(RedisReplayGuard):
             return CacheLookup(first, None, type(exc.__cause__).__name__)
         if reply[0] == 0:
             return CacheLookup(False, None)
-        if reply[0] == 2:  # the entry read failed (WRONGTYPE...): mint instead
-            self._count_error(self.metric_op, Exception(bytes(reply[1]).decode(errors="replace")[:40]))
+        if reply[0] == 2:  # the entry read failed (an error reply: WRONGTYPE...): mint instead
+            self._count_error(self.metric_op, "ResponseError")
             return CacheLookup(True, None, "cache_read_error")
         entry = reply[1]
         return CacheLookup(True, None if entry is None else bytes(entry), None, bool(reply[2]))
-
-    def _count_error(self, op: str, exc: Exception) -> None:
-        if self._metrics is not None:
-            self._metrics.inc("broker_redis_errors_total", op=op, error=type(exc).__name__)
 
     async def read(self, client_id: str, cache_id: str) -> bytes | None:
         value = await self._run(self.redis.get(keyspace.token_entry(client_id, cache_id)))

@@ -1,6 +1,9 @@
-"""The composition root: ``create_app`` builds every part once and wires them together.
+"""The composition root: ``create_app`` builds every part once and hands each its collaborators.
 
-Resources (Redis client, poller task) are opened in the lifespan and kept on ``app.state``.
+No service builds its own collaborators: the one store object that records jtis and holds the
+token cache, the one authenticator, token cache, signing keys and rate limiter are made here and
+passed in. Resources (Redis client, poller tasks) are opened in the lifespan and kept on
+``app.state``.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import functools
 import gc
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import msgspec
@@ -20,25 +23,26 @@ from litestar.exceptions import HTTPException
 
 from app import log as broker_log
 from app.config import Settings
+from app.keystore import ensure_signing_keys
 from app.metrics import Metrics
-from app.keystore import SigningKeySet, ensure_signing_keys
 from app.oauth import metadata as oauth_metadata
 from app.oauth.errors import InvalidRequest, OAuthError, ServerError
-from app.service.admin import AdminService, bootstrap_admin_record
+from app.service.admin import AdminService
+from app.service.client_auth import ClientAuthenticator
 from app.service.directory import ClientDirectory, JwksUriPolicy
-from app.service.ratelimit import FailureLimiter
-from app.service.signing_keys import SigningKeyReloader
-from app.service.token import TokenService
 from app.service.introspection import IntrospectionService
+from app.service.ratelimit import FailureLimiter
 from app.service.revocation import RevocationService
-from app.store.token_cache import RedisTokenStore
+from app.service.signing_keys import SigningKeyReloader, SigningKeys
+from app.service.token import TokenService
+from app.service.token_cache import TokenCache
 from app.store.ratelimit import RedisFailureCounter
-from app.store.redis import RedisClientRegistry, RedisJwksUriCache, RedisReplayGuard, connect
-from app.web.responses import json_response, oauth_error
+from app.store.redis import RedisClientRegistry, RedisJwksUriCache, connect
+from app.store.token_cache import RedisTokenStore
 from app.web.drain import Drain
-from app.web.metrics import describe as describe_metrics
 from app.web.metrics import http_metrics_middleware
 from app.web.openapi import openapi_document
+from app.web.responses import json_response, oauth_error
 from app.web.routes import ROUTES
 
 
@@ -50,79 +54,94 @@ def create_app(settings: Settings, *, redis: Any = None, clock: Callable[[], flo
         settings.redis_url, timeout=settings.redis_timeout, retries=settings.redis_retries,
         cluster=settings.redis_cluster, sentinels=settings.redis_sentinels, sentinel_master=settings.redis_sentinel_master,
     )
-    store_opts = {"timeout": settings.redis_timeout, "retries": settings.redis_retries}
-    registry = RedisClientRegistry(client, **store_opts, metrics=metrics)
-    replay = RedisReplayGuard(client, **store_opts, metrics=metrics)
-    describe_metrics(metrics)
+    state = _build(settings, client, log=log, clock=clock, metrics=metrics)
+    return Litestar(
+        route_handlers=ROUTES,
+        lifespan=[_lifespan(settings, state, log, close=client if redis is None else None)],
+        middleware=[http_metrics_middleware(metrics)],
+        request_max_body_size=settings.body_max,
+        exception_handlers={OAuthError: _oauth_error, HTTPException: _http_error, Exception: _unexpected_error},
+        state=State(state),
+        openapi_config=None,
+        debug=False,
+    )
+
+
+def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], float], metrics: Metrics) -> dict[str, Any]:
+    """Every long-lived part, each built once, as the ``app.state`` the routes read."""
+    store_opts = {"timeout": settings.redis_timeout, "retries": settings.redis_retries, "metrics": metrics}
+    registry = RedisClientRegistry(client, **store_opts)
+    # One object for both roles: the token endpoint's one script call and the plain jti record.
+    tokens = RedisTokenStore(client, **store_opts)
     directory = ClientDirectory(
         registry, poll_interval=settings.registry_poll_interval, log=log, clock=clock, metrics=metrics,
         jwks_cache=RedisJwksUriCache(client, **store_opts), jwks_policy=JwksUriPolicy(
             allow_http_loopback=settings.jwks_uri_allow_http_loopback, cache_ttl=settings.jwks_uri_cache_ttl,
             refetch_cooldown=settings.jwks_uri_refetch_cooldown, timeout=settings.jwks_uri_timeout),
     )
-
-    keys: dict[str, SigningKeySet] = {"current": ensure_signing_keys(settings.keys_dir, settings.signing_alg)}
-    # Rotation (scripts/rotate_signing_key.py) rewrites the shared folder; each replica re-reads it.
-    key_reloader = SigningKeyReloader(settings.keys_dir, keys, log=log, metrics=metrics)
-    drain = Drain(settings.shutdown_drain, log)
-
-    def signer() -> Any:
-        return keys["current"].signer
-
-    def verification_keys() -> Any:
-        return keys["current"].verification_keys
-
-    def jwks() -> bytes:
-        import msgspec
-
-        return msgspec.json.encode(keys["current"].jwks)
-
+    keys = SigningKeys(ensure_signing_keys(settings.keys_dir, settings.signing_alg))
     limiter = FailureLimiter(RedisFailureCounter(client, **store_opts), limit=settings.ratelimit_failures,
                              window=settings.ratelimit_window, mode=settings.ratelimit_mode, log=log)
-    tokens = RedisTokenStore(client, **store_opts, metrics=metrics)
-    token_service = TokenService(settings, directory=directory, replay=replay, signer=signer, log=log, clock=clock,
-                                 limiter=limiter, tokens=tokens, metrics=metrics)
-    # RFC 7009 / RFC 7662: the same client authentication (and jti consumption) as /token.
-    revocation_service = RevocationService(settings, authenticator=token_service.authenticator, cache=token_service.cache,
-                                           verification_keys=verification_keys, log=log, clock=clock)
-    introspection_service = IntrospectionService(settings, authenticator=token_service.authenticator, directory=directory,
-                                                 tokens=tokens, verification_keys=verification_keys, log=log, clock=clock)
-    admin_service = AdminService(
-        settings, registry=registry, directory=directory, verification_keys=verification_keys, log=log, clock=clock,
-        tokens=tokens,
-    )
+    # RFC 7009 / RFC 7662 authenticate their callers exactly as /token does.
+    auth = ClientAuthenticator(settings, directory=directory, replay=tokens, limiter=limiter, log=log, clock=clock)
+    cache = TokenCache(settings, store=tokens, metrics=metrics, log=log)
+    return {
+        "settings": settings,
+        "log": log,
+        "metrics": metrics,
+        "token_service": TokenService(settings, authenticator=auth, tokens=tokens, cache=cache, signer=keys.signer, log=log),
+        "revocation_service": RevocationService(settings, authenticator=auth, cache=cache,
+                                                verification_keys=keys.verification_keys, log=log),
+        "introspection_service": IntrospectionService(settings, authenticator=auth, directory=directory, tokens=tokens,
+                                                      verification_keys=keys.verification_keys, log=log),
+        "admin_service": AdminService(settings, registry=registry, directory=directory, tokens=tokens,
+                                      verification_keys=keys.verification_keys, log=log, clock=clock),
+        "token_cache": cache,
+        "health": registry,
+        "registry": registry,
+        "directory": directory,
+        # Rotation (scripts/rotate_signing_key.py) rewrites the shared folder; each replica re-reads it.
+        "key_reloader": SigningKeyReloader(settings.keys_dir, keys, log=log, metrics=metrics),
+        "drain": Drain(settings.shutdown_drain, log),
+        "signer": keys.signer,
+        "jwks": keys.jwks,
+        "metadata": _metadata(settings, keys),
+        "openapi": msgspec.json.encode(openapi_document(settings)),
+    }
+
+
+def _metadata(settings: Settings, keys: SigningKeys) -> Callable[[], bytes]:
+    """The RFC 8414 document, encoded once per set of published algorithms (it follows rotations)."""
+
     @functools.lru_cache(maxsize=8)
-    def _metadata_for(signing_algs: tuple[str, ...]) -> bytes:
+    def encoded(signing_algs: tuple[str, ...]) -> bytes:
         return oauth_metadata.encode(oauth_metadata.server_metadata(settings, signing_algs=list(signing_algs)))
 
-    def metadata() -> bytes:
-        """RFC 8414 document; follows the published keys' algorithms across rotations."""
-        return _metadata_for(tuple(sorted({k.alg for k in keys["current"].verification_keys.values()})))
+    return lambda: encoded(keys.algs)
+
+
+def _lifespan(settings: Settings, state: dict[str, Any], log: Any,
+              close: Any) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+    """Start: the admin client and clients file registered, clients loaded, pollers running.
+    ``close`` is the Redis client this app opened itself (None when the caller passed one in)."""
+    directory: ClientDirectory = state["directory"]
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        admin = bootstrap_admin_record(settings, log, int(clock()))
-        existing = await registry.get(admin.client_id)
-        if existing is None or existing.jwks != admin.jwks or existing.audiences != admin.audiences:
-            if existing is not None:  # a new registration version: the token cache keys on it
-                admin = msgspec.structs.replace(admin, version=existing.version + 1)
-            await registry.put(admin)
+        admin_service: AdminService = state["admin_service"]
+        await admin_service.bootstrap_admin()
         if settings.clients_file:
             await admin_service.load_clients_file(settings.clients_file)
         await directory.refresh()
-        # Everything built at start (keys, clients, app) is long-lived: keep it out of the cyclic
-        # GC's generations so collections stay short on the hot path.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(10_000, 50, 50)
+        _freeze_startup_objects()
         poller = asyncio.create_task(directory.run())
-        key_poller = asyncio.create_task(key_reloader.run())
-        drain.install()
+        key_poller = asyncio.create_task(state["key_reloader"].run())
+        state["drain"].install()
         log.info(
             "broker.started",
             issuer=settings.issuer,
             store="embedded (fakeredis, single process only)" if settings.embedded else "redis",
-            signing_kid=signer().kid,
+            signing_kid=state["signer"]().kid,
         )
         if settings.embedded:
             log.warning("broker.embedded_store", note="state lives in this process only: do not run several replicas")
@@ -131,51 +150,34 @@ def create_app(settings: Settings, *, redis: Any = None, clock: Callable[[], flo
         finally:
             poller.cancel()
             key_poller.cancel()
-            if redis is None:
-                await client.aclose()
+            if close is not None:
+                await close.aclose()
 
-    def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-        if exc.status_code == 404:
-            return json_response({"error": "not_found"}, 404)
-        if exc.status_code == 405:
-            return json_response({"error": "invalid_request", "error_description": "Method not allowed."}, 405)
-        if exc.status_code == 413:
-            return json_response({"error": "invalid_request", "error_description": "The request body is too large."}, 413)
-        return oauth_error(InvalidRequest("http_error"))
+    return lifespan
 
-    def unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-        log.error("request.unexpected_error", path=request.url.path, error=type(exc).__name__)
-        return oauth_error(ServerError("unexpected"))
 
-    def oauth(request: Request[Any, Any, Any], exc: OAuthError) -> Response[bytes]:
-        return oauth_error(exc)
+def _freeze_startup_objects() -> None:
+    # Everything built at start (keys, clients, app) is long-lived: keep it out of the cyclic
+    # GC's generations so collections stay short on the hot path.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 50)
 
-    return Litestar(
-        route_handlers=ROUTES,
-        lifespan=[lifespan],
-        middleware=[http_metrics_middleware(metrics)],
-        request_max_body_size=settings.body_max,
-        exception_handlers={OAuthError: oauth, HTTPException: http_error, Exception: unexpected},
-        state=State(
-            {
-                "settings": settings,
-                "log": log,
-                "token_service": token_service,
-                "revocation_service": revocation_service,
-                "introspection_service": introspection_service,
-                "admin_service": admin_service,
-                "health": registry,
-                "registry": registry,
-                "metrics": metrics,
-                "key_reloader": key_reloader,
-                "drain": drain,
-                "directory": directory,
-                "signer": signer,
-                "jwks": jwks,
-                "metadata": metadata,
-                "openapi": msgspec.json.encode(openapi_document(settings)),
-            }
-        ),
-        openapi_config=None,
-        debug=False,
-    )
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    if exc.status_code == 404:
+        return json_response({"error": "not_found"}, 404)
+    if exc.status_code == 405:
+        return json_response({"error": "invalid_request", "error_description": "Method not allowed."}, 405)
+    if exc.status_code == 413:
+        return json_response({"error": "invalid_request", "error_description": "The request body is too large."}, 413)
+    return oauth_error(InvalidRequest("http_error"))
+
+
+def _unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    request.app.state.log.error("request.unexpected_error", path=request.url.path, error=type(exc).__name__)
+    return oauth_error(ServerError("unexpected"))
+
+
+def _oauth_error(request: Request[Any, Any, Any], exc: OAuthError) -> Response[bytes]:
+    return oauth_error(exc)

@@ -1,18 +1,9 @@
-"""Prometheus exposition at ``/metrics`` and the per-request HTTP metrics middleware.
+"""The per-request HTTP metrics middleware and the token endpoint's outcome counters.
 
-Metric names (labels in braces) — label values are the same codes the logs use:
-
-- ``broker_http_requests_total{endpoint,status}`` and
-  ``broker_http_request_duration_seconds{endpoint,outcome}`` (outcome: ok, rejected,
-  unavailable, error) — every routed request; ``endpoint`` is the route template, never the raw
-  path, so label values stay bounded.
-- ``broker_tokens_issued_total``; ``broker_token_rejections_total{error,reason}`` (``reason`` is
-  the ``reason`` field of ``token.rejected`` logs); ``broker_replays_rejected_total`` (the
-  ``replay.rejected`` log event).
-- ``broker_redis_errors_total{op,error}`` and ``broker_redis_duration_seconds{op}`` (stores).
-- ``broker_signing_keys{state}`` and ``broker_signing_key_info{kid,state}`` (key rotation).
-
-The hot path cost is two ``perf_counter`` calls, one counter increment and one histogram bisect.
+The metrics themselves (names, labels, help) are declared in ``app.metrics``. ``endpoint`` is the
+route template, never the raw path, so label values stay bounded; ``reason`` is the ``reason``
+field of the ``token.rejected`` log event. The hot path cost is two ``perf_counter`` calls, one
+counter increment and one histogram bisect.
 """
 
 from __future__ import annotations
@@ -20,34 +11,10 @@ from __future__ import annotations
 from time import perf_counter
 from typing import Any
 
-from app.metrics import Metrics
-
-REQUESTS = "broker_http_requests_total"
-REQUEST_SECONDS = "broker_http_request_duration_seconds"
-TOKENS_ISSUED = "broker_tokens_issued_total"
-TOKEN_REJECTIONS = "broker_token_rejections_total"
-REPLAYS = "broker_replays_rejected_total"
-REDIS_ERRORS = "broker_redis_errors_total"
-REDIS_SECONDS = "broker_redis_duration_seconds"
-SIGNING_KEYS = "broker_signing_keys"
-SIGNING_KEY_INFO = "broker_signing_key_info"
+from app.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, REPLAYS_REJECTED, TOKEN_REJECTIONS, TOKENS_ISSUED, Metrics
 
 
-def describe(metrics: Metrics) -> None:
-    metrics.describe(REQUESTS, "HTTP requests by route template and status code.")
-    metrics.describe(REQUEST_SECONDS, "HTTP request latency by route template and outcome.")
-    metrics.describe(TOKENS_ISSUED, "Access tokens issued.")
-    metrics.describe(TOKEN_REJECTIONS, "Token requests refused, by RFC 6749 error and log reason code.")
-    metrics.describe(REPLAYS, "Client assertions refused because their jti was already used.")
-    metrics.describe(REDIS_ERRORS, "Redis calls that failed (timeout, refused, error reply), by store.")
-    metrics.describe(REDIS_SECONDS, "Redis call latency by store.")
-    metrics.describe(SIGNING_KEYS, "Signing keys in the keys folder, by rotation state.")
-    metrics.describe(SIGNING_KEY_INFO, "1 for each signing key (kid) and its rotation state.")
-    metrics.histogram(REQUEST_SECONDS)
-    metrics.histogram(REDIS_SECONDS)
-
-
-def outcome(status: int) -> str:
+def _outcome(status: int) -> str:
     if status < 400:
         return "ok"
     if status == 503:
@@ -57,7 +24,7 @@ def outcome(status: int) -> str:
     return "error"
 
 
-_OUTCOMES = {status: outcome(status) for status in range(100, 600)}
+_OUTCOMES = {status: _outcome(status) for status in range(100, 600)}
 
 
 def http_metrics_middleware(metrics: Metrics) -> Any:
@@ -81,8 +48,8 @@ def http_metrics_middleware(metrics: Metrics) -> Any:
                 await app(scope, receive, send_wrapper)
             finally:
                 endpoint = scope.get("path_template") or "unmatched"
-                metrics.inc(REQUESTS, endpoint=endpoint, status=str(status))
-                metrics.observe(REQUEST_SECONDS, perf_counter() - start, endpoint=endpoint,
+                metrics.inc(HTTP_REQUESTS, endpoint=endpoint, status=str(status))
+                metrics.observe(HTTP_REQUEST_SECONDS, perf_counter() - start, endpoint=endpoint,
                                 outcome=_OUTCOMES.get(status, "error"))
 
         return middleware
@@ -97,4 +64,4 @@ def record_token_outcome(metrics: Metrics, error: Any) -> None:
         return
     metrics.inc(TOKEN_REJECTIONS, error=error.error, reason=error.reason)
     if error.reason == "jti_replayed":
-        metrics.inc(REPLAYS)
+        metrics.inc(REPLAYS_REJECTED)

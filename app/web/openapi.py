@@ -45,17 +45,22 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): _json(text[c], {"$ref": "#/components/schemas/Error"}) for c in codes}
 
 
+_TOKEN_RESPONSE = {
+    "type": "object",
+    "required": ["access_token", "token_type", "expires_in", "scope"],
+    "properties": {
+        "access_token": {"type": "string", "description": "RFC 9068 JWT (typ at+jwt)"},
+        "token_type": {"type": "string", "const": "Bearer"},
+        "expires_in": {"type": "integer"},
+        "scope": {"type": "string"},
+    },
+}
+#: The request body of RFC 7009 revocation and RFC 7662 introspection.
+_TOKEN_OP_FORM = _form({"token": {"type": "string"}, "token_type_hint": {"type": "string"}, **_CLIENT_AUTH},
+                       ["token", "client_assertion_type", "client_assertion"])
+
+
 def openapi_document(settings: Settings) -> dict[str, Any]:
-    token_response = {
-        "type": "object",
-        "required": ["access_token", "token_type", "expires_in", "scope"],
-        "properties": {
-            "access_token": {"type": "string", "description": "RFC 9068 JWT (typ at+jwt)"},
-            "token_type": {"type": "string", "const": "Bearer"},
-            "expires_in": {"type": "integer"},
-            "scope": {"type": "string"},
-        },
-    }
     plain = {"type": "object"}
     return {
         "openapi": "3.1.0",
@@ -71,20 +76,18 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "scope": {"type": "string"},
                     "resource": {"type": "string", "format": "uri", "description": "RFC 8707"},
                 }, ["grant_type", "client_assertion_type", "client_assertion"]),
-                "responses": {"200": _json("RFC 6749 §5.1 (Cache-Control: no-store)", token_response),
+                "responses": {"200": _json("RFC 6749 §5.1 (Cache-Control: no-store)", _TOKEN_RESPONSE),
                               **_errors(400, 401, 405, 413, 429, 503)},
             }},
             "/revoke": {"post": {
                 "summary": "Token revocation (RFC 7009), private_key_jwt",
-                "requestBody": _form({"token": {"type": "string"}, "token_type_hint": {"type": "string"}, **_CLIENT_AUTH},
-                                     ["token", "client_assertion_type", "client_assertion"]),
+                "requestBody": _TOKEN_OP_FORM,
                 "responses": {"200": {"description": "revoked, or not this client's token (RFC 7009 §2.2)"},
                               **_errors(400, 401, 413, 429, 503)},
             }},
             "/introspect": {"post": {
                 "summary": "Token introspection (RFC 7662), private_key_jwt, scope broker:introspect",
-                "requestBody": _form({"token": {"type": "string"}, "token_type_hint": {"type": "string"}, **_CLIENT_AUTH},
-                                     ["token", "client_assertion_type", "client_assertion"]),
+                "requestBody": _TOKEN_OP_FORM,
                 "responses": {"200": _json("RFC 7662 §2.2", {"type": "object", "required": ["active"],
                                                             "properties": {"active": {"type": "boolean"}}}),
                               **_errors(400, 401, 403, 413, 429, 503)},

@@ -10,27 +10,38 @@ import msgspec
 from litestar import Request, Response, asgi, delete, get, patch, post, route
 from litestar.enums import HttpMethod
 from litestar.params import FromPath
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from structlog.contextvars import bound_contextvars
 
 from app.oauth.access_token import InvalidToken
 from app.oauth.clients import InvalidClientMetadata
 from app.oauth.constants import METADATA_PATH
-from litestar.exceptions.http_exceptions import RequestEntityTooLarge
-
 from app.oauth.errors import MethodNotAllowed, OAuthError, RequestTooLarge, ServerError, TemporarilyUnavailable
 from app.service.admin import AdminService, Conflict, InsufficientScope, NotFound
+from app.service.client_auth import EndpointRequest
 from app.store.base import StoreUnavailable
 from app.web.metrics import record_token_outcome
 from app.web.responses import JSON, NO_STORE, bearer_error, json_response, oauth_error
 
-_TOKEN_HEADERS = {**NO_STORE}
-
-
-_TOKEN_OK_HEADERS = [
+_JSON_NO_STORE = [
     (b"content-type", b"application/json"),
     (b"cache-control", b"no-store"),
     (b"pragma", b"no-cache"),
 ]
+
+
+def _endpoint_request(scope: Any, body: bytes) -> EndpointRequest:
+    """The one value a client-authenticated endpoint's service takes, read from the ASGI scope
+    (the plain-ASGI /token handler and the Litestar handlers share it)."""
+    content_type: str | None = None
+    has_authorization = False
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            content_type = value.decode("latin-1")
+        elif name == b"authorization":
+            has_authorization = True
+    client = scope.get("client")
+    return EndpointRequest(body, content_type, has_authorization, os.urandom(12).hex(), client[0] if client else None)
 
 
 @asgi("/token", copy_scope=False)
@@ -45,23 +56,9 @@ async def token(scope: Any, receive: Any, send: Any) -> None:
     if scope["method"] != "POST":
         await _send_error(send, MethodNotAllowed("method_not_allowed", headers={"Allow": "POST"}))
         return
-    content_type: str | None = None
-    has_authorization = False
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            content_type = value.decode("latin-1")
-        elif name == b"authorization":
-            has_authorization = True
     try:
         body = await _read_body(receive, state.settings.body_max)
-        client = scope.get("client")
-        result = await state.token_service.token(
-            body,
-            content_type,
-            has_authorization=has_authorization,
-            request_id=os.urandom(12).hex(),
-            source=client[0] if client else None,
-        )
+        result = await state.token_service.token(_endpoint_request(scope, body))
     except OAuthError as exc:
         record_token_outcome(state.metrics, exc)
         await _send_error(send, exc)
@@ -74,7 +71,7 @@ async def token(scope: Any, receive: Any, send: Any) -> None:
         return
     record_token_outcome(state.metrics, None)
     await send({"type": "http.response.start", "status": 200,
-                "headers": [*_TOKEN_OK_HEADERS, (b"content-length", str(len(result)).encode())]})
+                "headers": [*_JSON_NO_STORE, (b"content-length", str(len(result)).encode())]})
     await send({"type": "http.response.body", "body": result})
 
 
@@ -97,8 +94,7 @@ async def _read_body(receive: Any, limit: int) -> bytes:
 
 async def _send_error(send: Any, exc: OAuthError) -> None:
     body = exc.body()
-    headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store"), (b"pragma", b"no-cache"),
-               (b"content-length", str(len(body)).encode())]
+    headers = [*_JSON_NO_STORE, (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
     await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -106,23 +102,14 @@ async def _send_error(send: Any, exc: OAuthError) -> None:
 
 async def _token_op(request: Request[Any, Any, Any], service: Any, endpoint: str) -> Any:
     """RFC 7009 / RFC 7662 call: the service's answer, or an OAuth error response (never a traceback)."""
-    state = request.app.state
-    headers = request.headers
     try:
-        body = await request.body()
-        return await service(
-            body,
-            headers.get("content-type"),
-            has_authorization="authorization" in headers,
-            request_id=os.urandom(12).hex(),
-            source=request.client.host if request.client else None,
-        )
+        return await service(_endpoint_request(request.scope, await request.body()))
     except OAuthError as exc:
         return oauth_error(exc)
     except RequestEntityTooLarge:
         return oauth_error(RequestTooLarge("body_too_large"))
     except Exception as exc:
-        state.log.error(f"{endpoint}.unexpected_error", error=type(exc).__name__)
+        request.app.state.log.error(f"{endpoint}.unexpected_error", error=type(exc).__name__)
         return oauth_error(ServerError("unexpected"))
 
 
