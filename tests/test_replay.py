@@ -71,6 +71,7 @@ def test_same_request_id_retry_is_first_use(broker):
 # -- real Redis ------------------------------------------------------------------------------
 
 
+@pytest.mark.redis
 def test_replay_on_real_redis_in_process(real_redis, tmp_path, clock):
     settings = Settings(issuer=ISS, keys_dir=tmp_path / "keys", redis_url=real_redis.url)
     with Broker(settings, clock) as b:
@@ -95,6 +96,7 @@ def _admin_register(base_url: str, keys_dir, client: TestClient) -> None:
     assert r.status_code == 201, r.text
 
 
+@pytest.mark.redis
 @pytest.mark.live
 def test_replay_across_two_processes(real_redis, spawn_broker):
     r1 = spawn_broker(redis_url=real_redis.url)
@@ -110,6 +112,7 @@ def test_replay_across_two_processes(real_redis, spawn_broker):
         assert (again.status_code, again.json()["error"]) == (401, "invalid_client")
 
 
+@pytest.mark.redis
 @pytest.mark.live
 def test_concurrent_identical_requests_across_processes(real_redis, spawn_broker):
     """#51: 50 concurrent identical requests over R1 and R2, 20 rounds: exactly one 200 per round.
