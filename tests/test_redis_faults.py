@@ -24,7 +24,8 @@ from redis.backoff import NoBackoff
 from redis.asyncio.retry import Retry  # the sync Retry never retries a coroutine
 
 from app.config import Settings
-from tests.conftest import Broker, FrozenClock, RedisServer
+from tests.conftest import Broker, FrozenClock, RedisServer, wait_until
+from tests.expect import assert_token
 from tests.helpers import ISS, TestClient, form
 
 pytestmark = pytest.mark.redis
@@ -178,22 +179,38 @@ def test_password_changed_under_the_broker(rbroker: Broker, rc1: TestClient, rea
     eventually_ok(rbroker, rc1)
 
 
+def _registry_poller_asleep(broker: Broker) -> bool:
+    """True once the registry poller (``ClientDirectory.run``) has finished its first epoch read and
+    sleeps: with a one-hour poll interval nothing but the test then uses the pool's connection."""
+
+    async def check() -> bool:
+        for task in asyncio.all_tasks():
+            coro = task.get_coro()
+            if getattr(coro, "__qualname__", "") == "ClientDirectory.run":
+                return getattr(coro.cr_await, "__qualname__", "") == "sleep"  # not awaiting refresh()
+        raise AssertionError("no registry poller task")
+
+    return broker.call(check)
+
+
 def test_pool_exhausted(real_redis: RedisServer, tmp_path: Path, clock: FrozenClock) -> None:
-    """#68: no free connection in the pool (MaxConnectionsError) → 503 at once, fine after release."""
+    """No free connection in the pool (MaxConnectionsError) → 503 at once, fine after release."""
     client = Redis.from_url(real_redis.url, max_connections=1, socket_timeout=0.3, socket_connect_timeout=0.3,
                             retry=Retry(NoBackoff(), 1))
     settings = redis_settings(tmp_path, real_redis.url, registry_poll_interval=3600.0)
     with Broker(settings, clock, redis=client) as broker:
+        # The poller's first epoch read runs right after start-up and needs the one connection too.
+        wait_until(lambda: _registry_poller_asleep(broker), 10, what="the registry poller's first read")
         c1 = TestClient("c1")
         broker.register(c1)
-        assert broker.get_token(c1).status_code == 200
+        assert_token(broker.get_token(c1))
         pool = client.connection_pool
         held = broker.call(pool.get_connection)
         try:
             outage_round(broker, c1, n=3)
         finally:
             broker.call(pool.release, held)
-        assert broker.get_token(c1).status_code == 200
+        assert_token(broker.get_token(c1))
         broker.call(client.aclose)
 
 
