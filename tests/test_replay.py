@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import pytest
@@ -102,8 +101,7 @@ def test_replay_across_two_processes(real_redis, spawn_broker):
     r1 = spawn_broker(redis_url=real_redis.url)
     r2 = spawn_broker(redis_url=real_redis.url)
     client = TestClient("c1")
-    _admin_register(r1.url, spawn_broker.keys_dir, client)
-    time.sleep(0.6)  # registry poll interval is 0.25 s
+    _admin_register(r1.url, spawn_broker.keys_dir, client)  # new to every replica: each reads it from the registry on first use
     for first, second in ((r1, r2), (r2, r1)):
         assertion = client.assertion()
         ok = httpx.post(first.url + "/token", data=form(assertion))
@@ -124,8 +122,7 @@ def test_concurrent_identical_requests_across_processes(real_redis, spawn_broker
     r1 = spawn_broker(redis_url=real_redis.url, env=env)
     r2 = spawn_broker(redis_url=real_redis.url, env=env)
     client = TestClient("c1")
-    _admin_register(r1.url, spawn_broker.keys_dir, client)
-    time.sleep(0.6)
+    _admin_register(r1.url, spawn_broker.keys_dir, client)  # new to every replica: each reads it from the registry on first use
 
     async def round_(http: httpx.AsyncClient) -> list[int]:
         body = form(client.assertion())
