@@ -1,4 +1,5 @@
-"""Exact-response assertions for the token endpoint (matrix §0 "Meaning of 401 invalid_client")."""
+"""Exact-response assertions for the token endpoint: every client-authentication failure is the
+same 401 ``invalid_client`` body, whatever the reason (which only the log tells)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def error_body(code: str, cls: type[errors.OAuthError] | None = None) -> dict[st
 
 
 def assert_hygiene(response: Any) -> None:
-    """Matrix #12: every token-endpoint answer."""
+    """Every token-endpoint answer: not cacheable, JSON."""
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["pragma"] == "no-cache"
     assert response.headers["content-type"].split(";")[0] == "application/json"

@@ -1,6 +1,8 @@
 """Test helpers: keys generated at test time, assertion builders, raw JWS construction.
 
-Names follow ``../shared/security-matrix.md`` §0: ``ISS``, ``good()``, ``sign()`` (A), ``raw()`` (RAW).
+``ISS`` is the test issuer; ``good()`` builds valid claims, ``sign()`` signs them with joserfc,
+``raw()`` signs hand-written JSON that no encoder would produce, ``padded_assertion()`` makes
+segments of an exact size for the size caps.
 """
 
 from __future__ import annotations

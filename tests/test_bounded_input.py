@@ -1,5 +1,5 @@
-"""Bounded input (issue 6; security matrix #10, #11 and the JSON rows of B/D): every hostile body
-or assertion gets its RFC 6749 error, and a bounded amount of CPU time and memory.
+"""Bounded input (body size, form encoding, size caps and hostile JSON inside the assertion): every
+hostile body or assertion gets its RFC 6749 error, and a bounded amount of CPU time and memory.
 
 Budgets are generous (shared, noisy 2-core machines): they catch an accidental quadratic parser
 or a body read into memory whole, not a few milliseconds.
@@ -44,7 +44,7 @@ def valid_form(c1: TestClient, now: float, **params: str) -> str:
     return str(httpx.QueryParams(form(c1.assertion(now), **params)))
 
 
-# -- body size (#10): 413 before parsing ---------------------------------------------------------
+# -- body size: 413 before parsing ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("size", [pytest.param(65537, id="BODY_MAX+1"), pytest.param(10_000_000, id="10MB")])
@@ -138,7 +138,7 @@ def test_size_caps(broker: Broker, c1: TestClient, case: str) -> None:
         assert last_rejection_reason(broker) == reason
 
 
-# -- form encoding (#11, issue "Bounded input") ---------------------------------------------------
+# -- form encoding ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -176,7 +176,7 @@ def test_raw_bytes_outside_the_form_charset(broker: Broker, body: bytes) -> None
     assert_error(broker.token(body), 400, "invalid_request")
 
 
-# -- JSON inside the assertion (B #22, D rows): 401, bounded --------------------------------------
+# -- JSON inside the assertion: 401, bounded ------------------------------------------------------
 
 
 def _claims_json(c1: TestClient, now: float, replace: tuple[str, str] | None = None, extra: str = "") -> str:

@@ -1,4 +1,5 @@
-"""Redis faults (security matrix H #66-#68, E #55): the replay check fails closed.
+"""Redis faults (unreachable, hung, erroring Redis; a lost reply after the write): the replay check
+fails closed.
 
 Every fault is injected into a real ``redis-server`` started by the suite: stopped (refused),
 hung (SIGSTOP), ``CLIENT PAUSE``, out of memory, ``READONLY``, ``NOPERM``, a changed password, a
@@ -95,7 +96,7 @@ def eventually_ok(broker: Broker, client: TestClient, within: float = 5.0) -> No
 
 
 def test_redis_stopped_then_restarted(rbroker: Broker, rc1: TestClient, real_redis: RedisServer) -> None:
-    """#66: connection refused → 503 fast; /readyz 503, /healthz 200; recovery without restart."""
+    """Connection refused → 503 fast; /readyz 503, /healthz 200; recovery without restart."""
     assert rbroker.get_token(rc1).status_code == 200
     real_redis.command("SAVE")  # keep the registry across the restart (the server runs without persistence)
     real_redis.stop()
@@ -113,7 +114,7 @@ def test_redis_stopped_then_restarted(rbroker: Broker, rc1: TestClient, real_red
 
 
 def test_redis_hung_sigstop(rbroker: Broker, rc1: TestClient, real_redis: RedisServer) -> None:
-    """#67: a server that accepts nothing and answers nothing (SIGSTOP) → 503 within budget."""
+    """A server that accepts nothing and answers nothing (SIGSTOP) → 503 within budget."""
     assert rbroker.get_token(rc1).status_code == 200
     real_redis.pause()
     try:
@@ -128,7 +129,7 @@ def test_redis_hung_sigstop(rbroker: Broker, rc1: TestClient, real_redis: RedisS
 
 
 def test_client_pause_write(rbroker: Broker, rc1: TestClient, real_redis: RedisServer) -> None:
-    """#67: ``CLIENT PAUSE 2000 WRITE`` blocks the SET NX: 503, then healthy after the pause."""
+    """``CLIENT PAUSE 2000 WRITE`` blocks the replay record's write: 503, then healthy after the pause."""
     assert rbroker.get_token(rc1).status_code == 200
     real_redis.command("CLIENT", "PAUSE", "2000", "WRITE")
     try:
@@ -149,7 +150,7 @@ def test_client_pause_write(rbroker: Broker, rc1: TestClient, real_redis: RedisS
 )
 def test_command_errors(rbroker: Broker, rc1: TestClient, real_redis: RedisServer,
                         fault: list[tuple[str, ...]], restore: list[tuple[str, ...]]) -> None:
-    """#68: OOM, READONLY and NOPERM on the SET NX → 503 (never 500, never 200), logged without secrets."""
+    """OOM, READONLY and NOPERM on the replay record's write → 503 (never 500, never 200), logged without secrets."""
     assert rbroker.get_token(rc1).status_code == 200
     try:
         for cmd in fault:
@@ -165,7 +166,7 @@ def test_command_errors(rbroker: Broker, rc1: TestClient, real_redis: RedisServe
 
 
 def test_password_changed_under_the_broker(rbroker: Broker, rc1: TestClient, real_redis: RedisServer) -> None:
-    """#68 WRONGPASS/NOAUTH: Redis now requires a password the broker does not have → 503."""
+    """WRONGPASS/NOAUTH: Redis now requires a password the broker does not have → 503."""
     import redis
 
     assert rbroker.get_token(rc1).status_code == 200
@@ -215,7 +216,7 @@ def test_pool_exhausted(real_redis: RedisServer, tmp_path: Path, clock: FrozenCl
         broker.call(client.aclose)
 
 
-# -- #55: the reply is lost after the write, and redis-py retries --------------------------------
+# -- the reply is lost after the write, and redis-py retries -------------------------------------
 
 
 class DelayProxy:
@@ -299,13 +300,15 @@ def proxy(real_redis: RedisServer) -> Iterator[DelayProxy]:
 
 @pytest.fixture
 def proxied(proxy: DelayProxy, tmp_path: Path, clock: FrozenClock) -> Iterator[Broker]:
-    # No registry polling, so the only Redis command of a warm token request is the SET NX GET.
+    # No registry polling, so a warm token request (a cache hit) sends Redis one command: the token
+    # endpoint's script that writes the replay record and reads the cache (app/store/token_cache.py).
     with Broker(redis_settings(tmp_path, proxy.url, registry_poll_interval=3600.0), clock) as b:
         yield b
 
 
 def test_reply_lost_after_write_retry_is_first_use(proxied: Broker, proxy: DelayProxy) -> None:
-    """#55: SET NX ran, its reply is late, redis-py retries the same command → 200, not 401."""
+    """The script ran (the jti is recorded), its reply is late, redis-py retries the same call → 200,
+    not 401: the retry finds its own request id on the replay record."""
     c1 = TestClient("c1")
     proxied.register(c1)
     assert proxied.get_token(c1).status_code == 200  # warms the client cache
@@ -313,14 +316,14 @@ def test_reply_lost_after_write_retry_is_first_use(proxied: Broker, proxy: Delay
     proxy.delay_replies = 1
     resp = proxied.token(form(assertion))
     assert resp.status_code == 200, (resp.text, proxied.logs()[-3:])
-    assert proxy.delay_replies == 0  # the delay really hit the SET NX
+    assert proxy.delay_replies == 0  # the delay really hit the token script's reply
     # A replay of the completed request is still a replay.
     replay = proxied.token(form(assertion))
     assert replay.status_code == 401 and replay.json() == INVALID_CLIENT
 
 
 def test_every_reply_late_is_503_never_401(proxied: Broker, proxy: DelayProxy) -> None:
-    """#55/#67: Redis slower than the deadline on every attempt → 503; a later retry by the
+    """Redis slower than the deadline on every attempt → 503; a later retry by the
     client of that same assertion is a replay (its jti was recorded), never a silent second token."""
     c1 = TestClient("c1")
     proxied.register(c1)
@@ -340,7 +343,7 @@ def test_every_reply_late_is_503_never_401(proxied: Broker, proxy: DelayProxy) -
 
 
 def test_slow_redis_degrades_latency_not_correctness(proxied: Broker, proxy: DelayProxy) -> None:
-    """Issue 6: every reply 0.1 s late (under the 0.3 s timeout) → slower 200s, replays still 401."""
+    """Every reply 0.1 s late (under the 0.3 s timeout) → slower 200s, replays still 401."""
     c1 = TestClient("c1")
     proxied.register(c1)
     assert proxied.get_token(c1).status_code == 200
@@ -366,7 +369,7 @@ def live_token(url: str, client: TestClient) -> httpx.Response:
 
 @pytest.mark.live
 def test_live_broker_sigstop_and_recovery(real_redis: RedisServer, spawn_broker: Any, tmp_path: Path) -> None:
-    """#66/#67 on a real ``python -m app serve`` process: 503 + Retry-After, readyz/healthz, no leak."""
+    """Refused and hung Redis on a real ``python -m app serve`` process: 503 + Retry-After, readyz/healthz, no leak."""
     live = spawn_broker(redis_url=real_redis.url)
     # Register through an in-process broker on the same Redis.
     with Broker(redis_settings(tmp_path, real_redis.url), FrozenClock(time.time())) as admin:

@@ -1,7 +1,7 @@
-"""The registry shared by replicas (issue 3 "Done when"): two real broker processes on one real
+"""The registry shared by replicas: two real broker processes on one real
 Redis. Onboarded through one → token from the other at once; disabled / key removed through one →
 refused by the other within 1 s; a key rotation loses no request; a jwks_uri client works,
-including a rotation on the key server (matrix #73)."""
+including a rotation on the key server."""
 
 from __future__ import annotations
 
