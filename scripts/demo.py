@@ -9,24 +9,22 @@ Starts three processes:
   ``app.resource.require_bearer`` (scope ``read``);
 * a demo client service that uses ``app.client.BrokerClient`` and its ``httpx.Auth``.
 
-It registers the demo client through the admin API (with the admin key the broker generated on
-first start) and walks through:
+It registers the demo client through the admin API (``app.client.admin``, with the admin key the
+broker generated on first start) and walks through:
 
 1. the client gets a token (200) and calls the resource server (200 with data);
 2. a client with a wrong key is refused (401 ``invalid_client``);
 3. the token expires, the resource server answers 401, the client re-authenticates once,
    retries once and gets 200.
 
-Exit code 0 when every step behaved as expected; all processes are stopped either way.
+Exit code 0 when every step behaved as expected; all processes are stopped either way. Starting
+and stopping processes uses ``scripts/processes.py``, shared with the tests and the benchmark.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,7 +38,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing the pack
 
 import httpx  # noqa: E402
 
-from app.oauth.constants import ADMIN_SCOPE  # noqa: E402
+from app.client.admin import AdminError  # noqa: E402
+from scripts.processes import free_port, register_clients, start_broker, stop_process, wait_until  # noqa: E402
 
 TOKEN_LIFETIME = 5  # seconds; BROKER_TOKEN_LIFETIME for the demo broker
 RS_LEEWAY = 1  # the demo resource server's clock leeway, seconds
@@ -151,7 +150,7 @@ def client_service(issuer: str, api: str, key_file: str) -> int:
     wait = TOKEN_LIFETIME + RS_LEEWAY + 1
     say("client", f"(the demo pauses the client library's clock, as a frozen VM would, so the client still "
                   f"believes its token is fresh; waiting {wait} s of real time for the token to expire)")
-    time.sleep(wait)
+    time.sleep(wait)  # the subject of this step: real time passing until the token has expired
     response = api_http.get(api + "/data")
     clock.paused_at = None
     say("client", f"data: {response.text}")
@@ -162,44 +161,12 @@ def client_service(issuer: str, api: str, key_file: str) -> int:
 # -- orchestration -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=0.5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} did not become ready at {url}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def register_demo_client(issuer: str, keys_dir: Path, api: str, key_file: Path) -> None:
-    from app.client import BrokerClient
     from app.keystore import generate_private_key, public_jwk, write_private
 
     key = generate_private_key("ES256")
     kid = f"{CLIENT_ID}-1"
     write_private(key_file, {**key.as_dict(private=True), "kid": kid, "alg": "ES256"})  # stays on this machine
-    admin = BrokerClient(issuer, "broker-admin", keys_dir / "admin.jwk", scope=ADMIN_SCOPE, resource=issuer + "/admin")
     metadata = {
         "client_id": CLIENT_ID,
         "jwks": {"keys": [public_jwk(key, alg="ES256", kid=kid)]},  # the public half only
@@ -208,12 +175,32 @@ def register_demo_client(issuer: str, keys_dir: Path, api: str, key_file: Path) 
         "audiences": [api],
         "default_audience": api,
     }
-    with httpx.Client(auth=admin.auth(), timeout=5) as http:
-        response = http.post(issuer + "/admin/clients", json=metadata)
-    if response.status_code != 201:
-        raise RuntimeError(f"registration failed: HTTP {response.status_code} {response.text}")
+    # app.client.admin with the admin key the broker wrote on first start; it raises on any answer but 201.
+    register_clients(issuer, keys_dir / "admin.jwk", [metadata])
     say("demo", f"registered client \"{CLIENT_ID}\" through the admin API → 201 "
                 f"(scopes {metadata['scopes']}, audience {api}, public key kid {kid})")
+
+
+def start_resource_server(issuer: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, __file__, "resource-server", "--issuer", issuer, "--port", str(port)],
+                            cwd=ROOT, env=env)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the resource server exited with code {proc.returncode}")
+        try:
+            return httpx.get(api + "/healthz", timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(healthy, 30, what=f"the resource server at {api}")
+    except TimeoutError as exc:
+        stop_process(proc)
+        raise RuntimeError(str(exc)) from None
+    return proc, api
 
 
 def orchestrate() -> int:
@@ -223,21 +210,16 @@ def orchestrate() -> int:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     with tempfile.TemporaryDirectory(prefix="token-broker-demo-") as tmp:
         try:
-            broker_port, rs_port = free_port(), free_port()
-            issuer, api = f"http://127.0.0.1:{broker_port}", f"http://127.0.0.1:{rs_port}"
             keys_dir = Path(tmp) / "keys"
             print("Token broker demo: client → broker → resource server, with real processes on loopback\n", flush=True)
-            broker_env = {**env, "BROKER_ISSUER": issuer, "BROKER_KEYS_DIR": str(keys_dir),
-                          "BROKER_TOKEN_LIFETIME": str(TOKEN_LIFETIME), "BROKER_LOG_LEVEL": "warning"}
-            with open(Path(tmp) / "broker.log", "wb") as log:
-                procs.append(subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(broker_port)],
-                                              cwd=ROOT, env=broker_env, stdout=log, stderr=subprocess.STDOUT))
-            wait_ready(issuer + "/readyz", procs[-1], "the broker")
+            broker = start_broker(keys_dir, Path(tmp) / "broker.log",
+                                  env={"BROKER_TOKEN_LIFETIME": str(TOKEN_LIFETIME), "BROKER_LOG_LEVEL": "warning"})
+            procs.append(broker.proc)
+            issuer = broker.url
             say("demo", f"broker          {issuer}  (embedded store, keys in {keys_dir}, tokens live {TOKEN_LIFETIME} s)")
 
-            procs.append(subprocess.Popen([sys.executable, __file__, "resource-server", "--issuer", issuer,
-                                           "--port", str(rs_port)], cwd=ROOT, env=env))
-            wait_ready(api + "/healthz", procs[-1], "the resource server")
+            rs_proc, api = start_resource_server(issuer, env)
+            procs.append(rs_proc)
             say("demo", f"resource server {api}  (GET /data needs a broker token for this audience with scope \"read\")")
 
             key_file = Path(tmp) / "demo-client.jwk"
@@ -247,15 +229,15 @@ def orchestrate() -> int:
                                        "--key", str(key_file)], cwd=ROOT, env=env)
             procs.append(client)
             code = client.wait(120)
-        except (RuntimeError, subprocess.TimeoutExpired, httpx.HTTPError) as exc:
+        except (RuntimeError, subprocess.TimeoutExpired, httpx.HTTPError, AdminError) as exc:
             print(f"\ndemo failed: {exc}", file=sys.stderr, flush=True)
             broker_log = Path(tmp) / "broker.log"
-            if broker_log.exists():
+            if broker_log.exists() and not isinstance(exc, RuntimeError):  # start_broker's error has the tail
                 print(broker_log.read_text()[-2000:], file=sys.stderr)
             code = 1
         finally:
             for proc in reversed(procs):
-                stop(proc)
+                stop_process(proc)
     print("\n" + ("Demo finished: every step behaved as expected." if code == 0 else "Demo FAILED (see above)."), flush=True)
     return code
 

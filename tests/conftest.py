@@ -4,6 +4,9 @@
 - ``redis_server``: a real ``redis-server`` process started by the suite (session scope). Without
   the binary the Redis tests skip locally, and fail under ``CI=true``.
 - ``spawn_broker``: real broker processes (``python -m app serve``) talking HTTP on loopback.
+
+Tests that use the last two carry the ``redis`` / ``live`` marker; an unmarked test that starts
+either fails (``_servers_need_a_marker``).
 """
 
 from __future__ import annotations
@@ -12,12 +15,7 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,8 @@ from litestar.testing import TestClient as LitestarTestClient
 from app.config import Settings
 from app.oauth.clients import ClientRecord
 from app.web.app import create_app
+# Tests import these from here too (tests.conftest.RedisServer, free_port, wait_until...).
+from scripts.processes import BrokerProcess, RedisServer, free_port, start_broker, wait_until  # noqa: F401
 from tests.helpers import ISS, TestClient, form
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,66 +115,7 @@ def c1(broker: Broker) -> TestClient:
 
 
 # -- real Redis --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="tb-redis-")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                os.kill(self.proc.pid, signal.SIGCONT)
-                self.proc.terminate()
-                self.proc.wait(5)
-            self.proc = None
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGCONT)
-
-    def command(self, *args: str) -> Any:
-        import redis
-
-        r = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
-        try:
-            return r.execute_command(*args)
-        finally:
-            r.close()
+# The processes themselves come from scripts/processes.py, shared with the demo and the benchmark.
 
 
 def require_binary(name: str, needed_for: str, install: str) -> str:
@@ -194,8 +135,7 @@ def _redis_binary() -> str:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(_redis_binary())
-    server.start()
+    server = RedisServer(_redis_binary()).start()
     yield server
     server.stop()
 
@@ -203,7 +143,7 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def real_redis(redis_server: RedisServer) -> RedisServer:
     """The session's real Redis, flushed, running and unpaused."""
-    if redis_server.proc is None or redis_server.proc.poll() is not None:
+    if not redis_server.running():
         redis_server.start()
     redis_server.resume()
     redis_server.command("FLUSHALL")
@@ -211,32 +151,6 @@ def real_redis(redis_server: RedisServer) -> RedisServer:
 
 
 # -- live broker processes -----------------------------------------------------------------------
-
-
-class BrokerProcess:
-    def __init__(self, port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-        self.port = port
-        self.proc = proc
-        self.log_path = log_path
-        self.url = f"http://127.0.0.1:{port}"
-
-    def logs(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-        return out
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture
@@ -248,36 +162,56 @@ def spawn_broker(tmp_path: Path) -> Iterator[Any]:
     def spawn(redis_url: str | None = None, issuer: str | None = None, env: dict[str, str] | None = None,
               workers: int = 1) -> BrokerProcess:
         port = free_port()
-        log_path = tmp_path / f"broker-{port}.log"
-        environ = {**os.environ, "BROKER_KEYS_DIR": str(keys_dir), "BROKER_ISSUER": issuer or ISS,
-                   "PYTHONUNBUFFERED": "1", **(env or {})}
-        if redis_url:
-            environ["BROKER_REDIS_URL"] = redis_url
-        else:
-            environ.pop("BROKER_REDIS_URL", None)
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", str(workers)],
-                cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT,
-            )
-        bp = BrokerProcess(port, proc, log_path)
+        bp = start_broker(keys_dir, tmp_path / f"broker-{port}.log", port=port, issuer=issuer or ISS,
+                          redis_url=redis_url, env=env, workers=workers, timeout=20)
         procs.append(bp)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError("broker exited:\n" + log_path.read_text()[-3000:])
-            try:
-                if httpx.get(bp.url + "/readyz", timeout=0.5).status_code == 200:
-                    return bp
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("broker did not become ready:\n" + log_path.read_text()[-3000:])
+        return bp
 
     spawn.keys_dir = keys_dir  # type: ignore[attr-defined]
     yield spawn
     for bp in procs:
         bp.stop()
+
+
+# -- markers: no real process without "redis" / "live" -------------------------------------------
+
+#: Commands that start a real Redis or a broker (directly, or through the demo / the benchmark).
+_SERVER_COMMANDS = ("redis-server", "redis-sentinel", "scripts/demo.py", "scripts/bench.py")
+
+
+def _starts_a_server(args: Any) -> bool:
+    argv = [str(a) for a in ([args] if isinstance(args, (str, bytes, os.PathLike)) else args)]
+    text = " ".join(argv)
+    return any(c in text for c in _SERVER_COMMANDS) or ("-m" in argv and "app" in argv and "serve" in argv)
+
+
+#: Fixtures that start one (session/module scope: set up before any function-scoped guard).
+_SERVER_FIXTURES = {"redis_server", "real_redis", "spawn_broker", "redis_cluster", "redis_sentinel", "sentinel", "live_broker"}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("redis") or item.get_closest_marker("live"):
+        return
+    used = _SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+    if used:
+        pytest.fail(f"{item.nodeid} uses {', '.join(sorted(used))}: mark it redis or live", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _servers_need_a_marker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test without the ``redis`` or ``live`` marker that starts redis-server or a broker fails,
+    so that ``pytest -m "not redis and not live"`` never starts one."""
+    if request.node.get_closest_marker("redis") or request.node.get_closest_marker("live"):
+        return
+    real_popen = subprocess.Popen
+
+    class Guarded(real_popen):  # type: ignore[misc, valid-type]
+        def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
+            if _starts_a_server(args):
+                raise AssertionError(f"{request.node.nodeid} starts {args!r}: mark it redis or live")
+            super().__init__(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", Guarded)
 
 
 # -- generated-input counts (property tests report how many inputs they tried) -------------------

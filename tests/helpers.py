@@ -1,8 +1,8 @@
 """Test helpers: keys generated at test time, assertion builders, raw JWS construction.
 
-``ISS`` is the test issuer; ``good()`` builds valid claims, ``sign()`` signs them through joserfc,
-``raw()`` builds a compact JWS by hand (for malformed JSON, duplicate members, ``NaN`` and
-non-object payloads).
+``ISS`` is the test issuer; ``good()`` builds valid claims, ``sign()`` signs them with joserfc,
+``raw()`` signs hand-written JSON that no encoder would produce, ``padded_assertion()`` makes
+segments of an exact size for the size caps.
 """
 
 from __future__ import annotations
@@ -126,6 +126,41 @@ def raw(header_text: str, payload_text: str, key: Any, alg: str = "ES256") -> st
     signing_input = b64u(header_text) + "." + b64u(payload_text)
     sig = JWSRegistry.algorithms[alg].sign(signing_input.encode(), key)
     return signing_input + "." + b64u(sig)
+
+
+def padded_assertion(client: TestClient, now: float, *, header: int = 0, payload: int = 0, signature: int = 0) -> str:
+    """A compact JWS from ``client`` whose header / payload / signature segment is exactly that many
+    base64url characters (0: its natural size), for the size caps.
+
+    Header and payload are padded with JSON whitespace and signed with the client's real key, so
+    only a size cap can refuse them. A longer signature is the real one followed by zero bytes:
+    valid base64url that fails verification (no ES256 signature is that long).
+    """
+    header_json = json.dumps({"alg": client.alg, "kid": client.kid, "typ": "client-authentication+jwt"})
+    payload_json = json.dumps(client.claims(now))
+    if header:
+        header_json = _pad_json(header_json, header)
+    if payload:
+        payload_json = _pad_json(payload_json, payload)
+    h, p, s = raw(header_json, payload_json, client.key, client.alg).split(".")
+    if signature:
+        sig = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+        s = b64u(sig + b"\0" * (_bytes_for(signature) - len(sig)))
+    return f"{h}.{p}.{s}"
+
+
+def _bytes_for(b64_length: int) -> int:
+    if b64_length % 4 == 1:
+        raise ValueError(f"no byte string encodes to {b64_length} base64url characters")
+    return 3 * b64_length // 4
+
+
+def _pad_json(text: str, b64_length: int) -> str:
+    """``text`` (a JSON object) with spaces before its closing brace: ``b64_length`` encoded."""
+    missing = _bytes_for(b64_length) - len(text.encode())
+    if missing < 0:
+        raise ValueError(f"{text!r} is already longer than {b64_length} base64url characters")
+    return text[:-1] + " " * missing + "}"
 
 
 def form(assertion: str | None, **params: Any) -> dict[str, str]:

@@ -1,24 +1,25 @@
 """Real multi-process Redis topologies for the tests: a 3-node Cluster and a Sentinel setup.
 
 Every process is ``redis-server`` on loopback with no persistence, in a temp dir, stopped by the
-fixture. Cluster nodes need their bus port (port + 10000) free too, so ports are picked below
+fixture (the single server of most tests is ``scripts.processes.RedisServer``; these need several
+processes with cluster or sentinel options). Cluster nodes need their bus port (port + 10000) free too, so ports are picked below
 55535 with both checked.
 """
 
 from __future__ import annotations
 
 import contextlib
-
 import random
 import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import redis
+
+from scripts.processes import stop_process, wait_until
 
 
 def _free(port: int) -> bool:
@@ -41,16 +42,11 @@ def pick_ports(n: int, *, bus: bool) -> list[int]:
 
 
 def _wait(predicate: Any, what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except (redis.RedisError, OSError) as exc:
-            last = exc
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out waiting for {what} ({last!r})")
+    """Wait for a topology condition; a Redis that refuses or errors meanwhile counts as "not yet"."""
+    try:
+        wait_until(predicate, timeout, what=what, interval=0.1, ignore=(redis.RedisError, OSError))
+    except TimeoutError as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 def _command(port: int, *args: Any) -> Any:
@@ -79,13 +75,7 @@ class Processes:
         _wait(lambda: _command(port, "PING") is True, f"redis on {port}")
 
     def kill(self, port: int) -> None:
-        proc = self.procs.pop(port)
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(self.procs.pop(port), timeout=5)
 
     def stop_all(self) -> None:
         for port in list(self.procs):
@@ -196,7 +186,7 @@ def redis_cluster() -> Any:
         yield cluster
 
 
-@pytest.fixture(params=["single", "cluster"])
+@pytest.fixture(params=[pytest.param("single", marks=pytest.mark.redis), pytest.param("cluster", marks=pytest.mark.redis)])
 def shared_redis(request: Any) -> tuple[str, dict[str, str]]:
     """(redis_url, extra broker env) for one real Redis, then for the 3-node cluster."""
     if request.param == "single":

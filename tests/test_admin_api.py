@@ -309,6 +309,7 @@ def test_invalid_clients_file_stops_the_start(tmp_path, clock):
 _GOOD_ENTRY = {"client_id": "ok", "jwks": {"keys": []}, "audiences": [RS1]}  # keys filled in below
 
 
+@pytest.mark.live  # runs `python -m app serve` (it must exit at once, but it is a broker process)
 @pytest.mark.parametrize("content, message", [
     (None, "cannot read JSON (FileNotFoundError)"),
     ("{not json", "cannot read JSON (DecodeError)"),

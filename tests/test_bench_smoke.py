@@ -14,11 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_binary
-
-ROOT = Path(__file__).resolve().parent.parent
-HTTP_SCENARIOS = ("miss", "hit", "bad_signature", "replay", "fixed_rate")
-EXPECTED_STATUS = {"miss": 200, "hit": 200, "bad_signature": 401, "replay": 401, "fixed_rate": 200}
+from scripts.bench.scenarios import ALL_SCENARIOS, SCENARIOS
+from tests.conftest import ROOT, require_binary
 
 pytestmark = [pytest.mark.live, pytest.mark.redis]
 
@@ -39,13 +36,13 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
 
-    assert set(results["scenarios"]) == {*HTTP_SCENARIOS, "rs_verify", "redis_memory", "memory"}
-    for name in HTTP_SCENARIOS:
-        r = results["scenarios"][name]
-        assert r["expected_status"] == EXPECTED_STATUS[name], name
-        assert r["unexpected"] == 0, (name, r["statuses"], r["socket_errors"])
-        assert set(r["statuses"]) == {str(EXPECTED_STATUS[name])}, (name, r["statuses"])
-        assert r["requests"] > 0, (name, r)
+    assert set(results["scenarios"]) == set(ALL_SCENARIOS)
+    for scenario in SCENARIOS:
+        r = results["scenarios"][scenario.name]
+        assert r["expected_status"] == scenario.expected_status, scenario.name
+        assert r["unexpected"] == 0, (scenario.name, r["statuses"], r["socket_errors"])
+        assert set(r["statuses"]) == {str(scenario.expected_status)}, (scenario.name, r["statuses"])
+        assert r["requests"] > 0, (scenario.name, r)
     assert results["scenarios"]["rs_verify"]["tokens_per_s"] > 0
     assert results["scenarios"]["redis_memory"]["bytes_per_jti"] > 0
     assert results["scenarios"]["memory"]["rss_kib_after"] > 0

@@ -19,12 +19,13 @@ import pytest
 
 from tests.conftest import Broker
 from tests.expect import assert_error, assert_invalid_client, assert_token
-from tests.helpers import TestClient, b64u, form, raw
+from tests.helpers import TestClient, b64u, form, padded_assertion, raw
 
 CT = "application/x-www-form-urlencoded"
 TOO_LARGE = {"error": "invalid_request", "error_description": "The request body is too large."}
 WALL_BUDGET = 1.0  # seconds per request, in process
 MEM_BUDGET = 8 * 2**20  # bytes allocated at peak by one request, beyond the body itself
+HEADER_MAX, SIGNATURE_MAX, ASSERTION_MAX = 512, 1024, 8192  # base64url characters (app.oauth.assertion)
 
 
 def timed(broker: Broker, body: str | bytes, content_type: str = CT) -> tuple[httpx.Response, float, int]:
@@ -73,11 +74,20 @@ def _pathological(c1: TestClient, now: float) -> dict[str, tuple[str, int, str]]
         "60k-ampersands": ("&" * 60_000 + base, 200, ""),
         "8k-distinct-params": ("&".join(f"p{i}=v" for i in range(8_000)) + "&" + base, 200, ""),
         "60k-dots-assertion": (valid_form(c1, now, client_assertion="." * 60_000), 401, "invalid_client"),
-        "assertion-over-8KiB": (valid_form(c1, now, client_assertion="a." * 4097), 401, "invalid_client"),
+        # Validly signed: only the 8 KiB assertion cap refuses it.
+        "assertion-over-8KiB": (valid_form(c1, now, client_assertion=_over_assertion_max(c1, now)), 401, "invalid_client"),
         "60k-percent-escapes": (base + "&x=" + "%41" * 20_000, 200, ""),
         "repeated-param-at-end": ("&".join(f"p{i}=v" for i in range(5_000)) + "&" + base + "&scope=read&scope=read",
                                   400, "invalid_request"),
     }
+
+
+def _over_assertion_max(c1: TestClient, now: float, over: int = 1) -> str:
+    """A validly signed assertion of ``ASSERTION_MAX + over`` characters or a little more (payload padded)."""
+    natural = padded_assertion(c1, now)
+    h64, p64, s64 = natural.split(".")
+    length = ASSERTION_MAX + over - len(h64) - len(s64) - 2
+    return padded_assertion(c1, now, payload=length + (length % 4 == 1))
 
 
 @pytest.mark.parametrize("case", list(_pathological(TestClient("x"), 0)))
@@ -91,6 +101,42 @@ def test_pathological_bodies_within_budget(broker: Broker, c1: TestClient, case:
         assert_error(resp, status, error)
     assert elapsed < WALL_BUDGET, f"{case}: {elapsed:.3f}s"
     assert peak < MEM_BUDGET, f"{case}: {peak} bytes"
+
+
+# -- size caps on the assertion: each refused by its own cap, and by nothing else -----------------
+# Every oversized part is valid base64url (header and payload validly signed, whitespace-padded
+# JSON), so without its cap the assertion would get further: a 200, or a different reason.
+
+
+def last_rejection_reason(broker: Broker) -> str | None:
+    return next((e.get("reason") for e in reversed(broker.logs()) if e.get("event") == "token.rejected"), None)
+
+
+def _at_and_over_caps(c1: TestClient, now: float) -> dict[str, tuple[str, str | None]]:
+    """(assertion, logged reason; None = a token is issued)."""
+    over_header = HEADER_MAX + 2  # +1 is not a base64url length
+    return {
+        "header-at-cap": (padded_assertion(c1, now, header=HEADER_MAX), None),
+        "header-over-cap": (padded_assertion(c1, now, header=over_header), "assertion_malformed"),
+        "signature-over-cap": (padded_assertion(c1, now, signature=SIGNATURE_MAX + 2), "assertion_malformed"),
+        "assertion-at-cap": (_over_assertion_max(c1, now, over=0), None),
+        "assertion-over-cap": (_over_assertion_max(c1, now), "assertion_too_large"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_at_and_over_caps(TestClient("x"), 0)))
+def test_size_caps(broker: Broker, c1: TestClient, case: str) -> None:
+    assertion, reason = _at_and_over_caps(c1, broker.clock.now)[case]
+    h64, _, s64 = assertion.split(".")
+    assert len(h64) <= HEADER_MAX or case.startswith("header-over")
+    assert len(s64) <= SIGNATURE_MAX or case.startswith("signature-over")
+    assert (len(assertion) > ASSERTION_MAX) == case.startswith("assertion-over"), len(assertion)
+    resp = broker.token(form(assertion))
+    if reason is None:
+        assert_token(resp)
+    else:
+        assert_invalid_client(resp)
+        assert last_rejection_reason(broker) == reason
 
 
 # -- form encoding (attack matrix: `form-charset`) --------------------------------------------------

@@ -9,7 +9,6 @@ and is never served from the cache again.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import pytest
@@ -51,8 +50,7 @@ def test_two_processes_share_one_token(real_redis, spawn_broker):
     client = TestClient("svc-a")
     rs = TestClient("rs-a", scopes=("broker:introspect",), default_scopes=("broker:introspect",))
     _admin_register(r1.url, spawn_broker.keys_dir, client)
-    _admin_register(r1.url, spawn_broker.keys_dir, rs)
-    time.sleep(0.6)  # registry poll interval is 0.25 s
+    _admin_register(r1.url, spawn_broker.keys_dir, rs)  # both new to r2: it reads them from the registry on first use
 
     assertions = [client.assertion() for _ in range(REQUESTS)]  # fresh: every jti is new
     counters = ("broker_tokens_minted_total", "broker_token_cache_hits_total", "broker_token_cache_stampede_waits_total")
@@ -130,8 +128,7 @@ def test_simultaneous_misses_on_both_processes_mint_once(real_redis, spawn_broke
     r2 = spawn_broker(redis_url=real_redis.url, env=STAMPEDE_ENV)
     procs = (r1, r2)
     client = TestClient("svc-b", scopes=("a", "b", "c"), default_scopes=("a",))
-    _admin_register(r1.url, spawn_broker.keys_dir, client)
-    time.sleep(0.6)
+    _admin_register(r1.url, spawn_broker.keys_dir, client)  # new to every replica: each reads it from the registry on first use
 
     async def burst(scope: str) -> list[tuple[int, str]]:
         requests = [_raw_post("/token", str(httpx.QueryParams(form(client.assertion(), scope=scope))).encode())

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, RedisServer, free_port, require_binary
+from tests.conftest import ROOT, RedisServer, free_port, require_binary, wait_until
 from tests.helpers import TestClient, form
 from tests.test_replay import _admin_register
 
@@ -97,11 +97,15 @@ def test_stopping_a_replica_behind_haproxy_fails_no_request(real_redis: RedisSer
         for t in threads:
             t.start()
         try:
-            time.sleep(1.5)
-            served_before = sum(1 for e in brokers[0].logs() if e.get("event") == "token.issued")
+            def issued_by_first() -> int:
+                return sum(1 for e in brokers[0].logs() if e.get("event") == "token.issued")
+
+            wait_until(lambda: results["200"] > 50 and issued_by_first() > 0, 20, what="load through every replica")
+            served_before = issued_by_first()
             brokers[0].stop()
             assert brokers[0].proc.returncode in (0, -15)
-            time.sleep(1.5)
+            after_stop = results["200"]
+            wait_until(lambda: results["200"] >= after_stop + 20, 20, what="the others serving on after the stop")
         finally:
             stop.set()
             for t in threads:

@@ -59,6 +59,7 @@ def test_route_templates_not_raw_paths_are_labels(broker: Broker) -> None:
     assert 'endpoint="/admin/clients/{client_id}"' in text
 
 
+@pytest.mark.redis
 def test_redis_errors_are_counted(real_redis, tmp_path, clock: FrozenClock) -> None:
     from app.config import Settings
     from tests.helpers import ISS, TestClient

@@ -6,12 +6,11 @@ import os
 import re
 import subprocess
 import sys
-import time
 
-import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port
+from scripts.processes import start_broker
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.live
 
@@ -22,24 +21,12 @@ def walkthrough_block() -> str:
     return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
 
 
-def test_readme_walkthrough_runs_as_written(spawn_broker, tmp_path):
+def test_readme_walkthrough_runs_as_written(tmp_path):
     # The walk-through uses the broker URL as issuer (loopback http), like ./scripts/serve.sh does.
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    keys_dir = spawn_broker.keys_dir
-    env = {**os.environ, "BROKER_ISSUER": url, "BROKER_KEYS_DIR": str(keys_dir), "PYTHONUNBUFFERED": "1"}
-    env.pop("BROKER_REDIS_URL", None)
-    log = open(tmp_path / "broker.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    keys_dir = tmp_path / "keys"
+    broker = start_broker(keys_dir, tmp_path / "broker.log")
+    url = broker.url
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/readyz", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         script = walkthrough_block()
         script = script.replace("BROKER=http://127.0.0.1:8000", f"BROKER={url}")
         script = script.replace(".venv/bin/python", sys.executable).replace("/tmp/token.json", str(tmp_path / "token.json"))
@@ -57,6 +44,4 @@ def test_readme_walkthrough_runs_as_written(spawn_broker, tmp_path):
         assert '"valid": true' in out
         assert (keys_dir / "orders-svc.jwk").stat().st_mode & 0o777 == 0o600
     finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
+        broker.stop()

@@ -24,7 +24,8 @@ from redis.backoff import NoBackoff
 from redis.asyncio.retry import Retry  # the sync Retry never retries a coroutine
 
 from app.config import Settings
-from tests.conftest import Broker, FrozenClock, RedisServer
+from tests.conftest import Broker, FrozenClock, RedisServer, wait_until
+from tests.expect import assert_token
 from tests.helpers import ISS, TestClient, form
 
 pytestmark = pytest.mark.redis
@@ -81,15 +82,16 @@ def outage_round(broker: Broker, client: TestClient, n: int = 5) -> list[str]:
     return assertions
 
 
-def eventually_ok(broker: Broker, client: TestClient, within: float = 5.0) -> httpx.Response:
-    deadline = time.monotonic() + within
-    while True:
+def eventually_ok(broker: Broker, client: TestClient, within: float = 5.0) -> None:
+    """Service resumes without a restart: a token within ``within`` s, and only 503s before it."""
+
+    def token_issued() -> bool:
         resp = broker.get_token(client)
-        if resp.status_code == 200 or time.monotonic() > deadline:
-            assert resp.status_code == 200, resp.text
-            return resp
-        assert_unavailable(resp)
-        time.sleep(0.1)
+        if resp.status_code != 200:
+            assert_unavailable(resp)
+        return resp.status_code == 200
+
+    wait_until(token_issued, within, what="a token after the fault", interval=0.1)
 
 
 def test_redis_stopped_then_restarted(rbroker: Broker, rc1: TestClient, real_redis: RedisServer) -> None:
@@ -178,22 +180,38 @@ def test_password_changed_under_the_broker(rbroker: Broker, rc1: TestClient, rea
     eventually_ok(rbroker, rc1)
 
 
+def _registry_poller_asleep(broker: Broker) -> bool:
+    """True once the registry poller (``ClientDirectory.run``) has finished its first epoch read and
+    sleeps: with a one-hour poll interval nothing but the test then uses the pool's connection."""
+
+    async def check() -> bool:
+        for task in asyncio.all_tasks():
+            coro = task.get_coro()
+            if getattr(coro, "__qualname__", "") == "ClientDirectory.run":
+                return getattr(coro.cr_await, "__qualname__", "") == "sleep"  # not awaiting refresh()
+        raise AssertionError("no registry poller task")
+
+    return broker.call(check)
+
+
 def test_pool_exhausted(real_redis: RedisServer, tmp_path: Path, clock: FrozenClock) -> None:
     """`redis-command-errors`: no free connection in the pool (MaxConnectionsError) → 503 at once, fine after release."""
     client = Redis.from_url(real_redis.url, max_connections=1, socket_timeout=0.3, socket_connect_timeout=0.3,
                             retry=Retry(NoBackoff(), 1))
     settings = redis_settings(tmp_path, real_redis.url, registry_poll_interval=3600.0)
     with Broker(settings, clock, redis=client) as broker:
+        # The poller's first epoch read runs right after start-up and needs the one connection too.
+        wait_until(lambda: _registry_poller_asleep(broker), 10, what="the registry poller's first read")
         c1 = TestClient("c1")
         broker.register(c1)
-        assert broker.get_token(c1).status_code == 200
+        assert_token(broker.get_token(c1))
         pool = client.connection_pool
         held = broker.call(pool.get_connection)
         try:
             outage_round(broker, c1, n=3)
         finally:
             broker.call(pool.release, held)
-        assert broker.get_token(c1).status_code == 200
+        assert_token(broker.get_token(c1))
         broker.call(client.aclose)
 
 
@@ -212,6 +230,7 @@ class DelayProxy:
         self.target_port = target_port
         self.delay = delay
         self.delay_replies = 0
+        self.holding = 0  # replies being held back right now
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -255,8 +274,14 @@ class DelayProxy:
                 while data := await src.read(65536):
                     if replies and self.delay_replies > 0:
                         self.delay_replies -= 1
-                        await asyncio.sleep(self.delay)
-                    dst.write(data)
+                        self.holding += 1
+                        try:
+                            await asyncio.sleep(self.delay)  # the fault itself: a late reply
+                            dst.write(data)
+                        finally:
+                            self.holding -= 1
+                    else:
+                        dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.CancelledError):
                 pass
@@ -274,7 +299,8 @@ def proxy(real_redis: RedisServer) -> Iterator[DelayProxy]:
 
 @pytest.fixture
 def proxied(proxy: DelayProxy, tmp_path: Path, clock: FrozenClock) -> Iterator[Broker]:
-    # No registry polling, so the only Redis command of a warm token request is the SET NX GET.
+    # No registry polling, so a warm token request (a cache hit) sends Redis one command: the token
+    # endpoint's script that writes the replay record and reads the cache (app/store/token_cache.py).
     with Broker(redis_settings(tmp_path, proxy.url, registry_poll_interval=3600.0), clock) as b:
         yield b
 
@@ -288,7 +314,7 @@ def test_reply_lost_after_write_retry_is_first_use(proxied: Broker, proxy: Delay
     proxy.delay_replies = 1
     resp = proxied.token(form(assertion))
     assert resp.status_code == 200, (resp.text, proxied.logs()[-3:])
-    assert proxy.delay_replies == 0  # the delay really hit the SET NX
+    assert proxy.delay_replies == 0  # the delay really hit the token script's reply
     # A replay of the completed request is still a replay.
     replay = proxied.token(form(assertion))
     assert replay.status_code == 401 and replay.json() == INVALID_CLIENT
@@ -308,7 +334,7 @@ def test_every_reply_late_is_503_never_401(proxied: Broker, proxy: DelayProxy) -
         assert_unavailable(resp, time.monotonic() - t0)
     finally:
         proxy.delay_replies = 0
-    time.sleep(proxy.delay + 0.1)  # let the held replies drain
+    wait_until(lambda: proxy.holding == 0, 5, what="the held replies to drain")
     again = proxied.token(form(assertion))
     assert again.status_code == 401 and again.json() == INVALID_CLIENT
     assert proxied.get_token(c1).status_code == 200
@@ -343,14 +369,12 @@ def live_token(url: str, client: TestClient) -> httpx.Response:
 def test_live_broker_sigstop_and_recovery(real_redis: RedisServer, spawn_broker: Any, tmp_path: Path) -> None:
     """`redis-unreachable`, `redis-hung-or-slow` on a real ``python -m app serve`` process: 503 + Retry-After, readyz/healthz, no leak."""
     live = spawn_broker(redis_url=real_redis.url)
-    # Register through an in-process broker on the same Redis; the live one sees it by epoch poll.
+    # Register through an in-process broker on the same Redis.
     with Broker(redis_settings(tmp_path, real_redis.url), FrozenClock(time.time())) as admin:
         c1 = TestClient("c1")
         admin.register(c1)
-    deadline = time.monotonic() + 5
-    while (resp := live_token(live.url, c1)).status_code != 200 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert resp.status_code == 200, resp.text
+    # A client the live broker has not seen is read from the registry on first use.
+    assert_token(live_token(live.url, c1))
 
     real_redis.pause()
     try:
@@ -366,11 +390,13 @@ def test_live_broker_sigstop_and_recovery(real_redis: RedisServer, spawn_broker:
     finally:
         real_redis.resume()
 
-    deadline = time.monotonic() + 5
-    while (resp := live_token(live.url, c1)).status_code != 200 and time.monotonic() < deadline:
-        assert_unavailable(resp)
-        time.sleep(0.1)
-    assert resp.status_code == 200, resp.text
+    def token_issued() -> bool:
+        resp = live_token(live.url, c1)
+        if resp.status_code != 200:
+            assert_unavailable(resp)
+        return resp.status_code == 200
+
+    wait_until(token_issued, 5, what="a token after Redis resumed", interval=0.1)
     assert httpx.get(live.url + "/readyz", timeout=5).status_code == 200
     clients = int(real_redis.command("INFO", "clients")["connected_clients"])
     assert clients < 20, f"connection leak: {clients} clients"

@@ -100,8 +100,7 @@ def test_two_processes_through_sentinel(sentinel: SentinelSetup, spawn_broker: A
            "BROKER_REDIS_SENTINEL_MASTER": sentinel.MASTER_NAME}
     brokers = [spawn_broker(env=env) for _ in range(2)]
     client = TestClient("c1")
-    _admin_register(brokers[0].url, spawn_broker.keys_dir, client)
-    time.sleep(0.6)
+    _admin_register(brokers[0].url, spawn_broker.keys_dir, client)  # new to both: each reads it from the registry on first use
     assertion = client.assertion()
     assert_token(httpx.post(brokers[1].url + "/token", data=form(assertion)))
     assert_invalid_client(httpx.post(brokers[0].url + "/token", data=form(assertion)))  # replay across replicas

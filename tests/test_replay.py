@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import pytest
@@ -71,6 +70,7 @@ def test_same_request_id_retry_is_first_use(broker):
 # -- real Redis ------------------------------------------------------------------------------
 
 
+@pytest.mark.redis
 def test_replay_on_real_redis_in_process(real_redis, tmp_path, clock):
     settings = Settings(issuer=ISS, keys_dir=tmp_path / "keys", redis_url=real_redis.url)
     with Broker(settings, clock) as b:
@@ -95,13 +95,13 @@ def _admin_register(base_url: str, keys_dir, client: TestClient) -> None:
     assert r.status_code == 201, r.text
 
 
+@pytest.mark.redis
 @pytest.mark.live
 def test_replay_across_two_processes(real_redis, spawn_broker):
     r1 = spawn_broker(redis_url=real_redis.url)
     r2 = spawn_broker(redis_url=real_redis.url)
     client = TestClient("c1")
-    _admin_register(r1.url, spawn_broker.keys_dir, client)
-    time.sleep(0.6)  # registry poll interval is 0.25 s
+    _admin_register(r1.url, spawn_broker.keys_dir, client)  # new to every replica: each reads it from the registry on first use
     for first, second in ((r1, r2), (r2, r1)):
         assertion = client.assertion()
         ok = httpx.post(first.url + "/token", data=form(assertion))
@@ -110,6 +110,7 @@ def test_replay_across_two_processes(real_redis, spawn_broker):
         assert (again.status_code, again.json()["error"]) == (401, "invalid_client")
 
 
+@pytest.mark.redis
 @pytest.mark.live
 def test_concurrent_identical_requests_across_processes(real_redis, spawn_broker):
     """`replay-race`: 50 concurrent identical requests over R1 and R2, 20 rounds: exactly one 200 per round.
@@ -121,8 +122,7 @@ def test_concurrent_identical_requests_across_processes(real_redis, spawn_broker
     r1 = spawn_broker(redis_url=real_redis.url, env=env)
     r2 = spawn_broker(redis_url=real_redis.url, env=env)
     client = TestClient("c1")
-    _admin_register(r1.url, spawn_broker.keys_dir, client)
-    time.sleep(0.6)
+    _admin_register(r1.url, spawn_broker.keys_dir, client)  # new to every replica: each reads it from the registry on first use
 
     async def round_(http: httpx.AsyncClient) -> list[int]:
         body = form(client.assertion())

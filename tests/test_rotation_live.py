@@ -23,6 +23,7 @@ from app.oauth.access_token import verification_keys_from_jwks, verify_access_to
 from app.service import signing_keys
 from tests.redis_topology import redis_cluster, shared_redis  # noqa: F401 (fixtures)
 from tests.test_replay import _admin_register
+from tests.conftest import wait_until
 from tests.helpers import ISS, RS1, TestClient, decode_unverified, form
 
 pytestmark = [pytest.mark.redis, pytest.mark.live]
@@ -34,12 +35,7 @@ MAX_SECONDS = 40.0
 
 
 def _wait(predicate: Any, what: str, timeout: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_until(predicate, timeout, what=what)
 
 
 def test_rotation_during_load_fails_no_verification(shared_redis: tuple[str, dict[str, str]], spawn_broker: Any) -> None:
@@ -48,8 +44,7 @@ def test_rotation_during_load_fails_no_verification(shared_redis: tuple[str, dic
     brokers = [spawn_broker(redis_url=redis_url, env=env) for _ in range(3)]
     keys_dir = spawn_broker.keys_dir
     client = TestClient("c1")
-    _admin_register(brokers[0].url, keys_dir, client)
-    time.sleep(0.6)  # every replica sees the registry change by its epoch poll
+    _admin_register(brokers[0].url, keys_dir, client)  # new to every replica: each reads it on first use
 
     stop = threading.Event()
     issued: list[tuple[float, str]] = []
@@ -85,7 +80,7 @@ def test_rotation_during_load_fails_no_verification(shared_redis: tuple[str, dic
         t.start()
     try:
         old_kid = decode_unverified(httpx.post(brokers[0].url + "/token", data=form(client.assertion())).json()["access_token"])[0]["kid"]
-        time.sleep(0.5)
+        _wait(lambda: len(issued) > 10, "tokens signed with the first key")
         staged = signing_keys.stage(keys_dir, "ES256")
         _wait(lambda: published(staged.kid), "every replica to publish the staged key")
         time.sleep(CACHE)  # published for a whole cache lifetime before it signs
@@ -103,7 +98,8 @@ def test_rotation_during_load_fails_no_verification(shared_redis: tuple[str, dic
         assert deleted == [old_kid]
         _wait(lambda: not any(old_kid in {k["kid"] for k in httpx.get(b.url + "/jwks.json").json()["keys"]} for b in brokers),
               "every replica to drop the retired key")
-        time.sleep(1.0)
+        after_drop = len(issued)
+        _wait(lambda: len(issued) >= after_drop + 10, "tokens after the retired key was dropped")
     finally:
         stop.set()
         for t in threads:

@@ -19,7 +19,7 @@ import pytest
 
 from app.__main__ import _workers, main
 from app.config import Settings
-from tests.conftest import Broker, FrozenClock, RedisServer
+from tests.conftest import Broker, FrozenClock, RedisServer, wait_until
 from tests.helpers import ISS, TestClient, form
 from tests.redis_topology import redis_cluster, shared_redis  # noqa: F401 (fixtures)
 from tests.test_replay import _admin_register
@@ -44,8 +44,7 @@ def test_workers_option_rejects(text: str, capsys: pytest.CaptureFixture[str]) -
 
 def _register(real_redis: RedisServer, keys_dir: Path, client: TestClient) -> None:
     with Broker(Settings(issuer=ISS, keys_dir=keys_dir, redis_url=real_redis.url), FrozenClock(time.time())) as admin:
-        admin.register(client)
-    time.sleep(0.5)  # every replica sees the registry change by its epoch poll
+        admin.register(client)  # new to every replica: each reads it from the registry on first use
 
 
 def _children(pid: int) -> list[int]:
@@ -93,8 +92,7 @@ def test_stopping_one_replica_under_load_fails_no_request(
     redis_url, env = shared_redis
     brokers = [spawn_broker(redis_url=redis_url, env={**env, "BROKER_SHUTDOWN_DRAIN": "1.5"}) for _ in range(3)]
     client = TestClient("c1")
-    _admin_register(brokers[0].url, spawn_broker.keys_dir, client)
-    time.sleep(0.6)
+    _admin_register(brokers[0].url, spawn_broker.keys_dir, client)  # new to every replica: each reads it from the registry on first use
     stop = threading.Event()
     healthy = [True, True, True]
     results: dict[int, Counter[str]] = {i: Counter() for i in range(3)}
@@ -134,13 +132,15 @@ def test_stopping_one_replica_under_load_fails_no_request(
     for t in threads:
         t.start()
     try:
-        time.sleep(1.5)
+        wait_until(lambda: all(r["200"] > 20 for r in results.values()), 20, what="every replica serving the load")
         stopped_at = time.monotonic()
         brokers[0].stop()  # SIGTERM, then waits for the process to exit
         # uvicorn finishes its graceful shutdown, then re-raises the captured SIGTERM.
         assert brokers[0].proc.returncode in (0, -15)
         assert time.monotonic() - stopped_at >= 1.5  # it drained first
-        time.sleep(1.0)
+        served = {i: results[i]["200"] for i in (1, 2)}
+        wait_until(lambda: all(results[i]["200"] >= served[i] + 10 for i in (1, 2)), 20,
+                   what="the other replicas serving on after the stop")
     finally:
         stop.set()
         for t in threads:

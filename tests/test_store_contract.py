@@ -30,7 +30,7 @@ def redis_sentinel() -> Iterator[SentinelSetup]:
         yield setup
 
 
-@pytest.fixture(params=["fakeredis", "redis", "cluster", "sentinel"])
+@pytest.fixture(params=["fakeredis", *(pytest.param(kind, marks=pytest.mark.redis) for kind in ("redis", "cluster", "sentinel"))])
 def target(request: Any) -> dict[str, Any]:
     """Keyword arguments for ``connect`` naming a fresh, empty Redis of each kind."""
     if request.param == "fakeredis":

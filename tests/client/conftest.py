@@ -3,9 +3,6 @@ server on httpx's in-memory transport, and (module scope) a live broker process 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +14,8 @@ import pytest
 
 from app.client import BrokerClient, HttpSettings
 from app.keystore import public_jwk
-from tests.conftest import ROOT, Broker, free_port
+from scripts.processes import register_clients, start_broker
+from tests.conftest import Broker
 from tests.helpers import ISS, RS1, TestClient, new_key
 
 
@@ -82,26 +80,12 @@ class ResourceServer:
 
 class LiveBroker:
     def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.issuer = f"http://127.0.0.1:{self.port}"
         self.keys_dir = tmp / "keys"
         self.log_path = tmp / "broker.log"
-        env = {**os.environ, "BROKER_ISSUER": self.issuer, "BROKER_KEYS_DIR": str(self.keys_dir), "PYTHONUNBUFFERED": "1"}
-        env.pop("BROKER_REDIS_URL", None)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(self.port)],
-                                         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("broker exited:\n" + self.log_path.read_text()[-3000:])
-            try:
-                if httpx.get(self.issuer + "/readyz", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("broker did not become ready")
+        self.process = start_broker(self.keys_dir, self.log_path)
+        self.proc = self.process.proc
+        self.port = self.process.port
+        self.issuer = self.process.url
         self.admin = BrokerClient(self.issuer, "broker-admin", self.keys_dir / "admin.jwk",
                                   scope="broker:admin", resource=self.issuer + "/admin")
 
@@ -110,9 +94,7 @@ class LiveBroker:
         body = {"client_id": client_id, "jwks": {"keys": [public_jwk(key, alg=alg, kid=client_id + "-1")]},
                 "scopes": ["read", "write"], "default_scopes": ["read"], "audiences": [RS1], "default_audience": RS1,
                 **metadata}
-        with httpx.Client(auth=self.admin.auth()) as http:
-            response = http.post(self.issuer + "/admin/clients", json=body)
-        assert response.status_code == 201, response.text
+        register_clients(self.issuer, self.keys_dir / "admin.jwk", [body])
         return key
 
     def issued(self, client_id: str) -> int:
@@ -120,13 +102,7 @@ class LiveBroker:
                    if '"token.issued"' in line and f'"client_id":"{client_id}"' in line.replace(" ", ""))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.process.stop()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,157 @@
+"""The ceiling, measured in process on the broker's core while the broker is idle: the CPU cost of
+the work no implementation can skip (assertion verify, token sign, one Redis call), and the
+resource server's token verification; plus Redis bytes per recorded jti."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from scripts.bench.results import Ceiling, RedisMemory
+from scripts.bench.scenarios import Costs, ceiling_rps
+from scripts.bench.system import Pinning, run_async
+from scripts.bench.workload import RS, Workload
+from scripts.processes import RedisServer, wait_until
+
+NOTE = ("CPU µs per operation (process CPU time, median of rounds) measured on the broker's core with the "
+        "broker idle; redis = redis-py asyncio SET NX PX GET with 32 concurrent callers, the broker's own "
+        "client settings (client CPU per op; Redis runs on the other core). wall_us = the same loops in "
+        "wall time (inflated when other processes share the core)")
+
+
+def per_op_us(fn: Callable[[Any], Any], items: list[Any], rounds: int) -> tuple[float, float]:
+    """Medians over ``rounds`` of the wall and CPU time per call over ``items`` (µs).
+
+    CPU time (CLOCK_PROCESS_CPUTIME_ID) is what a fully available core would spend; it barely moves
+    when other processes share the core, where wall time does.
+    """
+    wall, cpu = [], []
+    for _ in range(rounds):
+        c0, t0 = time.process_time(), time.perf_counter()
+        for it in items:
+            fn(it)
+        wall.append((time.perf_counter() - t0) / len(items) * 1e6)
+        cpu.append((time.process_time() - c0) / len(items) * 1e6)
+    return round(statistics.median(wall), 1), round(statistics.median(cpu), 1)
+
+
+def _verify_cost(work: Workload, settings: Any, n: int, rounds: int) -> tuple[float, float]:
+    from app.oauth.assertion import parse_assertion, verify_assertion
+    from app.oauth.clients import ClientRecord, prepare_client
+    from app.service.client_auth import assertion_policy
+
+    policy = assertion_policy(settings)
+    bc = work.hit_clients[0]
+    client = prepare_client(msgspec.convert(bc.metadata(), ClientRecord))
+    now = int(time.time())
+    assertions = [bc.assertion(work.issuer, now) for _ in range(n)]
+
+    def verify(a: str) -> None:
+        verify_assertion(parse_assertion(a, policy), client, policy, time.time())
+
+    return per_op_us(verify, assertions, rounds)
+
+
+def _sign_and_rs_costs(issuer: str, n: int, rounds: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Access-token sign, then resource-server verification (RFC 9068 §4) of broker-shaped tokens."""
+    from joserfc.jwk import ECKey
+
+    from app.oauth.access_token import AccessTokenClaims, TokenSigner, new_token_id, verify_access_token
+    from app.oauth.jose import verification_key
+
+    now = int(time.time())
+    key = ECKey.generate_key("P-256")
+    signer = TokenSigner(key, "bench-kid", "ES256")
+    claims = [AccessTokenClaims(iss=issuer, sub="c", client_id="c", aud=RS, scope="read", jti=new_token_id(),
+                                iat=now, exp=now + 900) for _ in range(n)]
+    sign = per_op_us(signer.sign, claims, rounds)
+    vkeys = {"bench-kid": verification_key(key.as_dict(private=False), kid="bench-kid", alg="ES256")}
+    tokens = [signer.sign(c) for c in claims]
+
+    def rs(token: str) -> None:
+        verify_access_token(token, vkeys, issuer=issuer, audience=RS, now=time.time())
+
+    return sign, per_op_us(rs, tokens, rounds)
+
+
+async def _redis_cost(settings: Any, n: int, rounds: int) -> tuple[float, float]:
+    """redis-py asyncio SET NX PX GET of broker-shaped replay keys, 32 callers at a time."""
+    from app.store import keyspace
+    from app.store.redis import connect
+
+    r = connect(settings.redis_url, timeout=settings.redis_timeout, retries=settings.redis_retries)
+    rid = os.urandom(12).hex()
+    names = [keyspace.replay("bench-ceiling", secrets.token_urlsafe(16)) for _ in range(n)]
+    sem = asyncio.Semaphore(32)
+
+    async def one(k: str) -> None:
+        async with sem:
+            await r.set(k, rid, nx=True, px=60_000, get=True)
+
+    await asyncio.gather(*(one(k) for k in names[:64]))  # warm the pool
+    wall, cpu = [], []
+    for _ in range(rounds):
+        fresh = [k + str(len(wall)) for k in names]
+        c0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(one(k) for k in fresh))
+        wall.append((time.perf_counter() - t0) / n * 1e6)
+        cpu.append((time.process_time() - c0) / n * 1e6)
+    await r.aclose()
+    return round(statistics.median(wall), 1), round(statistics.median(cpu), 1)
+
+
+def measure_ceiling(work: Workload, redis_url: str, pin: Pinning, n: int, rounds: int) -> Ceiling:
+    from app.config import Settings
+
+    settings = Settings(issuer=work.issuer, redis_url=redis_url)
+    with pin.run_on(pin.broker_core):
+        verify_wall, verify_us = _verify_cost(work, settings, n, rounds)
+        (sign_wall, sign_us), (rs_wall, rs_us) = _sign_and_rs_costs(work.issuer, n, rounds)
+        redis_wall, redis_us = run_async(_redis_cost(settings, n, rounds))
+    return Ceiling(
+        verify_us=verify_us, sign_us=sign_us, redis_set_nx_get_us=redis_us, rs_verify_us=rs_us,
+        wall_us={"verify": verify_wall, "sign": sign_wall, "redis_set_nx_get": redis_wall, "rs_verify": rs_wall},
+        ceiling_rps=ceiling_rps(Costs(verify=verify_us, sign=sign_us, redis=redis_us), rs_us),
+        note=NOTE,
+    )
+
+
+def _pipeline(port: int, commands: list[bytes]) -> None:
+    """Send RESP commands 1000 at a time on one raw connection, reading one reply line each."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        f = s.makefile("rb")
+        for start in range(0, len(commands), 1000):
+            chunk = commands[start:start + 1000]
+            s.sendall(b"".join(chunk))
+            for _ in chunk:
+                f.readline()
+
+
+def measure_redis_memory(redis: RedisServer, n: int) -> RedisMemory:
+    """Bytes of Redis memory per recorded jti: the broker's key shape and value, with a TTL."""
+    from app.store import keyspace
+
+    clients = redis.command("INFO", "clients")["connected_clients"]
+    before = int(redis.command("INFO", "memory")["used_memory"])
+    rid = os.urandom(12).hex()
+    names = [keyspace.replay("bench-client", secrets.token_urlsafe(16)) for _ in range(n)]
+    _pipeline(redis.port, [f"*7\r\n$3\r\nSET\r\n${len(k)}\r\n{k}\r\n$24\r\n{rid}\r\n$2\r\nNX\r\n$2\r\nPX\r\n"
+                           f"$6\r\n300000\r\n$3\r\nGET\r\n".encode() for k in names])  # each reply "$-1": new key
+    # Every reply has been read, so every SET has run; once the server has also dropped the
+    # pipeline's connection (and its buffers), used_memory counts the keys alone.
+    wait_until(lambda: redis.command("INFO", "clients")["connected_clients"] <= clients, 10,
+               what="redis-server to close the pipeline connection")
+    after = int(redis.command("INFO", "memory")["used_memory"])
+    _pipeline(redis.port, [f"*2\r\n$6\r\nUNLINK\r\n${len(k)}\r\n{k}\r\n".encode() for k in names])
+    return RedisMemory(keys=n, used_memory_before=before, used_memory_after=after,
+                       bytes_per_jti=round((after - before) / n, 1), key_example_length=len(names[0]),
+                       value_length=24, ttl="PX (expires)")
+

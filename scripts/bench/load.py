@@ -1,0 +1,144 @@
+"""Load generators: wrk with ``post_bodies.lua`` (closed loop) and an open-loop asyncio client for
+a fixed offered rate; plus single requests for set-up."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import http.client
+import json
+import resource
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from scripts.bench.results import FixedRateRun, WrkRun
+from scripts.bench.system import Pinning, cpu_seconds, run_async
+from scripts.bench.workload import remove_bodies, write_bodies
+from scripts.processes import BrokerProcess
+
+LUA = Path(__file__).resolve().parent / "post_bodies.lua"
+
+
+def request(broker: BrokerProcess, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", broker.port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def post_token(broker: BrokerProcess, body: str) -> tuple[int, dict[str, str], dict[str, Any]]:
+    status, headers, raw = request(broker, "POST", "/token", body.encode(),
+                                   {"Content-Type": "application/x-www-form-urlencoded"})
+    return status, headers, json.loads(raw or b"{}")
+
+
+def run_wrk(broker: BrokerProcess, bodies: list[str], mode: str, *, duration: float, connections: int,
+            threads: int, pin_cmd: list[str], workdir: Path, name: str) -> WrkRun:
+    """wrk for ``duration`` seconds; ``mode`` "once" (each body sent once) or "cycle"."""
+    prefix = workdir / f"bodies-{name}"
+    write_bodies(prefix, bodies, threads)
+    cmd = pin_cmd + ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s",
+                     "--timeout", "5s", "-s", str(LUA), broker.url, "--", str(prefix), mode]
+    before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0, t0 = cpu_seconds(broker.proc.pid), time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    wall = time.monotonic() - t0
+    broker_cpu = cpu_seconds(broker.proc.pid) - cpu0
+    after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    remove_bodies(prefix, threads)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stdout[-1500:]} {proc.stderr[-1500:]}")
+    res = json.loads(line[len("BENCH_JSON "):])
+    seconds = res["duration_us"] / 1e6
+    gen_cpu = (after_children.ru_utime - before_children.ru_utime) + (after_children.ru_stime - before_children.ru_stime)
+    latency = {p: round(res["latency_us"][p] / 1000, 2) for p in ("p50", "p90", "p99", "max")}
+    return WrkRun(
+        rps=round(res["requests"] / seconds, 1), requests=res["requests"], seconds=round(seconds, 2),
+        p50_ms=latency["p50"], p90_ms=latency["p90"], p99_ms=latency["p99"], max_ms=latency["max"],
+        statuses=dict(sorted(res["statuses"].items())),
+        socket_errors={k: v for k, v in res["errors"].items() if k != "status"},
+        exhausted_threads=res["exhausted_threads"],
+        broker_cpu_share=round(broker_cpu / wall, 2),
+        rps_per_broker_cpu_s=round(res["requests"] / broker_cpu, 1) if broker_cpu > 0 else None,
+        generator_cpu_share=round(gen_cpu / wall, 2), connections=connections,
+        generator=f"wrk -t{threads} -c{connections}",
+    )
+
+
+_HEAD = (b"POST /token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+         b"Content-Length: ")
+
+
+class _OpenLoop:
+    """Open loop: request i is due at t0 + i/rate; latency counts from when it was due."""
+
+    def __init__(self, port: int, conns: int) -> None:
+        self.port = port
+        self.conns = conns
+        self.pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+        self.clock = time.perf_counter  # not loop.time(): uvloop's clock has 1 ms resolution
+        self.latencies: list[float] = []
+        self.statuses: collections.Counter[str] = collections.Counter()
+        self.errors = 0
+
+    async def one(self, due: float, body: bytes) -> None:
+        reader, writer = await self.pool.get()
+        try:
+            writer.write(_HEAD + str(len(body)).encode() + b"\r\n\r\n" + body)
+            status_line = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            self.latencies.append(self.clock() - due)
+            self.statuses[status_line.split(b" ", 2)[1].decode()] += 1
+        except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
+            self.errors += 1
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.pool.put_nowait((reader, writer))
+
+    async def run(self, bodies: list[bytes], rate: float) -> float:
+        """Send every body on schedule; returns the elapsed seconds."""
+        for _ in range(self.conns):
+            self.pool.put_nowait(await asyncio.open_connection("127.0.0.1", self.port))
+        tasks = []
+        t0 = self.clock() + 0.05
+        for i, body in enumerate(bodies):
+            due = t0 + i / rate
+            delay = due - self.clock()
+            if delay > 0:
+                await asyncio.sleep(delay)  # the schedule itself: request i is due at t0 + i/rate
+            tasks.append(asyncio.create_task(self.one(due, body)))
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+        elapsed = self.clock() - t0
+        while not self.pool.empty():
+            self.pool.get_nowait()[1].close()
+        return elapsed
+
+    def percentile(self, p: float) -> float:
+        lat = self.latencies
+        return round(lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1000, 2) if lat else 0.0
+
+
+def run_fixed_rate(broker: BrokerProcess, bodies: list[str], rate: float, conns: int, pin: Pinning) -> FixedRateRun:
+    async def main() -> tuple[_OpenLoop, float]:
+        loop = _OpenLoop(broker.port, conns)
+        return loop, await loop.run([b.encode() for b in bodies], rate)
+
+    with pin.run_on(pin.other_core):
+        client, elapsed = run_async(main())
+    client.latencies.sort()
+    return FixedRateRun(
+        offered_rps=rate, achieved_rps=round(len(client.latencies) / elapsed, 1), requests=len(bodies),
+        p50_ms=client.percentile(50), p90_ms=client.percentile(90), p99_ms=client.percentile(99),
+        max_ms=client.percentile(100), statuses=dict(client.statuses), socket_errors={"io": client.errors},
+        connections=conns, generator="asyncio open-loop client (uvloop)",
+    )

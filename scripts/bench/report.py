@@ -1,0 +1,98 @@
+"""The printed table, rendered from the same results document that is written as JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scripts.bench.scenarios import HTTP_SCENARIOS
+
+
+def _header(results: dict[str, Any]) -> list[str]:
+    m = results["machine"]
+    lines = [
+        f"token broker benchmark, {results['date']}",
+        f"machine: {m['nproc']} cores ({m['cpu_model']}), Python {m['python']}, {m.get('redis')}",
+        f"pinning: {results['pinning']}",
+        f"load average at start/end: {m.get('loadavg_at_start')} / {m.get('loadavg_at_end')} (other processes share these cores)",
+        f"token cache on /token: {'yes' if results.get('token_cache', {}).get('detected') else 'no'}",
+        "",
+    ]
+    c = results.get("ceiling")
+    if c:
+        lines.append(f"ceiling (CPU µs/op on the broker core): assertion verify {c['verify_us']}, token sign {c['sign_us']}, "
+                     f"redis-py SET NX PX GET {c['redis_set_nx_get_us']}")
+        lines.append("")
+    return lines
+
+
+def _http_rows(scenarios: dict[str, Any]) -> list[str]:
+    lines = [
+        "req/s and share: wall clock; /cpu-s and share: requests per broker CPU-second (robust to other "
+        "processes on the core); ceiling: 1e6 / CPU µs of the unavoidable work",
+        f"{'scenario':<16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'ceiling':>9}{'share':>7}{'/cpu-s':>8}{'share':>7}"
+        f"{'unexpected':>12}  generator",
+    ]
+    for name in HTTP_SCENARIOS:
+        r = scenarios.get(name)
+        if not r:
+            continue
+        rps = r.get("rps", r.get("achieved_rps"))
+        label = name if name != "fixed_rate" else f"fixed {r['offered_rps']:.0f}/s"
+        per_cpu = r.get("rps_per_broker_cpu_s")
+        per_cpu_s = f"{per_cpu:>8.0f}{r['ceiling_share_per_cpu_s']:>7.0%}" if per_cpu else f"{'-':>8}{'-':>7}"
+        lines.append(f"{label:<16}{rps:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['ceiling_rps']:>9}{r['ceiling_share']:>7.0%}"
+                     f"{per_cpu_s}{r['unexpected']:>12}  {r['generator']} (broker cpu {r.get('broker_cpu_share', '-')}, "
+                     f"gen cpu {r.get('generator_cpu_share', '-')})")
+    return lines
+
+
+def _other_rows(scenarios: dict[str, Any]) -> list[str]:
+    lines = []
+    rs = scenarios.get("rs_verify")
+    if rs:
+        lines.append(f"{'rs_verify':<16}{rs['tokens_per_s']:>9} tokens/s per CPU-second ({rs['us_per_token']} µs each, "
+                     f"in-process; {rs['tokens_per_s_wall']}/s wall)")
+    rm = scenarios.get("redis_memory")
+    if rm:
+        lines.append(f"redis memory per recorded jti: {rm['bytes_per_jti']} bytes ({rm['keys']} keys)")
+    mem = scenarios.get("memory")
+    if mem:
+        lines.append(f"broker RSS: {mem['rss_kib_before']} KiB -> {mem['rss_kib_after']} KiB ({mem['change_pct']}%) "
+                     f"over {mem['requests_between']} requests")
+        if "long_run" in mem:
+            lr = mem["long_run"]
+            lines.append(f"long RSS run: {lr['requests']} requests, {lr['rss_kib_first_batch']} -> {lr['rss_kib_last']} KiB "
+                         f"({lr['change_pct_after_warmup']}% after warm-up)")
+    return lines
+
+
+def _worker_rows(w: dict[str, Any] | None) -> list[str]:
+    lines: list[str] = []
+    for name in ("miss", "hit") if w else ():
+        r = w["scenarios"].get(name)
+        if r:
+            lines.append(f"{w['workers']} workers {name}: {r['rps']:.0f} req/s (x{w.get(name + '_speedup')} vs 1 pinned worker), "
+                         f"p99 {r['p99_ms']} ms; broker cpu {r['broker_cpu_share']}, wrk cpu {r['generator_cpu_share']}, "
+                         f"redis cpu {w['redis_cpu_share']} (cores)")
+    return lines
+
+
+def _profile_rows(profiles: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, prof in profiles.items():
+        if not isinstance(prof, dict) or "inclusive_pct" not in prof:
+            continue
+        lines.append("")
+        lines.append(f"profile of {name} ({prof['samples']} samples, {prof['rps_while_profiled']} req/s while profiled):")
+        for label, v in prof["inclusive_pct"].items():
+            lines.append(f"  {v:>5.1f}%  {label}")
+        lines.append("  exclusive (leaf-up attribution, sums to 100%):")
+        for label, v in prof.get("exclusive_pct", {}).items():
+            lines.append(f"  {v:>5.1f}%  {label}")
+    return lines
+
+
+def table(results: dict[str, Any]) -> str:
+    scenarios = results["scenarios"]
+    return "\n".join([*_header(results), *_http_rows(scenarios), *_other_rows(scenarios),
+                      *_worker_rows(results.get("workers")), *_profile_rows(results.get("profile") or {})])

@@ -1,0 +1,100 @@
+"""Typed results. ``to_json`` gives the dicts written to ``bench-results/latest.json`` (the keys
+and their order are the JSON's; docs/performance.md quotes them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class WrkRun(msgspec.Struct, kw_only=True):
+    """One timed window driven by wrk (closed loop)."""
+
+    rps: float
+    requests: int
+    seconds: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    statuses: dict[str, int]
+    socket_errors: dict[str, int]
+    exhausted_threads: int
+    broker_cpu_share: float  # 1.0 = one core fully busy
+    # Requests per broker CPU-second: what one core would serve if the broker had it to itself
+    # (meaningful when the broker is CPU-bound; on a shared machine the wall figure is lower).
+    rps_per_broker_cpu_s: float | None
+    generator_cpu_share: float
+    connections: int
+    generator: str
+
+    @property
+    def rate(self) -> float:
+        return self.rps
+
+
+class FixedRateRun(msgspec.Struct, kw_only=True):
+    """One open-loop window: requests due at a fixed rate, latency counted from when each was due."""
+
+    offered_rps: float
+    achieved_rps: float
+    requests: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    statuses: dict[str, int]
+    socket_errors: dict[str, int]
+    connections: int
+    generator: str
+
+    @property
+    def rate(self) -> float:
+        return self.achieved_rps
+
+
+class Verdict(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a run means: responses other than the expected status, and the share of the ceiling."""
+
+    warning: str | None = None
+    expected_status: int
+    unexpected: int
+    ceiling_rps: int
+    ceiling_share: float
+    ceiling_share_per_cpu_s: float | None = None
+    note: str | None = None
+
+
+class ScenarioResult(msgspec.Struct):
+    run: WrkRun | FixedRateRun
+    verdict: Verdict
+
+    def to_json(self) -> dict[str, Any]:
+        return {**msgspec.to_builtins(self.run), **msgspec.to_builtins(self.verdict)}
+
+
+class Ceiling(msgspec.Struct, kw_only=True):
+    verify_us: float
+    sign_us: float
+    redis_set_nx_get_us: float
+    rs_verify_us: float
+    wall_us: dict[str, float]
+    ceiling_rps: dict[str, int]
+    note: str
+
+    def to_json(self) -> dict[str, Any]:
+        return msgspec.to_builtins(self)
+
+
+class RedisMemory(msgspec.Struct, kw_only=True):
+    keys: int
+    used_memory_before: int
+    used_memory_after: int
+    bytes_per_jti: float
+    key_example_length: int
+    value_length: int
+    ttl: str
+
+    def to_json(self) -> dict[str, Any]:
+        return msgspec.to_builtins(self)

@@ -1,0 +1,132 @@
+"""The machine: its description for the results, core pinning, and /proc figures (RSS, CPU time)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from scripts.processes import process_tree
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def rss_kib(pid: int) -> int:
+    """Sum of VmRSS over the process tree (uvicorn's supervisor + workers)."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def loadavg() -> list[str] | None:
+    try:
+        return Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _tool_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name, cmd in (("redis", ["redis-server", "--version"]), ("wrk", ["wrk", "-v"])):
+        try:
+            versions[name] = subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.splitlines()[0][:80]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            versions[name] = None
+    return versions
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "loadavg_at_start": loadavg(),
+        "nproc": os.cpu_count(),
+        "usable_cores": sorted(os.sched_getaffinity(0)),
+        "cpu_model": _cpu_model(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        **_tool_versions(),
+    }
+
+
+class Pinning:
+    """Broker on one core; Redis, the load generator (and the ceiling loops' opposite) on the other."""
+
+    def __init__(self, enabled: bool) -> None:
+        cores = sorted(os.sched_getaffinity(0))
+        self.enabled = enabled and len(cores) >= 2 and shutil.which("taskset") is not None
+        self.broker_core = cores[0]
+        self.other_core = cores[1] if len(cores) >= 2 else cores[0]
+
+    def broker(self) -> list[str]:
+        return ["taskset", "-c", str(self.broker_core)] if self.enabled else []
+
+    def other(self) -> list[str]:
+        return ["taskset", "-c", str(self.other_core)] if self.enabled else []
+
+    def describe(self) -> str:
+        if not self.enabled:
+            return "none (fewer than 2 usable cores, taskset missing, or --no-pin)"
+        return (f"broker on core {self.broker_core}; redis-server and load generator on core {self.other_core}; "
+                f"ceiling loops on core {self.broker_core} with the broker idle")
+
+    def run_on(self, core: int) -> _Affinity:
+        """``with pin.run_on(core):`` this process on ``core`` (when pinning), restored after."""
+        return _Affinity(core if self.enabled else None)
+
+
+class _Affinity:
+    def __init__(self, core: int | None) -> None:
+        self.core = core
+        self.saved = os.sched_getaffinity(0)
+
+    def __enter__(self) -> None:
+        if self.core is not None:
+            os.sched_setaffinity(0, {self.core})
+
+    def __exit__(self, *exc: Any) -> None:
+        os.sched_setaffinity(0, self.saved)
+
+
+def run_async(coro: Any) -> Any:
+    """uvloop when installed (the broker's own loop), asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        import asyncio
+
+        return asyncio.run(coro)
+    return uvloop.run(coro)
