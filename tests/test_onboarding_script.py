@@ -25,7 +25,7 @@ from tests.test_registry_replicas import key_file_token
 
 pytestmark = pytest.mark.live
 SCRIPT = str(ROOT / "scripts" / "broker_admin.py")
-COMMANDS = ["register", "list", "show", "update", "add-key", "remove-key", "disable", "enable", "delete"]
+COMMANDS = ["keygen", "register", "list", "show", "update", "add-key", "remove-key", "disable", "enable", "delete"]
 
 
 def run(broker_url: str, admin_key: Path, keys_dir: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
