@@ -8,12 +8,14 @@ import os
 import stat
 import subprocess
 import sys
+import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from app.client.admin import load_private_jwk
 from app.client.admin_cli import build_parser
@@ -23,7 +25,7 @@ from tests.test_registry_replicas import key_file_token
 
 pytestmark = pytest.mark.live
 SCRIPT = str(ROOT / "scripts" / "broker_admin.py")
-COMMANDS = ["register", "list", "show", "update", "add-key", "remove-key", "disable", "enable", "delete"]
+COMMANDS = ["keygen", "register", "list", "show", "update", "add-key", "remove-key", "disable", "enable", "delete"]
 
 
 def run(broker_url: str, admin_key: Path, keys_dir: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -99,8 +101,8 @@ def test_lifecycle_list_show_rotate_disable_enable_delete(embedded):
     base = ("--scope", "read", "--default-scope", "read", "--audience", RS1)
     first = ok(run(bp.url, admin_key, keys_dir, "register", "svc", *base))
     # Refuses to overwrite the private key, and registers nothing.
-    fails(run(bp.url, admin_key, keys_dir, "register", "svc", *base), "already exists: refusing to overwrite a private key")
-    assert [c["client_id"] for c in ok(run(bp.url, admin_key, keys_dir, "list"))] == ["broker-admin", "svc"]
+    fails(run(bp.url, admin_key, keys_dir, "register", "svc", *base), "client_id 'svc' is already registered")
+    assert [c["client_id"] for c in ok(run(bp.url, admin_key, keys_dir, "list", "--json"))] == ["broker-admin", "svc"]
 
     second = ok(run(bp.url, admin_key, keys_dir, "add-key", "svc"))
     assert stat.S_IMODE(Path(second["private_key_path"]).stat().st_mode) == 0o600
@@ -125,18 +127,20 @@ def test_bring_your_own_pem_and_jwks_uri(embedded, tmp_path):
     private = ec.generate_private_key(ec.SECP256R1())
     pem = tmp_path / "mine.pub.pem"
     pem.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    out = ok(run(bp.url, admin_key, keys_dir, "register", "byo", "--public-key", str(pem), "--audience", RS1))
+    out = ok(run(bp.url, admin_key, keys_dir, "register", "byo", "--public-key", str(pem), "--scope", "read",
+                 "--audience", RS1))
     assert out["private_key_path"] is None and out["alg"] == "ES256"
     assert not keys_dir.exists() or not list(keys_dir.iterdir())  # nothing generated
 
     secret = tmp_path / "mine.pem"
     secret.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                              serialization.NoEncryption()))
-    fails(run(bp.url, admin_key, keys_dir, "register", "byo2", "--public-key", str(secret), "--audience", RS1),
+    fails(run(bp.url, admin_key, keys_dir, "register", "byo2", "--public-key", str(secret), "--scope", "read",
+              "--audience", RS1),
           "holds a PRIVATE key: give the public key only")
 
     out = ok(run(bp.url, admin_key, keys_dir, "register", "remote", "--jwks-uri", "https://keys.example.com/jwks.json",
-                 "--audience", RS1))
+                 "--scope", "read", "--audience", RS1))
     assert out["jwks_uri"] == "https://keys.example.com/jwks.json" and out["private_key_path"] is None
 
 
@@ -149,9 +153,223 @@ def test_errors_say_what_to_do(embedded, tmp_path):
 
     wrong.write_text(json.dumps({**ECKey.generate_key("P-256").as_dict(private=True), "alg": "ES256"}))
     fails(run(bp.url, wrong, keys_dir, "list"), "the broker refused the admin key")
-    fails(run(bp.url, admin_key, keys_dir, "register", "user:alice", "--audience", RS1),
+    fails(run(bp.url, admin_key, keys_dir, "register", "user:alice", "--scope", "read", "--audience", RS1),
           "client_id starts with a prefix reserved for user subjects")
     assert not (keys_dir / "user:alice.jwk").exists()  # a refused registration leaves no key behind
-    fails(run(bp.url, admin_key, keys_dir, "register", "svc", "--audience", "not a uri"), "audience")
+    fails(run(bp.url, admin_key, keys_dir, "register", "svc", "--scope", "read", "--audience", "not a uri"),
+          "audience")
     result = run(bp.url, admin_key, keys_dir, "register", "svc")
     assert result.returncode == 2 and "--audience" in result.stderr
+
+
+# -- a new operator's first runs: each row was met by a new user ------------------------------------
+
+
+def refused(result: subprocess.CompletedProcess[str], status: int, line: str) -> None:
+    """The script printed exactly one line on stderr, nothing on stdout, and exited with ``status``."""
+    assert (result.returncode, result.stdout, result.stderr) == (status, "", line + "\n")
+
+
+def public_pem(private: Any) -> bytes:
+    return private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def public_jwk_without_alg(private: Any) -> dict[str, Any]:
+    """The public JWK of a ``cryptography`` key as a tool other than ours would write it: no alg, no kid."""
+    from joserfc.jwk import JWKRegistry
+
+    kty = "EC" if isinstance(private, ec.EllipticCurvePrivateKey) else "RSA" if isinstance(private, rsa.RSAPrivateKey) else "OKP"
+    with warnings.catch_warnings():  # joserfc warns about the 1024-bit key a row hands to the script
+        warnings.simplefilter("ignore")
+        jwk = JWKRegistry.import_key(public_pem(private), kty).as_dict(private=False)
+    jwk.pop("alg", None)
+    jwk.pop("kid", None)
+    return jwk
+
+
+KEY_KINDS = {
+    "ec-p256": (lambda: ec.generate_private_key(ec.SECP256R1()), "ES256"),
+    "ec-p384": (lambda: ec.generate_private_key(ec.SECP384R1()), "ES384"),
+    "ed25519": (lambda: ed25519.Ed25519PrivateKey.generate(), "Ed25519"),
+    "rsa-2048": (lambda: rsa.generate_private_key(65537, 2048), "PS256"),
+}
+
+
+@pytest.mark.parametrize("kind", list(KEY_KINDS))
+def test_a_public_key_without_alg_gets_the_alg_of_its_type_as_jwk_and_as_pem(embedded, tmp_path, kind):
+    bp, admin_key, keys_dir = embedded
+    make, expected = KEY_KINDS[kind]
+    private = make()
+    jwk_file, pem_file = tmp_path / "pub.jwk", tmp_path / "pub.pem"
+    jwk_file.write_text(json.dumps(public_jwk_without_alg(private)))
+    pem_file.write_bytes(public_pem(private))
+    from_jwk = ok(run(bp.url, admin_key, keys_dir, "register", "svc-jwk", "--public-key", str(jwk_file),
+                      "--scope", "read", "--audience", RS1))
+    from_pem = ok(run(bp.url, admin_key, keys_dir, "register", "svc-pem", "--public-key", str(pem_file),
+                      "--scope", "read", "--audience", RS1))
+    assert (from_jwk["alg"], from_pem["alg"]) == (expected, expected)
+    assert from_jwk["kid"] == from_pem["kid"]  # the same key, the same RFC 7638 thumbprint
+
+
+def _x25519_jwk(tmp_path: Path) -> str:
+    from joserfc.jwk import OKPKey
+
+    path = tmp_path / "x25519.jwk"
+    path.write_text(json.dumps(OKPKey.generate_key("X25519").as_dict(private=False)))
+    return str(path)
+
+
+def _rsa_1024(tmp_path: Path, as_jwk: bool) -> str:
+    private = rsa.generate_private_key(65537, 1024)
+    path = tmp_path / ("rsa1024.jwk" if as_jwk else "rsa1024.pem")
+    if as_jwk:
+        path.write_text(json.dumps(public_jwk_without_alg(private)))
+    else:
+        path.write_bytes(public_pem(private))
+    return str(path)
+
+
+REGISTER = ("register", "svc", "--audience", RS1)
+RSA_1024 = ("broker_admin.py register: error: invalid_client_metadata: RSA keys must be 2048-4096 bits (got 1024) "
+            "(HTTP 400): fix the input named above and retry")
+FIRST_RUN_MISTAKES = [
+    pytest.param(lambda d: ("register", "svc", "--scope", "orders:read,orders:write", "--audience", RS1), 2,
+                 "broker_admin.py register: error: --scope 'orders:read,orders:write': scopes are separated by spaces, "
+                 "not commas: --scope 'orders:read orders:write'", id="scope-with-commas"),
+    pytest.param(lambda d: (*REGISTER, "--scope", "read write", "--default-scope", "read,write"), 2,
+                 "broker_admin.py register: error: --default-scope 'read,write': scopes are separated by spaces, "
+                 "not commas: --default-scope 'read write'", id="default-scope-with-commas"),
+    pytest.param(lambda d: ("update", "broker-admin", "--scope", "a, b"), 2,
+                 "broker_admin.py update: error: --scope 'a, b': scopes are separated by spaces, not commas: "
+                 "--scope 'a b'", id="update-scope-with-commas"),
+    pytest.param(lambda d: REGISTER, 2,
+                 "broker_admin.py register: error: register needs --scope: a client with no allowed scopes can never "
+                 "get a token (e.g. --scope 'orders:read orders:write')", id="register-without-scope"),
+    pytest.param(lambda d: ("register", "svc", "--scope", "read"), 2,
+                 "broker_admin.py register: error: the following arguments are required: --audience "
+                 "(see broker_admin.py register --help)", id="argparse-error-one-line"),
+    pytest.param(lambda d: ("--broker", "127.0.0.1:8000", "list"), 2,
+                 "broker_admin.py list: error: --broker '127.0.0.1:8000' is not an http:// or https:// URL: "
+                 "give the scheme too, e.g. http://127.0.0.1:8000", id="broker-url-without-scheme"),
+    pytest.param(lambda d: (*REGISTER, "--scope", "read", "--public-key", _x25519_jwk(d)), 2,
+                 "broker_admin.py register: error: {x25519}: the key names no alg and its type (OKP X25519) implies "
+                 "none: add --alg (ES256, Ed25519, PS256, RS256, ES384), or use an EC P-256/P-384, Ed25519 or RSA key",
+                 id="jwk-without-alg-of-no-known-type"),
+    pytest.param(lambda d: (*REGISTER, "--scope", "read", "--public-key", _rsa_1024(d, as_jwk=False)), 1, RSA_1024,
+                 id="rsa-1024-pem-no-python-warning"),
+    pytest.param(lambda d: (*REGISTER, "--scope", "read", "--public-key", _rsa_1024(d, as_jwk=True)), 1, RSA_1024,
+                 id="rsa-1024-jwk-no-python-warning"),
+]
+
+
+@pytest.mark.parametrize(("args", "status", "line"), FIRST_RUN_MISTAKES)
+def test_first_run_mistakes_get_one_line_saying_what_to_do(embedded, tmp_path, args, status, line):
+    bp, admin_key, keys_dir = embedded
+    argv = args(tmp_path)
+    # The broker URL given last wins: the row's own --broker, if any, is the one used.
+    refused(run(bp.url, admin_key, keys_dir, *argv), status, line.format(x25519=tmp_path / "x25519.jwk"))
+    assert [c["client_id"] for c in ok(run(bp.url, admin_key, keys_dir, "list", "--json"))] == ["broker-admin"]
+    assert not keys_dir.exists() or not list(keys_dir.iterdir())  # and no key file left behind
+
+
+def test_register_asks_the_broker_first_and_says_what_to_do_with_a_leftover_key_file(embedded):
+    bp, admin_key, keys_dir = embedded
+    base = ("--scope", "read", "--default-scope", "read", "--audience", RS1)
+    first = ok(run(bp.url, admin_key, keys_dir, "register", "svc", *base))
+    path = keys_dir / "svc.jwk"
+    kept = path.read_bytes()
+    # Taken: the broker says so, whatever the local folder holds.
+    refused(run(bp.url, admin_key, keys_dir, "register", "svc", *base), 1,
+            "broker_admin.py register: error: client_id 'svc' is already registered: pick another name, or inspect "
+            "it with `show svc`")
+    assert path.read_bytes() == kept
+    # Deleted at the broker, key file left here: one line on what to do with it.
+    ok(run(bp.url, admin_key, keys_dir, "delete", "svc"))
+    refused(run(bp.url, admin_key, keys_dir, "register", "svc", *base), 1,
+            f"broker_admin.py register: error: {path} exists but the broker has no client 'svc' (left by a deleted "
+            "client?): add --reuse-key to register that key again, or remove the file and run again")
+    again = ok(run(bp.url, admin_key, keys_dir, "register", "svc", "--reuse-key", *base))
+    assert (again["kid"], again["alg"], again["private_key_path"]) == (first["kid"], "ES256", str(path))
+    assert path.read_bytes() == kept
+    assert key_file_token(bp.url, str(path), "svc").status_code == 200
+    refused(run(bp.url, admin_key, keys_dir, "register", "other", "--reuse-key", *base), 1,
+            f"broker_admin.py register: error: --reuse-key: {keys_dir / 'other.jwk'} does not exist (drop --reuse-key "
+            "to generate a new key pair)")
+    # A refused registration keeps the reused file: it was not this run's to remove.
+    ok(run(bp.url, admin_key, keys_dir, "delete", "svc"))
+    fails(run(bp.url, admin_key, keys_dir, "register", "svc", "--reuse-key", "--scope", "read", "--audience", "x"),
+          "broker_admin.py register: error: invalid_client_metadata: audience 'x' must be an absolute URI")
+    assert path.read_bytes() == kept
+
+
+def test_list_is_a_table_by_default_and_json_with_every_record_on_request(embedded):
+    bp, admin_key, keys_dir = embedded
+    svc = ok(run(bp.url, admin_key, keys_dir, "register", "svc", "--scope", "read write", "--audience", RS1))
+    ok(run(bp.url, admin_key, keys_dir, "disable", "svc"))
+    records = ok(run(bp.url, admin_key, keys_dir, "list", "--json"))
+    assert [(r["client_id"], r["enabled"]) for r in records] == [("broker-admin", True), ("svc", False)]
+    admin, _ = records
+    result = run(bp.url, admin_key, keys_dir, "list")
+    assert (result.returncode, result.stderr) == (0, "")
+
+    def iso(t: int) -> str:
+        return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    assert [line.split() for line in result.stdout.splitlines()] == [
+        ["client_id", "enabled", "scopes", "kids", "created"],
+        ["broker-admin", "true", "broker:admin", admin["jwks"]["keys"][0]["kid"], iso(admin["created_at"])],
+        ["svc", "false", "read", "write", svc["kid"], iso(records[1]["created_at"])],
+    ]
+    # Columns line up: every row starts its columns where the header does.
+    header, *rows = result.stdout.splitlines()
+    assert all(row.index(" true " if "true" in row else " false") + 1 == header.index("enabled") for row in rows)
+
+
+def test_keygen_on_the_service_machine_then_register_only_the_public_key(embedded, tmp_path):
+    bp, admin_key, keys_dir = embedded
+    service = tmp_path / "service-machine"
+    # keygen needs neither a broker nor the admin key: the service team runs it where the service runs.
+    gen = run("http://127.0.0.1:9", tmp_path / "no-admin-key.jwk", keys_dir, "keygen", "--out", str(service / "svc.jwk"))
+    public = ok(gen)
+    private_file = service / "svc.jwk"
+    assert stat.S_IMODE(private_file.stat().st_mode) == 0o600
+    assert set(public) == {"kty", "crv", "x", "y", "kid", "alg", "use"} and public["alg"] == "ES256"
+    key, alg, kid = load_private_jwk(private_file)
+    assert (kid, alg) == (public["kid"], "ES256") and key.thumbprint() == kid
+    refused(run(bp.url, admin_key, keys_dir, "keygen", "--out", str(private_file)), 1,
+            f"broker_admin.py keygen: error: {private_file} already exists: refusing to overwrite a private key")
+
+    # The operator gets the printed public JWK only.
+    handed_over = tmp_path / "operator" / "svc.pub.jwk"
+    handed_over.parent.mkdir()
+    handed_over.write_text(gen.stdout)
+    out = ok(run(bp.url, admin_key, keys_dir, "register", "svc", "--public-key", str(handed_over),
+                 "--scope", "read", "--default-scope", "read", "--audience", RS1))
+    assert (out["kid"], out["alg"], out["private_key_path"]) == (public["kid"], "ES256", None)
+    assert not keys_dir.exists() or not list(keys_dir.iterdir())  # no private key on the operator's side
+    assert key_file_token(bp.url, str(private_file), "svc").status_code == 200
+
+
+def test_a_refused_admin_key_says_where_the_admin_key_comes_from(embedded, tmp_path):
+    bp, _, keys_dir = embedded
+    from joserfc.jwk import ECKey
+
+    wrong = tmp_path / "wrong.jwk"
+    wrong.write_text(json.dumps({**ECKey.generate_key("P-256").as_dict(private=True), "alg": "ES256"}))
+    refused(run(bp.url, wrong, keys_dir, "list"), 1,
+            "broker_admin.py list: error: the broker refused the admin key (invalid_client: Client authentication "
+            "failed.): check that --admin-key is the admin private key whose public half the broker has "
+            "(keys/admin.jwk in dev mode, BROKER_ADMIN_JWKS in production) and that --admin-client-id names the "
+            "broker's admin client (BROKER_ADMIN_CLIENT_ID)")
+
+
+@pytest.mark.redis
+def test_a_broker_that_cannot_reach_its_store_is_not_blamed_on_the_admin_key(real_redis, spawn_broker, tmp_path):
+    bp = spawn_broker(redis_url=real_redis.url)
+    admin_key, keys_dir = spawn_broker.keys_dir / "admin.jwk", tmp_path / "client-keys"
+    assert ok(run(bp.url, admin_key, keys_dir, "show", "broker-admin"))["client_id"] == "broker-admin"
+    real_redis.stop()  # the next test's real_redis starts it again
+    refused(run(bp.url, admin_key, keys_dir, "list"), 1,
+            "broker_admin.py list: error: the broker cannot reach its store or client registry: The service is "
+            "temporarily unavailable; retry later. (HTTP 503 temporarily_unavailable): check its Redis (the "
+            "broker's /readyz says what it misses) and retry")

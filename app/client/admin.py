@@ -4,107 +4,47 @@ The admin authenticates like any client: a private_key_jwt assertion (RFC 7523 Â
 issuer) for a token with scope ``broker:admin`` and resource ``<issuer>/admin`` (RFC 8707), then
 calls the admin API (shaped after RFC 7591 / RFC 7592) with that Bearer token (RFC 6750).
 
-Onboarding generates the client's key pair here, writes the private key with mode 0600 (never
-overwriting a file), and sends only the public key. Errors are ``AdminError``: what went wrong
-and what to do, never key material.
+Onboarding either registers a public key the service generated on its own machine (``keygen``
+there, ``--public-key`` here: the private key never leaves that machine), or generates the pair
+here and writes the private key with mode 0600 (never overwriting a file); only the public key is
+sent. Errors are ``AdminError``: what went wrong and what to do, never key material.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
+from app.client.admin_keys import (
+    KEY_ALGS,
+    AdminError,
+    UsageError,
+    generate_client_key,
+    load_private_jwk,
+    private_key_path,
+    public_key_of,
+    read_public_keys,
+    write_private_key,
+)
 from app.client.assertion import ASSERTION_TYPE, make_client_assertion
-from app.client.credentials import ClientKey, default_alg
-from app.keystore import generate_private_key, public_jwk, write_private
-from app.oauth.clients import CLIENT_ID_RE
-from app.oauth.jose import KEY_TYPES
+
+__all__ = ["ADMIN_SCOPE", "KEY_ALGS", "AdminError", "BrokerAdmin", "UsageError", "add_generated_key", "keygen",
+           "load_private_jwk", "onboard", "read_public_keys"]
 
 ADMIN_SCOPE = "broker:admin"
-KEY_ALGS = ("ES256", "Ed25519", "PS256", "RS256", "ES384")
 
 
-class AdminError(Exception):
-    """A failure the operator can act on; ``str()`` says what happened and what to do."""
-
-
-# -- keys --------------------------------------------------------------------------------------
-
-
-def load_private_jwk(path: Path) -> tuple[Any, str, str]:
-    """(key, alg, kid) from a private JWK file such as ``keys/admin.jwk``."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise AdminError(
-            f"admin key {path} not found: give --admin-key (the broker writes keys/admin.jwk on its first "
-            "start in dev mode; in production use the admin key whose public half is in BROKER_ADMIN_JWKS)"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise AdminError(f"cannot read key file {path} ({type(exc).__name__}): it must be a private JWK (JSON)") from None
-    if isinstance(data, dict) and isinstance(data.get("jwk"), dict):  # a broker signing-key file layout
-        data = data["jwk"]
-    if not isinstance(data, dict):
-        raise AdminError(f"{path} is not a valid JWK")
-    try:
-        client_key = ClientKey(data)
-    except (ValueError, KeyError) as exc:
-        raise AdminError(f"{path}: {exc}; the admin key file must hold a private JWK") from None
-    return client_key.key, client_key.alg, client_key.kid
-
-
-def generate_client_key(alg: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A new key pair: (private JWK, public JWK), both with ``kid`` = RFC 7638 thumbprint and ``alg``."""
-    if alg not in KEY_ALGS:
-        raise AdminError(f"--alg must be one of {', '.join(KEY_ALGS)}")
-    key = generate_private_key(alg)
-    kid = key.thumbprint()
-    private = {**key.as_dict(private=True), "kid": kid, "alg": alg, "use": "sig"}
-    return private, public_jwk(key, alg=alg, kid=kid)
-
-
-def read_public_keys(path: Path, alg: str | None = None) -> list[dict[str, Any]]:
-    """Public JWKs from a JWK, a JWK Set or a PEM file (bring your own key). Refuses private keys."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise AdminError(f"cannot read {path} ({type(exc).__name__})") from None
-    if b"PRIVATE KEY" in raw:
-        raise AdminError(f"{path} holds a PRIVATE key: give the public key only (it never leaves your machine)")
-    if raw.lstrip().startswith(b"-----BEGIN"):
-        key = None
-        for cls in KEY_TYPES.values():
-            try:
-                key = cls.import_key(raw)
-                break
-            except Exception:
-                continue
-        if key is None:
-            raise AdminError(f"{path}: not a PEM public key this broker supports (EC, Ed25519, RSA)")
-        try:
-            return [public_jwk(key, alg=alg or default_alg(key))]
-        except ValueError as exc:
-            raise AdminError(f"{path}: {exc}") from None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise AdminError(f"{path} is neither JSON (JWK / JWK Set) nor PEM") from None
-    keys = data.get("keys") if isinstance(data, dict) and "keys" in data else [data]
-    if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys) or not keys:
-        raise AdminError(f"{path}: expected a JWK or a JWK Set with at least one key")
-    out = []
-    for jwk in keys:
-        if "d" in jwk or "p" in jwk:
-            raise AdminError(f"{path} holds private key material: give the public key only")
-        if alg and "alg" not in jwk:
-            jwk = {**jwk, "alg": alg}
-        out.append(jwk)  # the broker validates and stamps kid/alg/use
-    return out
+def check_broker_url(url: str) -> str:
+    """The broker base URL without a trailing slash; ``UsageError`` unless it is an http(s) URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        example = "http://" + url.split("://", 1)[-1]
+        raise UsageError(f"--broker {url!r} is not an http:// or https:// URL: give the scheme too, e.g. {example}")
+    return url.rstrip("/")
 
 
 # -- the admin API client ----------------------------------------------------------------------
@@ -115,7 +55,7 @@ class BrokerAdmin:
 
     def __init__(self, broker_url: str, admin_key: Path, *, admin_client_id: str = "broker-admin",
                  timeout: float = 10.0, transport: httpx.BaseTransport | None = None) -> None:
-        self.broker_url = broker_url.rstrip("/")
+        self.broker_url = check_broker_url(broker_url)
         self._key, self._alg, self._kid = load_private_jwk(admin_key)
         self._admin_client_id = admin_client_id
         self._http = httpx.Client(base_url=self.broker_url, timeout=timeout, trust_env=False, transport=transport)
@@ -165,37 +105,65 @@ class BrokerAdmin:
                 "grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion,
                 "scope": ADMIN_SCOPE, "resource": self.issuer + "/admin",
             })
+            if response.status_code == 401:
+                raise AdminError(
+                    f"the broker refused the admin key ({_error_text(response)}): check that --admin-key is the admin "
+                    "private key whose public half the broker has (keys/admin.jwk in dev mode, BROKER_ADMIN_JWKS in "
+                    "production) and that --admin-client-id names the broker's admin client (BROKER_ADMIN_CLIENT_ID)"
+                )
             if response.status_code != 200:
-                error = _error_text(response)
-                if response.status_code == 401:
-                    raise AdminError(
-                        f"the broker refused the admin key ({error}): --admin-key must be the admin private key this "
-                        "broker knows (its keys/admin.jwk, or the key whose public half is in BROKER_ADMIN_JWKS)"
-                    )
-                raise AdminError(f"could not get an admin token (HTTP {response.status_code}: {error})")
+                raise self._refusal(response, f"could not get an admin token (HTTP {response.status_code}: "
+                                              f"{_error_text(response)})")
             self._token = str(response.json()["access_token"])
         return self._token
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
+    def request(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        """One admin API call with the admin token; the response as it came."""
         headers = {"Authorization": "Bearer " + self.token()}
         kwargs: dict[str, Any] = {"headers": headers}
         if body is not None:
             kwargs["content"] = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        response = self._send(method, path, **kwargs)
+        return self._send(method, path, **kwargs)
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        response = self.request(method, path, body)
         if response.status_code in (200, 201):
             return response.json()
         if response.status_code == 204:
             return None
         error = _error_text(response)
         hint = {
-            401: "the admin token was refused: retry; if it persists check the broker's admin key configuration",
+            401: "the broker refused the admin token it issued: check that the admin client is still registered "
+                 "with this admin key (BROKER_ADMIN_JWKS, or keys/admin.jwk in dev mode) and retry",
             403: "the admin client lacks the broker:admin scope",
             404: "no such client or key: run `list` or `show <client_id>`",
             409: "that client_id is already registered: pick another name or inspect it with `show`",
-            503: "the broker's store is unavailable: retry in a few seconds",
         }.get(response.status_code, "fix the input named above and retry")
-        raise AdminError(f"{error} (HTTP {response.status_code}): {hint}")
+        raise self._refusal(response, f"{error} (HTTP {response.status_code}): {hint}")
+
+    def _refusal(self, response: httpx.Response, message: str) -> AdminError:
+        """``message``, unless the broker said it is up but cannot reach its store (503): say that instead."""
+        if response.status_code != 503:
+            return AdminError(message)
+        body = _json_object(response)
+        if body.get("error") != "temporarily_unavailable":  # e.g. a proxy with no replica behind it
+            return AdminError(f"{self.broker_url} answered HTTP 503 ({_error_text(response)}): no broker replica "
+                              "is serving there; check the replicas and retry")
+        return AdminError(
+            f"the broker cannot reach its store or client registry: {body.get('error_description', '')} "
+            f"(HTTP 503 temporarily_unavailable): check its Redis (the broker's /readyz says what it misses) and retry"
+        )
+
+    def exists(self, client_id: str) -> bool:
+        """Whether the broker has a client ``client_id`` (asked before any local key file is touched)."""
+        response = self.request("GET", "/admin/clients/" + _path(client_id))
+        if response.status_code == 404:
+            return False
+        if response.status_code != 200:
+            raise self._refusal(response, f"{_error_text(response)} (HTTP {response.status_code}): "
+                                          f"could not look up {client_id!r}")
+        return True
 
     # -- operations ----------------------------------------------------------------------------
 
@@ -225,34 +193,37 @@ def _path(value: str) -> str:
     return quote(value, safe="")
 
 
-def _error_text(response: httpx.Response) -> str:
+def _json_object(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()
-        return f"{body.get('error', 'error')}: {body.get('error_description', '')}".rstrip(": ")
     except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _error_text(response: httpx.Response) -> str:
+    body = _json_object(response)
+    if "error" not in body:
         return f"HTTP {response.status_code}"
+    return f"{body['error']}: {body.get('error_description', '')}".rstrip(": ")
 
 
 # -- onboarding --------------------------------------------------------------------------------
 
 
-def private_key_path(keys_dir: Path, client_id: str, kid: str | None = None) -> Path:
-    # Checked here too: the file is written before the broker sees the client_id.
-    if not CLIENT_ID_RE.fullmatch(client_id):
-        raise AdminError("client_id must be 1-128 characters of A-Z a-z 0-9 . _ : - starting with a letter or digit")
-    name = client_id if kid is None else f"{client_id}.{kid[:16]}"
-    return Path(keys_dir) / f"{name}.jwk"
-
-
 def onboard(admin: BrokerAdmin, metadata: dict[str, Any], *, keys_dir: Path, alg: str | None = None,
-            public_key_file: Path | None = None, jwks_uri: str | None = None) -> dict[str, Any]:
-    """Register a client; unless a public key or jwks_uri is given, generate its key pair here.
+            public_key_file: Path | None = None, jwks_uri: str | None = None, reuse_key: bool = False) -> dict[str, Any]:
+    """Register a client with its own public key (``public_key_file``), its ``jwks_uri``, or a key
+    pair kept in ``<keys_dir>/<client_id>.jwk``: generated here, or (``reuse_key``) the one already there.
 
-    The private key file is created (0600, never overwritten) before the registration and removed
-    again if the broker refuses it, so a failed run leaves nothing behind.
+    For a key pair kept here the broker is asked first whether the client_id is taken, so the local
+    key file is looked at only for a free name. A generated private key file is created (0600, never
+    overwritten) before the registration and removed again if the broker refuses it, so a failed
+    run leaves nothing behind; a reused file is never removed.
     """
     client_id = metadata["client_id"]
     written: Path | None = None
+    key_path: Path | None = None
     kid = None
     if jwks_uri is not None:
         metadata = {**metadata, "jwks_uri": jwks_uri}
@@ -261,12 +232,10 @@ def onboard(admin: BrokerAdmin, metadata: dict[str, Any], *, keys_dir: Path, alg
     elif public_key_file is not None:
         metadata = {**metadata, "jwks": {"keys": read_public_keys(public_key_file, alg)}}
     else:
-        path = private_key_path(keys_dir, client_id)
-        if path.exists():
-            raise AdminError(f"{path} already exists: refusing to overwrite a private key (move it away or pick another client_id)")
-        private, public = generate_client_key(alg or "ES256")
-        _write_private(path, private)
-        written, kid = path, public["kid"]
+        key_path = private_key_path(keys_dir, client_id)
+        public = _local_public_key(admin, client_id, key_path, alg, reuse_key)
+        written = None if reuse_key else key_path
+        kid = public["kid"]
         metadata = {**metadata, "jwks": {"keys": [public]}}
     try:
         record = admin.register(metadata)
@@ -282,7 +251,7 @@ def onboard(admin: BrokerAdmin, metadata: dict[str, Any], *, keys_dir: Path, alg
         "token_endpoint": admin.token_endpoint,
         "issuer": admin.issuer,
         "aud": admin.issuer,
-        "private_key_path": str(written) if written else None,
+        "private_key_path": str(key_path) if key_path else None,
         "scopes": record.get("scopes", []),
         "audiences": record.get("audiences", []),
     }
@@ -292,13 +261,26 @@ def onboard(admin: BrokerAdmin, metadata: dict[str, Any], *, keys_dir: Path, alg
     return out
 
 
+def _local_public_key(admin: BrokerAdmin, client_id: str, path: Path, alg: str | None, reuse_key: bool) -> dict[str, Any]:
+    """The public half of the key pair in ``path``: new (written there), or the one there (``reuse_key``)."""
+    if admin.exists(client_id):
+        raise AdminError(f"client_id {client_id!r} is already registered: pick another name, or inspect it with "
+                         f"`show {client_id}`")
+    if reuse_key:
+        return public_key_of(path, alg)
+    if path.exists():
+        raise AdminError(f"{path} exists but the broker has no client {client_id!r} (left by a deleted client?): "
+                         "add --reuse-key to register that key again, or remove the file and run again")
+    private, public = generate_client_key(alg or "ES256")
+    write_private_key(path, private)
+    return public
+
+
 def add_generated_key(admin: BrokerAdmin, client_id: str, *, keys_dir: Path, alg: str = "ES256",
                       window: dict[str, int] | None = None) -> dict[str, Any]:
     private, public = generate_client_key(alg)
     path = private_key_path(keys_dir, client_id, public["kid"])
-    if path.exists():
-        raise AdminError(f"{path} already exists: refusing to overwrite a private key")
-    _write_private(path, private)
+    write_private_key(path, private)
     try:
         admin.add_key(client_id, {**public, **(window or {})})
     except BaseException:
@@ -307,11 +289,9 @@ def add_generated_key(admin: BrokerAdmin, client_id: str, *, keys_dir: Path, alg
     return {"client_id": client_id, "kid": public["kid"], "alg": alg, "private_key_path": str(path), **(window or {})}
 
 
-def _write_private(path: Path, private: dict[str, Any]) -> None:
-    try:
-        write_private(path, private)
-    except FileExistsError:
-        raise AdminError(f"{path} already exists: refusing to overwrite a private key") from None
-    except OSError as exc:
-        raise AdminError(f"cannot write {path} ({type(exc).__name__}): check the folder exists and is writable") from None
-    os.chmod(path, 0o600)
+def keygen(out: Path, alg: str = "ES256") -> dict[str, Any]:
+    """A new key pair for a service, made on the service's own machine: the private JWK is written to
+    ``out`` (0600, never overwritten) and the public JWK returned, for the operator's ``register --public-key``."""
+    private, public = generate_client_key(alg)
+    write_private_key(Path(out), private)
+    return public

@@ -1,8 +1,10 @@
 """``scripts/broker_admin.py``: onboard and manage clients through the broker's admin API.
 
 Every command authenticates with the admin private key (private_key_jwt, RFC 7523) and talks to
-one broker replica; every replica sees the change within a second. Output is JSON on stdout;
-errors go to stderr as one line saying what to do, with exit status 1 (2 for usage errors).
+one broker replica; every replica sees the change within a second (``keygen`` alone works
+offline: the service team runs it on its own machine). Output is JSON on stdout (``list``: a table
+unless ``--json``); errors go to stderr as one line saying what to do, with exit status 2 for a
+wrong command line and 1 for everything else (a broker refusal, a key file in the way).
 """
 
 from __future__ import annotations
@@ -11,15 +13,27 @@ import argparse
 import json
 import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from app.client.admin import KEY_ALGS, AdminError, BrokerAdmin, add_generated_key, onboard, read_public_keys
+from app.client.admin import (
+    KEY_ALGS,
+    AdminError,
+    BrokerAdmin,
+    UsageError,
+    add_generated_key,
+    keygen,
+    onboard,
+    read_public_keys,
+)
 
 _EPILOG = """\
 examples:
+  %(prog)s keygen --out billing-api.jwk > billing-api.pub.jwk   # on the service's machine
+  %(prog)s register billing-api --public-key billing-api.pub.jwk --scope invoices:read --audience https://invoices.example.com
   %(prog)s register billing-api --scope "invoices:read invoices:write" --audience https://invoices.example.com
-  %(prog)s list
+  %(prog)s list                                # a table; --json for every field
   %(prog)s show billing-api
   %(prog)s add-key billing-api                 # rotation step 1: new key pair, both keys valid
   %(prog)s remove-key billing-api --kid OLDKID # rotation step 3, once the service uses the new key
@@ -32,8 +46,15 @@ from --admin-key (default keys/admin.jwk, written by the broker on its first sta
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block), like every other error of the script."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="broker_admin.py",
         description="Onboard and manage token-broker clients (private_key_jwt, client credentials).",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -41,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # The connection options are accepted before or after the command.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _connection_options(common, suppress=True)
     original = sub.add_parser
 
@@ -50,8 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser = add_parser  # type: ignore[method-assign]
 
+    _keygen_command(original)
     _register_command(sub)
-    sub.add_parser("list", help="list every client", description="Print every registered client as JSON.")
+    listing = sub.add_parser("list", help="list every client (a table; --json for every field)",
+                             description="Print every registered client: one row each with client_id, enabled, "
+                                         "scopes, kids and the creation time (UTC); --json prints the full records.")
+    listing.add_argument("--json", action="store_true", help="print the full records as JSON")
     show = sub.add_parser("show", help="show one client", description="Print one client's metadata and public keys.")
     show.add_argument("client_id")
 
@@ -69,22 +94,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _keygen_command(add_parser: Any) -> None:
+    """``keygen``: the service's own key pair, made where the service runs (no broker, no admin key)."""
+    gen = add_parser(
+        "keygen", help="make a key pair on the service's machine: private JWK to --out, public JWK printed",
+        description="Generate a key pair (ES256 unless --alg) without talking to any broker: write the private JWK "
+                    "to --out (mode 0600, never overwritten) and print the public JWK. Run it on the machine the "
+                    "service runs on and hand the operator only the printed public key, for "
+                    "`register ID --public-key FILE`: the private key never leaves that machine.")
+    gen.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to write the private JWK")
+    gen.add_argument("--alg", choices=KEY_ALGS, default="ES256", help="key algorithm (default ES256)")
+
+
 def _register_command(sub: Any) -> None:
-    """``register``: onboarding, with a key pair generated here or the client's own public key."""
+    """``register``: onboarding, with the client's own public key or a key pair generated here."""
     reg = sub.add_parser(
-        "register", help="onboard a client: generate its key pair here, register the public key, print what it needs",
-        description="Generate the client's key pair locally (ES256 unless --alg), write the private key to "
-                    "<keys-dir>/<client_id>.jwk (0600, never overwritten), register only the public key, and print "
-                    "JSON with client_id, kid, token_endpoint, issuer (the assertion aud) and private_key_path. "
-                    "With --public-key or --jwks-uri no key is generated.")
+        "register", help="onboard a client: register its public key (or a key pair made here), print what it needs",
+        description="Register a client. Recommended: the service runs `keygen` on its own machine and you register "
+                    "the public key it printed with --public-key (or let the broker fetch it: --jwks-uri). Without "
+                    "either, a key pair is generated here (ES256 unless --alg), the private key written to "
+                    "<keys-dir>/<client_id>.jwk (0600, never overwritten) for you to hand over, and only the public "
+                    "key registered. Prints JSON with client_id, kid, token_endpoint, issuer (the assertion aud) and "
+                    "private_key_path.")
     reg.add_argument("client_id", help="the client's name, e.g. billing-api (A-Z a-z 0-9 . _ : -, max 128)")
     _metadata_options(reg, required_audience=True)
     reg.add_argument("--alg", choices=KEY_ALGS, default=None,
-                     help="key algorithm to generate (default ES256); with --public-key PEM or --jwks-uri: the alg to bind")
+                     help="key algorithm to generate (default ES256); with --public-key or --jwks-uri: the alg "
+                          "for keys that name none (by default inferred from the key type)")
     src = reg.add_mutually_exclusive_group()
     src.add_argument("--public-key", type=Path, metavar="FILE",
-                     help="bring your own key: a public JWK, JWK Set or PEM file (the private key stays with you)")
+                     help="the client's own key: a public JWK, JWK Set or PEM file (the private key stays with it)")
     src.add_argument("--jwks-uri", metavar="URL", help="the broker fetches the client's keys from this https URL")
+    src.add_argument("--reuse-key", action="store_true",
+                     help="register the key already in <keys-dir>/<client_id>.jwk (left by a deleted client) "
+                          "instead of generating one")
 
 
 def _key_commands(sub: Any) -> None:
@@ -94,7 +137,9 @@ def _key_commands(sub: Any) -> None:
         description="Add a key to a client. Without --public-key a new pair is generated and the private key "
                     "written to <keys-dir>/<client_id>.<kid>.jwk. Both keys stay valid until you remove the old one.")
     add.add_argument("client_id")
-    add.add_argument("--alg", choices=KEY_ALGS, default="ES256", help="algorithm for a generated key (default ES256)")
+    add.add_argument("--alg", choices=KEY_ALGS, default=None,
+                     help="algorithm for a generated key (default ES256); with --public-key: the alg for a key that "
+                          "names none (by default inferred from the key type)")
     add.add_argument("--public-key", type=Path, metavar="FILE", help="a public JWK, JWK Set (one key) or PEM file")
     add.add_argument("--not-before", type=int, metavar="UNIX_TIME", help="the key is not used before this time (JWK nbf)")
     add.add_argument("--expires", type=int, metavar="UNIX_TIME", help="the key is not used from this time on (JWK exp)")
@@ -132,57 +177,95 @@ def _metadata_options(p: argparse.ArgumentParser, *, required_audience: bool) ->
                    help="migration aid: until this time also accept the token endpoint URL as aud (logged, counted)")
 
 
-def _split(values: list[str] | None) -> list[str] | None:
+def _scopes(values: list[str] | None, option: str) -> list[str] | None:
+    """Space-separated scopes (RFC 6749 §3.3); a comma is refused: it is legal in a scope name, but
+    nobody typing ``a,b`` means one scope called that."""
     if values is None:
         return None
+    for value in values:
+        if "," in value:
+            spaced = " ".join(s for s in value.replace(",", " ").split() if s)
+            raise UsageError(f"{option} {value!r}: scopes are separated by spaces, not commas: {option} {spaced!r}")
     return [s for v in values for s in v.split() if s]
 
 
 def _metadata(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, value in (("scopes", _split(args.scope)), ("default_scopes", _split(args.default_scope)),
+    for name, value in (("scopes", _scopes(args.scope, "--scope")),
+                        ("default_scopes", _scopes(args.default_scope, "--default-scope")),
                         ("audiences", args.audience), ("default_audience", args.default_audience),
                         ("token_lifetime", args.token_lifetime),
                         ("legacy_token_endpoint_aud_until", args.legacy_aud_until)):
         if value is not None:
             out[name] = value
+    if args.command == "register" and not out.get("scopes"):
+        raise UsageError("register needs --scope: a client with no allowed scopes can never get a token "
+                         "(e.g. --scope 'orders:read orders:write')")
+    if args.command == "update" and not out:
+        raise UsageError("nothing to change: give at least one option (see `update --help`)")
     return out
 
 
+def client_table(records: list[dict[str, Any]]) -> str:
+    """``list`` for people: client_id, enabled, scopes, kids, created (UTC, ISO 8601); one row per client."""
+    rows = [("client_id", "enabled", "scopes", "kids", "created")]
+    for r in records:
+        kids = " ".join(k["kid"] for k in r.get("jwks", {}).get("keys", ()))
+        created = r.get("created_at")
+        rows.append((
+            r["client_id"], "true" if r.get("enabled", True) else "false", " ".join(r.get("scopes", ())) or "-",
+            kids or ("(jwks_uri)" if r.get("jwks_uri") else "-"),
+            datetime.fromtimestamp(created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if created else "-",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "".join("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]) + "\n" for row in rows)
+
+
+def _record(record: dict[str, Any]) -> dict[str, Any]:
+    # The broker omits fields at their default; ``enabled`` is what an operator looks for.
+    return {"enabled": True, **record}
+
+
 def run(args: argparse.Namespace) -> Any:
+    """The command's result: JSON-able, or text (``list`` without ``--json``)."""
+    if args.command == "keygen":  # offline: no broker, no admin key
+        return keygen(args.out, args.alg)
+    metadata = _metadata(args) if args.command in ("register", "update") else {}
     with BrokerAdmin(args.broker, args.admin_key, admin_client_id=args.admin_client_id) as admin:
-        cmd = args.command
-        if cmd == "register":
-            return onboard(admin, {"client_id": args.client_id, **_metadata(args)}, keys_dir=args.keys_dir,
-                           alg=args.alg,
-                           public_key_file=args.public_key, jwks_uri=args.jwks_uri)
-        if cmd == "list":
-            return admin.list()
-        if cmd == "show":
-            return admin.show(args.client_id)
-        if cmd == "update":
-            changes = _metadata(args)
-            if not changes:
-                raise AdminError("nothing to change: give at least one option (see `update --help`)")
-            return admin.update(args.client_id, changes)
-        if cmd == "add-key":
-            window = {k: v for k, v in (("nbf", args.not_before), ("exp", args.expires)) if v is not None}
-            if args.public_key is None:
-                return add_generated_key(admin, args.client_id, keys_dir=args.keys_dir, alg=args.alg, window=window)
-            keys = read_public_keys(args.public_key, args.alg)
-            if len(keys) != 1:
-                raise AdminError("add-key takes one key: the file holds several (add them one at a time)")
-            record = admin.add_key(args.client_id, {**keys[0], **window})
-            return {"client_id": args.client_id, "kids": [k["kid"] for k in record["jwks"]["keys"]]}
-        if cmd == "remove-key":
-            record = admin.remove_key(args.client_id, args.kid)
-            return {"client_id": args.client_id, "removed": args.kid, "kids": [k["kid"] for k in record["jwks"]["keys"]]}
-        if cmd in ("disable", "enable"):
-            record = admin.update(args.client_id, {"enabled": cmd == "enable"})
-            return {"client_id": args.client_id, "enabled": record.get("enabled", True)}
-        if cmd == "delete":
-            admin.delete(args.client_id)
-            return {"client_id": args.client_id, "deleted": True}
+        return _call(admin, args, metadata)
+
+
+def _call(admin: BrokerAdmin, args: argparse.Namespace, metadata: dict[str, Any]) -> Any:
+    cmd = args.command
+    if cmd == "register":
+        return onboard(admin, {"client_id": args.client_id, **metadata}, keys_dir=args.keys_dir, alg=args.alg,
+                       public_key_file=args.public_key, jwks_uri=args.jwks_uri, reuse_key=args.reuse_key)
+    if cmd == "list":
+        records = [_record(r) for r in admin.list()]
+        return records if args.json else client_table(records)
+    if cmd == "show":
+        return _record(admin.show(args.client_id))
+    if cmd == "update":
+        return _record(admin.update(args.client_id, metadata))
+    if cmd == "add-key":
+        window = {k: v for k, v in (("nbf", args.not_before), ("exp", args.expires)) if v is not None}
+        if args.public_key is None:
+            return add_generated_key(admin, args.client_id, keys_dir=args.keys_dir, alg=args.alg or "ES256",
+                                     window=window)
+        keys = read_public_keys(args.public_key, args.alg)
+        if len(keys) != 1:
+            raise AdminError("add-key takes one key: the file holds several (add them one at a time)")
+        record = admin.add_key(args.client_id, {**keys[0], **window})
+        return {"client_id": args.client_id, "kids": [k["kid"] for k in record["jwks"]["keys"]]}
+    if cmd == "remove-key":
+        record = admin.remove_key(args.client_id, args.kid)
+        return {"client_id": args.client_id, "removed": args.kid, "kids": [k["kid"] for k in record["jwks"]["keys"]]}
+    if cmd in ("disable", "enable"):
+        record = admin.update(args.client_id, {"enabled": cmd == "enable"})
+        return {"client_id": args.client_id, "enabled": record.get("enabled", True)}
+    if cmd == "delete":
+        admin.delete(args.client_id)
+        return {"client_id": args.client_id, "deleted": True}
     raise AssertionError(cmd)  # pragma: no cover - argparse restricts the commands
 
 
@@ -192,11 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         result = run(args)
     except AdminError as exc:
         print(f"broker_admin.py {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt:  # pragma: no cover
         return 130
     try:
-        sys.stdout.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        sys.stdout.write(result if isinstance(result, str) else json.dumps(result, indent=2, sort_keys=True) + "\n")
         sys.stdout.flush()
     except BrokenPipeError:  # `... | head`: the reader left; not an error
         sys.stdout = None  # type: ignore[assignment]
