@@ -43,11 +43,28 @@ def bad_request(description: str) -> tuple[int, dict[str, str]]:
 # -- authentication --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="no-authorization"),
+        pytest.param({"authorization": "Basic dXNlcjpwYXNz"}, id="another-scheme"),
+        pytest.param({"authorization": "Bearer"}, id="bearer-without-token"),
+    ],
+)
+def test_admin_call_without_credentials_gets_a_bare_challenge(broker, headers):
+    """RFC 6750 §3.1: a request with no Bearer credentials gets the challenge without an error code."""
+    r = broker.http.get("/admin/clients", headers=headers)
+    assert (r.status_code, r.json()) == (401, {})
+    assert r.headers["www-authenticate"] == 'Bearer realm="token-broker"'
+    assert r.headers["cache-control"] == "no-store"
+
+
 def test_admin_calls_need_an_admin_token(broker, c1):
-    assert broker.http.get("/admin/clients").status_code == 401
-    assert broker.http.get("/admin/clients").json() == ADMIN_BAD_TOKEN
     r = broker.http.get("/admin/clients", headers={"authorization": "Bearer x.y.z"})
     assert (r.status_code, r.json()) == (401, ADMIN_BAD_TOKEN)
+    assert r.headers["www-authenticate"] == (
+        'Bearer realm="token-broker", error="invalid_token", error_description="The access token is invalid or expired."'
+    )
     # A normal client's token (audience RS1, no admin scope) is not an admin token.
     token = broker.get_token(c1).json()["access_token"]
     r = broker.http.get("/admin/clients", headers={"authorization": "Bearer " + token})

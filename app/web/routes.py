@@ -189,7 +189,9 @@ async def _admin_call_logged(request: Request[Any, Any, Any], op: Any, status: i
     try:
         admin = await admin_service.authenticate(request.headers.get("authorization"))
         result = await op(admin_service, admin)
-    except InvalidToken:
+    except InvalidToken as exc:
+        if exc.reason == "token_missing":  # RFC 6750 §3.1: no credentials → a bare challenge, no error code
+            return bearer_error(401, None, "")
         return bearer_error(401, "invalid_token", "The access token is invalid or expired.")
     except InsufficientScope as exc:
         return bearer_error(403, "insufficient_scope", "The access token lacks the required scope.", exc.scope)
