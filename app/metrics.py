@@ -147,9 +147,15 @@ class _Histogram:
 
 def _sample(name: str, labels: _Labels, value: float) -> str:
     if not labels:
-        return f"{name} {value:g}"
+        return f"{name} {_number(value)}"
     label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-    return f"{name}{{{label_text}}} {value:g}"
+    return f"{name}{{{label_text}}} {_number(value)}"
+
+
+def _number(value: float) -> str:
+    # Exact: "{:g}" keeps 6 digits, so a byte count or a counter past 999,999 came out rounded.
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def _escape(value: str) -> str:
