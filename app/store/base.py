@@ -22,6 +22,15 @@ class StoreUnavailable(Exception):
     """The store could not answer (down, slow, refusing, out of memory...). Fail closed."""
 
 
+class QuotaExceeded(Exception):
+    """The client has used up its request quota for the current window; nothing was recorded."""
+
+    def __init__(self, retry_after_ms: int) -> None:
+        super().__init__(retry_after_ms)
+        #: Time until the window ends.
+        self.retry_after_ms = retry_after_ms
+
+
 class ReplayGuard(Protocol):
     async def first_use(self, client_id: str, jti: str, request_id: str, ttl_ms: int) -> bool:
         """Record an assertion's jti atomically.
@@ -130,6 +139,8 @@ class TokenStore(Protocol):
 
         Raises:
             StoreUnavailable: the replay half has no answer (the caller fails closed).
+            QuotaExceeded: a request quota is set and this client has used it up in the current
+                window; the jti was not recorded (first uses count toward the quota, replays do not).
         """
         ...
 

@@ -31,6 +31,7 @@ from app.service.admin import AdminService
 from app.service.client_auth import ClientAuthenticator
 from app.service.directory import ClientDirectory, JwksUriPolicy
 from app.service.introspection import IntrospectionService
+from app.service.quota import CountedReplayGuard
 from app.service.ratelimit import FailureLimiter
 from app.service.revocation import RevocationService
 from app.service.signing_keys import SigningKeyReloader, SigningKeys
@@ -72,7 +73,7 @@ def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], flo
     store_opts = {"timeout": settings.redis_timeout, "retries": settings.redis_retries, "metrics": metrics}
     registry = RedisClientRegistry(client, **store_opts)
     # One object for both roles: the token endpoint's one script call and the plain jti record.
-    tokens = RedisTokenStore(client, **store_opts)
+    tokens = RedisTokenStore(client, quota=settings.client_quota, quota_window=settings.client_quota_window, **store_opts)
     directory = ClientDirectory(
         registry, poll_interval=settings.registry_poll_interval, log=log, clock=clock, metrics=metrics,
         jwks_cache=RedisJwksUriCache(client, **store_opts), jwks_policy=JwksUriPolicy(
@@ -82,8 +83,9 @@ def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], flo
     keys = SigningKeys(ensure_signing_keys(settings.keys_dir, settings.signing_alg))
     limiter = FailureLimiter(RedisFailureCounter(client, **store_opts), limit=settings.ratelimit_failures,
                              window=settings.ratelimit_window, mode=settings.ratelimit_mode, log=log)
-    # RFC 7009 / RFC 7662 authenticate their callers exactly as /token does.
-    auth = ClientAuthenticator(settings, directory=directory, replay=tokens, limiter=limiter, log=log, clock=clock)
+    # RFC 7009 / RFC 7662 authenticate their callers exactly as /token does (and count toward the quota).
+    replay = CountedReplayGuard(tokens) if settings.client_quota else tokens
+    auth = ClientAuthenticator(settings, directory=directory, replay=replay, limiter=limiter, log=log, clock=clock)
     cache = TokenCache(settings, store=tokens, metrics=metrics, log=log)
     return {
         "settings": settings,
