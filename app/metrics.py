@@ -68,6 +68,13 @@ LEGACY_AUD_ACCEPTED = _declare("broker_client_auth_legacy_aud_accepted_total", "
 REDIS_ERRORS = _declare("broker_redis_errors_total", "counter",
                         "Redis calls that failed (timeout, refused, error reply), by store.", "op", "error")
 REDIS_SECONDS = _declare("broker_redis_duration_seconds", "histogram", "Redis call latency by store.", "op")
+# -- Redis memory (app.service.redis_memory: INFO memory every few seconds; absent if INFO is refused)
+REDIS_MEMORY_USED = _declare("broker_redis_memory_used_bytes", "gauge",
+                             "Memory used by Redis (INFO used_memory); on a Cluster, of the primary nearest its limit.")
+REDIS_MEMORY_MAX = _declare("broker_redis_memory_max_bytes", "gauge",
+                            "Redis maxmemory of the same server; 0 means no limit is set.")
+REDIS_MAXMEMORY_POLICY = _declare("broker_redis_maxmemory_policy_info", "gauge",
+                                  "1 for the same server's maxmemory-policy (the broker needs noeviction).", "policy")
 # -- signing keys (app.service.signing_keys) ------------------------------------------------------
 SIGNING_KEYS = _declare("broker_signing_keys", "gauge", "Signing keys in the keys folder, by rotation state.", "state")
 SIGNING_KEY_INFO = _declare("broker_signing_key_info", "gauge",

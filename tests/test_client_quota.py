@@ -1,4 +1,4 @@
-"""Per-client request quota (docs/security.md, "Hardening round 2";
+"""Per-client request quota and the Redis memory gauges (docs/security.md, "Hardening round 2";
 attack matrix: `client-request-flood`).
 
 Every accepted jti record counts toward its client's quota (``BROKER_CLIENT_QUOTA`` requests per
@@ -8,6 +8,9 @@ over the quota gets 429 ``slow_down`` with ``Retry-After`` and writes no replay 
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +18,14 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from fakeredis.aioredis import FakeRedis
 
 from app.config import ConfigError, Settings
+from app.log import configure, get_logger
+from app.metrics import Metrics
 from app.oauth.errors import SlowDown
+from app.service.redis_memory import RedisMemoryMonitor
+from app.store.memory import RedisMemoryProbe
 from tests.conftest import Broker, FrozenClock, RedisServer
 from tests.expect import assert_error, assert_invalid_client, assert_token, error_body
 from tests.helpers import ISS, URN, TestClient, form
@@ -240,6 +248,76 @@ def test_quota_is_shared_by_two_instances_and_counted_in_the_one_script_call(rea
     assert len(real_redis.command("KEYS", "*:replay:*")) == 6
 
 
+def _gauges(b: Broker) -> dict[str, float]:
+    out = {}
+    for line in b.http.get("/metrics").text.splitlines():
+        if line.startswith("broker_redis_memory") or line.startswith("broker_redis_maxmemory"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+@pytest.mark.redis
+def test_memory_gauges_are_refreshed_from_info_memory(real_redis, tmp_path, clock) -> None:
+    settings = quota_settings(tmp_path, BROKER_REDIS_URL=real_redis.url)
+    real_redis.command("CONFIG", "SET", "maxmemory", str(256 * 2**20))
+    try:
+        with Broker(settings, clock) as b:
+            first = wait_until(lambda: (g := _gauges(b)).get("broker_redis_memory_max_bytes") == 256 * 2**20 and g,
+                               10, what="the first memory refresh")
+            assert first["broker_redis_memory_used_bytes"] > 0
+            assert first['broker_redis_maxmemory_policy_info{policy="noeviction"}'] == 1
+            real_redis.command("CONFIG", "SET", "maxmemory", str(300 * 2**20))
+            wait_until(lambda: _gauges(b).get("broker_redis_memory_max_bytes") == 300 * 2**20, 15,
+                       what="a later refresh to see the new maxmemory")
+            assert_token(_issue(b))  # the monitor never stands in the way of a request
+    finally:
+        real_redis.command("CONFIG", "SET", "maxmemory", "0")
+
+
+def _issue(b: Broker) -> httpx.Response:
+    client = TestClient("c1")
+    b.register(client)
+    return b.get_token(client)
+
+
+@pytest.mark.redis
+def test_info_refused_by_acl_leaves_the_gauges_absent_and_tokens_flowing(real_redis, tmp_path, clock) -> None:
+    from redis.asyncio import Redis
+
+    real_redis.command("ACL", "SETUSER", "noinfo", "reset", "on", ">pw", "~*", "+@all", "-info")
+    try:
+        client = Redis.from_url(f"redis://noinfo:pw@127.0.0.1:{real_redis.port}/0", socket_timeout=1)
+        settings = quota_settings(tmp_path, BROKER_REDIS_URL=real_redis.url)
+        with Broker(settings, clock, redis=client) as b:
+            wait_until(lambda: any(e["event"] == "redis_memory.unavailable" for e in b.logs()), 10,
+                       what="the refused INFO to be logged")
+            assert_token(_issue(b))
+            assert _gauges(b) == {}
+            b.call(client.aclose)
+    finally:
+        real_redis.command("ACL", "DELUSER", "noinfo")
+
+
+# -- the memory monitor without INFO (the embedded fakeredis has none) ------------------------------
+
+
+def test_monitor_without_info_logs_once_and_reports_nothing() -> None:
+    stream = io.StringIO()
+    configure("info", stream)
+    metrics = Metrics()
+    monitor = RedisMemoryMonitor(RedisMemoryProbe(FakeRedis(), cluster=False, timeout=0.3, retries=0),
+                                 metrics=metrics, log=get_logger())
+
+    async def twice() -> list[bool]:
+        return [await monitor.refresh(), await monitor.refresh()]
+
+    assert asyncio.run(twice()) == [False, False]
+    events = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
+    assert events.count("redis_memory.unavailable") == 1
+    assert b"broker_redis_memory" not in metrics.render()
+
+
 # -- Redis Cluster ----------------------------------------------------------------------------------
 
 
@@ -255,7 +333,7 @@ def test_the_quota_counter_shares_the_slot_of_the_token_endpoint_script() -> Non
 
 
 @pytest.mark.redis
-def test_quota_on_a_cluster(redis_cluster: Cluster, tmp_path) -> None:
+def test_quota_and_memory_gauges_on_a_cluster(redis_cluster: Cluster, tmp_path) -> None:
     redis_cluster.flush()
     settings = quota_settings(tmp_path, BROKER_REDIS_URL=redis_cluster.url, BROKER_REDIS_CLUSTER="true",
                               BROKER_CLIENT_QUOTA="2")
@@ -267,4 +345,6 @@ def test_quota_on_a_cluster(redis_cluster: Cluster, tmp_path) -> None:
             assert_token(b.get_token(client))
             assert_error(b.get_token(client, scope="admin"), 400, "invalid_scope")
             _assert_over_quota(b.get_token(client), 60)
+        gauges = wait_until(lambda: _gauges(b), 10, what="the memory gauges")
+        assert gauges["broker_redis_memory_used_bytes"] > 0
         assert "broker_redis_errors_total" not in b.http.get("/metrics").text

@@ -178,6 +178,26 @@ class TokenStore(Protocol):
         ...
 
 
+class MemoryUsage(msgspec.Struct, frozen=True):
+    """Redis memory as ``INFO memory`` reports it."""
+
+    used: int
+    #: ``maxmemory``; 0 means no limit is set.
+    max: int
+    #: ``maxmemory-policy`` (the broker needs ``noeviction``: an evicted replay record is a replay).
+    policy: str
+
+
+class MemoryProbe(Protocol):
+    async def usage(self) -> MemoryUsage:
+        """Returns: the memory of the Redis server (on a Cluster, the primary nearest its limit).
+
+        Raises:
+            StoreUnavailable: no answer, or the server refuses ``INFO`` (managed services may).
+        """
+        ...
+
+
 class FailureCounter(Protocol):
     async def hit(self, subjects: Sequence[tuple[str, str]], window_ms: int) -> list[tuple[int, int]]:
         """Count one failure against each subject, atomically.

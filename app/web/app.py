@@ -33,10 +33,12 @@ from app.service.directory import ClientDirectory, JwksUriPolicy
 from app.service.introspection import IntrospectionService
 from app.service.quota import CountedReplayGuard
 from app.service.ratelimit import FailureLimiter
+from app.service.redis_memory import RedisMemoryMonitor
 from app.service.revocation import RevocationService
 from app.service.signing_keys import SigningKeyReloader, SigningKeys
 from app.service.token import TokenService
 from app.service.token_cache import TokenCache
+from app.store.memory import RedisMemoryProbe
 from app.store.ratelimit import RedisFailureCounter
 from app.store.redis import RedisClientRegistry, RedisJwksUriCache, connect
 from app.store.token_cache import RedisTokenStore
@@ -105,6 +107,10 @@ def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], flo
         # Rotation (scripts/rotate_signing_key.py) rewrites the shared folder; each replica re-reads it.
         "key_reloader": SigningKeyReloader(settings.keys_dir, keys, log=log, metrics=metrics),
         "drain": Drain(settings.shutdown_drain, log),
+        # Not for the embedded store: its memory is this process's, with no maxmemory to reach.
+        # No error metrics: a managed Redis that refuses INFO must not look like a failing store.
+        "redis_memory": None if settings.embedded else RedisMemoryMonitor(RedisMemoryProbe(
+            client, cluster=settings.redis_cluster, timeout=settings.redis_timeout, retries=0), metrics=metrics, log=log),
         "signer": keys.signer,
         "jwks": keys.jwks,
         "metadata": _metadata(settings, keys),
@@ -124,7 +130,8 @@ def _metadata(settings: Settings, keys: SigningKeys) -> Callable[[], bytes]:
 
 def _lifespan(settings: Settings, state: dict[str, Any], log: Any,
               close: Any) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
-    """Start: the admin client and clients file registered, clients loaded, pollers running.
+    """Start: the admin client and clients file registered, clients loaded, pollers (and the Redis
+    memory gauges' refresh) running.
     ``close`` is the Redis client this app opened itself (None when the caller passed one in)."""
     directory: ClientDirectory = state["directory"]
 
@@ -138,6 +145,7 @@ def _lifespan(settings: Settings, state: dict[str, Any], log: Any,
         _freeze_startup_objects()
         poller = asyncio.create_task(directory.run())
         key_poller = asyncio.create_task(state["key_reloader"].run())
+        memory = state["redis_memory"] and asyncio.create_task(state["redis_memory"].run())
         state["drain"].install()
         log.info(
             "broker.started",
@@ -152,6 +160,8 @@ def _lifespan(settings: Settings, state: dict[str, Any], log: Any,
         finally:
             poller.cancel()
             key_poller.cancel()
+            if memory:
+                memory.cancel()
             if close is not None:
                 await close.aclose()
 
