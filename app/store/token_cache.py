@@ -116,7 +116,7 @@ class RedisTokenStore(RedisReplayGuard):
         self._quota = quota
         if quota:
             self._consume_counted = redis.register_script(_QUOTA_CONSUME_AND_LOOKUP)
-            self._quota_args = [quota, quota_window * 1000]
+            self._quota_args = [str(quota).encode(), str(quota_window * 1000).encode()]  # encoded once, not per call
 
     def cache_id(self, client_id: str, scopes: tuple[str, ...], audience: str, version: int, kid: str) -> str:
         return keyspace.token_cache_id(client_id, scopes, audience, version, kid)
