@@ -79,6 +79,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # lifetime is left; concurrent misses wait up to cache_stampede_wait s for one replica's mint.
     cache_min_remaining_share: float = 0.5
     cache_stampede_wait: float = 0.2
+    # Per-client request quota: at most client_quota recorded assertions (/token, /revoke,
+    # /introspect) per client per client_quota_window s, shared in Redis; 0 = off (the default:
+    # the right ceiling depends on the Redis size and the number of clients, see docs/operations.md).
+    client_quota: int = 0
+    client_quota_window: int = 60
 
     @property
     def token_endpoint(self) -> str:
@@ -179,6 +184,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(f"BROKER_REDIS_SENTINELS must be host:port,host:port..., got {address!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("BROKER_LOG_LEVEL must be debug, info, warning or error")
+        if not 0 <= self.client_quota <= 100_000_000:
+            raise ConfigError("BROKER_CLIENT_QUOTA must be between 0 (off) and 100000000 requests")
+        if not 1 <= self.client_quota_window <= 86400:
+            raise ConfigError("BROKER_CLIENT_QUOTA_WINDOW must be between 1 and 86400 seconds")
 
     def _validate_issuer(self) -> None:
         parts = urlsplit(self.issuer)

@@ -68,6 +68,13 @@ LEGACY_AUD_ACCEPTED = _declare("broker_client_auth_legacy_aud_accepted_total", "
 REDIS_ERRORS = _declare("broker_redis_errors_total", "counter",
                         "Redis calls that failed (timeout, refused, error reply), by store.", "op", "error")
 REDIS_SECONDS = _declare("broker_redis_duration_seconds", "histogram", "Redis call latency by store.", "op")
+# -- Redis memory (app.service.redis_memory: INFO memory every few seconds; absent if INFO is refused)
+REDIS_MEMORY_USED = _declare("broker_redis_memory_used_bytes", "gauge",
+                             "Memory used by Redis (INFO used_memory); on a Cluster, of the primary nearest its limit.")
+REDIS_MEMORY_MAX = _declare("broker_redis_memory_max_bytes", "gauge",
+                            "Redis maxmemory of the same server; 0 means no limit is set.")
+REDIS_MAXMEMORY_POLICY = _declare("broker_redis_maxmemory_policy_info", "gauge",
+                                  "1 for the same server's maxmemory-policy (the broker needs noeviction).", "policy")
 # -- signing keys (app.service.signing_keys) ------------------------------------------------------
 SIGNING_KEYS = _declare("broker_signing_keys", "gauge", "Signing keys in the keys folder, by rotation state.", "state")
 SIGNING_KEY_INFO = _declare("broker_signing_key_info", "gauge",
@@ -147,9 +154,15 @@ class _Histogram:
 
 def _sample(name: str, labels: _Labels, value: float) -> str:
     if not labels:
-        return f"{name} {value:g}"
+        return f"{name} {_number(value)}"
     label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-    return f"{name}{{{label_text}}} {value:g}"
+    return f"{name}{{{label_text}}} {_number(value)}"
+
+
+def _number(value: float) -> str:
+    # Exact: "{:g}" keeps 6 digits, so a byte count or a counter past 999,999 came out rounded.
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def _escape(value: str) -> str:

@@ -4,7 +4,8 @@ path (``app.service.client_auth``: parse, verify, record the jti, log, rate-limi
 1. ``record``: decide scope and audience (``app.oauth.grant``), then one Lua script call
    (``TokenStore.consume_and_lookup``) records the jti (fails closed) and reads the issued-token
    cache entry for this grant (fails open). A refused grant is raised only after the jti is
-   recorded: the client has authenticated and its assertion is spent;
+   recorded: the client has authenticated and its assertion is spent. With a request quota set
+   the same call counts the request first (``app.service.quota``): over it, 429 and nothing recorded;
 2. ``answer``: the cached token if it is still fresh enough, else one signed once per cache key
    across replicas (``app.service.token_cache``).
 """
@@ -22,8 +23,9 @@ from app.oauth.errors import OAuthError
 from app.oauth.grant import Grant, decide_grant
 from app.oauth.request import TokenRequest, parse_token_request
 from app.service.client_auth import Authenticated, ClientAuthenticator, EndpointRequest
+from app.service.quota import over_quota
 from app.service.token_cache import TokenCache
-from app.store.base import CacheLookup, TokenStore
+from app.store.base import CacheLookup, QuotaExceeded, TokenStore
 
 
 class TokenResponse(msgspec.Struct, frozen=True):
@@ -76,9 +78,12 @@ class TokenService:
         signer = self._signer()  # once per request: the cache key and the token agree on the kid
         if grant is not None:
             cache_id = self._cache.cache_id(grant, auth.client.record.version, signer)
-        lookup = await self._tokens.consume_and_lookup(
-            auth.client_id, auth.assertion.jti, request_id, auth.replay_ttl_ms, cache_id
-        )
+        try:
+            lookup = await self._tokens.consume_and_lookup(
+                auth.client_id, auth.assertion.jti, request_id, auth.replay_ttl_ms, cache_id
+            )
+        except QuotaExceeded as exc:  # nothing recorded: the assertion is not spent
+            raise over_quota(exc) from None
         return _Lookup(lookup.first_use, lookup, grant, denial, signer, cache_id)
 
     async def answer(self, auth: Authenticated, form: TokenRequest, recorded: _Lookup, now: float,

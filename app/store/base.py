@@ -22,6 +22,15 @@ class StoreUnavailable(Exception):
     """The store could not answer (down, slow, refusing, out of memory...). Fail closed."""
 
 
+class QuotaExceeded(Exception):
+    """The client has used up its request quota for the current window; nothing was recorded."""
+
+    def __init__(self, retry_after_ms: int) -> None:
+        super().__init__(retry_after_ms)
+        #: Time until the window ends.
+        self.retry_after_ms = retry_after_ms
+
+
 class ReplayGuard(Protocol):
     async def first_use(self, client_id: str, jti: str, request_id: str, ttl_ms: int) -> bool:
         """Record an assertion's jti atomically.
@@ -130,6 +139,8 @@ class TokenStore(Protocol):
 
         Raises:
             StoreUnavailable: the replay half has no answer (the caller fails closed).
+            QuotaExceeded: a request quota is set and this client has used it up in the current
+                window; the jti was not recorded (first uses count toward the quota, replays do not).
         """
         ...
 
@@ -164,6 +175,26 @@ class TokenStore(Protocol):
 
     async def is_revoked(self, client_id: str, token_jti: str) -> bool:
         """Returns: whether ``revoke`` marked this token and the mark has not expired."""
+        ...
+
+
+class MemoryUsage(msgspec.Struct, frozen=True):
+    """Redis memory as ``INFO memory`` reports it."""
+
+    used: int
+    #: ``maxmemory``; 0 means no limit is set.
+    max: int
+    #: ``maxmemory-policy`` (the broker needs ``noeviction``: an evicted replay record is a replay).
+    policy: str
+
+
+class MemoryProbe(Protocol):
+    async def usage(self) -> MemoryUsage:
+        """Returns: the memory of the Redis server (on a Cluster, the primary nearest its limit).
+
+        Raises:
+            StoreUnavailable: no answer, or the server refuses ``INFO`` (managed services may).
+        """
         ...
 
 

@@ -50,13 +50,13 @@ def jwks_uri_refetch(client_id: str, jwks_uri: str) -> str:
     return f"{PREFIX}:jwks_uri_refetch:{_jwks_uri_id(client_id, jwks_uri)}"
 
 
-# -- issued-token cache, revocation (RFC 7009) ----------------------------------------------------
+# -- issued-token cache, revocation (RFC 7009), request quota -------------------------------------
 # Every key of one client's cache shares the hash tag ``{tb:tok:<sha256(client_id)>}``: the Lua
-# scripts that read or write an entry, its lock and its revocation pointer, and the MULTI of a
-# revocation, each touch one Redis Cluster slot.
+# scripts that read or write an entry, its lock, its revocation pointer and the quota counter, and
+# the MULTI of a revocation, each touch one Redis Cluster slot.
 
 
-@functools.lru_cache(maxsize=4096)  # three keys per token request share it: hash once per client
+@functools.lru_cache(maxsize=4096)  # every key of a token request shares it: hash once per client
 def _token_tag(client_id: str) -> str:
     return "{tb:tok:" + hashlib.sha256(json.dumps(client_id).encode("ascii")).hexdigest()[:32] + "}"
 
@@ -88,6 +88,13 @@ def token_pointer(client_id: str, token_jti: str) -> str:
 
 def token_revoked(client_id: str, token_jti: str) -> str:
     return f"{_token_tag(client_id)}:revoked:{jti_hash(client_id, token_jti)}"
+
+
+def token_quota(client_id: str) -> str:
+    """The client's request counter for the current quota window (``BROKER_CLIENT_QUOTA``). It
+    shares the client's hash tag: the token endpoint's one script call counts it with the replay
+    record, in one Redis Cluster slot."""
+    return f"{_token_tag(client_id)}:quota"
 
 
 def failures(kind: str, subject: str) -> str:

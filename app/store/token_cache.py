@@ -11,9 +11,16 @@ atomically:
 
 So a cache hit costs one round trip and a miss two (this call, then the write), and the read and
 the lock are one atomic step (no request can read "absent", lose the race to another's write and
-mint a second token). The three keys share the client's hash tag (one Redis Cluster slot). An
-error of the call as a whole fails closed (``StoreUnavailable``); an error reading the entry alone
-comes back in ``CacheLookup.cache_error`` and the caller mints (fails open).
+mint a second token). The keys share the client's hash tag (one Redis Cluster slot). An error of
+the call as a whole fails closed (``StoreUnavailable``); an error reading the entry alone comes
+back in ``CacheLookup.cache_error`` and the caller mints (fails open).
+
+With a request quota (``BROKER_CLIENT_QUOTA``) the same call first checks the client's counter for
+the current window: over the quota it stops there (``QuotaExceeded``, no replay record written, so
+a flooding client cannot grow the replay keyspace); otherwise a fresh replay record increments it.
+That script is registered apart, so without a quota the call does exactly what is listed above. A
+refused grant and the plain ``first_use`` of /revoke and /introspect (``consume_and_lookup`` with
+no cache id) are counted by the same script, without the cache read.
 
 Entries, pointers and revocation markers all expire with the token they describe, so memory is
 bounded by the tokens alive at once; a stampede lock lives ``LOCK_MS`` (2 s) at most.
@@ -26,18 +33,26 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from app.store import keyspace
-from app.store.base import LOCK_MS, CacheLookup, StoreUnavailable
+from app.store.base import LOCK_MS, CacheLookup, QuotaExceeded, StoreUnavailable
 from app.store.redis import RedisReplayGuard
 
 
-# KEYS: replay record, cache entry, mint lock. ARGV: request id, replay ttl (ms), lock ttl (ms).
-# Returns {0} for a replay, {1, entry|nil, locked} on first use, {2, error} when the entry read failed.
-# Only the replay SET may fail the call: cache errors are caught (pcall) so the cache fails open.
-_CONSUME_AND_LOOKUP = """
+# The token endpoint's script, in parts: with the request quota off it is _REPLAY + _LOOKUP, with
+# it on _QUOTA_CHECK + _REPLAY + _QUOTA_COUNT + _LOOKUP (a second registered script, so the
+# quota costs nothing when it is off).
+# KEYS: replay record, cache entry, mint lock[, quota counter]. ARGV: request id, replay ttl (ms),
+# lock ttl (ms)[, quota, quota window (ms)]. With the quota on and no cache entry to read (a refused
+# grant, /revoke, /introspect), KEYS are only the replay record and the quota counter.
+# Returns {0} for a replay, {1, entry|nil, locked} on first use, {2, error} when the entry read
+# failed, {3, ms left in the window} over the quota. Only the replay SET and the quota commands may
+# fail the call: cache errors are caught (pcall) so the cache fails open.
+_REPLAY = """
 local previous = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2], 'GET')
 if previous and previous ~= ARGV[1] then
   return {0}
 end
+"""
+_LOOKUP = """
 local entry = redis.pcall('GET', KEYS[2])
 if type(entry) == 'table' and entry.err then
   return {2, entry.err}
@@ -51,6 +66,33 @@ if type(locked) == 'table' and locked.err then
 end
 return {1, false, locked and 1 or 0}
 """
+# Checked before the replay SET: a request over the quota writes nothing. A counter left without
+# an expiry (it cannot happen here, but an operator's PERSIST could) gets one instead of blocking
+# the client for good.
+_QUOTA_CHECK = """
+local quota = KEYS[#KEYS]
+if tonumber(redis.call('GET', quota) or 0) >= tonumber(ARGV[4]) then
+  local left = redis.call('PTTL', quota)
+  if left < 0 then
+    redis.call('PEXPIRE', quota, ARGV[5])
+    left = tonumber(ARGV[5])
+  end
+  return {3, left}
+end
+"""
+# Only a fresh record counts: a replay was refused above, and redis-py's retry of this very call
+# (reply lost after the write) finds its own request id and must not count twice. The window
+# starts with its first request (fixed window).
+_QUOTA_COUNT = """
+if not previous and redis.call('INCR', quota) == 1 then
+  redis.call('PEXPIRE', quota, ARGV[5])
+end
+if #KEYS == 2 then
+  return {1, false, 0}
+end
+"""
+_CONSUME_AND_LOOKUP = _REPLAY + _LOOKUP
+_QUOTA_CONSUME_AND_LOOKUP = _QUOTA_CHECK + _REPLAY + _QUOTA_COUNT + _LOOKUP
 
 # KEYS: cache entry, revocation pointer, mint lock. ARGV: entry, ttl (ms).
 _WRITE = """
@@ -66,10 +108,15 @@ class RedisTokenStore(RedisReplayGuard):
 
     metric_op = "token_cache"
 
-    def __init__(self, redis: Any, **options: Any) -> None:
+    def __init__(self, redis: Any, *, quota: int = 0, quota_window: int = 60, **options: Any) -> None:
+        """``quota``: first uses per client per ``quota_window`` seconds; 0 = no quota."""
         super().__init__(redis, **options)
         self._consume = redis.register_script(_CONSUME_AND_LOOKUP)
         self._write = redis.register_script(_WRITE)
+        self._quota = quota
+        if quota:
+            self._consume_counted = redis.register_script(_QUOTA_CONSUME_AND_LOOKUP)
+            self._quota_args = [str(quota).encode(), str(quota_window * 1000).encode()]  # encoded once, not per call
 
     def cache_id(self, client_id: str, scopes: tuple[str, ...], audience: str, version: int, kid: str) -> str:
         return keyspace.token_cache_id(client_id, scopes, audience, version, kid)
@@ -77,24 +124,39 @@ class RedisTokenStore(RedisReplayGuard):
     async def consume_and_lookup(
         self, client_id: str, jti: str, request_id: str, ttl_ms: int, cache_id: str | None, lock_ms: int = LOCK_MS
     ) -> CacheLookup:
-        if cache_id is None:  # the grant was refused: only the replay record matters
+        replay = keyspace.replay(client_id, jti)
+        if self._quota:
+            # The refused-grant path is counted too: only the entry read is left out.
+            names = [replay] if cache_id is None else [
+                replay, keyspace.token_entry(client_id, cache_id), keyspace.token_lock(client_id, cache_id)]
+            names.append(keyspace.token_quota(client_id))
+            call = self._consume_counted(keys=names, args=[request_id, ttl_ms, lock_ms, *self._quota_args])
+        elif cache_id is None:  # the grant was refused: only the replay record matters
             return CacheLookup(await self.first_use(client_id, jti, request_id, ttl_ms), None)
-        names = [keyspace.replay(client_id, jti), keyspace.token_entry(client_id, cache_id), keyspace.token_lock(client_id, cache_id)]
+        else:
+            names = [replay, keyspace.token_entry(client_id, cache_id), keyspace.token_lock(client_id, cache_id)]
+            call = self._consume(keys=names, args=[request_id, ttl_ms, lock_ms])
         try:
             # Labelled "replay": this is the token endpoint's replay round trip (the cache rides along).
-            reply = await self._run(self._consume(keys=names, args=[request_id, ttl_ms, lock_ms]), op="replay")
+            reply = await self._run(call, op="replay")
         except StoreUnavailable as exc:
             if not isinstance(exc.__cause__, ResponseError):
                 raise  # no answer at all: the replay is unconfirmed (fail closed)
-            # Redis refused the script as a whole before running it (an ACL that denies the cache
-            # keys, OOM, READONLY...): the replay record alone decides, the cache fails open.
+            # Redis refused the script as a whole, or a command of it failed (an ACL that denies the
+            # cache or quota keys, a key of the wrong type, OOM, READONLY...): the plain replay
+            # record alone decides; the cache and the quota fail open.
             first = await self.first_use(client_id, jti, request_id, ttl_ms)
             return CacheLookup(first, None, type(exc.__cause__).__name__)
+        return self._lookup(reply)
+
+    def _lookup(self, reply: list[Any]) -> CacheLookup:
         if reply[0] == 0:
             return CacheLookup(False, None)
         if reply[0] == 2:  # the entry read failed (an error reply: WRONGTYPE...): mint instead
             self._count_error(self.metric_op, "ResponseError")
             return CacheLookup(True, None, "cache_read_error")
+        if reply[0] == 3:
+            raise QuotaExceeded(int(reply[1]))
         entry = reply[1]
         return CacheLookup(True, None if entry is None else bytes(entry), None, bool(reply[2]))
 

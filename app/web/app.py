@@ -31,11 +31,14 @@ from app.service.admin import AdminService
 from app.service.client_auth import ClientAuthenticator
 from app.service.directory import ClientDirectory, JwksUriPolicy
 from app.service.introspection import IntrospectionService
+from app.service.quota import CountedReplayGuard
 from app.service.ratelimit import FailureLimiter
+from app.service.redis_memory import RedisMemoryMonitor
 from app.service.revocation import RevocationService
 from app.service.signing_keys import SigningKeyReloader, SigningKeys
 from app.service.token import TokenService
 from app.service.token_cache import TokenCache
+from app.store.memory import RedisMemoryProbe
 from app.store.ratelimit import RedisFailureCounter
 from app.store.redis import RedisClientRegistry, RedisJwksUriCache, connect
 from app.store.token_cache import RedisTokenStore
@@ -72,7 +75,7 @@ def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], flo
     store_opts = {"timeout": settings.redis_timeout, "retries": settings.redis_retries, "metrics": metrics}
     registry = RedisClientRegistry(client, **store_opts)
     # One object for both roles: the token endpoint's one script call and the plain jti record.
-    tokens = RedisTokenStore(client, **store_opts)
+    tokens = RedisTokenStore(client, quota=settings.client_quota, quota_window=settings.client_quota_window, **store_opts)
     directory = ClientDirectory(
         registry, poll_interval=settings.registry_poll_interval, log=log, clock=clock, metrics=metrics,
         jwks_cache=RedisJwksUriCache(client, **store_opts), jwks_policy=JwksUriPolicy(
@@ -82,8 +85,9 @@ def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], flo
     keys = SigningKeys(ensure_signing_keys(settings.keys_dir, settings.signing_alg))
     limiter = FailureLimiter(RedisFailureCounter(client, **store_opts), limit=settings.ratelimit_failures,
                              window=settings.ratelimit_window, mode=settings.ratelimit_mode, log=log)
-    # RFC 7009 / RFC 7662 authenticate their callers exactly as /token does.
-    auth = ClientAuthenticator(settings, directory=directory, replay=tokens, limiter=limiter, log=log, clock=clock)
+    # RFC 7009 / RFC 7662 authenticate their callers exactly as /token does (and count toward the quota).
+    replay = CountedReplayGuard(tokens) if settings.client_quota else tokens
+    auth = ClientAuthenticator(settings, directory=directory, replay=replay, limiter=limiter, log=log, clock=clock)
     cache = TokenCache(settings, store=tokens, metrics=metrics, log=log)
     return {
         "settings": settings,
@@ -103,6 +107,10 @@ def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], flo
         # Rotation (scripts/rotate_signing_key.py) rewrites the shared folder; each replica re-reads it.
         "key_reloader": SigningKeyReloader(settings.keys_dir, keys, log=log, metrics=metrics),
         "drain": Drain(settings.shutdown_drain, log),
+        # Not for the embedded store: its memory is this process's, with no maxmemory to reach.
+        # No error metrics: a managed Redis that refuses INFO must not look like a failing store.
+        "redis_memory": None if settings.embedded else RedisMemoryMonitor(RedisMemoryProbe(
+            client, cluster=settings.redis_cluster, timeout=settings.redis_timeout, retries=0), metrics=metrics, log=log),
         "signer": keys.signer,
         "jwks": keys.jwks,
         "metadata": _metadata(settings, keys),
@@ -122,7 +130,8 @@ def _metadata(settings: Settings, keys: SigningKeys) -> Callable[[], bytes]:
 
 def _lifespan(settings: Settings, state: dict[str, Any], log: Any,
               close: Any) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
-    """Start: the admin client and clients file registered, clients loaded, pollers running.
+    """Start: the admin client and clients file registered, clients loaded, pollers (and the Redis
+    memory gauges' refresh) running.
     ``close`` is the Redis client this app opened itself (None when the caller passed one in)."""
     directory: ClientDirectory = state["directory"]
 
@@ -136,6 +145,7 @@ def _lifespan(settings: Settings, state: dict[str, Any], log: Any,
         _freeze_startup_objects()
         poller = asyncio.create_task(directory.run())
         key_poller = asyncio.create_task(state["key_reloader"].run())
+        memory = state["redis_memory"] and asyncio.create_task(state["redis_memory"].run())
         state["drain"].install()
         log.info(
             "broker.started",
@@ -150,6 +160,8 @@ def _lifespan(settings: Settings, state: dict[str, Any], log: Any,
         finally:
             poller.cancel()
             key_poller.cancel()
+            if memory:
+                memory.cancel()
             if close is not None:
                 await close.aclose()
 
