@@ -26,6 +26,7 @@ from app.metrics import Metrics
 from app.oauth.errors import SlowDown
 from app.service.redis_memory import RedisMemoryMonitor
 from app.store.memory import RedisMemoryProbe
+from scripts.processes import wait_until
 from tests.conftest import Broker, FrozenClock, RedisServer
 from tests.expect import assert_error, assert_invalid_client, assert_token, error_body
 from tests.helpers import ISS, URN, TestClient, form
@@ -33,18 +34,6 @@ from tests.redis_topology import Cluster, redis_cluster  # noqa: F401 (fixture)
 
 T = TypeVar("T")
 QUOTA_BODY = error_body("slow_down", SlowDown)
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, *, what: str, interval: float = 0.05) -> T:
-    """Call ``predicate`` until it returns something truthy (a condition, never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def quota_settings(tmp_path: Path, **env: str) -> Settings:

@@ -25,7 +25,7 @@ from app.store.base import StoreUnavailable
 from tests.conftest import Broker, FrozenClock, RedisServer
 from tests.helpers import ISS, TestClient, form
 
-SLOW_DOWN = {"error": "slow_down", "error_description": "Too many failed requests; retry later."}
+SLOW_DOWN = {"error": "slow_down", "error_description": "Too many requests; retry later."}
 INVALID_CLIENT = {"error": "invalid_client", "error_description": "Client authentication failed."}
 
 

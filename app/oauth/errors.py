@@ -76,11 +76,12 @@ class MethodNotAllowed(OAuthError):
 
 
 class SlowDown(OAuthError):
-    """Too many failed authentications; RFC 6749 has no code for this, 429 is RFC 6585."""
+    """Too many failed authentications, or a client over its request quota; RFC 6749 has no code for
+    this, 429 is RFC 6585. One neutral text for both: the answer does not say which limit applied."""
 
     error = "slow_down"
     status_code = 429
-    description = "Too many failed requests; retry later."
+    description = "Too many requests; retry later."
 
 
 class TemporarilyUnavailable(OAuthError):
