@@ -71,8 +71,9 @@ class RedisTokenStore(RedisReplayGuard):
         self._consume = redis.register_script(_CONSUME_AND_LOOKUP)
         self._write = redis.register_script(_WRITE)
 
-    def cache_id(self, client_id: str, scopes: tuple[str, ...], audience: str, version: int, kid: str) -> str:
-        return keyspace.token_cache_id(client_id, scopes, audience, version, kid)
+    def cache_id(self, client_id: str, scopes: tuple[str, ...], audience: str, registration_id: str, version: int,
+                 kid: str) -> str:
+        return keyspace.token_cache_id(client_id, scopes, audience, registration_id, version, kid)
 
     async def consume_and_lookup(
         self, client_id: str, jti: str, request_id: str, ttl_ms: int, cache_id: str | None, lock_ms: int = LOCK_MS
