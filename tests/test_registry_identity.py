@@ -241,6 +241,9 @@ def _ec_jwk(**override: Any) -> dict[str, Any]:
 
 TYPED = [
     ("default-audience-int", {"default_audience": 5}, "default_audience '5' must be an absolute URI without fragment"),
+    # Alone, it was stored (201) and then every `list` answered 500.
+    ("default-audience-int-alone", {"audiences": [], "default_audience": 5},
+     "default_audience '5' must be an absolute URI without fragment"),
     ("default-audience-object", {"default_audience": {"a": 1}},
      "default_audience \"{'a': 1}\" must be an absolute URI without fragment"),
     ("audiences-nested", {"audiences": [[RS1]]}, "audience \"['https://api.example.test']\" must be an absolute URI without fragment"),

@@ -94,7 +94,7 @@ class ClientDirectory:
         """The client, with the keys usable now; ``kid`` unknown to a jwks_uri client → maybe refetch.
 
         Raises ``RegistryLost`` while the registry is lost (``StoreUnavailable`` when Redis fails)."""
-        if self._watch is not None and self._watch.lost:
+        if self._watch is not None and self._watch.lost:  # two attribute reads on the hot path
             raise RegistryLost("registry_lost")
         client = self._cache.get(client_id, _MISS)
         if client is None:

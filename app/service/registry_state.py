@@ -127,20 +127,22 @@ class RegistryWatch:
         self._log = log
         self._metrics = metrics
         self.status = RegistryStatus("uninitialized", None, None)
+        #: True while the registry cannot be served (lost, or not created yet). A plain attribute:
+        #: every client lookup reads it.
+        self.lost = True
         #: Re-asserts the start-up registrations (admin client, clients file) on a restored registry.
         self.on_restored: Callable[[], Awaitable[None]] | None = None
         self._restore_error: str | None = None
 
-    @property
-    def lost(self) -> bool:
-        """True while the registry cannot be served (lost, or not created yet)."""
-        return self.status.state != "ok"
+    def _set(self, status: RegistryStatus) -> None:
+        self.status = status
+        self.lost = status.state != "ok"
+        self._metrics.set(REGISTRY_LOST, 1.0 if self.lost else 0.0)
 
     def started(self, status: RegistryStatus) -> None:
-        self.status = status
+        self._set(status)
         if status.state == "lost":
             self._log_lost(status)
-        self._metrics.set(REGISTRY_LOST, 0.0 if status.state == "ok" else 1.0)
 
     async def observe(self, marker: str | None) -> None:
         """The marker as the latest poll read it: note a loss, or follow a restore."""
@@ -150,9 +152,8 @@ class RegistryWatch:
                 await self._restore(marker)
             return
         if not self.lost:
-            self.status = RegistryStatus("lost", expected, marker, "missing" if marker is None else "replaced")
+            self._set(RegistryStatus("lost", expected, marker, "missing" if marker is None else "replaced"))
             self._log_lost(self.status)
-            self._metrics.set(REGISTRY_LOST, 1.0)
 
     async def _restore(self, marker: str) -> None:
         if self.status.expected is None and self._record is not None:
@@ -168,8 +169,7 @@ class RegistryWatch:
                 self._restore_error = cause
                 return
         self._restore_error = None
-        self.status = RegistryStatus("ok", marker, marker)
-        self._metrics.set(REGISTRY_LOST, 0.0)
+        self._set(RegistryStatus("ok", marker, marker))
         self._log.warning("registry.restored", registry_id=marker)
 
     def _log_lost(self, status: RegistryStatus) -> None:
