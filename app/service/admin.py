@@ -54,7 +54,7 @@ from app.service.client_metadata import (
 )
 from app.service.directory import ClientDirectory
 from app.service.ssrf import refuse_inward_names
-from app.store.base import ANY, CREATE, ClientRegistry, KeyShared, RecordUnreadable, RegistryConflict, TokenStore
+from app.store.base import CREATE, ClientRegistry, KeyShared, RecordUnreadable, RegistryConflict, TokenStore
 
 __all__ = ["LEGACY_AUD_MAX_WINDOW", "AdminService", "Conflict", "InsufficientScope", "NotFound", "admin_key_path",
            "bootstrap_admin_record", "build_record", "read_clients_file"]

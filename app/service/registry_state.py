@@ -231,8 +231,8 @@ async def _command(registry: ClientRegistry, record: RegistryRecord, action: str
         if known is None:
             _remember(record, marker, log)
     status = await open_registry(registry, record, log=log) if action != "status" else await _status(registry, record)
-    if status.state != "ok":
-        log.error("registry." + status.state, reason=status.reason, registry_id=status.expected, marker=status.marker)
+    if status.state == "lost":  # (open_registry logs "uninitialized" itself)
+        log.error("registry.lost", reason=status.reason, registry_id=status.expected, marker=status.marker)
     print(msgspec.json.encode({"registry": status.state, "registry_id": status.expected, "marker": status.marker,
                                "reason": status.reason}).decode())
     return 0 if status.state == "ok" else 1
