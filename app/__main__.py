@@ -6,8 +6,12 @@ import argparse
 import os
 import sys
 import time
+from typing import Any
 
 from app.config import ConfigError, Settings
+
+#: Exit status of the registry commands when Redis did not answer (app.service.registry_state).
+REDIS_UNAVAILABLE = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     keys_cmd = sub.add_parser("keys", help="signing-key folder tasks (see scripts/rotate_signing_key.py)")
     keys_cmd.add_argument("action", choices=["init"],
                           help="init: create the first signing key (and dev admin key) if the folder is empty")
+    _add_registry_command(sub)
     args = parser.parse_args(argv)
     if args.command == "serve" and not os.environ.get("BROKER_ISSUER"):
         # Development default: the issuer is where this process listens on loopback, so that
@@ -34,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"token-broker: configuration error: {exc}", file=sys.stderr)
         return 2
-    if args.command == "keys":
-        return _keys_init(settings)
+    if args.command in ("keys", "registry"):
+        return _keys_init(settings) if args.command == "keys" else _registry(settings, args.action)
     if args.command == "serve":
         import uvicorn
 
@@ -71,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _add_registry_command(sub: Any) -> None:
+    registry_cmd = sub.add_parser("registry", help="the client registry in Redis (docs/operations.md)")
+    registry_cmd.add_argument("action", choices=["status", "init", "recreate"],
+                              help="status: is it there; init: create it on first use (keys init does too, with "
+                                   "BROKER_REDIS_URL); recreate: serve an empty registry again after a loss")
+
+
 def _workers(text: str) -> int:
     """``--workers``: a positive number, or ``0``/``auto`` for one worker per usable core."""
     if text.strip().lower() in ("0", "auto"):
@@ -99,7 +111,24 @@ def _keys_init(settings: Settings) -> int:
     key_set = ensure_signing_keys(settings.keys_dir, settings.signing_alg)
     bootstrap_admin_record(settings, log, int(time.time()))
     log.info("keys.initialized", keys_dir=str(settings.keys_dir), signing_kid=key_set.signer.kid)
-    return 0
+    if settings.embedded:
+        return 0
+    # A lost registry is reported (here and by every replica's /readyz) but does not fail the keys
+    # step; a Redis that does not answer does.
+    return 1 if _registry(settings, "init") == REDIS_UNAVAILABLE else 0
+
+
+def _registry(settings: Settings, action: str) -> int:
+    """``registry status|init|recreate`` (app.service.registry_state.command)."""
+    from app import log as broker_log
+    from app.service.registry_state import command
+
+    if settings.embedded:
+        print("token-broker: the registry commands need BROKER_REDIS_URL (the embedded store lives in the broker process)",
+              file=sys.stderr)
+        return 2
+    broker_log.configure(settings.log_level, None)
+    return command(settings, action, broker_log.get_logger())
 
 
 if __name__ == "__main__":

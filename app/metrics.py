@@ -64,6 +64,10 @@ TOKENS_REVOKED = _declare("broker_tokens_revoked_total", "counter", "Access toke
 # -- client authentication (app.service.directory) ------------------------------------------------
 LEGACY_AUD_ACCEPTED = _declare("broker_client_auth_legacy_aud_accepted_total", "counter",
                                "Assertions accepted with the token endpoint URL as aud (migration window).", "client_id")
+# -- client registry (app.service.registry_state) -------------------------------------------------
+REGISTRY_LOST = _declare("broker_registry_lost", "gauge",
+                         "1 while the client registry's marker is missing from Redis (restarted empty, flushed, "
+                         "failed over to an empty replica) or the registry was never created; 0 when it is served.")
 # -- stores (app.store) ---------------------------------------------------------------------------
 REDIS_ERRORS = _declare("broker_redis_errors_total", "counter",
                         "Redis calls that failed (timeout, refused, error reply), by store.", "op", "error")

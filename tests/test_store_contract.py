@@ -78,6 +78,7 @@ def test_client_registry(target: dict[str, Any]) -> None:
         registry = RedisClientRegistry(client, **OPTS)
         assert await registry.ping() is True
         assert await registry.epoch() == 0
+        registry.registry_id = await registry.create("reg-1")  # writes go to this registry only
         for cid in ("b", "a", "c"):
             await registry.put(ClientRecord(client_id=cid, scopes=("read",)))  # MULTI, one slot
         assert await registry.list_ids() == ["a", "b", "c"]
@@ -88,6 +89,48 @@ def test_client_registry(target: dict[str, Any]) -> None:
         assert await registry.get("a") is None
         assert await registry.list_ids() == ["b", "c"]
         assert await registry.epoch() == 5
+
+    run(target, body)
+
+
+def test_client_registry_marker_conditions_and_key_index(target: dict[str, Any]) -> None:
+    """The marker and the one-key-one-client index live in the registry's one slot: every write is
+    one script (Cluster: one hash tag), refused whole when a condition fails."""
+    from app.oauth.clients import record_thumbprints, validate_client_jwks
+    from app.store.base import CREATE, KeyShared, RegistryConflict, RegistryLost, RegistryPoll
+    from tests.helpers import TestClient
+
+    jwks = validate_client_jwks([TestClient("k").public_jwk()])
+    (thumbprint,) = record_thumbprints(ClientRecord(client_id="x", jwks=jwks))
+
+    async def body(client: Any) -> None:
+        registry = RedisClientRegistry(client, **OPTS)
+        assert await registry.poll() == RegistryPoll(0, None)
+        with pytest.raises(RegistryLost):  # no registry known: nothing is written
+            await registry.put(ClientRecord(client_id="a"))
+        assert await registry.create("reg-1") == "reg-1"
+        assert await registry.create("reg-2") == "reg-1"  # SET NX: the first one stays
+        registry.registry_id = "reg-1"
+        a = ClientRecord(client_id="a", registration_id="ra", jwks=jwks, version=1)
+        await registry.put(a, CREATE)
+        with pytest.raises(RegistryConflict, match="exists"):
+            await registry.put(a, CREATE)
+        with pytest.raises(KeyShared) as shared:
+            await registry.put(ClientRecord(client_id="b", jwks=jwks), CREATE)
+        assert (shared.value.thumbprint, shared.value.holder) == (thumbprint, "a")
+        assert await registry.key_holders([thumbprint, "other"]) == {thumbprint: {"a": False}}
+        await registry.put(ClientRecord(client_id="a", registration_id="ra", jwks=jwks, version=2), a)
+        with pytest.raises(RegistryConflict, match="changed"):  # replaces only what was read
+            await registry.put(ClientRecord(client_id="a", registration_id="ra", jwks=jwks, version=3), a)
+        assert await registry.indexed_ids() == {"a"}
+        assert await registry.delete("a") is True
+        assert await registry.key_holders([thumbprint]) == {}  # the key is free again
+        await registry.put(ClientRecord(client_id="b", jwks=jwks), CREATE)
+        assert await registry.poll() == RegistryPoll(4, "reg-1")
+        await client.delete("{tb:registry}:id")  # the registry is lost: no write lands in it
+        with pytest.raises(RegistryLost):
+            await registry.delete("b")
+        assert await registry.poll() == RegistryPoll(4, None)
 
     run(target, body)
 

@@ -151,16 +151,17 @@ def test_cache_key_injection(broker):
     assert t_ab != t_a
     assert decode_unverified(t_a)[1]["client_id"] == "a"
     ids = {
-        keyspace.token_cache_id("a:b", ("c",), RS1, 1, "k"),
-        keyspace.token_cache_id("a", ("b:c",), RS1, 1, "k"),
-        keyspace.token_cache_id("a", ("b", "c"), RS1, 1, "k"),
-        keyspace.token_cache_id("a", ("b c",), RS1, 1, "k"),
-        keyspace.token_cache_id("a", ("b",), "c|" + RS1, 1, "k"),
-        keyspace.token_cache_id("a\n", ("b",), RS1, 1, "k"),
-        keyspace.token_cache_id("a", ("b",), RS1, 11, "k"),
-        keyspace.token_cache_id("a", ("b",), RS1, 1, "1k"),
+        keyspace.token_cache_id("a:b", ("c",), RS1, "r", 1, "k"),
+        keyspace.token_cache_id("a", ("b:c",), RS1, "r", 1, "k"),
+        keyspace.token_cache_id("a", ("b", "c"), RS1, "r", 1, "k"),
+        keyspace.token_cache_id("a", ("b c",), RS1, "r", 1, "k"),
+        keyspace.token_cache_id("a", ("b",), "c|" + RS1, "r", 1, "k"),
+        keyspace.token_cache_id("a\n", ("b",), RS1, "r", 1, "k"),
+        keyspace.token_cache_id("a", ("b",), RS1, "r", 11, "k"),
+        keyspace.token_cache_id("a", ("b",), RS1, "r", 1, "1k"),
+        keyspace.token_cache_id("a", ("b",), RS1, "r1", 1, "k"),
     }
-    assert len(ids) == 8
+    assert len(ids) == 9
 
 
 # -- a warm cache never bypasses authentication (attack matrix: `cache-after-authentication`) -----------
@@ -374,7 +375,8 @@ def test_concurrent_misses_in_one_process_mint_once(broker, c1):
 
 def _lock_key(broker: Broker, client_id: str = "c1") -> tuple[str, str]:
     record = broker.call(broker.app.state.registry.get, client_id)
-    cid = keyspace.token_cache_id(client_id, ("read",), RS1, record.version, broker.app.state.signer().kid)
+    cid = keyspace.token_cache_id(client_id, ("read",), RS1, record.registration_id, record.version,
+                                  broker.app.state.signer().kid)
     return keyspace.token_lock(client_id, cid), keyspace.token_entry(client_id, cid)
 
 
@@ -382,7 +384,8 @@ def test_lock_held_by_another_replica_then_its_entry_appears(broker, c1):
     lock, entry_key = _lock_key(broker)
     broker.call(_redis(broker).psetex, lock, 2000, b"other-replica")
     now = int(broker.clock.now)
-    claims = AccessTokenClaims(ISS, "c1", "c1", RS1, "read", "from-the-other-replica", now, now + LIFETIME)
+    registration = broker.call(broker.app.state.registry.get, "c1").registration_id  # a replica's jti names it
+    claims = AccessTokenClaims(ISS, "c1", "c1", RS1, "read", registration + ".from-the-other-replica", now, now + LIFETIME)
     theirs = broker.app.state.signer().sign(claims)
 
     async def other_replica_writes() -> None:

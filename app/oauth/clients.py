@@ -9,18 +9,35 @@ on every key fetched from a client's ``jwks_uri`` (RFC 7591 §2).
 A registered JWK may carry ``nbf`` / ``exp`` (NumericDate, RFC 7519 §2): the key is used only
 inside that window. ``prepare_client(record, now)`` keeps the keys usable at ``now`` and says
 when the answer next changes (``Client.refresh_at``), so callers that cache it know when to redo it.
+
+Every registration has its own random ``registration_id``, kept across updates of that
+registration and new when a deleted client_id is registered again. An access token carries it as
+the prefix of its ``jti`` (``registration_jti``), so a token of a deleted registration is told
+apart from the tokens of a later registration with the same client_id (``jti_registration``).
+Records stored before the id existed read back with ``LEGACY_REGISTRATION`` (the empty string),
+whose tokens have no prefix: they keep working unchanged.
+
+``encode_record`` / ``decode_record`` are the one codec of a stored record; ``check_storable``
+reads a record back through it before it is stored, so nothing the typed decoder refuses is ever
+written. ``key_thumbprint`` is the RFC 7638 thumbprint of the imported key (EC coordinates may be
+written non-canonically, so JWK strings are never compared); the registry indexes registered keys
+by it to keep one key to one client unless both registrations set ``allow_shared_key``.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import math
 import re
+import secrets
 from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
+from app.oauth.access_token import new_token_id
 from app.oauth.constants import ALG_KEY_TYPES, GRANT_CLIENT_CREDENTIALS
 from app.oauth.errors import OAuthError
 from app.oauth.jose import KEY_TYPES, VerificationKey, import_jwk, verification_key
@@ -53,8 +70,14 @@ class InvalidClientMetadata(OAuthError):
         self.detail = detail
 
 
+#: The registration id of records stored before registration ids existed.
+LEGACY_REGISTRATION = ""
+
+
 class ClientRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     client_id: str
+    #: This registration (random; kept by updates, new after a delete and register again).
+    registration_id: str = LEGACY_REGISTRATION
     jwks: dict[str, list[dict[str, Any]]] = msgspec.field(default_factory=dict)
     #: RFC 7591 §2: keys fetched from this URL instead of ``jwks`` (exactly one of the two is set).
     jwks_uri: str | None = None
@@ -73,6 +96,79 @@ class ClientRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     updated_at: int = 0
     #: Bumped by every admin change (even twice in one second); part of the token-cache key.
     version: int = 0
+    #: An admin client the operator configured (BROKER_ADMIN_JWKS or the clients file): only such
+    #: a client may hold ``broker:admin`` (any ``broker:`` scope but ``broker:introspect``) or the
+    #: admin audience, and the admin API cannot change or delete it.
+    admin: bool = False
+    #: This registration agrees to share its public keys with other registrations that agree too.
+    allow_shared_key: bool = False
+
+
+_record_decoder = msgspec.json.Decoder(ClientRecord)
+_record_encoder = msgspec.json.Encoder()
+
+
+def encode_record(record: ClientRecord) -> bytes:
+    return _record_encoder.encode(record)
+
+
+def decode_record(raw: bytes) -> ClientRecord:
+    """Raises ``msgspec.DecodeError`` / ``msgspec.ValidationError`` for anything but a typed record."""
+    return _record_decoder.decode(raw)
+
+
+def check_storable(record: ClientRecord) -> None:
+    """Encode the record and read it back with the registry's typed decoder, and parse its keys:
+    a record that would not read back identical (a wrongly typed field) is refused before it is
+    stored, never found later by every reader."""
+    try:
+        ok = decode_record(encode_record(record)) == record
+        prepare_keys(record.jwks.get("keys", ()), None)
+    except Exception:
+        ok = False
+    if not ok:
+        raise InvalidClientMetadata("metadata_invalid", "the client metadata has a field of the wrong type")
+
+
+def new_registration_id() -> str:
+    """96 random bits, URL-safe base64 (never contains '.')."""
+    return secrets.token_urlsafe(12)
+
+
+def registration_jti(registration_id: str) -> str:
+    """A new access-token ``jti`` bound to a registration: ``<registration_id>.<128 random bits>``
+    (a legacy registration's tokens keep the plain random jti)."""
+    token_id = new_token_id()
+    return f"{registration_id}.{token_id}" if registration_id else token_id
+
+
+def jti_registration(jti: str) -> str:
+    """The registration an access token's ``jti`` was issued to (``LEGACY_REGISTRATION`` if none)."""
+    registration, dot, _ = jti.partition(".")
+    return registration if dot else LEGACY_REGISTRATION
+
+
+def canonical_key(key: Any) -> Any:
+    """The same public key re-exported from its numbers: joserfc keeps the members it was given,
+    so an EC coordinate or RSA modulus written with a leading zero byte would otherwise give
+    another JWK (and another RFC 7638 thumbprint) for the same key."""
+    return type(key).import_key(key.raw_value)
+
+
+def key_thumbprint(jwk: dict[str, Any]) -> str:
+    """RFC 7638 thumbprint of the key itself (imported and re-exported, so equal keys written
+    differently match). A key that no longer imports is indexed by a digest of its JSON instead
+    (it is never usable)."""
+    material = {k: v for k, v in jwk.items() if k not in ("alg", "use", "key_ops", "kid", *_WINDOW_MEMBERS)}
+    try:
+        return canonical_key(import_jwk(material)).thumbprint()
+    except Exception:
+        return "raw:" + hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def record_thumbprints(record: ClientRecord) -> tuple[str, ...]:
+    """The thumbprints of a record's registered keys, sorted and unique (none for a jwks_uri client)."""
+    return tuple(sorted({key_thumbprint(k) for k in record.jwks.get("keys", ()) if isinstance(k, dict)}))
 
 
 class Client(msgspec.Struct, frozen=True):
@@ -140,7 +236,7 @@ def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str
     if not isinstance(jwk, dict):
         raise InvalidClientMetadata("jwk_not_object", "each key must be a JSON object (a JWK)")
     kty = jwk.get("kty")
-    if kty not in KEY_TYPES:
+    if not isinstance(kty, str) or kty not in KEY_TYPES:
         raise InvalidClientMetadata(
             "jwk_kty", f"unsupported key type {str(kty)[:20]!r}: use EC, RSA or OKP (no symmetric keys)"
         )
@@ -149,7 +245,7 @@ def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str
             "jwk_private", "the key holds private key material; register only the public key"
         )
     alg = jwk.get("alg", default_alg)
-    if alg not in ALG_KEY_TYPES:
+    if not isinstance(alg, str) or alg not in ALG_KEY_TYPES:
         raise InvalidClientMetadata(
             "jwk_alg", f"alg must be one of {', '.join(ALG_KEY_TYPES)} (got {str(alg)[:20]!r})"
         )
@@ -159,12 +255,13 @@ def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str
     if jwk.get("use", "sig") != "sig":
         raise InvalidClientMetadata("jwk_use", "the key's use must be 'sig'")
     ops = jwk.get("key_ops")
-    if ops is not None and (not isinstance(ops, list) or set(ops) - {"verify"}):
+    if ops is not None and (not isinstance(ops, list) or any(op != "verify" for op in ops)):
         raise InvalidClientMetadata("jwk_key_ops", "key_ops may only contain 'verify'")
     if kty == "RSA":
         _check_rsa_numbers(jwk)
     try:
-        key = import_jwk({k: v for k, v in jwk.items() if k not in ("alg", "use", "key_ops", "kid", *_WINDOW_MEMBERS)})
+        key = canonical_key(import_jwk({k: v for k, v in jwk.items()
+                                        if k not in ("alg", "use", "key_ops", "kid", *_WINDOW_MEMBERS)}))
     except Exception:
         raise InvalidClientMetadata("jwk_invalid", "the key could not be parsed (bad coordinates or modulus)") from None
     if key.is_private:
@@ -183,6 +280,13 @@ def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str
     kid = jwk.get("kid") or key.thumbprint()
     if not isinstance(kid, str) or not 1 <= len(kid) <= 128 or not kid.isascii() or not kid.isprintable():
         raise InvalidClientMetadata("jwk_kid", "kid must be 1-128 printable ASCII characters")
+    public = key.as_dict(private=False)
+    public.update(kid=kid, alg=alg, use="sig", **_key_window(jwk))
+    return public
+
+
+def _key_window(jwk: dict[str, Any]) -> dict[str, int]:
+    """The key's validity window (``nbf`` / ``exp``, NumericDate in whole seconds) as registered."""
     window = {}
     for name in _WINDOW_MEMBERS:
         value = jwk.get(name)
@@ -192,9 +296,7 @@ def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str
             window[name] = value
     if "nbf" in window and "exp" in window and window["exp"] <= window["nbf"]:
         raise InvalidClientMetadata("jwk_window", "the key's exp must be after its nbf")
-    public = key.as_dict(private=False)
-    public.update(kid=kid, alg=alg, use="sig", **window)
-    return public
+    return window
 
 
 def _check_rsa_numbers(jwk: dict[str, Any]) -> None:

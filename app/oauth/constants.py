@@ -17,6 +17,9 @@ METADATA_PATH = "/.well-known/oauth-authorization-server"
 
 #: The scope an access token needs for the admin API.
 ADMIN_SCOPE = "broker:admin"
+#: The scope a client needs for RFC 7662 introspection (the one ``broker:`` scope an ordinary
+#: registration may hold; the others are for operator-configured admin clients only).
+INTROSPECT_SCOPE = "broker:introspect"
 
 #: Every JWS algorithm the broker supports, in its one canonical order, with the key type and
 #: curve (None: any) a key must have to be used with it (RFC 7518 §3, RFC 8037 §3.1).

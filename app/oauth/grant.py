@@ -28,6 +28,8 @@ class Grant(msgspec.Struct, frozen=True):
     scopes: tuple[str, ...]  # sorted, unique
     audience: str
     lifetime: int
+    #: The client's registration (``ClientRecord.registration_id``): the token's jti names it.
+    registration_id: str = ""
 
     @property
     def scope(self) -> str:
@@ -81,4 +83,5 @@ def decide_grant(client: Client, scope: str | None, resource: str | None, defaul
         if audience not in record.audiences and audience != record.default_audience:
             raise InvalidTarget("resource_not_allowed")
 
-    return Grant(record.client_id, tuple(scopes), audience, record.token_lifetime or default_lifetime)
+    return Grant(record.client_id, tuple(scopes), audience, record.token_lifetime or default_lifetime,
+                 record.registration_id)

@@ -1,15 +1,27 @@
 """Client administration (shaped after RFC 7591 / RFC 7592) and the admin client's bootstrap.
 
 A client has either ``jwks`` (registered public keys) or ``jwks_uri`` (keys fetched by the broker,
-see ``app.service.jwks_fetch``), never both. ``legacy_token_endpoint_aud_until`` opens a
-time-boxed migration window (at most ``LEGACY_AUD_MAX_WINDOW`` ahead) in which the token endpoint
-URL is also accepted as the assertion ``aud``. client_ids in a user-subject namespace (reserved
-prefixes such as ``user:``: an access token's ``sub`` is the client_id) are refused at registration. ``load_clients_file`` applies an optional
-declarative clients file (``BROKER_CLIENTS_FILE``) at start.
+see ``app.service.jwks_fetch``), never both. Metadata is validated by
+``app.service.client_metadata.build_record``. ``legacy_token_endpoint_aud_until`` opens a
+time-boxed migration window in which the token endpoint URL is also accepted as the assertion
+``aud``. ``load_clients_file`` applies an optional declarative clients file (``BROKER_CLIENTS_FILE``)
+at start.
+
+Every write is conditional and atomic in the registry (``ClientRegistry.put``): a register
+creates only an absent client_id (409 otherwise), an update replaces only the registration and
+version it read (409 if the client changed, or was deleted and registered again, meanwhile), and
+a public key registered for another client is refused (400 ``jwk_shared``) unless both
+registrations set ``allow_shared_key``.
+
+Admin clients (``ClientRecord.admin``) are the operator's: the bootstrap admin (from
+``BROKER_ADMIN_JWKS`` or ``<keys_dir>/admin.jwk``), re-asserted in full at every start, and
+clients-file entries with ``"admin": true``. The admin API cannot change or delete them, nor make
+one.
 
 Every admin call carries a broker-issued access token (RFC 6750 Bearer) whose audience is
-``<issuer>/admin`` and whose scope holds ``broker:admin``; the admin client got it from ``/token``
-with private_key_jwt like any other client. There is no unauthenticated admin operation.
+``<issuer>/admin`` and whose scope holds ``broker:admin``, issued to an admin client's current
+registration; the admin client got it from ``/token`` with private_key_jwt like any other
+client. There is no unauthenticated admin operation.
 """
 
 from __future__ import annotations
@@ -25,24 +37,27 @@ from app.config import ConfigError, Settings
 from app.keystore import generate_private_key, import_private_jwk, public_jwk, read_json, write_private
 from app.oauth.access_token import InvalidToken, VerificationKey, verify_access_token
 from app.oauth.clients import (
-    CLIENT_ID_RE,
-    RESERVED_CLIENT_ID_PREFIXES,
     ClientRecord,
     InvalidClientMetadata,
-    client_id_reserved,
+    jti_registration,
+    new_registration_id,
     validate_client_jwks,
-    validate_scope_list,
 )
-from app.oauth.constants import ADMIN_SCOPE, ALG_KEY_TYPES
-from app.service.ssrf import refuse_inward_names
-from app.oauth.errors import InvalidTarget
-from app.oauth.grant import check_resource
+from app.oauth.constants import ADMIN_SCOPE
+from app.service.client_metadata import (
+    LEGACY_AUD_MAX_WINDOW,
+    OPERATOR_FIELDS,
+    build_record,
+    read_clients_file,
+    refuse_reserved_client_id,
+    same_registration,
+)
 from app.service.directory import ClientDirectory
-from app.service.jwks_fetch import check_jwks_uri
-from app.store.base import ClientRegistry, TokenStore
+from app.service.ssrf import refuse_inward_names
+from app.store.base import CREATE, ClientRegistry, KeyShared, RecordUnreadable, RegistryConflict, TokenStore
 
-LEGACY_AUD_MAX_WINDOW = 366 * 86400
-_GRANT_TYPES = frozenset({"client_credentials"})
+__all__ = ["LEGACY_AUD_MAX_WINDOW", "AdminService", "Conflict", "InsufficientScope", "NotFound", "admin_key_path",
+           "bootstrap_admin_record", "build_record", "read_clients_file"]
 
 
 class NotFound(Exception):
@@ -50,7 +65,11 @@ class NotFound(Exception):
 
 
 class Conflict(Exception):
-    pass
+    """409: ``exists`` (the client_id is registered) or ``changed`` (changed since it was read)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class InsufficientScope(Exception):
@@ -93,39 +112,94 @@ class AdminService:
         if ADMIN_SCOPE not in claims["scope"].split(" "):
             raise InsufficientScope(ADMIN_SCOPE)
         client = await self._directory.get(claims["client_id"])
-        if client is None or not client.record.enabled:
+        if client is None or not client.record.enabled or not client.record.admin:
             raise InvalidToken("client_gone")
+        if jti_registration(claims["jti"]) != client.record.registration_id:
+            raise InvalidToken("registration_gone")  # issued to a deleted registration of this client_id
         # A revoked admin token (RFC 7009) is refused until it expires.
         if await self._tokens.is_revoked(claims["client_id"], claims["jti"]):
             raise InvalidToken("token_revoked")
         return claims["client_id"]
 
+    # -- start-up (and again when a lost registry is restored) ---------------------------------
+
+    async def start_registrations(self) -> None:
+        """What every start asserts: the admin client, the clients file, the key index."""
+        await self.bootstrap_admin()
+        if self._settings.clients_file:
+            await self.load_clients_file(self._settings.clients_file)
+        await self.index_keys()
+
     async def bootstrap_admin(self) -> None:
-        """Register the admin client at start (``bootstrap_admin_record``), or bring the stored one
-        up to date when its keys or audience changed; an unchanged record is not rewritten."""
+        """Assert the admin client in full (``bootstrap_admin_record``): keys, scopes, audience,
+        grant types, lifetime. A stored record that differs in anything is replaced (same
+        registration, next version); an unchanged one is not rewritten."""
         admin = bootstrap_admin_record(self._settings, self._log, int(self._clock()))
-        existing = await self._registry.get(admin.client_id)
-        if existing is not None and existing.jwks == admin.jwks and existing.audiences == admin.audiences:
-            return
-        if existing is not None:  # a new registration version: the token cache keys on it
-            admin = msgspec.structs.replace(admin, version=existing.version + 1)
-        await self._registry.put(admin)
+        try:
+            wrote = await self._assert(msgspec.structs.replace(admin, registration_id=new_registration_id()))
+        except InvalidClientMetadata as exc:  # its key is registered for another client
+            raise ConfigError(f"the admin client ({admin.client_id!r}): {exc.detail}") from None
+        if wrote:
+            self._log.info("admin.bootstrap_asserted", client_id=admin.client_id)
+
+    async def load_clients_file(self, path: str) -> int:
+        """Create or replace every client listed in a JSON file (see ``read_clients_file``).
+
+        Clients not in the file are left alone; a client whose stored record already matches is
+        not rewritten (so every replica can load the same file at start).
+        """
+        records = read_clients_file(self._settings, path, now=self._clock())
+        changed = 0
+        for record in records:
+            try:
+                if not await self._assert(record):
+                    continue
+            except InvalidClientMetadata as exc:  # a key registered for a client not in the file
+                raise ConfigError(f"BROKER_CLIENTS_FILE={path}: client {record.client_id!r}: {exc.detail}") from None
+            changed += 1
+            self._log.info("admin.client_loaded", source="clients_file", client_id=record.client_id)
+        self._log.info("admin.clients_file_loaded", path=path, clients=len(records), changed=changed)
+        return changed
+
+    async def _assert(self, wanted: ClientRecord) -> bool:
+        """Make the stored record say what ``wanted`` says. Returns: whether it wrote."""
+        for _ in range(3):  # another replica starting at the same moment may write in between
+            current = await self._read(wanted.client_id)
+            if current is not None and same_registration(current, wanted):
+                return False
+            record = wanted
+            if current is not None:
+                record = msgspec.structs.replace(wanted, registration_id=current.registration_id,
+                                                 created_at=current.created_at, version=current.version + 1)
+            try:
+                await self._write(record, current if current is not None else CREATE)
+            except Conflict:
+                continue
+            return True
+        raise ConfigError(f"client {wanted.client_id!r} keeps changing under this start; start again")
+
+    async def index_keys(self) -> None:
+        """Bring records stored before the key index existed into it (keys they already share
+        with another client are kept: only new registrations are refused)."""
+        indexed = await self._registry.indexed_ids()
+        for client_id in await self._registry.list_ids():
+            record = None if client_id in indexed else await self._read(client_id)
+            if record is None or not record.jwks.get("keys"):
+                continue
+            try:
+                await self._registry.put(record, record, grandfather=True)
+            except RegistryConflict:
+                continue  # changed meanwhile: that write indexed it
+            self._log.info("registry.keys_indexed", client_id=client_id)
 
     # -- operations -------------------------------------------------------------------------
 
     async def register(self, admin: str, metadata: Any) -> ClientRecord:
-        record = self._build(metadata, existing=None)
-        if client_id_reserved(record.client_id, (*RESERVED_CLIENT_ID_PREFIXES, *self._settings.reserved_client_id_prefixes)):
-            raise InvalidClientMetadata(
-                "client_id_reserved",
-                "client_id starts with a prefix reserved for user subjects (user:, usr:, uid:, ...); "
-                "an access token's sub is the client_id, so pick a service name such as 'billing-api'",
-            )
-        if await self._registry.get(record.client_id) is not None:
-            raise Conflict(record.client_id)
+        _refuse_operator_fields(metadata)
+        record = build_record(self._settings, metadata, existing=None, now=self._clock())
+        refuse_reserved_client_id(self._settings, record.client_id)
         await self._refuse_inward_jwks_uri(record, previous=None)
-        await self._registry.put(record)
-        self._directory.invalidate()  # this replica at once; the others within the epoch poll
+        await self._write(record, CREATE)
         self._log.info("admin.client_registered", admin=admin, client_id=record.client_id,
                        kids=[k["kid"] for k in record.jwks.get("keys", ())], jwks_uri=record.jwks_uri)
         return record
@@ -139,7 +213,7 @@ class AdminService:
     async def list(self) -> list[ClientRecord]:
         out = []
         for cid in await self._registry.list_ids():
-            record = await self._registry.get(cid)
+            record = await self._read(cid)
             if record is not None:
                 out.append(record)
         return out
@@ -148,18 +222,17 @@ class AdminService:
         current = await self.get(client_id)
         if not isinstance(changes, dict) or "client_id" in changes and changes["client_id"] != client_id:
             raise InvalidClientMetadata("metadata_invalid", "send a JSON object; client_id cannot change")
-        if client_id == self._settings.admin_client_id and changes.get("enabled") is False:
-            raise InvalidClientMetadata("admin_protected", "the bootstrap admin client cannot be disabled")
+        _refuse_operator_fields(changes)
+        self._refuse_admin_change(current, changes)
         merged = {**msgspec.to_builtins(current), **changes}
         # Switching between registered keys and a jwks_uri replaces the other one.
         if "jwks_uri" in changes and changes["jwks_uri"] is not None and "jwks" not in changes:
             merged.pop("jwks", None)
         if "jwks" in changes and "jwks_uri" not in changes:
             merged.pop("jwks_uri", None)
-        record = self._build(merged, existing=current)
+        record = build_record(self._settings, merged, existing=current, now=self._clock(), admin=current.admin)
         await self._refuse_inward_jwks_uri(record, previous=current.jwks_uri)
-        await self._registry.put(record)
-        self._directory.invalidate()  # this replica at once; the others within the epoch poll
+        await self._write(record, current)
         self._log.info("admin.client_updated", admin=admin, client_id=client_id, fields=sorted(changes))
         return record
 
@@ -172,7 +245,7 @@ class AdminService:
     async def remove_key(self, admin: str, client_id: str, kid: str) -> ClientRecord:
         current = await self.get(client_id)
         _has_static_keys(current)
-        keys = [k for k in current.jwks["keys"] if k["kid"] != kid]
+        keys = [k for k in current.jwks["keys"] if k.get("kid") != kid]
         if len(keys) == len(current.jwks["keys"]):
             raise NotFound(kid)
         if not keys:
@@ -182,37 +255,52 @@ class AdminService:
     async def delete(self, admin: str, client_id: str) -> None:
         if client_id == self._settings.admin_client_id:
             raise InvalidClientMetadata("admin_protected", "the bootstrap admin client cannot be deleted")
+        try:
+            current = await self._registry.get(client_id)
+        except RecordUnreadable:
+            current = None  # a record nothing can read may still be deleted
+        if current is not None and current.admin:
+            raise InvalidClientMetadata("admin_protected", _FILE_ADMIN)
         deleted = await self._registry.delete(client_id)
         self._directory.invalidate()
         if not deleted:
             raise NotFound(client_id)
         self._log.info("admin.client_deleted", admin=admin, client_id=client_id)
 
-    async def load_clients_file(self, path: str) -> int:
-        """Create or replace every client listed in a JSON file (see ``read_clients_file``).
+    # -- helpers --------------------------------------------------------------------------------
 
-        Clients not in the file are left alone; a client whose stored record already matches is
-        not rewritten (so every replica can load the same file at start).
-        """
-        records = read_clients_file(self._settings, path, now=self._clock())
-        changed = 0
-        for record in records:
-            current = await self._registry.get(record.client_id)
-            if current is not None and _same(current, record):
-                continue
-            if current is not None:
-                record = msgspec.structs.replace(record, created_at=current.created_at, version=current.version + 1)
-            await self._registry.put(record)
-            self._directory.invalidate()
-            changed += 1
-            self._log.info("admin.client_loaded", source="clients_file", client_id=record.client_id)
-        self._log.info("admin.clients_file_loaded", path=path, clients=len(records), changed=changed)
-        return changed
+    async def _read(self, client_id: str) -> ClientRecord | None:
+        try:
+            return await self._registry.get(client_id)
+        except RecordUnreadable:  # written by something else: reported, never breaks a listing
+            self._log.error("admin.record_unreadable", client_id=client_id)
+            return None
 
-    # -- validation -------------------------------------------------------------------------
+    async def _write(self, record: ClientRecord, expect: ClientRecord | str) -> None:
+        try:
+            await self._registry.put(record, expect)
+        except RegistryConflict as exc:
+            raise Conflict(exc.reason) from None
+        except KeyShared as exc:
+            raise InvalidClientMetadata(
+                "jwk_shared", f"a public key (RFC 7638 thumbprint {exc.thumbprint[:64]}) is registered for another "
+                f"client ({exc.holder[:128]!r}); give this client its own key, or set allow_shared_key on both") from None
+        self._directory.invalidate()  # this replica at once; the others within the epoch poll
 
-    def _build(self, metadata: Any, *, existing: ClientRecord | None) -> ClientRecord:
-        return build_record(self._settings, metadata, existing=existing, now=self._clock())
+    def _refuse_admin_change(self, current: ClientRecord, changes: dict[str, Any]) -> None:
+        if not current.admin and current.client_id != self._settings.admin_client_id:
+            return
+        stored = msgspec.to_builtins(current)
+        changed = [name for name, value in changes.items() if stored.get(name) != value]
+        if not changed:
+            return
+        if current.client_id != self._settings.admin_client_id:
+            raise InvalidClientMetadata("admin_protected", _FILE_ADMIN)
+        if changes.get("enabled") is False:
+            raise InvalidClientMetadata("admin_protected", "the bootstrap admin client cannot be disabled")
+        raise InvalidClientMetadata(
+            "admin_protected", "the bootstrap admin client is configured by the operator (BROKER_ADMIN_JWKS or "
+            "the admin key file) and re-asserted at every start; change it there")
 
     async def _refuse_inward_jwks_uri(self, record: ClientRecord, *, previous: str | None) -> None:
         """Early, best-effort refusal of a new jwks_uri whose name resolves inward (the fetch re-checks)."""
@@ -221,134 +309,15 @@ class AdminService:
                                       timeout=self._settings.jwks_uri_timeout)
 
 
-def read_clients_file(settings: Settings, path: str, *, now: float) -> list[ClientRecord]:
-    """The clients of a JSON file (``{"clients": [...]}`` or a list), validated; no I/O but reading it.
-
-    Any invalid entry raises ``ConfigError`` naming the file and the client, so ``serve`` can check
-    the file before it starts (one line, exit 2) and the start-up load cannot half-apply it.
-    """
-    try:
-        data = msgspec.json.decode(Path(path).read_bytes())
-    except (OSError, msgspec.DecodeError) as exc:
-        raise ConfigError(f"BROKER_CLIENTS_FILE={path}: cannot read JSON ({type(exc).__name__})") from None
-    entries = data.get("clients") if isinstance(data, dict) else data
-    if not isinstance(entries, list):
-        raise ConfigError(f"BROKER_CLIENTS_FILE={path}: expected a list of clients or {{\"clients\": [...]}}")
-    records = []
-    for index, metadata in enumerate(entries):
-        name = metadata.get("client_id") if isinstance(metadata, dict) else None
-        try:
-            if name == settings.admin_client_id:
-                raise InvalidClientMetadata("admin_protected", "the admin client comes from BROKER_ADMIN_JWKS")
-            record = build_record(settings, metadata, existing=None, now=now)
-            if client_id_reserved(record.client_id, (*RESERVED_CLIENT_ID_PREFIXES, *settings.reserved_client_id_prefixes)):
-                raise InvalidClientMetadata("client_id_reserved", "client_id is in a reserved user-subject namespace")
-            if any(r.client_id == record.client_id for r in records):
-                raise InvalidClientMetadata("client_id_duplicate", "client_id appears twice in the file")
-        except InvalidClientMetadata as exc:
-            raise ConfigError(f"BROKER_CLIENTS_FILE={path}: client #{index} ({str(name)[:64]!r}): {exc.detail}") from None
-        records.append(record)
-    return records
+_FILE_ADMIN = "this admin client is configured by the operator in the clients file; change it there"
 
 
-def build_record(settings: Settings, metadata: Any, *, existing: ClientRecord | None, now: float) -> ClientRecord:
-    """Validate RFC 7591-style client metadata into a record (no I/O): ``InvalidClientMetadata`` on any fault."""
-    if not isinstance(metadata, dict):
-        raise InvalidClientMetadata("metadata_invalid", "the body must be a JSON object")
-    client_id = metadata.get("client_id")
-    if not isinstance(client_id, str) or not CLIENT_ID_RE.fullmatch(client_id):
-        raise InvalidClientMetadata(
-            "client_id_invalid", "client_id must be 1-128 characters of A-Z a-z 0-9 . _ : - starting with a letter or digit"
-        )
-    signing_alg = metadata.get("token_endpoint_auth_signing_alg")
-    if signing_alg is not None and signing_alg not in ALG_KEY_TYPES:
-        raise InvalidClientMetadata(
-            "signing_alg_invalid", f"token_endpoint_auth_signing_alg must be one of {', '.join(ALG_KEY_TYPES)}"
-        )
-    jwks_uri, checked = _client_keys(settings, metadata, signing_alg)
-    legacy_until = metadata.get("legacy_token_endpoint_aud_until")
-    if legacy_until is not None and (
-        type(legacy_until) is not int or not 0 <= legacy_until <= now + LEGACY_AUD_MAX_WINDOW
-    ):
-        raise InvalidClientMetadata(
-            "legacy_aud_window_invalid",
-            "legacy_token_endpoint_aud_until must be a unix time at most 366 days ahead (the window is time-boxed)",
-        )
-    scopes = validate_scope_list(_list(metadata, "scopes"), "scopes")
-    defaults = validate_scope_list(_list(metadata, "default_scopes"), "default_scopes")
-    if not set(defaults) <= set(scopes):
-        raise InvalidClientMetadata("default_scopes_not_allowed", "default_scopes must be a subset of scopes")
-    audiences, default_audience = _audiences(metadata)
-    grant_types = tuple(_list(metadata, "grant_types")) if "grant_types" in metadata else ("client_credentials",)
-    if not set(grant_types) <= _GRANT_TYPES:
-        raise InvalidClientMetadata("grant_type_invalid", "grant_types may only contain client_credentials")
-    lifetime = metadata.get("token_lifetime")
-    if lifetime is not None and (type(lifetime) is not int or not 60 <= lifetime <= 86400):
-        raise InvalidClientMetadata("token_lifetime_invalid", "token_lifetime must be an integer from 60 to 86400 seconds")
-    enabled = metadata.get("enabled", True)
-    if type(enabled) is not bool:
-        raise InvalidClientMetadata("enabled_invalid", "enabled must be true or false")
-    now = int(now)
-    return ClientRecord(
-        client_id=client_id,
-        jwks=checked,
-        jwks_uri=jwks_uri,
-        token_endpoint_auth_signing_alg=signing_alg,
-        legacy_token_endpoint_aud_until=legacy_until,
-        scopes=scopes,
-        default_scopes=defaults,
-        audiences=tuple(sorted(set(audiences))),
-        default_audience=default_audience,
-        grant_types=grant_types,
-        token_lifetime=lifetime,
-        enabled=enabled,
-        created_at=existing.created_at if existing else now,
-        updated_at=now,
-        # Monotonic even within one second: the token cache keys on it.
-        version=existing.version + 1 if existing else 1,
-    )
-
-
-def _client_keys(settings: Settings, metadata: dict[str, Any],
-                 signing_alg: str | None) -> tuple[str | None, dict[str, list[dict[str, Any]]]]:
-    """(jwks_uri, validated jwks): a client has one or the other (RFC 7591 §2)."""
-    jwks = metadata.get("jwks") or None
-    jwks_uri = metadata.get("jwks_uri")
-    if jwks is not None and jwks_uri is not None:
-        raise InvalidClientMetadata("jwks_and_jwks_uri", "give jwks or jwks_uri, not both (RFC 7591 §2)")
-    if jwks_uri is not None:
-        return check_jwks_uri(jwks_uri, allow_http_loopback=settings.jwks_uri_allow_http_loopback), {}
-    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
-        raise InvalidClientMetadata("jwks_missing", "give jwks (a JWK Set with at least one public key) or a jwks_uri")
-    return None, validate_client_jwks(jwks["keys"], default_alg=signing_alg)
-
-
-def _audiences(metadata: dict[str, Any]) -> tuple[list[str], str]:
-    """(every audience the client may ask for; the one it gets when it names none)."""
-    audiences = []
-    for aud in _list(metadata, "audiences"):
-        try:
-            audiences.append(check_resource(aud) if isinstance(aud, str) else "")
-        except InvalidTarget:
-            audiences.append("")
-        if not audiences[-1]:
-            raise InvalidClientMetadata("audience_invalid", f"audience {str(aud)[:60]!r} must be an absolute URI without fragment")
-    default_audience = metadata.get("default_audience") or (audiences[0] if audiences else None)
-    if default_audience is not None and default_audience not in audiences:
-        audiences.append(default_audience)
-        try:
-            check_resource(default_audience) if isinstance(default_audience, str) else None
-        except InvalidTarget:
-            raise InvalidClientMetadata("audience_invalid", "default_audience must be an absolute URI") from None
-    if default_audience is None:
-        raise InvalidClientMetadata("audience_missing", "give at least one audience (the resource servers this client calls)")
-    return audiences, default_audience
-
-
-def _same(a: ClientRecord, b: ClientRecord) -> bool:
-    return msgspec.structs.replace(a, created_at=0, updated_at=0, version=0) == msgspec.structs.replace(
-        b, created_at=0, updated_at=0, version=0
-    )
+def _refuse_operator_fields(metadata: Any) -> None:
+    if isinstance(metadata, dict):
+        named = [name for name in OPERATOR_FIELDS if name in metadata]
+        if named:
+            raise InvalidClientMetadata(
+                "admin_protected", f"{named[0]} is set by the broker and the operator's configuration, not the admin API")
 
 
 def _has_static_keys(record: ClientRecord) -> None:
@@ -356,17 +325,6 @@ def _has_static_keys(record: ClientRecord) -> None:
         raise InvalidClientMetadata(
             "client_uses_jwks_uri", "this client's keys come from its jwks_uri: rotate them there (the broker refetches on a new kid)"
         )
-
-
-def _list(metadata: dict[str, Any], name: str) -> list[Any]:
-    value = metadata.get(name)
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return value.split(" ") if value else []
-    if not isinstance(value, (list, tuple)):
-        raise InvalidClientMetadata(f"{name}_invalid", f"{name} must be a list or a space-separated string")
-    return list(value)
 
 
 def admin_key_path(keys_dir: Path) -> Path:
@@ -402,4 +360,5 @@ def bootstrap_admin_record(settings: Settings, log: Any, now: int) -> ClientReco
         token_lifetime=300,
         created_at=now,
         updated_at=now,
+        admin=True,
     )

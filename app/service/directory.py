@@ -17,7 +17,13 @@ rotation (add key → switch → remove old key) needs no waiting.
 ``jwks_uri_cache_ttl`` seconds, shared by replicas. An assertion naming a kid the set does not hold
 triggers one refetch, at most once per ``jwks_uri_refetch_cooldown`` per client across all
 replicas (a Redis ``SET NX PX`` marker, plus an in-process marker so a flood costs no Redis
-call); concurrent misses in one process share one fetch.
+call); concurrent misses in one process share one fetch. A fetched key that is registered for
+another client (same RFC 7638 thumbprint) is dropped from the set and logged.
+
+The same poll reads the registry's marker (one ``MGET`` of epoch and marker) and hands it to the
+``RegistryWatch`` (``app.service.registry_state``). While the registry is lost every lookup
+raises ``RegistryLost`` (a ``StoreUnavailable``: the endpoints answer 503 with Retry-After), so a
+lost registry never turns into ``invalid_client`` for every client.
 """
 
 from __future__ import annotations
@@ -30,9 +36,10 @@ from typing import Any
 import msgspec
 
 from app.metrics import LEGACY_AUD_ACCEPTED as LEGACY_AUD_METRIC
-from app.oauth.clients import Client, ClientRecord, prepare_client, with_keys
+from app.oauth.clients import Client, ClientRecord, key_thumbprint, prepare_client, with_keys
 from app.service.jwks_fetch import JwksFetchError, fetch_jwks, parse_fetched_jwks
-from app.store.base import ClientRegistry, JwksUriCache, StoreUnavailable
+from app.service.registry_state import RegistryWatch
+from app.store.base import ClientRegistry, JwksUriCache, RecordUnreadable, RegistryLost, StoreUnavailable
 
 MAX_CACHED = 10_000
 #: Unknown kid from a static client: re-read its record at most this often (seconds, per client).
@@ -66,8 +73,10 @@ class ClientDirectory:
         jwks_cache: JwksUriCache | None = None,
         jwks_policy: JwksUriPolicy | None = None,
         metrics: Any = None,
+        watch: RegistryWatch | None = None,
     ) -> None:
         self._registry = registry
+        self._watch = watch
         self._poll_interval = poll_interval
         self._log = log
         self._clock = clock
@@ -82,7 +91,11 @@ class ClientDirectory:
         self._last_reload: dict[str, float] = {}
 
     async def get(self, client_id: str, kid: str | None = None) -> Client | None:
-        """The client, with the keys usable now; ``kid`` unknown to a jwks_uri client → maybe refetch."""
+        """The client, with the keys usable now; ``kid`` unknown to a jwks_uri client → maybe refetch.
+
+        Raises ``RegistryLost`` while the registry is lost (``StoreUnavailable`` when Redis fails)."""
+        if self._watch is not None and self._watch.lost:  # two attribute reads on the hot path
+            raise RegistryLost("registry_lost")
         client = self._cache.get(client_id, _MISS)
         if client is None:
             return None
@@ -92,7 +105,7 @@ class ClientDirectory:
                 return client
             return await self._redo(client, kid)
         generation = self._generation
-        record = await self._registry.get(client_id)
+        record = await self._load(client_id)
         prepared = None
         if record is not None:
             try:
@@ -121,7 +134,7 @@ class ClientDirectory:
                 self._last_reload[client.client_id] = now
                 if len(self._last_reload) > MAX_CACHED:
                     self._last_reload.clear()
-                loaded = await self._registry.get(client.client_id)
+                loaded = await self._load(client.client_id)
                 if loaded is None:
                     self._store(client.client_id, None, generation)
                     return client
@@ -141,6 +154,13 @@ class ClientDirectory:
                 fresh = await self._maybe_refetch(fresh)
         self._store(client.client_id, fresh, generation)
         return fresh
+
+    async def _load(self, client_id: str) -> ClientRecord | None:
+        try:
+            return await self._registry.get(client_id)
+        except RecordUnreadable:  # written by something else: unusable, loudly, never a 500
+            self._log.error("client.record_unreadable", client_id=client_id)
+            return None
 
     def _store(self, client_id: str, client: Client | None, generation: int) -> None:
         if generation == self._generation:
@@ -214,6 +234,7 @@ class ClientDirectory:
         try:
             body = await self._fetch(uri)
             jwks = parse_fetched_jwks(body, default_alg=record.token_endpoint_auth_signing_alg)
+            keys = await self._own_keys(record, jwks["keys"])
         except JwksFetchError as exc:
             self._log.warning("jwks_uri.fetch_failed", client_id=cid, reason=exc.reason)
             self._last_refetch[cid] = now
@@ -222,7 +243,6 @@ class ClientDirectory:
         except Exception as exc:  # never let a fetch failure become a 500
             self._log.error("jwks_uri.fetch_failed", client_id=cid, reason="unexpected", error=type(exc).__name__)
             return Client(record, client.keys, client.scopes, now + self._policy.refetch_cooldown)
-        keys = jwks["keys"]
         self._log.info("jwks_uri.fetched", client_id=cid, kids=[k["kid"] for k in keys])
         if self._jwks_cache is not None:
             try:
@@ -234,6 +254,26 @@ class ClientDirectory:
         except Exception as exc:
             self._log.error("jwks_uri.keys_unusable", client_id=cid, error=type(exc).__name__)
             return Client(record, {}, client.scopes, now + self._policy.refetch_cooldown)
+
+    async def _own_keys(self, record: ClientRecord, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The fetched keys minus any registered for another client (one key, one client, unless
+        both registrations set ``allow_shared_key``)."""
+        client_id = record.client_id
+        thumbprints = [key_thumbprint(k) for k in keys]
+        try:
+            holders = await self._registry.key_holders(thumbprints)
+        except StoreUnavailable:  # cannot compare with the registered keys: a failed fetch (closed)
+            raise JwksFetchError("key_index_unavailable") from None
+        own = []
+        for key, thumbprint in zip(keys, thumbprints):
+            others = sorted(holder for holder, shares in holders.get(thumbprint, {}).items()
+                            if holder != client_id and not (shares and record.allow_shared_key))
+            if others:
+                self._log.warning("jwks_uri.key_refused", client_id=client_id, kid=key["kid"], reason="jwk_shared",
+                                  registered_for=others[0])
+                continue
+            own.append(key)
+        return own
 
     async def _fetch(self, uri: str) -> bytes:
         return await fetch_jwks(uri, allow_http_loopback=self._policy.allow_http_loopback, timeout=self._policy.timeout)
@@ -255,14 +295,16 @@ class ClientDirectory:
 
     async def refresh(self) -> None:
         try:
-            epoch = await self._registry.epoch()
+            poll = await self._registry.poll()
         except StoreUnavailable:
             self._epoch = None  # cannot tell what changed meanwhile: start over when it returns
             self.invalidate()
             return
-        if epoch != self._epoch:
-            self._epoch = epoch
+        if poll.epoch != self._epoch:
+            self._epoch = poll.epoch
             self.invalidate()
+        if self._watch is not None:
+            await self._watch.observe(poll.marker)
 
     async def run(self) -> None:
         while True:

@@ -5,7 +5,8 @@ private_key_jwt, jti recorded) and must be allowed to introspect: its registrati
 scope ``broker:introspect`` (403 ``access_denied`` otherwise). Any broker-issued token may be
 introspected (a resource server asks about its callers' tokens). The answer is
 ``{"active": false}`` and nothing more for a token that is malformed, not signed by one of the
-broker's keys, from another issuer, expired, revoked, or whose client is unknown or disabled;
+broker's keys, from another issuer, expired, revoked, or whose client is unknown or disabled,
+or issued to an earlier registration of its client_id (deleted since, then registered again);
 otherwise the token's claims (§2.2). When the store cannot tell whether the token is revoked, the
 answer is 503 (no answer rather than a wrong one).
 """
@@ -18,14 +19,14 @@ from typing import Any
 from app.config import Settings
 from app.oauth.access_token import InvalidToken, VerificationKey
 from app.oauth.assertion import jti_hash
+from app.oauth.clients import jti_registration
+from app.oauth.constants import INTROSPECT_SCOPE
 from app.oauth.errors import AccessDenied
 from app.oauth.token_ops import INACTIVE, TokenOpRequest, introspection_response
 from app.service.client_auth import Authenticated, ClientAuthenticator, EndpointRequest, FirstUse
 from app.service.directory import ClientDirectory
 from app.service.token_ops import TokenOpEndpoint
 from app.store.base import TokenStore
-
-INTROSPECT_SCOPE = "broker:introspect"
 
 
 class IntrospectionService(TokenOpEndpoint):
@@ -50,6 +51,10 @@ class IntrospectionService(TokenOpEndpoint):
             owner = await self._directory.get(claims["client_id"])
             if owner is None or not owner.record.enabled:
                 raise InvalidToken("client_gone")
+            # A client_id deleted and registered again is another registration: its predecessor's
+            # tokens stay inactive (the jti names the registration, app.oauth.clients).
+            if jti_registration(claims["jti"]) != owner.record.registration_id:
+                raise InvalidToken("registration_gone")
             if await self._tokens.is_revoked(claims["client_id"], claims["jti"]):
                 raise InvalidToken("token_revoked")
         except InvalidToken as exc:

@@ -2,7 +2,7 @@
 
 RFC 6749 §5.1 lets the server answer a request with any token that fits it; RFC 9068 tokens carry
 no per-request data, so two requests that agree on (client_id, sorted unique scopes, audience,
-client registration version, signing kid) can share one token: one cache entry, named by
+client registration id and version, signing kid) can share one token: one cache entry, named by
 ``TokenStore.cache_id``. The cache:
 
 - never runs before the client is fully authenticated and its jti consumed: the token service
@@ -11,18 +11,20 @@ client registration version, signing kid) can share one token: one cache entry, 
 - serves an entry only when it decodes strictly, is not expired, still has at least
   ``cache_min_remaining_share`` of its lifetime left, and its token is byte for byte the one this
   broker would have signed for this request: header (alg, current kid) and payload (iss, sub,
-  client_id, aud, scope, jti, iat, exp) are rebuilt and compared, so an entry planted under
-  another grant's id (another client, scope set or audience) is a miss. The signature is not
-  re-verified: writing to Redis lets one break the cache, not forge a signature;
+  client_id, aud, scope, jti, iat, exp) are rebuilt and compared, and the jti must name the
+  client's current registration, so an entry planted under another grant's id (another client,
+  scope set, audience or registration) is a miss. The signature is not re-verified: writing to
+  Redis lets one break the cache, not forge a signature;
 - on a miss, mints once per entry across every replica: an in-process single flight (one task per
   entry; other requests in the process await it) in front of a short Redis lock (``SET NX PX``);
   a replica that loses the lock polls the entry for up to ``cache_stampede_wait`` seconds, then
   mints itself;
 - fails open: any cache read, lock or write error, or a corrupt entry, means "mint and answer".
 
-Invalidation needs no purge: the registration version (bumped by every admin change) and the
-signing kid are part of the entry's id, so an entry made before a client is disabled, loses
-scopes or keys, or before the signing key changes is never found again and expires with its token.
+Invalidation needs no purge: the registration id (new when a deleted client_id is registered
+again), its version (bumped by every admin change) and the signing kid are part of the entry's
+id, so an entry made before a client is disabled, loses scopes or keys, is deleted and registered
+again, or before the signing key changes is never found again and expires with its token.
 Revocation (RFC 7009) deletes the entry that holds the revoked token.
 """
 
@@ -42,7 +44,8 @@ from app.metrics import CACHE_STAMPEDE_WAITS as STAMPEDE_WAITS
 from app.metrics import TOKENS_MINTED as MINTED
 from app.metrics import TOKENS_REVOKED as REVOKED
 from app.oauth.assertion import jti_hash
-from app.oauth.access_token import AccessTokenClaims, TokenSigner, new_token_id
+from app.oauth.access_token import AccessTokenClaims, TokenSigner
+from app.oauth.clients import jti_registration, registration_jti
 from app.oauth.grant import Grant
 from app.store.base import LOCK_MS, CacheLookup, StoreUnavailable, TokenStore
 
@@ -77,8 +80,9 @@ class TokenCache:
         self._inflight: dict[str, asyncio.Task[tuple[CacheEntry, str]]] = {}
 
     def cache_id(self, grant: Grant, version: int, signer: TokenSigner) -> str:
-        """The id of the entry for this grant, client registration ``version`` and signing key."""
-        return self.store.cache_id(grant.client_id, grant.scopes, grant.audience, version, signer.kid)
+        """The id of the entry for this grant (its registration), registration ``version`` and signing key."""
+        return self.store.cache_id(grant.client_id, grant.scopes, grant.audience, grant.registration_id, version,
+                                   signer.kid)
 
     async def issue(self, grant: Grant, signer: TokenSigner, cache_id: str, lookup: CacheLookup, now: float,
                     request_id: str) -> tuple[CacheEntry, str]:
@@ -127,6 +131,8 @@ class TokenCache:
         remaining = entry.exp - now
         if remaining <= 0 or remaining < self._share * lifetime:
             return None, "stale"
+        if jti_registration(entry.jti) != grant.registration_id:  # another registration's token
+            return None, "mismatch"
         claims = AccessTokenClaims(
             iss=self._issuer, sub=grant.client_id, client_id=grant.client_id, aud=grant.audience,
             scope=grant.scope, jti=entry.jti, iat=entry.iat, exp=entry.exp,
@@ -187,7 +193,7 @@ class TokenCache:
             client_id=grant.client_id,
             aud=grant.audience,
             scope=grant.scope,
-            jti=new_token_id(),
+            jti=registration_jti(grant.registration_id),
             iat=now,
             exp=now + grant.lifetime,
         )

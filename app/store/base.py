@@ -48,25 +48,107 @@ class ReplayGuard(Protocol):
         ...
 
 
+class RegistryLost(StoreUnavailable):
+    """The registry's marker is missing or names another registry: a write is refused (so nothing
+    is written into an emptied Redis), and the broker answers 503 until the registry is restored."""
+
+
+class RecordUnreadable(Exception):
+    """A stored client record does not decode as a ``ClientRecord`` (written by something else)."""
+
+
+class RegistryConflict(Exception):
+    """A conditional registry write found another state: ``reason`` is ``exists`` (create of a
+    registered client_id) or ``changed`` (the record was changed, or deleted and registered again,
+    since it was read)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class KeyShared(Exception):
+    """A public key of the record is registered for another client (RFC 7638 thumbprint), and the
+    two registrations have not both set ``allow_shared_key``."""
+
+    def __init__(self, thumbprint: str, holder: str) -> None:
+        super().__init__(thumbprint)
+        self.thumbprint = thumbprint
+        self.holder = holder
+
+
+class RegistryPoll(msgspec.Struct, frozen=True):
+    """What a replica's registry poll reads in one call."""
+
+    epoch: int
+    #: The registry's id, or None when its marker is missing.
+    marker: str | None
+
+
+#: ``put`` expectations. ``CREATE``: the client_id must not be registered. ``ANY``: no check
+#: (start-up tasks, tests). Otherwise pass the record read before: the write happens only if the
+#: stored record is still that registration at that version.
+CREATE = "create"
+ANY = "any"
+
+
 class ClientRegistry(Protocol):
+    """The client registry (records, the key index, the epoch and the marker) under one hash tag.
+
+    Every write is one atomic script that first checks the marker against ``registry_id`` (the
+    registry this broker serves, learnt at start: ``app.service.registry_state``), so no write
+    ever lands in a registry that was lost meanwhile.
+    """
+
+    #: The id of the registry this store writes to; None refuses every write (``RegistryLost``).
+    registry_id: str | None
+
     async def get(self, client_id: str) -> ClientRecord | None:
-        """Returns: the registered client, or None."""
+        """Returns: the registered client, or None. Raises: ``RecordUnreadable``."""
         ...
 
-    async def put(self, record: ClientRecord) -> None:
-        """Create or replace a client and bump the registry epoch, in one transaction."""
+    async def put(self, record: ClientRecord, expect: ClientRecord | str = ANY, *, index_only_new: bool = False) -> None:
+        """Create or replace a client, keep the key index in step and bump the epoch, atomically.
+
+        Args:
+            record: The complete record to store.
+            expect: ``CREATE``, ``ANY`` or the record this write replaces (see above).
+            index_only_new: Index the record's keys without refusing shared ones (bringing records
+                stored before the index existed into it).
+
+        Raises:
+            RegistryLost, RegistryConflict, KeyShared (nothing is written then).
+        """
         ...
 
     async def delete(self, client_id: str) -> bool:
-        """Remove a client and bump the registry epoch. Returns: whether it existed."""
+        """Remove a client and its key index entries, bump the epoch. Returns: whether it existed.
+        Raises: ``RegistryLost``."""
         ...
 
     async def list_ids(self) -> list[str]:
         """Returns: every registered client_id, sorted."""
         ...
 
+    async def indexed_ids(self) -> set[str]:
+        """Returns: the client_ids whose keys are in the key index."""
+        ...
+
+    async def key_holders(self, thumbprints: Sequence[str]) -> dict[str, dict[str, bool]]:
+        """Returns: for each thumbprint that is registered, {client_id: allows sharing}."""
+        ...
+
     async def epoch(self) -> int:
         """Returns: a counter bumped by every change; replicas poll it to drop cached clients."""
+        ...
+
+    async def poll(self) -> RegistryPoll:
+        """The epoch and the marker, in one command (the replicas' 0.25 s poll)."""
+        ...
+
+    async def create(self, registry_id: str) -> str:
+        """Set the marker to ``registry_id`` unless one exists (``SET NX``).
+        Returns: the marker in effect (ours, or the one another broker set first)."""
         ...
 
 
@@ -106,7 +188,8 @@ class TokenStore(Protocol):
     Cache entries are addressed by ``(client_id, cache_id)``; ``cache_id`` comes from ``cache_id``.
     """
 
-    def cache_id(self, client_id: str, scopes: tuple[str, ...], audience: str, version: int, kid: str) -> str:
+    def cache_id(self, client_id: str, scopes: tuple[str, ...], audience: str, registration_id: str, version: int,
+                 kid: str) -> str:
         """The id of the one cache entry shared by every request these fields describe.
 
         Two requests that agree on all of them may be answered with the same token. Computing it
@@ -116,7 +199,8 @@ class TokenStore(Protocol):
             client_id: The authenticated client.
             scopes: The granted scopes, sorted and unique (``Grant.scopes``).
             audience: The token's ``aud``.
-            version: The client's registration version (bumped by every admin change).
+            registration_id: The client's registration (new when a client_id is registered again).
+            version: The registration's version (bumped by every admin change).
             kid: The signing key the token is (or would be) signed with.
 
         Returns:

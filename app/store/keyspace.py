@@ -22,6 +22,13 @@ from app.oauth.assertion import jti_hash
 PREFIX = "tb"
 REGISTRY_EPOCH = "{tb:registry}:epoch"
 REGISTRY_INDEX = "{tb:registry}:index"
+#: The registry's marker: its id, created with the registry. Missing means the registry is lost
+#: (Redis restarted empty, FLUSHALL, failover to an empty replica).
+REGISTRY_MARKER = "{tb:registry}:id"
+#: Registered public keys: RFC 7638 thumbprint -> JSON object {client_id: "1" shared / "0" not}.
+REGISTRY_KEY_HOLDERS = "{tb:registry}:key_holders"
+#: The other direction: client_id -> JSON array of the thumbprints its record holds.
+REGISTRY_CLIENT_KEYS = "{tb:registry}:client_keys"
 
 
 def client(client_id: str) -> str:
@@ -61,14 +68,16 @@ def _token_tag(client_id: str) -> str:
     return "{tb:tok:" + hashlib.sha256(json.dumps(client_id).encode("ascii")).hexdigest()[:32] + "}"
 
 
-def token_cache_id(client_id: str, scopes: tuple[str, ...], audience: str, version: int, kid: str) -> str:
+def token_cache_id(client_id: str, scopes: tuple[str, ...], audience: str, registration_id: str, version: int,
+                   kid: str) -> str:
     """SHA-256 of the canonical JSON of everything that makes two tokens interchangeable.
 
     JSON, not a string join: client ``a:b`` + scope ``c`` never equals client ``a`` + scope ``b:c``
     (no entry can be planted under another grant's id). ``scopes`` must already be sorted and
-    unique (``Grant.scopes`` is).
+    unique (``Grant.scopes`` is). The registration id keeps a client_id registered again after a
+    delete (whose version starts over) away from the deleted registration's tokens.
     """
-    canonical = json.dumps([client_id, list(scopes), audience, version, kid], separators=(",", ":"))
+    canonical = json.dumps([client_id, list(scopes), audience, registration_id, version, kid], separators=(",", ":"))
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 

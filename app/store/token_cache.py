@@ -118,8 +118,9 @@ class RedisTokenStore(RedisReplayGuard):
             self._consume_counted = redis.register_script(_QUOTA_CONSUME_AND_LOOKUP)
             self._quota_args = [str(quota).encode(), str(quota_window * 1000).encode()]  # encoded once, not per call
 
-    def cache_id(self, client_id: str, scopes: tuple[str, ...], audience: str, version: int, kid: str) -> str:
-        return keyspace.token_cache_id(client_id, scopes, audience, version, kid)
+    def cache_id(self, client_id: str, scopes: tuple[str, ...], audience: str, registration_id: str, version: int,
+                 kid: str) -> str:
+        return keyspace.token_cache_id(client_id, scopes, audience, registration_id, version, kid)
 
     async def consume_and_lookup(
         self, client_id: str, jti: str, request_id: str, ttl_ms: int, cache_id: str | None, lock_ms: int = LOCK_MS

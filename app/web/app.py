@@ -34,6 +34,7 @@ from app.service.introspection import IntrospectionService
 from app.service.quota import CountedReplayGuard
 from app.service.ratelimit import FailureLimiter
 from app.service.redis_memory import RedisMemoryMonitor
+from app.service.registry_state import RegistryRecord, RegistryWatch, open_registry, warn_without_persistence
 from app.service.revocation import RevocationService
 from app.service.signing_keys import SigningKeyReloader, SigningKeys
 from app.service.token import TokenService
@@ -76,8 +77,11 @@ def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], flo
     registry = RedisClientRegistry(client, **store_opts)
     # One object for both roles: the token endpoint's one script call and the plain jti record.
     tokens = RedisTokenStore(client, quota=settings.client_quota, quota_window=settings.client_quota_window, **store_opts)
+    # The embedded store dies with the process: no record of its registry is kept in the keys folder.
+    record = None if settings.embedded else RegistryRecord(settings.keys_dir)
+    watch = RegistryWatch(registry, record, log=log, metrics=metrics)
     directory = ClientDirectory(
-        registry, poll_interval=settings.registry_poll_interval, log=log, clock=clock, metrics=metrics,
+        registry, poll_interval=settings.registry_poll_interval, log=log, clock=clock, metrics=metrics, watch=watch,
         jwks_cache=RedisJwksUriCache(client, **store_opts), jwks_policy=JwksUriPolicy(
             allow_http_loopback=settings.jwks_uri_allow_http_loopback, cache_ttl=settings.jwks_uri_cache_ttl,
             refetch_cooldown=settings.jwks_uri_refetch_cooldown, timeout=settings.jwks_uri_timeout),
@@ -103,6 +107,8 @@ def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], flo
         "token_cache": cache,
         "health": registry,
         "registry": registry,
+        "registry_record": record,
+        "registry_watch": watch,
         "directory": directory,
         # Rotation (scripts/rotate_signing_key.py) rewrites the shared folder; each replica re-reads it.
         "key_reloader": SigningKeyReloader(settings.keys_dir, keys, log=log, metrics=metrics),
@@ -137,10 +143,7 @@ def _lifespan(settings: Settings, state: dict[str, Any], log: Any,
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        admin_service: AdminService = state["admin_service"]
-        await admin_service.bootstrap_admin()
-        if settings.clients_file:
-            await admin_service.load_clients_file(settings.clients_file)
+        await _open_registry(settings, state, log)
         await directory.refresh()
         _freeze_startup_objects()
         poller = asyncio.create_task(directory.run())
@@ -166,6 +169,22 @@ def _lifespan(settings: Settings, state: dict[str, Any], log: Any,
                 await close.aclose()
 
     return lifespan
+
+
+async def _open_registry(settings: Settings, state: dict[str, Any], log: Any) -> None:
+    """Find (or, on a deployment's first start, create) the registry, then assert the start-up
+    registrations. A lost registry gets no writes at all (they would hide the loss): the replica
+    starts not ready and re-asserts them when the registry is restored (``RegistryWatch``)."""
+    admin_service: AdminService = state["admin_service"]
+    watch: RegistryWatch = state["registry_watch"]
+    registry = state["registry"]
+    if not settings.embedded:
+        await warn_without_persistence(registry, log)
+    status = await open_registry(registry, state["registry_record"], log=log)
+    watch.on_restored = admin_service.start_registrations
+    if status.state == "ok":
+        await admin_service.start_registrations()
+    watch.started(status)
 
 
 def _freeze_startup_objects() -> None:

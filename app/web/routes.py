@@ -19,7 +19,7 @@ from app.oauth.constants import METADATA_PATH
 from app.oauth.errors import MethodNotAllowed, OAuthError, RequestTooLarge, ServerError, TemporarilyUnavailable
 from app.service.admin import AdminService, Conflict, InsufficientScope, NotFound
 from app.service.client_auth import EndpointRequest
-from app.store.base import StoreUnavailable
+from app.store.base import RecordUnreadable, StoreUnavailable
 from app.web.metrics import record_token_outcome
 from app.web.responses import JSON, NO_STORE, bearer_error, json_response, oauth_error
 
@@ -172,7 +172,10 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
         await request.app.state.health.ping()
     except StoreUnavailable:
         return json_response({"status": "not ready", "redis": "unreachable"}, 503)
-    return json_response({"status": "ready", "redis": "ok", "signing_kid": request.app.state.signer().kid})
+    watch = request.app.state.registry_watch
+    if watch.lost:  # Redis answers, but the registry is gone (or not created yet): docs/operations.md
+        return json_response({"status": "not ready", "redis": "ok", "registry": watch.status.state}, 503)
+    return json_response({"status": "ready", "redis": "ok", "registry": "ok", "signing_kid": request.app.state.signer().kid})
 
 
 # -- admin API -------------------------------------------------------------------------------
@@ -199,13 +202,22 @@ async def _admin_call_logged(request: Request[Any, Any, Any], op: Any, status: i
         return json_response({"error": exc.error, "error_description": exc.detail}, 400)
     except NotFound:
         return json_response({"error": "not_found", "error_description": "No such client or key."}, 404)
-    except Conflict:
-        return json_response({"error": "invalid_client_metadata", "error_description": "client_id is already registered"}, 409)
+    except Conflict as exc:
+        return json_response({"error": "invalid_client_metadata", "error_description": _CONFLICT[exc.reason]}, 409)
+    except RecordUnreadable:
+        return json_response({"error": "invalid_client_metadata", "error_description": _UNREADABLE}, 409)
     except StoreUnavailable:
         return oauth_error(TemporarilyUnavailable("store_unavailable"))
     if result is None:
         return Response(b"", status_code=204, headers=NO_STORE)
     return json_response(msgspec.to_builtins(result), status)
+
+
+_CONFLICT = {
+    "exists": "client_id is already registered",
+    "changed": "the client changed meanwhile (updated, or deleted and registered again): read it and retry",
+}
+_UNREADABLE = "the stored record cannot be read; delete the client and register it again"
 
 
 async def _json_body(request: Request[Any, Any, Any]) -> Any:
