@@ -7,7 +7,10 @@ introspection).
 1. refuse a source address the rate limiter has blocked (an in-process table: no I/O);
 2. parse the form (the endpoint's ``parse``);
 3. parse the assertion and find the client it names; refuse a blocked client before any key or
-   signature work; verify the assertion against that client's keys and the claim rules;
+   signature work; verify the assertion against that client's keys and the claim rules. Every
+   path from here to a verdict does one signature verification: an unknown or disabled client is
+   checked against a decoy key first (``DecoyKeys``), so the time of the answer does not tell
+   which clients exist;
 4. record the jti (the endpoint's ``record``; fails closed: no answer → 503). Revocation and
    introspection use ``first_use`` (one ``SET NX PX GET``); the token endpoint records it in the
    same Lua script call that reads its token cache (``app.store.token_cache``), so that endpoint
@@ -29,7 +32,15 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from app.config import Settings
-from app.oauth.assertion import AssertionPolicy, ParsedAssertion, VerifiedAssertion, jti_hash, parse_assertion, verify_assertion
+from app.oauth.assertion import (
+    AssertionPolicy,
+    DecoyKeys,
+    ParsedAssertion,
+    VerifiedAssertion,
+    jti_hash,
+    parse_assertion,
+    verify_assertion,
+)
 from app.oauth.clients import Client
 from app.oauth.errors import InvalidClient, OAuthError, TemporarilyUnavailable
 from app.service.directory import ClientDirectory
@@ -132,6 +143,8 @@ class ClientAuthenticator:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._policy = assertion_policy(settings)
+        # Built once (key generation is slow); used only on refusals.
+        self._decoys = DecoyKeys(self._policy.algs)
         self._directory = directory
         self._replay = replay
         self._limiter = limiter
@@ -184,11 +197,10 @@ class ClientAuthenticator:
         if client_id_param is not None and client_id_param != client_id:
             raise InvalidClient("client_id_mismatch")
         client = await self._directory.get(client_id, parsed.header.get("kid"))
-        if client is None:
-            raise InvalidClient("client_unknown")
-        if not client.record.enabled:
-            raise InvalidClient("client_disabled")
-        verified = verify_assertion(parsed, client, self._policy, now)
+        if client is None or not client.record.enabled:
+            self._decoys.spend(parsed)  # the same signature work as a known client's bad signature
+            raise InvalidClient("client_unknown" if client is None else "client_disabled")
+        verified = verify_assertion(parsed, client, self._policy, now, self._decoys)
         if verified.legacy_aud:
             self._directory.legacy_aud_accepted(client_id, request_id)
         ttl = min(max(verified.exp + self._ttl_pad - now, 1.0), self._ttl_max)
