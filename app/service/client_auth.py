@@ -6,11 +6,11 @@ introspection).
 
 1. refuse a source address the rate limiter has blocked (an in-process table: no I/O);
 2. parse the form (the endpoint's ``parse``);
-3. parse the assertion and find the client it names; refuse a blocked client before any key or
-   signature work; verify the assertion against that client's keys and the claim rules. Every
-   path from here to a verdict does one signature verification: an unknown or disabled client is
-   checked against a decoy key first (``DecoyKeys``), so the time of the answer does not tell
-   which clients exist;
+3. parse the assertion and find the client it names; refuse a client blocked for failures its own
+   key signed before any key or signature work; verify the assertion against that client's keys
+   and the claim rules. Every path past the client look-up does one signature verification: an
+   unknown or disabled client is checked against a decoy key first (``DecoyKeys``), so the time
+   of the answer does not tell which clients exist;
 4. record the jti (the endpoint's ``record``; fails closed: no answer → 503). Revocation and
    introspection use ``first_use`` (one ``SET NX PX GET``); the token endpoint records it in the
    same Lua script call that reads its token cache (``app.store.token_cache``), so that endpoint
@@ -18,7 +18,9 @@ introspection).
 5. the endpoint's ``answer``.
 
 Whatever step refuses the request, the refusal is logged as ``<event>.rejected``, a failed client
-authentication (``invalid_client``) counts toward the rate limits, and a store that cannot answer
+authentication (``invalid_client``) counts toward the source address's rate limit, and toward the
+client's only when the client's key signed the refused assertion for this broker
+(``SignedAssertionRefused``; ``app.service.ratelimit`` says why), and a store that cannot answer
 becomes 503 ``temporarily_unavailable`` with ``Retry-After`` (logged as
 ``<event>.store_unavailable``). Endpoints implement none of this themselves.
 """
@@ -36,6 +38,7 @@ from app.oauth.assertion import (
     AssertionPolicy,
     DecoyKeys,
     ParsedAssertion,
+    SignedAssertionRefused,
     VerifiedAssertion,
     jti_hash,
     parse_assertion,
@@ -44,7 +47,7 @@ from app.oauth.assertion import (
 from app.oauth.clients import Client
 from app.oauth.errors import InvalidClient, OAuthError, TemporarilyUnavailable
 from app.service.directory import ClientDirectory
-from app.service.ratelimit import FailureLimiter
+from app.service.ratelimit import FailureLimiter, KeyHolderFailure
 from app.store.base import ReplayGuard, StoreUnavailable
 
 
@@ -182,8 +185,15 @@ class ClientAuthenticator:
             self._log.info(endpoint.event + ".rejected", request_id=request_id, client_id=client_id, jti_hash=digest,
                            error=exc.error, reason=exc.reason)
             if isinstance(exc, InvalidClient):
-                await self._limiter.failed(request.source, client_id, request_id)
+                await self._limiter.failed(request.source, request_id, self._key_holder_failure(exc, client_id))
             raise
+
+    def _key_holder_failure(self, exc: InvalidClient, client_id: str | None) -> KeyHolderFailure | None:
+        """What the limiter counts toward the client: only a refusal of an assertion the client's
+        own key signed for this broker (anyone can name a client; see ``app.service.ratelimit``)."""
+        if not isinstance(exc, SignedAssertionRefused) or client_id is None:
+            return None
+        return KeyHolderFailure(client_id, exc.signed_hash, None if exc.exp is None else self._clock() - exc.exp)
 
     async def first_use(self, auth: Authenticated, form: _Form, request_id: str) -> FirstUse:
         """Step 4 for an endpoint that records nothing else: one ``SET NX PX GET``."""
