@@ -20,7 +20,7 @@ from fakeredis.aioredis import FakeRedis
 from app.config import ConfigError, Settings
 from app.oauth.errors import OAuthError
 from app.service.client_auth import EndpointRequest
-from app.service.ratelimit import FailureLimiter
+from app.service.ratelimit import FailureLimiter, KeyHolderFailure
 from app.store.base import StoreUnavailable
 from tests.conftest import Broker, FrozenClock, RedisServer
 from tests.helpers import ISS, TestClient, form
@@ -54,6 +54,12 @@ def limited(tmp_path: Path, clock: FrozenClock) -> Iterator[Broker]:
 def bad(client: TestClient, now: float) -> dict[str, str]:
     """A well-formed assertion for ``client`` with a signature from the wrong key."""
     return form(client.assertion(now, key=TestClient("intruder").key))
+
+
+def refused(client: TestClient, now: float) -> dict[str, str]:
+    """An assertion ``client``'s own key signed that the claim rules refuse (expired 30 s ago):
+    a failure only its key holder can cause, so it counts toward the client too."""
+    return form(client.assertion(now, exp=now - 30, iat=now - 90))
 
 
 def test_settings_validated() -> None:
@@ -107,7 +113,7 @@ def test_per_client_limit_across_addresses(limited: Broker) -> None:
     limited.register(c2)
     now = limited.clock.now
     for i in range(3):
-        assert call(limited, bad(c1, now), f"198.51.100.{i}")[0] == 401
+        assert call(limited, refused(c1, now), f"198.51.100.{i}")[0] == 401
     status, body, headers = call(limited, form(c1.assertion(now)), "198.51.100.99")
     assert (status, body) == (429, SLOW_DOWN) and "Retry-After" in headers
     assert call(limited, form(c2.assertion(now)), "198.51.100.99")[0] == 200
@@ -141,7 +147,7 @@ def test_observe_mode_counts_and_logs_but_never_blocks(tmp_path: Path, clock: Fr
         c1 = TestClient("c1")
         broker.register(c1)
         for _ in range(5):
-            assert call(broker, bad(c1, clock.now), "192.0.2.5")[0] == 401
+            assert call(broker, refused(c1, clock.now), "192.0.2.5")[0] == 401
         assert call(broker, form(c1.assertion(clock.now)), "192.0.2.5")[0] == 200
         exceeded = [e for e in broker.logs() if e["event"] == "ratelimit.exceeded"]
         assert {(e["kind"], e["mode"], e["failures"]) for e in exceeded} == {("addr", "observe", 3), ("client", "observe", 3)}
@@ -191,7 +197,7 @@ class _NullLog:
 def test_counting_failure_never_changes_the_answer() -> None:
     log = _NullLog()
     limiter = FailureLimiter(_DownCounter(), limit=1, window=60, mode="enforce", log=log)
-    asyncio.run(limiter.failed("192.0.2.1", "c1", "rid"))
+    asyncio.run(limiter.failed("192.0.2.1", "rid", KeyHolderFailure("c1", "0" * 64, None)))
     limiter.check_address("192.0.2.1")
     limiter.check_client("c1")
     assert log.events == [("ratelimit.count_failed", {"request_id": "rid", "error": "ConnectionError"})]
@@ -199,19 +205,22 @@ def test_counting_failure_never_changes_the_answer() -> None:
 
 def test_block_table_is_bounded() -> None:
     class Over:
-        async def hit(self, subjects: list[tuple[str, str]], window_ms: int) -> list[tuple[int, int]]:
+        async def hit(self, subjects: list[tuple[str, str, str | None]], window_ms: int) -> list[tuple[int, int]]:
             return [(5, 60_000) for _ in subjects]
 
     limiter = FailureLimiter(Over(), limit=1, window=60, mode="enforce", log=_NullLog(), max_blocked=50)
 
     async def flood() -> None:
+        await limiter.failed(None, "rid", KeyHolderFailure("c1", "0" * 64, None))
         for i in range(500):
-            await limiter.failed(f"10.0.{i // 256}.{i % 256}", None, "rid")
+            await limiter.failed(f"10.0.{i // 256}.{i % 256}", "rid")
 
     asyncio.run(flood())
-    assert len(limiter._blocked) == 50
+    assert len(limiter._addresses) == 50
     with pytest.raises(OAuthError):
         limiter.check_address("10.0.1.243")  # the newest entries are kept
+    with pytest.raises(OAuthError):
+        limiter.check_client("c1")  # a flood of addresses does not evict a client's block
 
 
 @pytest.mark.redis
@@ -229,9 +238,18 @@ def test_success_path_sends_no_rate_limit_command(real_redis: RedisServer, tmp_p
         scripts_before = _script_calls(stats)
         assert broker.token(bad(c1, clock.now)).status_code == 401
         stats = real_redis.command("INFO", "commandstats")
-        incr = sum(v["calls"] for k, v in stats.items() if k in ("cmdstat_incr", "cmdstat_incrby"))
-        # address + client, in one script call (a first EVALSHA answered NOSCRIPT does not count)
-        assert incr == 2 and _script_calls(stats) - scripts_before == 1
+        # a forged assertion: the address only, in one script call (a first EVALSHA answered
+        # NOSCRIPT does not count)
+        assert _incr_calls(stats) == 1 and _script_calls(stats) - scripts_before == 1
+        assert broker.token(refused(c1, clock.now)).status_code == 401
+        stats = real_redis.command("INFO", "commandstats")
+        # a failure c1's key signed: address + client and the client's marker, in one script call
+        assert _incr_calls(stats) == 3 and _script_calls(stats) - scripts_before == 2
+        assert len(real_redis.command("KEYS", "{tb:rl}:seen:*")) == 1
+
+
+def _incr_calls(stats: dict) -> int:
+    return sum(v["calls"] for k, v in stats.items() if k in ("cmdstat_incr", "cmdstat_incrby"))
 
 
 def _script_calls(stats: dict) -> int:

@@ -37,7 +37,8 @@ def _slots(*names: str) -> set[int]:
                      id="token-endpoint-script"),
         pytest.param(lambda: [keyspace.token_entry("c1", "x"), keyspace.token_lock("c1", "x"), keyspace.token_pointer("c1", "j"),
                               keyspace.token_revoked("c1", "j")], id="token-cache-write-revoke"),
-        pytest.param(lambda: [keyspace.failures("addr", "127.0.0.1"), keyspace.failures("client", "c1")], id="ratelimit-hit"),
+        pytest.param(lambda: [keyspace.failures("addr", "127.0.0.1"), keyspace.failures("client", "c1"),
+                              keyspace.failure_seen("client", "c1", "0" * 64)], id="ratelimit-hit"),
     ],
 )
 def test_every_multi_key_transaction_stays_in_one_slot(group: Any) -> None:

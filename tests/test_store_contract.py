@@ -163,12 +163,14 @@ def test_token_store(target: dict[str, Any]) -> None:
 def test_failure_counter(target: dict[str, Any]) -> None:
     async def body(client: Any) -> None:
         counter = RedisFailureCounter(client, **OPTS)
-        subjects = [("addr", "x"), ("client", "y")]
+        subjects = [("addr", "x", None), ("client", "y", "signed-1")]
         first = await counter.hit(subjects, 60_000)
-        second = await counter.hit(subjects, 60_000)
+        second = await counter.hit(subjects, 60_000)  # the same "once": not counted toward y again
+        third = await counter.hit([("addr", "x", None), ("client", "y", "signed-2")], 60_000)
         assert [count for count, _ in first] == [1, 1]
-        assert [count for count, _ in second] == [2, 2]
-        assert all(0 < ttl <= 60_000 for _, ttl in second)
+        assert second == [(2, second[0][1]), (0, 0)]
+        assert [count for count, _ in third] == [3, 2]
+        assert all(0 < ttl <= 60_000 for _, ttl in third)
 
     run(target, body)
 

@@ -7,11 +7,18 @@ The steps, in order (``docs/security.md`` explains each):
    broker's allow-list, ``typ`` absent / ``JWT`` / ``client-authentication+jwt``;
 3. payload: strict JSON object (duplicate members, NaN/Infinity refused); ``iss`` == ``sub`` names
    the client, which the caller then looks up (keys are only ever taken from that client);
-4. claims: ``aud`` is the issuer string (a one-element array of it only when the deployment
-   allows that; the token endpoint URL only inside the client's legacy window); ``exp`` required,
-   not past, within the lifetime cap; ``iat`` not too old and not in the future; ``nbf`` honoured;
-   ``jti`` a string of 1 to ``jti_max_length`` (default 256) characters;
-5. signature with the client's key chosen by ``kid``, through joserfc's algorithm bound to that key.
+4. signature with the client's key chosen by ``kid``, through joserfc's algorithm bound to that
+   key. When no key of the client's can have signed it (unknown ``kid``, none given while the
+   client has several keys, ``alg`` not the key's), the signature is checked against a decoy key
+   of the header's ``alg`` before the refusal (``DecoyKeys``), and the caller does the same for an
+   unknown or disabled client: every assertion that gets this far costs one signature
+   verification, so the time of the answer does not tell which clients and kids exist;
+5. ``aud`` is the issuer string (a one-element array of it only when the deployment allows that;
+   the token endpoint URL only inside the client's legacy window);
+6. claims: ``exp`` required, not past, within the lifetime cap; ``iat`` not too old and not in
+   the future; ``nbf`` honoured; ``jti`` a string of 1 to ``jti_max_length`` (default 256)
+   characters. A refusal here is a ``SignedAssertionRefused``: the client's key signed this
+   assertion for this broker (the rate limiter counts only these toward the client).
 
 Only then may the caller record the ``jti`` (replay step). Any failure is an ``InvalidClient``
 with a precise ``reason`` for the log; every such error renders identically.
@@ -27,9 +34,9 @@ from typing import Any
 import msgspec
 
 from app.oauth.clients import Client
-from app.oauth.constants import ASSERTION_MAX, JTI_MAX_LENGTH
+from app.oauth.constants import ALG_KEY_TYPES, ASSERTION_MAX, JTI_MAX_LENGTH
 from app.oauth.errors import InvalidClient
-from app.oauth.jose import Malformed, b64decode, clean, numeric_date, strict_object
+from app.oauth.jose import KEY_TYPES, Malformed, VerificationKey, b64decode, clean, numeric_date, strict_object, verification_key
 
 
 def jti_hash(client_id: str, jti: str) -> str:
@@ -121,11 +128,98 @@ def parse_assertion(value: str, policy: AssertionPolicy) -> ParsedAssertion:
     return ParsedAssertion(header, claims, h64 + b"." + p64, signature, iss)
 
 
-def verify_assertion(parsed: ParsedAssertion, client: Client, policy: AssertionPolicy, now: float) -> VerifiedAssertion:
-    """Steps 4-5 against the client named by the assertion."""
-    claims = parsed.claims
-    legacy_aud = _check_aud(claims.get("aud"), policy, client.record.legacy_token_endpoint_aud_until, now)
+class SignedAssertionRefused(InvalidClient):
+    """A claim rule refused an assertion that the client's own key signed for this broker.
 
+    Only the key holder can make a new one; anyone who saw this one can send it again, so the
+    rate limiter counts each signed content once (``signed_hash``) and an expired one only for a
+    short while after its ``exp``.
+    """
+
+    def __init__(self, reason: str, *, signed_hash: str, exp: float | None) -> None:
+        super().__init__(reason)
+        #: SHA-256 (hex) of the signing input: the same content however its signature varies.
+        self.signed_hash = signed_hash
+        #: The assertion's ``exp`` when it is a valid NumericDate, else None.
+        self.exp = exp
+
+
+class DecoyKeys:
+    """One public key per allowed algorithm, generated once at start, that no client holds.
+
+    ``spend`` verifies an assertion's signature against the one for its ``alg`` and ignores the
+    answer: the refusals that find no key of the client's cost the same signature work as a bad
+    signature does. RSA decoys are 2048 bits, the size most clients register.
+    """
+
+    def __init__(self, algs: frozenset[str] | tuple[str, ...]) -> None:
+        self._keys = {alg: _decoy_key(alg) for alg in algs}
+
+    def spend(self, parsed: ParsedAssertion) -> None:
+        _signature_ok(self._keys[parsed.header["alg"]], parsed)
+
+
+def _decoy_key(alg: str) -> VerificationKey:
+    kty, crv = ALG_KEY_TYPES[alg]
+    private = KEY_TYPES[kty].generate_key(crv or 2048)
+    return verification_key(private.as_dict(private=False), kid="decoy", alg=alg)
+
+
+def verify_assertion(parsed: ParsedAssertion, client: Client, policy: AssertionPolicy, now: float,
+                     decoys: DecoyKeys | None = None) -> VerifiedAssertion:
+    """Steps 4-6 against the client named by the assertion (``decoys``: the broker always passes
+    them; offline tools that do not care about timing may leave them out)."""
+    key = _client_key(parsed, client)
+    if isinstance(key, str):  # a refusal: do the signature work anyway, then refuse
+        if decoys is not None:
+            decoys.spend(parsed)
+        raise InvalidClient(key)
+    if not _signature_ok(key, parsed):
+        raise InvalidClient("signature_invalid")
+    legacy_aud = _check_aud(parsed.claims.get("aud"), policy, client.record.legacy_token_endpoint_aud_until, now)
+    try:
+        jti, exp = _check_claims(parsed.claims, policy, now)
+    except InvalidClient as exc:
+        raise SignedAssertionRefused(exc.reason, signed_hash=hashlib.sha256(parsed.signing_input).hexdigest(),
+                                     exp=_exp_or_none(parsed.claims)) from None
+    return VerifiedAssertion(parsed.client_id, jti, exp, key.kid, legacy_aud)
+
+
+def _client_key(parsed: ParsedAssertion, client: Client) -> VerificationKey | str:
+    """The client's key that may have signed the assertion, or the reason there is none.
+
+    Key selection is scoped to this client's own keys (RFC 8725 §3.8, §3.10).
+    """
+    kid = parsed.header.get("kid")
+    if kid is None:
+        if len(client.keys) != 1:
+            return "kid_ambiguous"
+        key = next(iter(client.keys.values()))
+    else:
+        key = client.keys.get(kid)
+        if key is None:
+            return "kid_unknown"
+    if parsed.header["alg"] != key.alg:
+        return "alg_not_allowed"
+    return key
+
+
+def _exp_or_none(claims: dict[str, Any]) -> float | None:
+    try:
+        return float(numeric_date(claims.get("exp"), "exp_invalid"))
+    except Malformed:
+        return None
+
+
+def _signature_ok(key: VerificationKey, parsed: ParsedAssertion) -> bool:
+    try:
+        return bool(key.verifier.verify(parsed.signing_input, parsed.signature, key.key))
+    except Exception:
+        return False
+
+
+def _check_claims(claims: dict[str, Any], policy: AssertionPolicy, now: float) -> tuple[str, float]:
+    """Step 6: the time claims and the jti; returns (jti, exp)."""
     if "exp" not in claims or claims["exp"] is None:
         raise InvalidClient("exp_missing")
     exp = _numeric_date(claims["exp"], "exp_invalid")
@@ -152,26 +246,7 @@ def verify_assertion(parsed: ParsedAssertion, client: Client, policy: AssertionP
     jti = claims.get("jti")
     if type(jti) is not str or not 1 <= len(jti) <= policy.jti_max_length or not clean(jti):
         raise InvalidClient("jti_invalid")
-
-    # Key selection is scoped to this client's own keys (RFC 8725 §3.8, §3.10).
-    kid = parsed.header.get("kid")
-    if kid is None:
-        if len(client.keys) != 1:
-            raise InvalidClient("kid_ambiguous")
-        key = next(iter(client.keys.values()))
-    else:
-        key = client.keys.get(kid)
-        if key is None:
-            raise InvalidClient("kid_unknown")
-    if parsed.header["alg"] != key.alg:
-        raise InvalidClient("alg_not_allowed")
-    try:
-        ok = key.verifier.verify(parsed.signing_input, parsed.signature, key.key)
-    except Exception:
-        ok = False
-    if not ok:
-        raise InvalidClient("signature_invalid")
-    return VerifiedAssertion(parsed.client_id, jti, float(exp), key.kid, legacy_aud)
+    return jti, float(exp)
 
 
 def _check_aud(aud: Any, policy: AssertionPolicy, legacy_until: int | None, now: float) -> bool:

@@ -6,8 +6,11 @@ introspection).
 
 1. refuse a source address the rate limiter has blocked (an in-process table: no I/O);
 2. parse the form (the endpoint's ``parse``);
-3. parse the assertion and find the client it names; refuse a blocked client before any key or
-   signature work; verify the assertion against that client's keys and the claim rules;
+3. parse the assertion and find the client it names; refuse a client blocked for failures its own
+   key signed before any key or signature work; verify the assertion against that client's keys
+   and the claim rules. Every path past the client look-up does one signature verification: an
+   unknown or disabled client is checked against a decoy key first (``DecoyKeys``), so the time
+   of the answer does not tell which clients exist;
 4. record the jti (the endpoint's ``record``; fails closed: no answer → 503). Revocation and
    introspection use ``first_use`` (one ``SET NX PX GET``); the token endpoint records it in the
    same Lua script call that reads its token cache (``app.store.token_cache``), so that endpoint
@@ -15,7 +18,9 @@ introspection).
 5. the endpoint's ``answer``.
 
 Whatever step refuses the request, the refusal is logged as ``<event>.rejected``, a failed client
-authentication (``invalid_client``) counts toward the rate limits, and a store that cannot answer
+authentication (``invalid_client``) counts toward the source address's rate limit, and toward the
+client's only when the client's key signed the refused assertion for this broker
+(``SignedAssertionRefused``; ``app.service.ratelimit`` says why), and a store that cannot answer
 becomes 503 ``temporarily_unavailable`` with ``Retry-After`` (logged as
 ``<event>.store_unavailable``). Endpoints implement none of this themselves.
 """
@@ -29,11 +34,20 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from app.config import Settings
-from app.oauth.assertion import AssertionPolicy, ParsedAssertion, VerifiedAssertion, jti_hash, parse_assertion, verify_assertion
+from app.oauth.assertion import (
+    AssertionPolicy,
+    DecoyKeys,
+    ParsedAssertion,
+    SignedAssertionRefused,
+    VerifiedAssertion,
+    jti_hash,
+    parse_assertion,
+    verify_assertion,
+)
 from app.oauth.clients import Client
 from app.oauth.errors import InvalidClient, OAuthError, TemporarilyUnavailable
 from app.service.directory import ClientDirectory
-from app.service.ratelimit import FailureLimiter
+from app.service.ratelimit import FailureLimiter, KeyHolderFailure
 from app.store.base import ReplayGuard, StoreUnavailable
 
 
@@ -132,6 +146,8 @@ class ClientAuthenticator:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._policy = assertion_policy(settings)
+        # Built once (key generation is slow); used only on refusals.
+        self._decoys = DecoyKeys(self._policy.algs)
         self._directory = directory
         self._replay = replay
         self._limiter = limiter
@@ -169,8 +185,15 @@ class ClientAuthenticator:
             self._log.info(endpoint.event + ".rejected", request_id=request_id, client_id=client_id, jti_hash=digest,
                            error=exc.error, reason=exc.reason)
             if isinstance(exc, InvalidClient):
-                await self._limiter.failed(request.source, client_id, request_id)
+                await self._limiter.failed(request.source, request_id, self._key_holder_failure(exc, client_id))
             raise
+
+    def _key_holder_failure(self, exc: InvalidClient, client_id: str | None) -> KeyHolderFailure | None:
+        """What the limiter counts toward the client: only a refusal of an assertion the client's
+        own key signed for this broker (anyone can name a client; see ``app.service.ratelimit``)."""
+        if not isinstance(exc, SignedAssertionRefused) or client_id is None:
+            return None
+        return KeyHolderFailure(client_id, exc.signed_hash, None if exc.exp is None else self._clock() - exc.exp)
 
     async def first_use(self, auth: Authenticated, form: _Form, request_id: str) -> FirstUse:
         """Step 4 for an endpoint that records nothing else: one ``SET NX PX GET``."""
@@ -184,11 +207,10 @@ class ClientAuthenticator:
         if client_id_param is not None and client_id_param != client_id:
             raise InvalidClient("client_id_mismatch")
         client = await self._directory.get(client_id, parsed.header.get("kid"))
-        if client is None:
-            raise InvalidClient("client_unknown")
-        if not client.record.enabled:
-            raise InvalidClient("client_disabled")
-        verified = verify_assertion(parsed, client, self._policy, now)
+        if client is None or not client.record.enabled:
+            self._decoys.spend(parsed)  # the same signature work as a known client's bad signature
+            raise InvalidClient("client_unknown" if client is None else "client_disabled")
+        verified = verify_assertion(parsed, client, self._policy, now, self._decoys)
         if verified.legacy_aud:
             self._directory.legacy_aud_accepted(client_id, request_id)
         ttl = min(max(verified.exp + self._ttl_pad - now, 1.0), self._ttl_max)

@@ -283,18 +283,20 @@ class MemoryProbe(Protocol):
 
 
 class FailureCounter(Protocol):
-    async def hit(self, subjects: Sequence[tuple[str, str]], window_ms: int) -> list[tuple[int, int]]:
+    async def hit(self, subjects: Sequence[tuple[str, str, str | None]], window_ms: int) -> list[tuple[int, int]]:
         """Count one failure against each subject, atomically.
 
         A subject's window starts at its first failure and is never extended by later ones; every
         replica shares the counts.
 
         Args:
-            subjects: ``(kind, value)`` pairs, e.g. ``("addr", "192.0.2.1")``, ``("client", "c1")``.
+            subjects: ``(kind, value, once)``, e.g. ``("addr", "192.0.2.1", None)``,
+                ``("client", "c1", signed_hash)``. With ``once`` set, the subject's count goes up
+                only if that same ``once`` was not counted toward it within ``window_ms``.
             window_ms: The window length.
 
         Returns:
             ``(count, ms_left)`` per subject, in order: failures in the current window and the
-            time until it ends.
+            time until it ends; ``(0, 0)`` for a subject not counted because of ``once``.
         """
         ...

@@ -110,3 +110,9 @@ def failures(kind: str, subject: str) -> str:
     """A rate-limit failure counter. One hash tag for all: a failure counts against the source
     address and the client in one Lua script call, which must stay in one Redis Cluster slot."""
     return "{tb:rl}:" + kind + ":" + hashlib.sha256(json.dumps(subject).encode("ascii")).hexdigest()
+
+
+def failure_seen(kind: str, subject: str, once: str) -> str:
+    """Marks that the failure ``once`` (e.g. a signed assertion's hash) was counted toward the
+    subject in this window; same hash tag as the counters, set by the same script call."""
+    return "{tb:rl}:seen:" + hashlib.sha256(json.dumps([kind, subject, once]).encode("ascii")).hexdigest()

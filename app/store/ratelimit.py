@@ -3,7 +3,9 @@
 Fixed windows: ``INCR`` + ``PEXPIRE NX`` + ``PTTL`` for every key in one Lua script call (atomic,
 one reply to parse: a flood of bad assertions costs the broker as little as possible), so a
 counter never exists without its expiry, the window starts at the first failure, and all replicas
-share the count. Only failed requests come here: the success path costs no Redis round trip.
+share the count. A subject counted "once" per failure (a client, per signed assertion) is counted
+only if ``SET NX PX`` of its marker succeeds in that same call. Only failed requests come here:
+the success path costs no Redis round trip.
 """
 
 from __future__ import annotations
@@ -15,14 +17,22 @@ from app.store import keyspace
 from app.store.redis import RedisStore
 
 
-# KEYS: the counters. ARGV: window (ms). Returns {count1, ttl1, count2, ttl2, ...}.
+# KEYS: the counters, then the markers. ARGV[1]: window (ms); ARGV[1 + i]: 0 to count counter i
+# always, or the index in KEYS of the marker that must be new for it to count.
+# Returns {count1, ttl1, count2, ttl2, ...}; {0, 0} for a counter its marker kept from counting.
 _HIT = """
 local out = {}
-for i, key in ipairs(KEYS) do
-  local count = redis.call('INCR', key)
-  redis.call('PEXPIRE', key, ARGV[1], 'NX')
-  out[2 * i - 1] = count
-  out[2 * i] = redis.call('PTTL', key)
+for i = 1, #ARGV - 1 do
+  local key = KEYS[i]
+  local gate = tonumber(ARGV[i + 1])
+  if gate == 0 or redis.call('SET', KEYS[gate], '1', 'NX', 'PX', ARGV[1]) then
+    out[2 * i - 1] = redis.call('INCR', key)
+    redis.call('PEXPIRE', key, ARGV[1], 'NX')
+    out[2 * i] = redis.call('PTTL', key)
+  else
+    out[2 * i - 1] = 0
+    out[2 * i] = 0
+  end
 end
 return out
 """
@@ -33,11 +43,18 @@ class RedisFailureCounter(RedisStore):
         super().__init__(redis, **options)
         self._hit = redis.register_script(_HIT)
 
-    async def hit(self, subjects: Sequence[tuple[str, str]], window_ms: int) -> list[tuple[int, int]]:
-        names = [keyspace.failures(kind, value) for kind, value in subjects]
-        replies = await self._run(self._hit(keys=names, args=[window_ms]))
+    async def hit(self, subjects: Sequence[tuple[str, str, str | None]], window_ms: int) -> list[tuple[int, int]]:
+        names = [keyspace.failures(kind, value) for kind, value, _ in subjects]
+        gates = []
+        for kind, value, once in subjects:
+            if once is None:
+                gates.append(0)
+            else:
+                names.append(keyspace.failure_seen(kind, value, once))
+                gates.append(len(names))  # Lua's KEYS are 1-based
+        replies = await self._run(self._hit(keys=names, args=[window_ms, *gates]))
         out = []
-        for i in range(len(names)):
+        for i in range(len(subjects)):
             count, ttl = int(replies[2 * i]), int(replies[2 * i + 1])
-            out.append((count, ttl if ttl > 0 else window_ms))
+            out.append((count, ttl if ttl > 0 or count == 0 else window_ms))
         return out
