@@ -78,6 +78,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # lifetime is left; concurrent misses wait up to cache_stampede_wait s for one replica's mint.
     cache_min_remaining_share: float = 0.5
     cache_stampede_wait: float = 0.2
+    # HTTP server bounds per worker (app/web/server.py): bytes of request line + headers, seconds
+    # to receive the header section and the declared body, and connections before requests get 503.
+    http_header_max: int = 16384
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 10.0
+    http_max_connections: int = 1000
 
     @property
     def token_endpoint(self) -> str:
@@ -187,6 +193,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(f"BROKER_REDIS_SENTINELS must be host:port,host:port..., got {address!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("BROKER_LOG_LEVEL must be debug, info, warning or error")
+        _check_http_bounds(self)
+
+
+def _check_http_bounds(settings: Settings) -> None:
+    if not 1024 <= settings.http_header_max <= 1_048_576:
+        raise ConfigError("BROKER_HTTP_HEADER_MAX must be between 1024 and 1048576 bytes")
+    for name in ("http_header_timeout", "http_body_timeout"):
+        if not 0.1 <= getattr(settings, name) <= 3600:
+            raise ConfigError(f"BROKER_{name.upper()} must be between 0.1 and 3600 seconds")
+    if not 1 <= settings.http_max_connections <= 1_000_000:
+        raise ConfigError("BROKER_HTTP_MAX_CONNECTIONS must be between 1 and 1000000")
 
 
 def _coerce(var: str, raw: str, typ: object) -> object:

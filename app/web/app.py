@@ -40,6 +40,7 @@ from app.web.metrics import describe as describe_metrics
 from app.web.metrics import http_metrics_middleware
 from app.web.openapi import openapi_document
 from app.web.routes import ROUTES
+from app.web.strict import strict_request_middleware
 
 
 def create_app(settings: Settings, *, redis: Any = None, clock: Callable[[], float] = time.time, log_stream: Any = None) -> Litestar:
@@ -153,7 +154,8 @@ def create_app(settings: Settings, *, redis: Any = None, clock: Callable[[], flo
     return Litestar(
         route_handlers=ROUTES,
         lifespan=[lifespan],
-        middleware=[http_metrics_middleware(metrics)],
+        middleware=[strict_request_middleware, http_metrics_middleware(metrics)],
+        logging_config=None,  # no text handlers: served processes log JSON only (app.log.uvicorn_log_config)
         request_max_body_size=settings.body_max,
         exception_handlers={OAuthError: oauth, HTTPException: http_error, Exception: unexpected},
         state=State(
