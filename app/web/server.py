@@ -84,7 +84,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             head, data = data[: self._budget], data[self._budget :]
             self._budget = 0
             if head:
-                super().data_received(head)  # may end the header section; the rest is then the body
+                _data_received(self, head)  # may end the header section; the rest is then the body
             if self.transport.is_closing():
                 return
             if self._budget == 0:  # still inside the same header section: refuse before buffering more
@@ -93,29 +93,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._budget is not None:
             self._budget -= len(data)
         if data:
-            super().data_received(data)
-        if self._deadline is None:
+            _data_received(self, data)
+        if self._deadline is None:  # this read left a request incomplete: its deadline starts now
             if self._budget is None:
                 self._deadline = self.loop.time() + self._limits.body_timeout
-            elif self._budget < self._limits.header_max:  # bytes came but no request line began (blank lines)
+            elif self._in_request or self._budget < self._limits.header_max:  # (or blank lines before one)
                 self._deadline = self.loop.time() + self._limits.header_timeout
 
+    # Parser callbacks run for every request: attribute writes only (deadlines are set after the
+    # read, and only when it left a request incomplete), base methods called without super().
     def on_message_begin(self) -> None:
-        if self._deadline is None:  # the next request began in the same read as the previous one's end
-            self._deadline = self.loop.time() + self._limits.header_timeout
         self._in_request = True
-        super().on_message_begin()
+        _on_message_begin(self)
 
     def on_headers_complete(self) -> None:
         self._budget = None
         self._deadline = None
-        super().on_headers_complete()
+        _on_headers_complete(self)
 
     def on_message_complete(self) -> None:
         self._budget = self._limits.header_max
         self._deadline = None
         self._in_request = False
-        super().on_message_complete()
+        _on_message_complete(self)
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn calls this on a parse error (it has logged a warning): same answer, JSON body."""
@@ -156,6 +156,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                  str(len(body)).encode(), b"\r\nconnection: close\r\n\r\n", body]
         self.transport.write(b"".join(head))
         self.transport.close()
+
+
+_data_received = HttpToolsProtocol.data_received
+_on_message_begin = HttpToolsProtocol.on_message_begin
+_on_headers_complete = HttpToolsProtocol.on_headers_complete
+_on_message_complete = HttpToolsProtocol.on_message_complete
 
 
 class _Sweeper:
