@@ -7,11 +7,12 @@ parses in pure Python on every request. This subclass keeps httptools and adds:
 
 - a byte budget for each request line + header section (``BROKER_HTTP_HEADER_MAX``): the parser
   is never fed more than the budget; past it the answer is 431 and the connection closes;
-- a deadline for the header section (from the connection's start, or from the first bytes of the
+- a deadline for the header section (from the connection's start, or from the read that began the
   next request on a kept-alive connection: ``BROKER_HTTP_HEADER_TIMEOUT``) and one for the declared
-  body (from the end of the headers: ``BROKER_HTTP_BODY_TIMEOUT``). On expiry: 408 if a request had
-  begun and nothing of its answer was sent, then close. One timer per process checks the deadlines,
-  so a request costs no timer of its own (its deadline is a float set only while it is incomplete);
+  body (from the read that ended the headers: ``BROKER_HTTP_BODY_TIMEOUT``); more bytes do not
+  extend them. On expiry: 408 if a request had begun and nothing of its answer was sent, then
+  close. One timer per process checks the deadlines, so a request costs no timer of its own (its
+  deadline is a float, set only when a read leaves the request incomplete);
 - parse errors answered with the broker's JSON ``invalid_request`` body instead of uvicorn's text.
 
 The budget counts the bytes of each read while a header section is open. Bytes that arrive in the

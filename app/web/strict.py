@@ -25,31 +25,39 @@ from app.oauth.errors import InvalidRequest
 
 #: RFC 3986 §3.3 pchar minus the unreserved set (which ``quote`` always keeps) and "%".
 _PCHAR_SAFE = "!$&'()*+,;=:@"
-_FRAMING = (b"content-type", b"content-length")
 _NOT_FOUND = msgspec.json.encode({"error": "not_found"})
 _REPEATED = InvalidRequest("repeated_header").body()
+#: Raw path of each route without parameters, encoded on first use instead of per request.
+_FIXED: dict[str, bytes] = {}
 
 
-def canonical_path(template: str, params: dict[str, Any]) -> str | None:
-    """The one path a route produces for ``params``; None when a value cannot be a path segment."""
+def canonical_path(template: str, params: dict[str, Any]) -> bytes | None:
+    """The one raw path a route produces for ``params``; None when a value cannot be a path segment."""
     if not params:
-        return template
+        fixed = _FIXED.get(template)
+        if fixed is None:
+            fixed = _FIXED[template] = template.encode()
+        return fixed
     encoded = {}
     for name, value in params.items():
         text = str(value)
         if text in ("", ".", "..") or "/" in text:
             return None
         encoded[name] = quote(text, safe=_PCHAR_SAFE)
-    return template.format_map(encoded)
+    return template.format_map(encoded).encode()
 
 
 def _repeated_framing_header(headers: list[tuple[bytes, bytes]]) -> bool:
-    seen = []
+    content_type = content_length = False
     for name, _ in headers:
-        if name in _FRAMING:
-            if name in seen:
+        if name == b"content-type":
+            if content_type:
                 return True
-            seen.append(name)
+            content_type = True
+        elif name == b"content-length":
+            if content_length:
+                return True
+            content_length = True
     return False
 
 
@@ -60,16 +68,24 @@ async def _answer(send: Any, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _sent_path(scope: Any) -> bytes:
+    raw = scope.get("raw_path")
+    if raw is None:  # raw_path is optional in ASGI: then only the decoded path is known
+        return (scope.get("root_path", "") + scope["path"]).encode()
+    # uvicorn's raw_path has no query; Litestar's test client leaves it on (a "?" cannot be in a path).
+    return raw.partition(b"?")[0] if b"?" in raw else raw
+
+
 def strict_request_middleware(app: Any) -> Any:
     """A pure ASGI middleware factory for Litestar's ``middleware=[...]``."""
 
     async def middleware(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            raw = scope.get("raw_path")
             expected = canonical_path(scope["path_template"], scope["path_params"])
-            # raw_path has no query from uvicorn; Litestar's test client leaves it on (a "?" cannot be in a path).
-            sent = raw.partition(b"?")[0].decode("latin-1") if raw is not None else scope["path"]
-            if expected is None or sent != scope.get("root_path", "") + expected:
+            root_path = scope.get("root_path")
+            if expected is not None and root_path:
+                expected = root_path.encode() + expected
+            if expected is None or _sent_path(scope) != expected:
                 await _answer(send, 404, _NOT_FOUND)
                 return
             if _repeated_framing_header(scope["headers"]):
