@@ -49,10 +49,9 @@ def _strip_url_queries(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]
     return event
 
 
-def stdlib_handler(stream: Any = None) -> logging.Handler:
-    """A handler rendering standard-library records as the broker's JSON lines."""
-    handler = logging.StreamHandler(stream or sys.stdout)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+def stdlib_formatter() -> logging.Formatter:
+    """Standard-library records rendered as the broker's JSON lines (third-party URL queries removed)."""
+    return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
             structlog.stdlib.add_log_level,
             structlog.stdlib.add_logger_name,
@@ -63,7 +62,14 @@ def stdlib_handler(stream: Any = None) -> logging.Handler:
         ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.JSONRenderer(serializer=_dumps)],
-    ))
+    )
+
+
+def process_handler() -> logging.Handler:
+    """The root handler of a served process (stdout); ``warnings.warn`` output goes through it too."""
+    logging.captureWarnings(True)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(stdlib_formatter())
     return handler
 
 
@@ -80,12 +86,6 @@ def uvicorn_log_config() -> dict[str, Any]:
         "root": {"handlers": ["json"], "level": foreign},
         "loggers": loggers,
     }
-
-
-def process_handler() -> logging.Handler:
-    """The root handler of a broker process; ``warnings.warn`` output goes through it too."""
-    logging.captureWarnings(True)
-    return stdlib_handler()
 
 
 def configure(level: str = "info", stream: Any = None) -> None:
