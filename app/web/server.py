@@ -181,8 +181,10 @@ class _Sweeper:
 
     def sweep(self) -> None:
         now = self.loop.time()
-        for conn in [c for c in self.connections if getattr(c, "deadline", None) is not None and c.deadline <= now]:
-            conn.expire()
+        expired = [c for c in self.connections if getattr(c, "deadline", None) is not None and c.deadline <= now]
+        for conn in expired:
+            if not conn.transport.is_closing():
+                conn.expire()
         self.handle = self.loop.call_later(self.interval, self.sweep) if self.connections else None
 
 
