@@ -4,14 +4,15 @@ Content-Type or Content-Length is refused."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from app.web.strict import strict_request_middleware
 from tests.conftest import BrokerProcess
 from tests.rawhttp import exchange, request_bytes, start_broker
-
-pytestmark = pytest.mark.live
 
 NOT_FOUND = {"error": "not_found"}
 INVALID = {"error": "invalid_request", "error_description": "The request is missing a parameter or is otherwise malformed."}
@@ -78,6 +79,7 @@ HEADERS = [
 ]
 
 
+@pytest.mark.live
 @pytest.mark.parametrize(("request_", "status", "body"), PATHS + HEADERS)
 def test_one_spelling_per_request(broker: BrokerProcess, request_: bytes, status: int, body: object) -> None:
     response = exchange(broker.port, request_)
@@ -85,6 +87,30 @@ def test_one_spelling_per_request(broker: BrokerProcess, request_: bytes, status
     assert response.headers["content-type"] == "application/json"
 
 
+@pytest.mark.live
 def test_unparsable_request_gets_the_json_error(broker: BrokerProcess) -> None:
     response = exchange(broker.port, b"GARBAGE\r\n\r\n")
     assert (response.status, response.json()) == (400, INVALID)
+
+
+@pytest.mark.parametrize(("scope", "status"), [
+    pytest.param({"raw_path": b"/token"}, None, id="canonical"),
+    pytest.param({"raw_path": b"/token?a=b"}, None, id="query left on raw_path by a test client"),
+    pytest.param({"raw_path": b"/broker/token", "root_path": "/broker"}, None, id="behind a root path"),
+    pytest.param({"raw_path": b"/token", "root_path": "/broker"}, 404, id="root path missing"),
+    pytest.param({}, 404, id="no raw_path: what was sent is unknown"),
+])
+def test_raw_path_forms(scope: dict[str, Any], status: int | None) -> None:
+    """The same check on ASGI scopes uvicorn does not produce (other servers, test clients)."""
+    sent: list[Any] = []
+    reached: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(True)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    full = {"type": "http", "path": "/token", "path_template": "/token", "path_params": {}, "headers": [], **scope}
+    asyncio.run(strict_request_middleware(app)(full, None, send))
+    assert (sent[0]["status"] if sent else None, bool(reached)) == (status, status is None)

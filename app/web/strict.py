@@ -69,14 +69,13 @@ async def _answer(send: Any, status: int, body: bytes) -> None:
 
 
 def _same_path_otherwise(scope: Any, expected: bytes | None) -> bool:
-    """The comparison when ``raw_path`` is not simply the route's path: absent (it is optional in
-    ASGI), with a query left on it (Litestar's test client; uvicorn strips it, and a "?" cannot be
-    part of a path), or behind a ``root_path``."""
-    if expected is None:
-        return False
+    """The comparison when ``raw_path`` is not simply the route's path: with a query left on it
+    (Litestar's test client; uvicorn strips it, and a "?" cannot be part of a path) or behind a
+    ``root_path``. Without ``raw_path`` (optional in ASGI) what was sent is unknown: refused."""
     raw = scope.get("raw_path")
-    sent = scope["path"].encode() if raw is None else raw.partition(b"?")[0]
-    return sent == (scope.get("root_path") or "").encode() + expected
+    if expected is None or raw is None:
+        return False
+    return raw.partition(b"?")[0] == (scope.get("root_path") or "").encode() + expected
 
 
 def strict_request_middleware(app: Any) -> Any:
