@@ -97,7 +97,7 @@ def test_unparsable_request_gets_the_json_error(broker: BrokerProcess) -> None:
     pytest.param({"raw_path": b"/token"}, None, id="canonical"),
     pytest.param({"raw_path": b"/token?a=b"}, None, id="query left on raw_path by a test client"),
     pytest.param({"raw_path": b"/broker/token", "root_path": "/broker"}, None, id="behind a root path"),
-    pytest.param({"raw_path": b"/token", "root_path": "/broker"}, 404, id="root path missing"),
+    pytest.param({"raw_path": b"/broker//token", "root_path": "/broker"}, 404, id="behind a root path, double slash"),
     pytest.param({}, 404, id="no raw_path: what was sent is unknown"),
 ])
 def test_raw_path_forms(scope: dict[str, Any], status: int | None) -> None:
