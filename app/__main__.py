@@ -36,43 +36,45 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = Settings.from_env()
-    except ConfigError as exc:
+        if args.command == "keys":
+            return _keys_init(settings)
+        if args.command == "registry":
+            return _registry(settings, args.action)
+        return _serve(args, settings)
+    except ConfigError as exc:  # also a keys folder open to other users (KeyModeError), before any worker starts
         print(f"token-broker: configuration error: {exc}", file=sys.stderr)
         return 2
-    if args.command in ("keys", "registry"):
-        return _keys_init(settings) if args.command == "keys" else _registry(settings, args.action)
-    if args.command == "serve":
-        import uvicorn
 
-        if args.workers > 1 and settings.embedded:
-            print("token-broker: --workers > 1 needs BROKER_REDIS_URL (the embedded store is per process)", file=sys.stderr)
-            return 2
-        from app.keystore import ensure_signing_keys
-        from app.service.admin import read_clients_file
 
-        if settings.clients_file:  # the same check the start-up load makes, before any worker starts
-            try:
-                read_clients_file(settings, settings.clients_file, now=time.time())
-            except ConfigError as exc:
-                print(f"token-broker: configuration error: {exc}", file=sys.stderr)
-                return 2
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
 
-        ensure_signing_keys(settings.keys_dir, settings.signing_alg)  # create once, before workers fork
-        uvicorn.run(
-            "app.web.asgi:app",
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_level="warning",
-            access_log=False,
-            server_header=False,
-            # uvicorn trusts X-Forwarded-For from loopback unless told otherwise; the broker reads
-            # it only from BROKER_TRUSTED_PROXIES (the per-address rate limit keys on the result).
-            proxy_headers=bool(settings.trusted_proxies),
-            forwarded_allow_ips=list(settings.trusted_proxies),
-            # SIGTERM: stop accepting, let in-flight requests finish, then exit (rolling restarts).
-            timeout_graceful_shutdown=args.graceful_timeout,
-        )
+    from app.keystore import ensure_signing_keys
+    from app.service.admin import read_clients_file
+    from app.web.server import uvicorn_options
+
+    if args.workers > 1 and settings.embedded:
+        print("token-broker: --workers > 1 needs BROKER_REDIS_URL (the embedded store is per process)", file=sys.stderr)
+        return 2
+    if settings.clients_file:  # the same check the start-up load makes, before any worker starts
+        read_clients_file(settings, settings.clients_file, now=time.time())
+    ensure_signing_keys(settings.keys_dir, settings.signing_alg)  # create once, before workers fork
+    uvicorn.run(
+        "app.web.asgi:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        # Header size cap, header/body read deadlines, connection cap, JSON-only logging.
+        **uvicorn_options(settings),
+        access_log=False,
+        server_header=False,
+        # uvicorn trusts X-Forwarded-For from loopback unless told otherwise; the broker reads
+        # it only from BROKER_TRUSTED_PROXIES (the per-address rate limit keys on the result).
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=list(settings.trusted_proxies),
+        # SIGTERM: stop accepting, let in-flight requests finish, then exit (rolling restarts).
+        timeout_graceful_shutdown=args.graceful_timeout,
+    )
     return 0
 
 

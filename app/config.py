@@ -84,6 +84,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # the right ceiling depends on the Redis size and the number of clients, see docs/operations.md).
     client_quota: int = 0
     client_quota_window: int = 60
+    # HTTP server bounds per worker (app/web/server.py): bytes of request line + headers, seconds
+    # to receive the header section and the declared body, and connections before requests get 503.
+    http_header_max: int = 16384
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 10.0
+    http_max_connections: int = 1000
 
     @property
     def token_endpoint(self) -> str:
@@ -188,6 +194,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("BROKER_CLIENT_QUOTA must be between 0 (off) and 100000000 requests")
         if not 1 <= self.client_quota_window <= 86400:
             raise ConfigError("BROKER_CLIENT_QUOTA_WINDOW must be between 1 and 86400 seconds")
+        _check_http_bounds(self)
 
     def _validate_issuer(self) -> None:
         parts = urlsplit(self.issuer)
@@ -200,6 +207,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("BROKER_ISSUER must use https except on loopback")
         if self.issuer.endswith("/"):
             raise ConfigError("BROKER_ISSUER must not end with '/' (it is compared byte for byte)")
+
+
+def _check_http_bounds(settings: Settings) -> None:
+    if not 1024 <= settings.http_header_max <= 1_048_576:
+        raise ConfigError("BROKER_HTTP_HEADER_MAX must be between 1024 and 1048576 bytes")
+    for name in ("http_header_timeout", "http_body_timeout"):
+        if not 0.1 <= getattr(settings, name) <= 3600:
+            raise ConfigError(f"BROKER_{name.upper()} must be between 0.1 and 3600 seconds")
+    if not 1 <= settings.http_max_connections <= 1_000_000:
+        raise ConfigError("BROKER_HTTP_MAX_CONNECTIONS must be between 1 and 1000000")
 
 
 def _coerce(var: str, raw: str, typ: object) -> object:

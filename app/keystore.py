@@ -1,8 +1,7 @@
 """Key files on disk: the broker's signing keys and locally generated private keys.
 
-Private keys are written with mode 0600 and never logged: a new key file is created with O_EXCL
-(never over an existing file); a state change rewrites it through a 0600 temporary file and a
-rename. A signing key file is ``<keys_dir>/signing/<kid>.json``::
+Private keys are written with mode 0600 (created with O_EXCL, never overwritten) in folders
+created with mode 0700, and never logged; a start refuses a keys folder other users can write to. A signing key file is ``<keys_dir>/signing/<kid>.json``::
 
     {"kid": ..., "alg": "ES256", "state": "active", "created_at": 1790000000, "jwk": {private JWK}}
 
@@ -15,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 from joserfc.errors import JoseError
 
+from app.config import ConfigError
 from app.oauth.access_token import TokenSigner
 from app.oauth.constants import ALG_KEY_TYPES
 from app.oauth.jose import KEY_TYPES, VerificationKey, import_jwk, verification_key
@@ -65,11 +66,52 @@ def public_jwk(key: Any, *, alg: str, kid: str | None = None) -> dict[str, Any]:
 
 def write_private(path: Path, data: dict[str, Any]) -> None:
     """Create ``path`` with mode 0600; refuse to overwrite an existing file."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh, indent=2)
         fh.write("\n")
+
+
+def make_private_dirs(folder: Path) -> None:
+    """Create ``folder`` and its missing parents with mode 0700, whatever the umask.
+
+    ``mkdir(mode=...)`` is filtered by the umask, and ``parents=True`` creates the parents with
+    the default mode: under umask 000 the keys folder became 0777. Each folder created here is
+    chmod-ed explicitly; folders that already existed are left as they are (``check_key_modes``
+    refuses a keys folder others can write to).
+    """
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for created in reversed(missing):
+        try:
+            created.mkdir(mode=0o700)
+        except FileExistsError:  # another process made it in between: it chmods its own
+            continue
+        os.chmod(created, 0o700)
+
+
+class KeyModeError(KeyFileError, ConfigError):
+    """The keys folder or a private key file is open to other users; the message says what to run."""
+
+
+def check_key_modes(keys_dir: Path) -> None:
+    """Refuse a keys folder (or ``signing/``) that group or others can write to, and a private key
+    file that group or others can read or write: any local user could read or replace the keys."""
+    folders = [f for f in (keys_dir, signing_dir(keys_dir)) if f.is_dir()]
+    for folder in folders:
+        mode = stat.S_IMODE(folder.stat().st_mode)
+        if mode & 0o022:
+            raise KeyModeError(f"keys folder {folder} is writable by group or others (mode {mode:04o}); "
+                               f"run: chmod 700 {folder}")
+    files = [f for f in (keys_dir / "admin.jwk",) if f.is_file()] + sorted(signing_dir(keys_dir).glob("*.json"))
+    for path in files:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise KeyModeError(f"private key file {path} is readable or writable by group or others "
+                               f"(mode {mode:04o}); run: chmod 600 {path}")
 
 
 def read_json(path: Path) -> Any:
@@ -147,6 +189,7 @@ class SigningKeySet(msgspec.Struct, frozen=True):
 
 def ensure_signing_keys(keys_dir: Path, alg: str) -> SigningKeySet:
     """Load the signing keys; on a first start with an empty folder, create one active key."""
+    check_key_modes(keys_dir)
     keys = load_signing_keys(keys_dir)
     if not keys:
         try:

@@ -3,12 +3,19 @@
 Events are dotted nouns and verbs (``token.issued``, ``client_auth.rejected``). Assertions,
 tokens and private keys are never passed to a logger; attacker-controlled strings are truncated
 and rendered by stdlib ``json`` (which escapes CR/LF and lone surrogates instead of raising).
+
+In a served process, standard-library logging (uvicorn, httpx, asyncio, ``warnings``) goes through
+the same renderer, so every line the process writes is one JSON object: ``uvicorn_log_config`` is
+the logging configuration uvicorn applies in every process it starts (supervisor and workers),
+instead of its text formatters. Third-party records are kept at WARNING and above (httpx logs each
+request's full URL at INFO), and any URL in them loses its query string.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from typing import Any
 
@@ -27,6 +34,58 @@ def _truncate(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
 
 def _dumps(obj: Any, **kw: Any) -> str:
     return json.dumps(obj, default=repr, ensure_ascii=True, separators=(",", ":"))
+
+
+#: Loggers of other libraries: their records below WARNING are dropped.
+_FOREIGN_LEVEL = logging.WARNING
+_URL_QUERY = re.compile(r"""([A-Za-z][A-Za-z0-9+.-]*://[^\s?#"']*)\?[^\s#"']*""")
+
+
+def _strip_url_queries(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """A third-party message may quote a URL (a client's jwks_uri); its query is not logged."""
+    for k, v in event.items():
+        if isinstance(v, str) and "://" in v:
+            event[k] = _URL_QUERY.sub(r"\1?[query removed]", v)
+    return event
+
+
+def stdlib_formatter() -> logging.Formatter:
+    """Standard-library records rendered as the broker's JSON lines (third-party URL queries removed)."""
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _strip_url_queries,
+            _truncate,
+        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.JSONRenderer(serializer=_dumps)],
+    )
+
+
+def process_handler() -> logging.Handler:
+    """The root handler of a served process (stdout); ``warnings.warn`` output goes through it too."""
+    logging.captureWarnings(True)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(stdlib_formatter())
+    return handler
+
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """``logging.config.dictConfig`` input for uvicorn, applied in each process it starts."""
+    foreign = logging.getLevelName(_FOREIGN_LEVEL)
+    loggers: dict[str, Any] = {name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.error", "uvicorn.access")}
+    # Request lines with full URLs are INFO/DEBUG: keep them out even if the root level is lowered.
+    loggers.update({name: {"level": foreign} for name in ("httpx", "httpcore")})
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"json": {"()": "app.log.process_handler"}},
+        "root": {"handlers": ["json"], "level": foreign},
+        "loggers": loggers,
+    }
 
 
 def configure(level: str = "info", stream: Any = None) -> None:

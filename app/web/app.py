@@ -48,6 +48,7 @@ from app.web.metrics import http_metrics_middleware
 from app.web.openapi import openapi_document
 from app.web.responses import json_response, oauth_error
 from app.web.routes import ROUTES
+from app.web.strict import strict_request_middleware
 
 
 def create_app(settings: Settings, *, redis: Any = None, clock: Callable[[], float] = time.time, log_stream: Any = None) -> Litestar:
@@ -62,7 +63,8 @@ def create_app(settings: Settings, *, redis: Any = None, clock: Callable[[], flo
     return Litestar(
         route_handlers=ROUTES,
         lifespan=[_lifespan(settings, state, log, close=client if redis is None else None)],
-        middleware=[http_metrics_middleware(metrics)],
+        middleware=[strict_request_middleware, http_metrics_middleware(metrics)],
+        logging_config=None,  # no text handlers: served processes log JSON only (app.log.uvicorn_log_config)
         request_max_body_size=settings.body_max,
         exception_handlers={OAuthError: _oauth_error, HTTPException: _http_error, Exception: _unexpected_error},
         state=State(state),

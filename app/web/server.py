@@ -1,0 +1,198 @@
+"""The HTTP server: uvicorn's httptools protocol with bounded header sections and read deadlines.
+
+httptools (llhttp) has no header size limit of its own, and its Python wrapper grows a header
+value by concatenation, so one unfinished 100 MB header costs memory and seconds of event loop.
+uvicorn's h11 protocol has a cap (``h11_max_incomplete_event_size``) but answers it with a 400 and
+parses in pure Python on every request. This subclass keeps httptools and adds:
+
+- a byte budget for each request line + header section (``BROKER_HTTP_HEADER_MAX``): the parser
+  is never fed more than the budget; past it the answer is 431 and the connection closes;
+- a deadline for the header section (from the connection's start, or from the read that began the
+  next request on a kept-alive connection: ``BROKER_HTTP_HEADER_TIMEOUT``) and one for the declared
+  body (from the read that ended the headers: ``BROKER_HTTP_BODY_TIMEOUT``); more bytes do not
+  extend them. On expiry: 408 if a request had begun and nothing of its answer was sent, then
+  close. One timer per process checks the deadlines, so a request costs no timer of its own (its
+  deadline is a float, set only when a read leaves the request incomplete);
+- parse errors answered with the broker's JSON ``invalid_request`` body instead of uvicorn's text.
+
+The budget counts the bytes of each read while a header section is open. Bytes that arrive in the
+same read as the end of the previous request (pipelining) are not counted: at most one socket read
+(256 KiB) beyond the budget, never growing.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from app import log as broker_log
+from app.config import Settings
+from app.oauth.errors import InvalidRequest, OAuthError
+
+
+class HeadersTooLarge(OAuthError):
+    status_code = 431
+    description = "The request headers are too large."
+
+
+class RequestTimeout(OAuthError):
+    status_code = 408
+    description = "The request was not received in time."
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    header_max: int
+    header_timeout: float
+    body_timeout: float
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run`` that bound what one connection can hold."""
+    limits = HttpLimits(settings.http_header_max, settings.http_header_timeout, settings.http_body_timeout)
+    return {
+        # A partial of a module-level class pickles, so worker processes get the same limits.
+        "http": functools.partial(BoundedHttpToolsProtocol, limits=limits),
+        # uvicorn answers 503 (its text body) to a request that arrives while this many
+        # connections are open counting its own, so N are served and connection N + 1 is refused.
+        "limit_concurrency": settings.http_max_connections + 1,
+        "log_config": broker_log.uvicorn_log_config(),
+        "log_level": "warning",
+    }
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, limits: HttpLimits, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = limits
+        # Bytes the open header section may still use; None while a body is being read.
+        self._budget: int | None = limits.header_max
+        # loop.time() by which the open header section or body must be complete; None when idle.
+        self._deadline: float | None = None
+        self._in_request = False  # a request line has begun and its message is not complete
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline = self.loop.time() + self._limits.header_timeout
+        _sweeper(self).watch()
+
+    def data_received(self, data: bytes) -> None:
+        while self._budget is not None and len(data) > self._budget:
+            head, data = data[: self._budget], data[self._budget :]
+            self._budget = 0
+            if head:
+                _data_received(self, head)  # may end the header section; the rest is then the body
+            if self.transport.is_closing():
+                return
+            if self._budget == 0:  # still inside the same header section: refuse before buffering more
+                self._refuse(HeadersTooLarge("headers_too_large"), self._previous_done())
+                return
+        if self._budget is not None:
+            self._budget -= len(data)
+        if data:
+            _data_received(self, data)
+        if self._deadline is None:  # this read left a request incomplete: its deadline starts now
+            if self._budget is None:
+                self._deadline = self.loop.time() + self._limits.body_timeout
+            elif self._in_request or self._budget < self._limits.header_max:  # (or blank lines before one)
+                self._deadline = self.loop.time() + self._limits.header_timeout
+
+    # Parser callbacks run for every request: attribute writes only (deadlines are set after the
+    # read, and only when it left a request incomplete), base methods called without super().
+    def on_message_begin(self) -> None:
+        self._in_request = True
+        _on_message_begin(self)
+
+    def on_headers_complete(self) -> None:
+        self._budget = None
+        self._deadline = None
+        _on_headers_complete(self)
+
+    def on_message_complete(self) -> None:
+        self._budget = self._limits.header_max
+        self._deadline = None
+        self._in_request = False
+        _on_message_complete(self)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn calls this on a parse error (it has logged a warning): same answer, JSON body."""
+        self._answer_and_close(InvalidRequest("http_parse_error"))
+
+    def expire(self) -> None:
+        """The deadline passed: 408 if a request had begun and nothing of its answer was sent."""
+        self._deadline = None
+        if not self._in_request:  # nothing of a request arrived: close quietly, like an idle kept-alive connection
+            self.transport.close()
+        elif self._budget is None:  # reading the body: the answer may already be out (sent early)
+            self._refuse(RequestTimeout("body_timeout"), self.cycle is None or not self.cycle.response_started)
+        else:
+            self._refuse(RequestTimeout("header_timeout"), self._previous_done())
+
+    @property
+    def deadline(self) -> float | None:
+        return self._deadline
+
+    def _previous_done(self) -> bool:
+        """No earlier (pipelined) answer on this connection is still being written."""
+        return self.cycle is None or self.cycle.response_complete
+
+    def _refuse(self, error: OAuthError, can_answer: bool) -> None:
+        broker_log.get_logger().info("http.request_refused", reason=error.reason, status=error.status_code,
+                                     source=self.client[0] if self.client else None)
+        if can_answer:
+            self._answer_and_close(error)
+        else:
+            self.transport.close()
+
+    def _answer_and_close(self, error: OAuthError) -> None:
+        body = error.body()
+        head = [STATUS_LINE[error.status_code]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [b"content-type: application/json\r\ncache-control: no-store\r\ncontent-length: ",
+                 str(len(body)).encode(), b"\r\nconnection: close\r\n\r\n", body]
+        self.transport.write(b"".join(head))
+        self.transport.close()
+
+
+_data_received = HttpToolsProtocol.data_received
+_on_message_begin = HttpToolsProtocol.on_message_begin
+_on_headers_complete = HttpToolsProtocol.on_headers_complete
+_on_message_complete = HttpToolsProtocol.on_message_complete
+
+
+class _Sweeper:
+    """One timer per server (process): closes the connections whose deadline has passed."""
+
+    def __init__(self, protocol: BoundedHttpToolsProtocol) -> None:
+        self.loop = protocol.loop
+        self.connections = protocol.connections
+        limits = protocol._limits
+        self.interval = max(0.05, min(1.0, limits.header_timeout / 4, limits.body_timeout / 4))
+        self.handle: Any = None
+
+    def watch(self) -> None:
+        if self.handle is None:
+            self.handle = self.loop.call_later(self.interval, self.sweep)
+
+    def sweep(self) -> None:
+        now = self.loop.time()
+        expired = [c for c in self.connections if getattr(c, "deadline", None) is not None and c.deadline <= now]
+        for conn in expired:
+            if not conn.transport.is_closing():
+                conn.expire()
+        self.handle = self.loop.call_later(self.interval, self.sweep) if self.connections else None
+
+
+_SWEEPERS: weakref.WeakKeyDictionary[Any, _Sweeper] = weakref.WeakKeyDictionary()
+
+
+def _sweeper(protocol: BoundedHttpToolsProtocol) -> _Sweeper:
+    sweeper = _SWEEPERS.get(protocol.server_state)
+    if sweeper is None:
+        sweeper = _SWEEPERS[protocol.server_state] = _Sweeper(protocol)
+    return sweeper
