@@ -41,7 +41,12 @@ from app.service.jwks_fetch import JwksFetchError, fetch_jwks, parse_fetched_jwk
 from app.service.registry_state import RegistryWatch
 from app.store.base import ClientRegistry, JwksUriCache, RecordUnreadable, RegistryLost, StoreUnavailable
 
+#: Prepared clients kept per process (a deployment with more registered clients re-reads some).
 MAX_CACHED = 10_000
+#: client_ids the registry does not know, remembered so that repeats cost no Redis read. Kept apart
+#: from the prepared clients and evicted oldest first: a flood of random ``iss`` values (anyone can
+#: send them) pushes out only other unknown ids, never a real client.
+MAX_UNKNOWN = 10_000
 #: Unknown kid from a static client: re-read its record at most this often (seconds, per client).
 STATIC_RELOAD_INTERVAL = 1.0
 _MISS = object()
@@ -80,7 +85,8 @@ class ClientDirectory:
         self._poll_interval = poll_interval
         self._log = log
         self._clock = clock
-        self._cache: dict[str, Client | None] = {}
+        self._cache: dict[str, Client] = {}
+        self._unknown: dict[str, None] = {}  # insertion-ordered: the first key is the oldest
         self._generation = 0
         self._epoch: int | None = None
         self._jwks_cache = jwks_cache
@@ -97,13 +103,13 @@ class ClientDirectory:
         if self._watch is not None and self._watch.lost:  # two attribute reads on the hot path
             raise RegistryLost("registry_lost")
         client = self._cache.get(client_id, _MISS)
-        if client is None:
-            return None
         if client is not _MISS:
             assert isinstance(client, Client)
             if (kid is None or kid in client.keys) and client.refresh_at > self._clock():
                 return client
             return await self._redo(client, kid)
+        if client_id in self._unknown:
+            return None
         generation = self._generation
         record = await self._load(client_id)
         prepared = None
@@ -163,10 +169,18 @@ class ClientDirectory:
             return None
 
     def _store(self, client_id: str, client: Client | None, generation: int) -> None:
-        if generation == self._generation:
-            if len(self._cache) >= MAX_CACHED:
-                self._cache.clear()
-            self._cache[client_id] = client
+        if generation != self._generation:
+            return
+        if client is None:
+            self._cache.pop(client_id, None)
+            if len(self._unknown) >= MAX_UNKNOWN:
+                del self._unknown[next(iter(self._unknown))]
+            self._unknown[client_id] = None
+            return
+        self._unknown.pop(client_id, None)
+        if len(self._cache) >= MAX_CACHED:
+            self._cache.clear()
+        self._cache[client_id] = client
 
     # -- jwks_uri ----------------------------------------------------------------------------
 
@@ -292,6 +306,7 @@ class ClientDirectory:
     def invalidate(self) -> None:
         self._generation += 1
         self._cache.clear()
+        self._unknown.clear()
 
     async def refresh(self) -> None:
         try:
