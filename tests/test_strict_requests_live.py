@@ -17,7 +17,7 @@ from tests.rawhttp import exchange, request_bytes, start_broker
 NOT_FOUND = {"error": "not_found"}
 INVALID = {"error": "invalid_request", "error_description": "The request is missing a parameter or is otherwise malformed."}
 NO_CLIENT = {"error": "invalid_client", "error_description": "Client authentication failed."}
-NO_BEARER = {"error": "invalid_token", "error_description": "The access token is invalid or expired."}
+NO_BEARER: dict[str, str] = {}  # RFC 6750 §3.1: no credentials, a bare challenge without an error code
 FORM = [("Content-Type", "application/x-www-form-urlencoded")]
 GRANT = b"grant_type=client_credentials"
 
