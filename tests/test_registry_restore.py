@@ -172,8 +172,8 @@ def admin_cli(url: str, admin_key: Path, *args: str, cwd: Path = ROOT) -> subpro
 
 
 def register_with_key(url: str, admin_key: Path, keys_dir: Path, client_id: str, *extra: str) -> None:
-    done = admin_cli(url, admin_key, "register", client_id, "--scope", "read write", "--audience", RS1,
-                     "--keys-dir", str(keys_dir), *extra)
+    done = admin_cli(url, admin_key, "register", client_id, "--scope", "read write", "--default-scope", "read",
+                     "--audience", RS1, "--keys-dir", str(keys_dir), *extra)
     assert done.returncode == 0, done.stderr
 
 
