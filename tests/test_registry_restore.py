@@ -277,3 +277,104 @@ def test_export_wipe_recreate_import_gives_back_identical_records_and_working_cl
     assert key_file_token(bp.url, str(keys / "reports.jwk"), "reports").status_code == 401  # still disabled
     again = admin_cli(bp.url, key, "import", str(out))
     assert (again.returncode, again.stdout.splitlines()[-1]) == (0, "import: 0 created, 0 updated, 3 skipped")
+
+
+# -- the documented backup and restore procedure -------------------------------------------------------
+
+PROCEDURE = re.compile(r"<!-- procedure: (\S+) -->\s*```sh\n(.*?)```", re.S)
+
+
+def documented(name: str) -> list[str]:
+    """The commands of one procedure block of docs/operations.md, as written there."""
+    blocks = {m.group(1): m.group(2) for m in PROCEDURE.finditer((ROOT / "docs" / "operations.md").read_text())}
+    return [line.strip() for line in blocks[name].splitlines() if line.strip()]
+
+
+class PersistentRedis:
+    """A redis-server run as the docs ask (AOF, fsync every second) in its own data folder."""
+
+    def __init__(self, data: Path) -> None:
+        self.dir, self.port = data, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+        data.mkdir()
+
+    def start(self, *extra: str) -> None:
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+                                      str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                                      *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: self.command("PING"), 10, what="redis-server", ignore=(OSError, subprocess.SubprocessError))
+
+    def command(self, *args: str) -> Any:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        try:
+            return client.execute_command(*args)
+        except redis.RedisError as exc:
+            raise OSError(str(exc)) from None
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def follow(name: str, env: dict[str, str], redis_server: PersistentRedis) -> list[str]:
+    """Run a documented procedure line by line; starting Redis is the one step the deployment
+    decides (the docs start it from its config file): here the same server, with the flags the
+    docs add. Returns: the last command's output lines."""
+    output: list[str] = []
+    for line in documented(name):
+        if line.startswith("redis-server "):
+            assert redis_server.proc is not None
+            redis_server.proc.wait(10)  # the documented shutdown stopped it
+            redis_server.start(*shlex.split(line)[2:])
+            continue
+        command = sys.executable + line[len("python"):] if line.startswith("python ") else line
+        done = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+        output = done.stdout.splitlines()
+    return output
+
+
+@pytest.mark.redis
+@pytest.mark.live
+def test_the_documented_backup_and_restore_procedure(spawn_broker, tmp_path: Path) -> None:
+    server = PersistentRedis(tmp_path / "redis-data")
+    server.start()
+    try:
+        _backup_and_restore(spawn_broker, tmp_path, server)
+    finally:
+        server.stop()
+
+
+def _backup_and_restore(spawn_broker: Any, tmp_path: Path, server: PersistentRedis) -> None:
+    bp = spawn_broker(redis_url=server.url)
+    key, keys, ids = spawn_broker.keys_dir / "admin.jwk", tmp_path / "ck", ["orders", "billing"]
+    for cid in ids:
+        register_with_key(bp.url, key, keys, cid)
+    before = registry_records(server.command, ids)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}, "BROKER_URL": bp.url,
+           "BROKER_ADMIN_KEY": str(key), "BROKER_REDIS_URL": server.url, "BROKER_KEYS_DIR": str(spawn_broker.keys_dir),
+           "BACKUP": str(tmp_path / "backup"), "REDIS_DIR": str(server.dir)}
+    follow("backup", env, server)
+
+    for restore, printed in (("restore-snapshot", ["skipped billing: unchanged (version 1)",
+                                                   "skipped orders: unchanged (version 1)"]),
+                             ("restore-export", ["created billing (version 1)", "created orders (version 1)"])):
+        server.command("FLUSHALL")
+        wait_until(lambda: not bp.ready(), 10, what="the broker to notice the loss")
+        assert follow(restore, env, server) == [*printed, _summary(printed)]
+        wait_until(bp.ready, 15, what=f"the broker to serve again after {restore}")
+        assert registry_records(server.command, ids) == before
+        for cid in ids:
+            assert key_file_token(bp.url, str(keys / f"{cid}.jwk"), cid).status_code == 200
+    assert (server.dir / "appendonlydir").is_dir()  # AOF back on after the snapshot was loaded
+
+
+def _summary(lines: list[str]) -> str:
+    created = sum(line.startswith("created ") for line in lines)
+    return f"import: {created} created, 0 updated, {len(lines) - created} skipped"
