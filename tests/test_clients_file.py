@@ -129,7 +129,7 @@ def test_the_file_wins_for_the_clients_it_lists_and_leaves_the_others_alone(file
     assert (drift["level"], drift["client_ids"]) == ("warning", ["f1"])
     assert filed.app.state.metrics.value(CLIENTS_FILE_DRIFT) == 1
     assert "broker_clients_file_drift_total 1" in filed.app.state.metrics.render().decode()
-    assert (record(filed, "f1")["enabled"] if "enabled" in record(filed, "f1") else True) is True
+    assert record(filed, "f1").get("enabled", True) is True
     assert_token(filed.get_token(F1))
     assert record(filed, "api-only")["token_lifetime"] == 900  # not listed: the API's change stands
     # A client deleted through the API comes back; one dropped from the file stays registered.

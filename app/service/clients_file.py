@@ -76,6 +76,9 @@ class ClientsFile:
         #: Clients the registry refused in the version in force (each logged once).
         self._refused: set[str] = set()
         self._reseeding = False
+        #: One check or load at a time (the poller, and a restored registry's ``load``): a write
+        #: is told apart from drift by what is pending, which a concurrent pass would clear.
+        self._lock = asyncio.Lock()
 
     def _fingerprint(self) -> tuple[int, int, int] | None:
         try:
@@ -98,6 +101,10 @@ class ClientsFile:
         """Apply the file in full. Raises ``ConfigError`` (the start stops) for an invalid file at
         start, or a listed key registered for a client the file does not list; on a restored
         registry an invalid file is logged and the version in force is applied instead."""
+        async with self._lock:
+            await self._load()
+
+    async def _load(self) -> None:
         seen = self._fingerprint()
         try:
             document = self._read()
@@ -124,6 +131,10 @@ class ClientsFile:
     async def check(self) -> None:
         """One poll: re-create a lost registry (when the file allows it), or apply the file when
         it or the registry changed."""
+        async with self._lock:
+            await self._check()
+
+    async def _check(self) -> None:
         if self._watch.lost:
             await self._reseed()
             return
