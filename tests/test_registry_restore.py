@@ -378,3 +378,21 @@ def _backup_and_restore(spawn_broker: Any, tmp_path: Path, server: PersistentRed
 def _summary(lines: list[str]) -> str:
     created = sum(line.startswith("created ") for line in lines)
     return f"import: {created} created, 0 updated, {len(lines) - created} skipped"
+
+
+def test_import_refuses_to_overwrite_an_admin_client_of_the_clients_file(tmp_path: Path, clock: Any) -> None:
+    from app.config import Settings
+    from tests.helpers import ISS
+
+    ops = TestClient("ops", scopes=("broker:admin",), default_scopes=("broker:admin",), audiences=(ISS + "/admin",),
+                     default_audience=ISS + "/admin")
+    path = tmp_path / "clients.json"
+    path.write_text(json.dumps({"clients": [{**ops.metadata(), "admin": True}]}))
+    with Broker(Settings(issuer=ISS, keys_dir=tmp_path / "keys", clients_file=str(path)), clock) as b:
+        plain = TestClient("ops")
+        body = {**plain.metadata(), "registration_id": "abcdefghijklmnop", "version": 9}
+        before = stored(b, "ops")
+        r = put(b, "ops", body, "true")
+        assert (r.status_code, r.json()) == (400, bad(
+            "this admin client is configured by the operator in the clients file; change it there"))
+        assert stored(b, "ops") == before
