@@ -68,6 +68,13 @@ LEGACY_AUD_ACCEPTED = _declare("broker_client_auth_legacy_aud_accepted_total", "
 REGISTRY_LOST = _declare("broker_registry_lost", "gauge",
                          "1 while the client registry's marker is missing from Redis (restarted empty, flushed, "
                          "failed over to an empty replica) or the registry was never created; 0 when it is served.")
+# -- the clients file (app.service.clients_file) --------------------------------------------------
+CLIENTS_FILE_DRIFT = _declare("broker_clients_file_drift_total", "counter",
+                              "Clients the clients file lists that were changed elsewhere (admin API, import) and put "
+                              "back to what the file says.")
+CLIENTS_FILE_ERRORS = _declare("broker_clients_file_errors_total", "counter",
+                               "Versions of the clients file that could not be read or validated (the version applied "
+                               "before stays in force), and listed clients the registry refused (a key another client holds).")
 # -- stores (app.store) ---------------------------------------------------------------------------
 REDIS_ERRORS = _declare("broker_redis_errors_total", "counter",
                         "Redis calls that failed (timeout, refused, error reply), by store.", "op", "error")

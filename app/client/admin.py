@@ -7,7 +7,8 @@ calls the admin API (shaped after RFC 7591 / RFC 7592) with that Bearer token (R
 Onboarding either registers a public key the service generated on its own machine (``keygen``
 there, ``--public-key`` here: the private key never leaves that machine), or generates the pair
 here and writes the private key with mode 0600 (never overwriting a file); only the public key is
-sent. Errors are ``AdminError``: what went wrong and what to do, never key material.
+sent. Errors are ``AdminError``: what went wrong and what to do, never key material. Export and
+import of the whole registry are in ``app.client.admin_backup``.
 """
 
 from __future__ import annotations
@@ -187,6 +188,20 @@ class BrokerAdmin:
 
     def delete(self, client_id: str) -> None:
         self.call("DELETE", "/admin/clients/" + _path(client_id))
+
+    def put_record(self, record: dict[str, Any], *, force: bool = False) -> tuple[int, dict[str, Any]]:
+        """Restore one whole record (``PUT /admin/clients/{id}/record``).
+
+        Returns: (status, body) for an answer about the record: 201 / 200 (``result`` created,
+        updated or unchanged, and the stored ``client``), 400 / 409 (refused: ``error_description``
+        says why). Raises: ``AdminError`` for anything that stops the whole import (no broker, a
+        refused admin token, no store)."""
+        path = f"/admin/clients/{_path(record['client_id'])}/record" + ("?force=true" if force else "")
+        response = self.request("PUT", path, record)
+        if response.status_code in (200, 201, 400, 409):
+            return response.status_code, _json_object(response)
+        raise self._refusal(response, f"{_error_text(response)} (HTTP {response.status_code}): the import stopped at "
+                                      f"{record['client_id']!r}; fix that and run it again (it skips what is there)")
 
 
 def _path(value: str) -> str:

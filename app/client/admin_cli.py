@@ -3,8 +3,9 @@
 Every command authenticates with the admin private key (private_key_jwt, RFC 7523) and talks to
 one broker replica; every replica sees the change within a second (``keygen`` alone works
 offline: the service team runs it on its own machine). Output is JSON on stdout (``list``: a table
-unless ``--json``); errors go to stderr as one line saying what to do, with exit status 2 for a
-wrong command line and 1 for everything else (a broker refusal, a key file in the way).
+unless ``--json``; ``import``: one line per client and a summary, ``app.client.admin_backup``);
+errors go to stderr as one line saying what to do, with exit status 2 for a wrong command line and
+1 for everything else (a broker refusal, a key file in the way, a client an import could not restore).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from app.client.admin import (
     onboard,
     read_public_keys,
 )
+from app.client.admin_backup import export_document, import_file, write_export
 
 _EPILOG = """\
 examples:
@@ -40,6 +42,8 @@ examples:
   %(prog)s disable billing-api                 # every replica refuses it within 1 s
   %(prog)s enable billing-api
   %(prog)s delete billing-api
+  %(prog)s export --out clients.json           # every client, whole (a backup; a clients file)
+  %(prog)s import clients.json                 # put them back: skips what is there or newer
 
 The broker URL comes from --broker or BROKER_URL (default http://127.0.0.1:8000); the admin key
 from --admin-key (default keys/admin.jwk, written by the broker on its first start in dev mode).
@@ -91,7 +95,27 @@ def build_parser() -> argparse.ArgumentParser:
                        ("delete", "delete the client and its keys (not reversible)")):
         p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         p.add_argument("client_id")
+    _backup_commands(sub)
     return parser
+
+
+def _backup_commands(sub: Any) -> None:
+    """``export`` and ``import``: the registry as a file, and back (docs/operations.md, backups)."""
+    exp = sub.add_parser(
+        "export", help="write every client, whole, as a clients file (a backup)",
+        description="Write every client (metadata, public keys or jwks_uri, enabled, registration_id, version, "
+                    "times) in the BROKER_CLIENTS_FILE format, to stdout or --out. The bootstrap admin client is "
+                    "left out: the broker writes it from its own configuration.")
+    exp.add_argument("--out", type=Path, metavar="FILE", help="write to FILE (replaced whole) instead of stdout")
+    imp = sub.add_parser(
+        "import", help="restore the clients of an export (created / updated / skipped, one line each)",
+        description="Put back every client of an export, each in one atomic write; unchanged clients are "
+                    "skipped, and so is a client the registry holds in a newer version or as another "
+                    "registration (unless --force). Admin clients are never imported. Exit status 1 when "
+                    "a client was refused.")
+    imp.add_argument("file", type=Path, metavar="FILE", help="the file `export` wrote")
+    imp.add_argument("--force", action="store_true",
+                     help="replace newer records and other registrations of the same client_id too")
 
 
 def _keygen_command(add_parser: Any) -> None:
@@ -266,7 +290,24 @@ def _call(admin: BrokerAdmin, args: argparse.Namespace, metadata: dict[str, Any]
     if cmd == "delete":
         admin.delete(args.client_id)
         return {"client_id": args.client_id, "deleted": True}
+    if cmd in ("export", "import"):
+        return _backup(admin, args)
     raise AssertionError(cmd)  # pragma: no cover - argparse restricts the commands
+
+
+class _Printed(int):
+    """The exit status of a command that printed its own output as it went (``import``)."""
+
+
+def _backup(admin: BrokerAdmin, args: argparse.Namespace) -> Any:
+    if args.command == "import":
+        return _Printed(import_file(admin, args.file, admin_client_id=args.admin_client_id, force=args.force,
+                                    emit=lambda line: print(line, flush=True)))
+    document = export_document(admin, args.admin_client_id)
+    if args.out is None:
+        return document
+    write_export(args.out, document)
+    return f"exported {len(document['clients'])} clients to {args.out}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt:  # pragma: no cover
         return 130
+    if isinstance(result, _Printed):
+        return int(result)
     try:
         sys.stdout.write(result if isinstance(result, str) else json.dumps(result, indent=2, sort_keys=True) + "\n")
         sys.stdout.flush()

@@ -4,8 +4,9 @@ A client has either ``jwks`` (registered public keys) or ``jwks_uri`` (keys fetc
 see ``app.service.jwks_fetch``), never both. Metadata is validated by
 ``app.service.client_metadata.build_record``. ``legacy_token_endpoint_aud_until`` opens a
 time-boxed migration window in which the token endpoint URL is also accepted as the assertion
-``aud``. ``load_clients_file`` applies an optional declarative clients file (``BROKER_CLIENTS_FILE``)
-at start.
+``aud``. The optional declarative clients file (``BROKER_CLIENTS_FILE``) is applied at start and on
+every change by ``app.service.clients_file``, through ``assert_record``. ``import_record`` puts
+back a whole record as ``broker_admin.py export`` wrote it (``PUT /admin/clients/{id}/record``).
 
 Every write is conditional and atomic in the registry (``ClientRegistry.put``): a register
 creates only an absent client_id (409 otherwise), an update replaces only the registration and
@@ -51,12 +52,14 @@ from app.service.client_metadata import (
     read_clients_file,
     refuse_reserved_client_id,
     same_registration,
+    with_identity,
 )
 from app.service.directory import ClientDirectory
 from app.service.ssrf import refuse_inward_names
 from app.store.base import CREATE, ClientRegistry, KeyShared, RecordUnreadable, RegistryConflict, TokenStore
 
-__all__ = ["LEGACY_AUD_MAX_WINDOW", "AdminService", "Conflict", "InsufficientScope", "NotFound", "admin_key_path",
+__all__ = ["LEGACY_AUD_MAX_WINDOW", "AdminService", "Conflict", "Imported", "InsufficientScope", "NotFound",
+           "admin_key_path",
            "bootstrap_admin_record", "build_record", "read_clients_file"]
 
 
@@ -65,11 +68,20 @@ class NotFound(Exception):
 
 
 class Conflict(Exception):
-    """409: ``exists`` (the client_id is registered) or ``changed`` (changed since it was read)."""
+    """409: ``exists`` (the client_id is registered) or ``changed`` (changed since it was read); an
+    import also ``registration_differs``, ``newer`` or ``diverged``, with a ``detail`` saying how."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.detail = detail
+
+
+class Imported(msgspec.Struct, frozen=True):
+    """What ``import_record`` did: ``created``, ``updated`` or ``unchanged``, and the stored record."""
+
+    result: str
+    client: ClientRecord
 
 
 class InsufficientScope(Exception):
@@ -97,6 +109,9 @@ class AdminService:
         self._keys = verification_keys
         self._log = log
         self._clock = clock
+        #: The clients file's watcher (``app.service.clients_file.ClientsFile``), when
+        #: ``BROKER_CLIENTS_FILE`` is set: ``start_registrations`` applies the file through it.
+        self.clients_file: Any = None
 
     async def authenticate(self, authorization: str | None) -> str:
         """Return the admin's client_id, or raise InvalidToken / InsufficientScope."""
@@ -126,8 +141,8 @@ class AdminService:
     async def start_registrations(self) -> None:
         """What every start asserts: the admin client, the clients file, the key index."""
         await self.bootstrap_admin()
-        if self._settings.clients_file:
-            await self.load_clients_file(self._settings.clients_file)
+        if self.clients_file is not None:
+            await self.clients_file.load()
         await self.index_keys()
 
     async def bootstrap_admin(self) -> None:
@@ -136,41 +151,28 @@ class AdminService:
         registration, next version); an unchanged one is not rewritten."""
         admin = bootstrap_admin_record(self._settings, self._log, int(self._clock()))
         try:
-            wrote = await self._assert(msgspec.structs.replace(admin, registration_id=new_registration_id()))
+            wrote = await self.assert_record(msgspec.structs.replace(admin, registration_id=new_registration_id()))
         except InvalidClientMetadata as exc:  # its key is registered for another client
             raise ConfigError(f"the admin client ({admin.client_id!r}): {exc.detail}") from None
         if wrote:
             self._log.info("admin.bootstrap_asserted", client_id=admin.client_id)
 
-    async def load_clients_file(self, path: str) -> int:
-        """Create or replace every client listed in a JSON file (see ``read_clients_file``).
+    async def assert_record(self, wanted: ClientRecord) -> bool:
+        """Make the stored record say what ``wanted`` says (times, version and registration id
+        aside, ``same_registration``). Absent: ``wanted`` is created as it is. Different: replaced
+        in the same registration at the next version. Returns: whether it wrote.
 
-        Clients not in the file are left alone; a client whose stored record already matches is
-        not rewritten (so every replica can load the same file at start).
-        """
-        records = read_clients_file(self._settings, path, now=self._clock())
-        changed = 0
-        for record in records:
-            try:
-                if not await self._assert(record):
-                    continue
-            except InvalidClientMetadata as exc:  # a key registered for a client not in the file
-                raise ConfigError(f"BROKER_CLIENTS_FILE={path}: client {record.client_id!r}: {exc.detail}") from None
-            changed += 1
-            self._log.info("admin.client_loaded", source="clients_file", client_id=record.client_id)
-        self._log.info("admin.clients_file_loaded", path=path, clients=len(records), changed=changed)
-        return changed
-
-    async def _assert(self, wanted: ClientRecord) -> bool:
-        """Make the stored record say what ``wanted`` says. Returns: whether it wrote."""
-        for _ in range(3):  # another replica starting at the same moment may write in between
+        Every write is a compare-and-set, so replicas asserting the same record at the same moment
+        write it once: the others find it already there."""
+        for _ in range(3):
             current = await self._read(wanted.client_id)
             if current is not None and same_registration(current, wanted):
                 return False
             record = wanted
             if current is not None:
                 record = msgspec.structs.replace(wanted, registration_id=current.registration_id,
-                                                 created_at=current.created_at, version=current.version + 1)
+                                                 created_at=current.created_at, updated_at=int(self._clock()),
+                                                 version=current.version + 1)
             try:
                 await self._write(record, current if current is not None else CREATE)
             except Conflict:
@@ -267,6 +269,42 @@ class AdminService:
             raise NotFound(client_id)
         self._log.info("admin.client_deleted", admin=admin, client_id=client_id)
 
+    # -- restore ----------------------------------------------------------------------------------
+
+    async def import_record(self, admin: str, client_id: str, body: Any, *, force: bool) -> Imported:
+        """Put back a whole record as ``broker_admin.py export`` wrote it, its registration id,
+        version and times included, in one compare-and-set write (atomic per client).
+
+        Absent → created; the very same record → unchanged (nothing written); the same registration
+        at a lower version → updated. Another registration of the client_id, a newer version, or
+        other content at the same version is refused (409) unless ``force``. Admin clients are
+        never imported: they come from the operator's configuration."""
+        record = self._imported_record(client_id, body)
+        current = await self._registry.get(client_id)
+        if current is not None and current.admin:
+            raise InvalidClientMetadata("admin_protected", _FILE_ADMIN)
+        if current == record:
+            return Imported("unchanged", record)
+        if current is not None:
+            record = _over(current, record, force=force)
+        await self._refuse_inward_jwks_uri(record, previous=current.jwks_uri if current else None)
+        await self._write(record, current if current is not None else CREATE)
+        result = "created" if current is None else "updated"
+        self._log.info("admin.client_imported", admin=admin, client_id=client_id, result=result,
+                       registration_id=record.registration_id, version=record.version, forced=force)
+        return Imported(result, record)
+
+    def _imported_record(self, client_id: str, body: Any) -> ClientRecord:
+        if not isinstance(body, dict) or body.get("client_id", client_id) != client_id:
+            raise InvalidClientMetadata("metadata_invalid", "send a JSON object (a whole record) whose client_id "
+                                        "is the one in the path")
+        if body.get("admin", False) is not False or client_id == self._settings.admin_client_id:
+            raise InvalidClientMetadata("admin_protected", _NOT_IMPORTED)
+        body = {**body, "client_id": client_id}
+        record = build_record(self._settings, body, existing=None, now=self._clock())
+        refuse_reserved_client_id(self._settings, client_id)
+        return with_identity(record, body, required=True)
+
     # -- helpers --------------------------------------------------------------------------------
 
     async def _read(self, client_id: str) -> ClientRecord | None:
@@ -310,6 +348,30 @@ class AdminService:
 
 
 _FILE_ADMIN = "this admin client is configured by the operator in the clients file; change it there"
+_NOT_IMPORTED = ("admin clients are not imported through the admin API: they come from the operator's configuration "
+                 "(BROKER_ADMIN_JWKS, or \"admin\": true in the clients file)")
+
+
+def _over(current: ClientRecord, record: ClientRecord, *, force: bool) -> ClientRecord:
+    """The imported record to write over ``current``; ``Conflict`` when the stored one is another
+    registration or not older, unless ``force``."""
+    if current.registration_id != record.registration_id:
+        reason, detail = "registration_differs", ("the registry holds another registration of this client_id "
+                                                  "(deleted and registered again since the export)")
+    elif current.version > record.version:
+        reason, detail = "newer", (f"the registry holds a newer version of this registration (version "
+                                   f"{current.version}; the record is version {record.version})")
+    elif current.version == record.version:
+        reason, detail = "diverged", f"the registry holds version {current.version} of this registration with other content"
+    else:
+        return record
+    if not force:
+        raise Conflict(reason, detail + "; force=true replaces it")
+    if current.registration_id == record.registration_id:
+        # Above the replaced version: the token cache keys on (registration, version), so nothing
+        # cached for the replaced record is ever served for this one.
+        return msgspec.structs.replace(record, version=current.version + 1)
+    return record
 
 
 def _refuse_operator_fields(metadata: Any) -> None:

@@ -10,12 +10,18 @@ Admin privileges come from the operator only: the ``broker:`` scope namespace (a
 audience ``<issuer>/admin`` are refused unless the record is an admin client, and only the
 operator's configuration makes one (``BROKER_ADMIN_JWKS``, or ``"admin": true`` in the clients
 file). No I/O here but reading the clients file.
+
+A record's identity (``registration_id``, ``version``, ``created_at``, ``updated_at``) is the
+broker's to set, except when a record is put back as it was: an export (``broker_admin.py
+export``) carries it, the import endpoint and the clients file take it (``with_identity``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import re
 
 import msgspec
 
@@ -43,6 +49,13 @@ _GRANT_TYPES = frozenset({GRANT_CLIENT_CREDENTIALS})
 _ORDINARY_BROKER_SCOPES = frozenset({INTROSPECT_SCOPE})
 #: Record fields only the broker or the operator sets; metadata sent to the admin API may not name them.
 OPERATOR_FIELDS = ("admin", "registration_id")
+#: The fields that make a stored record the same registration at the same point of its history.
+IDENTITY_FIELDS = ("registration_id", "version", "created_at", "updated_at")
+#: ``new_registration_id`` makes 16 URL-safe characters; the empty string is a legacy registration.
+#: Never a '.': an access token's jti is ``<registration_id>.<random>``.
+_REGISTRATION_ID_RE = re.compile(r"[A-Za-z0-9_-]{0,64}")
+#: A bound on version and times that JSON and Lua (doubles) carry exactly.
+_MAX_INT = 2**53 - 1
 
 
 def build_record(settings: Settings, metadata: Any, *, existing: ClientRecord | None, now: float,
@@ -201,6 +214,30 @@ def _list(metadata: dict[str, Any], name: str) -> list[Any]:
     return list(value)
 
 
+def with_identity(record: ClientRecord, metadata: dict[str, Any], *, required: bool) -> ClientRecord:
+    """``record`` with the identity fields ``metadata`` carries (as ``export`` writes them).
+
+    ``required``: ``registration_id`` and ``version`` must be there (the import endpoint restores a
+    record as it was); otherwise missing ones keep the record's (a clients-file entry).
+    """
+    missing = [name for name in IDENTITY_FIELDS[:2] if name not in metadata]
+    if required and missing:
+        raise InvalidClientMetadata("record_incomplete", f"{missing[0]} is missing: send a whole record, as "
+                                    "`broker_admin.py export` writes it")
+    changes: dict[str, Any] = {}
+    registration = metadata.get("registration_id", record.registration_id)
+    if not isinstance(registration, str) or not _REGISTRATION_ID_RE.fullmatch(registration):
+        raise InvalidClientMetadata("registration_id_invalid",
+                                    "registration_id must be up to 64 characters of A-Z a-z 0-9 _ -")
+    changes["registration_id"] = registration
+    for name in IDENTITY_FIELDS[1:]:
+        value = metadata.get(name, getattr(record, name))
+        if type(value) is not int or not 0 <= value <= _MAX_INT:
+            raise InvalidClientMetadata(f"{name}_invalid", f"{name} must be a whole number from 0 to 2^53 - 1")
+        changes[name] = value
+    return msgspec.structs.replace(record, **changes)
+
+
 def same_registration(a: ClientRecord, b: ClientRecord) -> bool:
     """Whether two records say the same thing (times, version and registration id aside)."""
     blank = {"created_at": 0, "updated_at": 0, "version": 0, "registration_id": ""}
@@ -218,14 +255,30 @@ def refuse_reserved_client_id(settings: Settings, client_id: str) -> None:
         )
 
 
+class ClientsDocument(msgspec.Struct, frozen=True):
+    """A clients file, validated."""
+
+    clients: list[ClientRecord]
+    #: ``"restore_lost_registry": true`` at the top: the file lists every client that matters, so a
+    #: lost registry may be re-created from it without the operator (``app.service.clients_file``).
+    restore_lost_registry: bool = False
+
+
 def read_clients_file(settings: Settings, path: str, *, now: float) -> list[ClientRecord]:
-    """The clients of a JSON file (``{"clients": [...]}`` or a list), validated; no I/O but reading it.
+    """The clients of a JSON file (``{"clients": [...]}`` or a list), validated (``read_clients_document``)."""
+    return read_clients_document(settings, path, now=now).clients
+
+
+def read_clients_document(settings: Settings, path: str, *, now: float) -> ClientsDocument:
+    """A clients file (``{"clients": [...]}`` or a list), validated; no I/O but reading it.
 
     An entry may say ``"admin": true``: an admin client (``broker:admin`` scope, admin audience)
-    configured by the operator. Any invalid entry, a client_id listed twice or one public key in two
-    entries (unless both allow it) raises ``ConfigError`` naming the file and the client, so
-    ``serve`` can check the file before it starts (one line, exit 2) and the start-up load cannot
-    half-apply it.
+    configured by the operator. An entry may carry its identity (``registration_id``, ``version``,
+    ``created_at``, ``updated_at``, as ``export`` writes them): a client created from the file gets
+    it, so a registry re-seeded from an export holds the same registrations. Any invalid entry, a
+    client_id listed twice or one public key in two entries (unless both allow it) raises
+    ``ConfigError`` naming the file and the client, so ``serve`` can check the file before it
+    starts (one line, exit 2) and neither the start-up load nor a reload can half-apply it.
     """
     try:
         data = msgspec.json.decode(Path(path).read_bytes())
@@ -234,6 +287,13 @@ def read_clients_file(settings: Settings, path: str, *, now: float) -> list[Clie
     entries = data.get("clients") if isinstance(data, dict) else data
     if not isinstance(entries, list):
         raise ConfigError(f"BROKER_CLIENTS_FILE={path}: expected a list of clients or {{\"clients\": [...]}}")
+    restore = data.get("restore_lost_registry", False) if isinstance(data, dict) else False
+    if type(restore) is not bool:
+        raise ConfigError(f"BROKER_CLIENTS_FILE={path}: restore_lost_registry must be true or false")
+    return ClientsDocument(_file_entries(settings, path, entries, now), restore)
+
+
+def _file_entries(settings: Settings, path: str, entries: list[Any], now: float) -> list[ClientRecord]:
     records: list[ClientRecord] = []
     for index, metadata in enumerate(entries):
         name = metadata.get("client_id") if isinstance(metadata, dict) else None
@@ -248,7 +308,8 @@ def _file_entry(settings: Settings, metadata: Any, earlier: list[ClientRecord], 
     if isinstance(metadata, dict) and metadata.get("client_id") == settings.admin_client_id:
         raise InvalidClientMetadata("admin_protected", "the admin client comes from BROKER_ADMIN_JWKS")
     admin = _flag(metadata, "admin", False) if isinstance(metadata, dict) else False
-    record = build_record(settings, metadata, existing=None, now=now, admin=admin)
+    record = with_identity(build_record(settings, metadata, existing=None, now=now, admin=admin), metadata,
+                           required=False)
     if client_id_reserved(record.client_id, (*RESERVED_CLIENT_ID_PREFIXES, *settings.reserved_client_id_prefixes)):
         raise InvalidClientMetadata("client_id_reserved", "client_id is in a reserved user-subject namespace")
     if any(r.client_id == record.client_id for r in earlier):

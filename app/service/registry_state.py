@@ -21,9 +21,11 @@ R = X, F = X            normal.
 R = Y, F = X            Redis holds another deployment's registry: treated as lost.
 ======================  ===============================================================
 
-Restoring is explicit: put back the data with its marker (a Redis backup, or an import), or accept
-the loss with ``python -m app registry recreate``, which sets the marker to F again (an empty
-registry). Every replica polls the marker with the epoch (``ClientDirectory.refresh``, one
+Restoring is explicit: put back the data with its marker (a Redis backup), or accept the loss with
+``python -m app registry recreate``, which sets the marker to F again (an empty registry, into
+which ``broker_admin.py import`` puts back an export). The one automatic path: a clients file that
+declares itself complete (``"restore_lost_registry": true``) lets a replica set a *missing* marker
+to F again (``app.service.clients_file``). Every replica polls the marker with the epoch (``ClientDirectory.refresh``, one
 ``MGET``) and follows (``RegistryWatch``): marker gone → ``registry.lost`` (error, once),
 ``broker_registry_lost`` 1, ``/readyz`` 503, clients answered 503; marker back → the start-up
 registrations (admin client, clients file) are re-asserted, then ``registry.restored``.

@@ -29,6 +29,7 @@ from app.oauth import metadata as oauth_metadata
 from app.oauth.errors import InvalidRequest, OAuthError, ServerError
 from app.service.admin import AdminService
 from app.service.client_auth import ClientAuthenticator
+from app.service.clients_file import ClientsFile
 from app.service.directory import ClientDirectory, JwksUriPolicy
 from app.service.introspection import IntrospectionService
 from app.service.quota import CountedReplayGuard
@@ -95,6 +96,11 @@ def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], flo
     replay = CountedReplayGuard(tokens) if settings.client_quota else tokens
     auth = ClientAuthenticator(settings, directory=directory, replay=replay, limiter=limiter, log=log, clock=clock)
     cache = TokenCache(settings, store=tokens, metrics=metrics, log=log)
+    admin = AdminService(settings, registry=registry, directory=directory, tokens=tokens,
+                         verification_keys=keys.verification_keys, log=log, clock=clock)
+    if settings.clients_file:  # applied at start (admin.start_registrations) and on every change
+        admin.clients_file = ClientsFile(settings.clients_file, settings=settings, admin=admin, registry=registry,
+                                         watch=watch, log=log, metrics=metrics, clock=clock)
     return {
         "settings": settings,
         "log": log,
@@ -104,8 +110,8 @@ def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], flo
                                                 verification_keys=keys.verification_keys, log=log),
         "introspection_service": IntrospectionService(settings, authenticator=auth, directory=directory, tokens=tokens,
                                                       verification_keys=keys.verification_keys, log=log),
-        "admin_service": AdminService(settings, registry=registry, directory=directory, tokens=tokens,
-                                      verification_keys=keys.verification_keys, log=log, clock=clock),
+        "admin_service": admin,
+        "clients_file": admin.clients_file,
         "token_cache": cache,
         "health": registry,
         "registry": registry,
@@ -138,8 +144,8 @@ def _metadata(settings: Settings, keys: SigningKeys) -> Callable[[], bytes]:
 
 def _lifespan(settings: Settings, state: dict[str, Any], log: Any,
               close: Any) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
-    """Start: the admin client and clients file registered, clients loaded, pollers (and the Redis
-    memory gauges' refresh) running.
+    """Start: the admin client and clients file registered, clients loaded, pollers (the registry,
+    the keys folder, the clients file, the Redis memory gauges) running.
     ``close`` is the Redis client this app opened itself (None when the caller passed one in)."""
     directory: ClientDirectory = state["directory"]
 
@@ -151,6 +157,7 @@ def _lifespan(settings: Settings, state: dict[str, Any], log: Any,
         poller = asyncio.create_task(directory.run())
         key_poller = asyncio.create_task(state["key_reloader"].run())
         memory = state["redis_memory"] and asyncio.create_task(state["redis_memory"].run())
+        clients_file = state["clients_file"] and asyncio.create_task(state["clients_file"].run())
         state["drain"].install()
         log.info(
             "broker.started",
@@ -165,8 +172,9 @@ def _lifespan(settings: Settings, state: dict[str, Any], log: Any,
         finally:
             poller.cancel()
             key_poller.cancel()
-            if memory:
-                memory.cancel()
+            for task in (memory, clients_file):
+                if task:
+                    task.cancel()
             if close is not None:
                 await close.aclose()
 

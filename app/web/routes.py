@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 import msgspec
-from litestar import Request, Response, asgi, delete, get, patch, post, route
+from litestar import Request, Response, asgi, delete, get, patch, post, put, route
 from litestar.enums import HttpMethod
 from litestar.params import FromPath
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
@@ -203,13 +203,16 @@ async def _admin_call_logged(request: Request[Any, Any, Any], op: Any, status: i
     except NotFound:
         return json_response({"error": "not_found", "error_description": "No such client or key."}, 404)
     except Conflict as exc:
-        return json_response({"error": "invalid_client_metadata", "error_description": _CONFLICT[exc.reason]}, 409)
+        return json_response({"error": "invalid_client_metadata",
+                              "error_description": exc.detail or _CONFLICT[exc.reason]}, 409)
     except RecordUnreadable:
         return json_response({"error": "invalid_client_metadata", "error_description": _UNREADABLE}, 409)
     except StoreUnavailable:
         return oauth_error(TemporarilyUnavailable("store_unavailable"))
     if result is None:
         return Response(b"", status_code=204, headers=NO_STORE)
+    if isinstance(result, Response):
+        return result
     return json_response(msgspec.to_builtins(result), status)
 
 
@@ -283,6 +286,20 @@ async def admin_remove_key(request: Request[Any, Any, Any], client_id: FromPath[
     return await _admin_call(request, op)
 
 
+@put("/admin/clients/{client_id:str}/record")
+async def admin_import(request: Request[Any, Any, Any], client_id: FromPath[str]) -> Response[bytes]:
+    """Restore a whole record as ``broker_admin.py export`` wrote it (``AdminService.import_record``):
+    201 created, 200 updated or unchanged; ``?force=true`` replaces a newer record."""
+    async def op(svc: AdminService, admin: str) -> Any:
+        force = request.query_params.get("force", "false")
+        if force not in ("true", "false"):
+            raise InvalidClientMetadata("force_invalid", "force must be true or false")
+        done = await svc.import_record(admin, client_id, await _json_body(request), force=force == "true")
+        return json_response(msgspec.to_builtins(done), 201 if done.result == "created" else 200)
+
+    return await _admin_call(request, op)
+
+
 ROUTES = [
     openapi,
     token,
@@ -301,4 +318,5 @@ ROUTES = [
     admin_delete,
     admin_add_key,
     admin_remove_key,
+    admin_import,
 ]
