@@ -49,6 +49,11 @@ def _strip_url_queries(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]
     return event
 
 
+def without_query(url: str | None) -> str | None:
+    """A URL as the broker's own events carry it: a query may hold a tenant or a token, so it goes."""
+    return None if url is None else _URL_QUERY.sub(r"\1?[query removed]", url)
+
+
 def stdlib_formatter() -> logging.Formatter:
     """Standard-library records rendered as the broker's JSON lines (third-party URL queries removed)."""
     return structlog.stdlib.ProcessorFormatter(

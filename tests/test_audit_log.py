@@ -178,3 +178,15 @@ def _one_event_per_line(broker: Broker) -> list[dict[str, Any]]:
     assert all(isinstance(e, dict) and "event" in e for e in parsed)
     assert not [e for e in parsed if e["event"].endswith("unexpected_error")]
     return parsed
+
+
+def test_registered_jwks_uri_is_logged_without_its_query(broker: Broker) -> None:
+    """A jwks_uri query may carry a tenant or an access key: the audit event keeps the URL, not the query."""
+    uri = "https://93.184.216.34/jwks.json?tenant=secret-tenant-4f1c&sig=abc"
+    metadata = {"client_id": "remote", "jwks_uri": uri, "scopes": ["read"], "audiences": [RS1],
+                "token_endpoint_auth_signing_alg": "ES256"}
+    r = broker.http.post("/admin/clients", json=metadata, headers=admin_headers(broker))
+    assert r.status_code == 201, r.text
+    registered = [e for e in broker.logs() if e["event"] == "admin.client_registered"]
+    assert [e["jwks_uri"] for e in registered] == ["https://93.184.216.34/jwks.json?[query removed]"]
+    assert "secret-tenant-4f1c" not in broker.log_text()

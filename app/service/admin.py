@@ -34,6 +34,7 @@ from typing import Any
 
 import msgspec
 
+from app.log import without_query
 from app.config import ConfigError, Settings
 from app.keystore import generate_private_key, import_private_jwk, public_jwk, read_json, write_private
 from app.oauth.access_token import InvalidToken, VerificationKey, verify_access_token
@@ -203,7 +204,7 @@ class AdminService:
         await self._refuse_inward_jwks_uri(record, previous=None)
         await self._write(record, CREATE)
         self._log.info("admin.client_registered", admin=admin, client_id=record.client_id,
-                       kids=[k["kid"] for k in record.jwks.get("keys", ())], jwks_uri=record.jwks_uri)
+                       kids=[k["kid"] for k in record.jwks.get("keys", ())], jwks_uri=without_query(record.jwks_uri))
         return record
 
     async def get(self, client_id: str) -> ClientRecord:
