@@ -190,11 +190,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(f"BROKER_REDIS_SENTINELS must be host:port,host:port..., got {address!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("BROKER_LOG_LEVEL must be debug, info, warning or error")
-        if not 0 <= self.client_quota <= 100_000_000:
-            raise ConfigError("BROKER_CLIENT_QUOTA must be between 0 (off) and 100000000 requests")
-        if not 1 <= self.client_quota_window <= 86400:
-            raise ConfigError("BROKER_CLIENT_QUOTA_WINDOW must be between 1 and 86400 seconds")
-        _check_http_bounds(self)
+        _check_request_bounds(self)
 
     def _validate_issuer(self) -> None:
         parts = urlsplit(self.issuer)
@@ -209,7 +205,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("BROKER_ISSUER must not end with '/' (it is compared byte for byte)")
 
 
-def _check_http_bounds(settings: Settings) -> None:
+def _check_request_bounds(settings: Settings) -> None:
+    """The per-client quota and the HTTP server's bounds (app/web/server.py)."""
+    if not 0 <= settings.client_quota <= 100_000_000:
+        raise ConfigError("BROKER_CLIENT_QUOTA must be between 0 (off) and 100000000 requests")
+    if not 1 <= settings.client_quota_window <= 86400:
+        raise ConfigError("BROKER_CLIENT_QUOTA_WINDOW must be between 1 and 86400 seconds")
     if not 1024 <= settings.http_header_max <= 1_048_576:
         raise ConfigError("BROKER_HTTP_HEADER_MAX must be between 1024 and 1048576 bytes")
     for name in ("http_header_timeout", "http_body_timeout"):
