@@ -255,7 +255,7 @@ FIRST_RUN_MISTAKES = [
                  "give the scheme too, e.g. http://127.0.0.1:8000", id="broker-url-without-scheme"),
     pytest.param(lambda d: (*REGISTER, "--scope", "read", "--public-key", _x25519_jwk(d)), 2,
                  "broker_admin.py register: error: {x25519}: the key names no alg and its type (OKP X25519) implies "
-                 "none: add --alg (ES256, Ed25519, PS256, RS256, ES384), or use an EC P-256/P-384, Ed25519 or RSA key",
+                 "none: add --alg (ES256, ES384, PS256, RS256, Ed25519), or use an EC P-256/P-384, Ed25519 or RSA key",
                  id="jwk-without-alg-of-no-known-type"),
     pytest.param(lambda d: (*REGISTER, "--scope", "read", "--public-key", _rsa_1024(d, as_jwk=False)), 1, RSA_1024,
                  id="rsa-1024-pem-no-python-warning"),

@@ -32,11 +32,11 @@ from app.client.admin_keys import (
     write_private_key,
 )
 from app.client.assertion import ASSERTION_TYPE, make_client_assertion
+from app.oauth.constants import ADMIN_SCOPE, GRANT_CLIENT_CREDENTIALS, METADATA_PATH
 
 __all__ = ["ADMIN_SCOPE", "KEY_ALGS", "AdminError", "BrokerAdmin", "UsageError", "add_generated_key", "keygen",
            "load_private_jwk", "onboard", "read_public_keys"]
 
-ADMIN_SCOPE = "broker:admin"
 
 
 def check_broker_url(url: str) -> str:
@@ -75,7 +75,7 @@ class BrokerAdmin:
     @property
     def metadata(self) -> dict[str, Any]:
         if self._metadata is None:
-            response = self._send("GET", "/.well-known/oauth-authorization-server")
+            response = self._send("GET", METADATA_PATH)
             if response.status_code != 200:
                 raise AdminError(f"{self.broker_url} did not serve broker metadata (HTTP {response.status_code}): is --broker the broker's URL?")
             self._metadata = response.json()
@@ -103,7 +103,7 @@ class BrokerAdmin:
             assertion = make_client_assertion(self._key, client_id=self._admin_client_id, issuer=self.issuer,
                                               alg=self._alg, kid=self._kid)
             response = self._send("POST", "/token", data={
-                "grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion,
+                "grant_type": GRANT_CLIENT_CREDENTIALS, "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion,
                 "scope": ADMIN_SCOPE, "resource": self.issuer + "/admin",
             })
             if response.status_code == 401:

@@ -23,9 +23,11 @@ from joserfc.errors import SecurityWarning
 from app.client.credentials import ClientKey, default_alg
 from app.keystore import generate_private_key, public_jwk, write_private
 from app.oauth.clients import CLIENT_ID_RE
+from app.oauth.constants import ALG_KEY_TYPES
 from app.oauth.jose import KEY_TYPES, import_jwk
 
-KEY_ALGS = ("ES256", "Ed25519", "PS256", "RS256", "ES384")
+#: The algorithms a generated or registered key may be for: the broker's list, in its one order.
+KEY_ALGS = tuple(ALG_KEY_TYPES)
 T = TypeVar("T")
 
 

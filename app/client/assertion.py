@@ -13,9 +13,11 @@ from typing import Any
 
 from joserfc import jwt
 
+from app.oauth.constants import CLIENT_ASSERTION_TYPE
+
 ASSERTION_TYP = "client-authentication+jwt"
 #: ``client_assertion_type`` of a token request authenticated with a JWT (RFC 7523 §2.2).
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_TYPE = CLIENT_ASSERTION_TYPE
 #: The longest ``exp - iat`` this library signs, in seconds.
 MAX_LIFETIME = 60
 

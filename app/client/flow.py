@@ -26,8 +26,7 @@ from app.client.errors import BrokerError, BrokerUnavailable
 from app.client.renewal import CachedToken, RenewalPolicy
 from app.client.responses import token_endpoint_from, token_from
 from app.client.shared_cache import CACHE_ERRORS, SharedCacheCommands, cache_slot, decode_entry
-
-METADATA_PATH = "/.well-known/oauth-authorization-server"
+from app.oauth.constants import GRANT_CLIENT_CREDENTIALS, METADATA_PATH
 
 log = logging.getLogger("token_broker.client")
 
@@ -146,7 +145,7 @@ class TokenFlow:
             self.key.key, client_id=self.client_id, issuer=self.issuer, alg=self.key.alg, kid=self.key.kid,
             lifetime=self._assertion_lifetime, now=self.clock(),
         )
-        form = {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}
+        form = {"grant_type": GRANT_CLIENT_CREDENTIALS, "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}
         if key[0]:
             form["scope"] = key[0]
         if key[1]:
