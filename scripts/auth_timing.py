@@ -24,14 +24,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fakeredis.aioredis import FakeRedis  # noqa: E402
+from fakeredis.aioredis import FakeRedis
 
-from app.client.assertion import make_client_assertion  # noqa: E402
-from app.config import Settings  # noqa: E402
-from app.keystore import generate_private_key, public_jwk  # noqa: E402
-from app.oauth.errors import OAuthError  # noqa: E402
-from app.service.client_auth import EndpointRequest  # noqa: E402
-from app.web.app import create_app  # noqa: E402
+from app.client.assertion import make_client_assertion
+from app.config import Settings
+from app.keystore import generate_private_key, public_jwk
+from app.oauth.errors import OAuthError
+from app.service.client_auth import EndpointRequest
+from app.web.app import create_app
 
 ISSUER = "https://broker.test"
 URN = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.client.assertion import MAX_LIFETIME, make_client_assertion  # noqa: E402
-from app.client.credentials import ClientKey  # noqa: E402
+from app.client.assertion import MAX_LIFETIME, make_client_assertion
+from app.client.credentials import ClientKey
 
 
 def main() -> int:

@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.config import ConfigError, Settings  # noqa: E402
-from app.keystore import KeyFileError  # noqa: E402
-from app.service import signing_keys  # noqa: E402
+from app.config import ConfigError, Settings
+from app.keystore import KeyFileError
+from app.service import signing_keys
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,4 +20,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 source scripts/_setup.sh test
+echo "ruff check (lint: imports, unused names, obvious bugs)..." >&2
+.venv/bin/ruff check app tests scripts
 exec .venv/bin/python -m pytest "$@"

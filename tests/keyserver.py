@@ -20,7 +20,7 @@ class KeyServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 with owner._lock:
                     owner.hits.append(self.path)
                 mode = owner.mode

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 import pytest
-from joserfc.jwk import ECKey, OKPKey, RSAKey
+from joserfc.jwk import ECKey, OKPKey
 
 from app.client.admin import load_private_jwk
 from app.client.assertion import make_client_assertion

@@ -9,7 +9,7 @@ import stat
 import subprocess
 import sys
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -315,7 +315,7 @@ def test_list_is_a_table_by_default_and_json_with_every_record_on_request(embedd
     assert (result.returncode, result.stderr) == (0, "")
 
     def iso(t: int) -> str:
-        return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     assert [line.split() for line in result.stdout.splitlines()] == [
         ["client_id", "enabled", "scopes", "kids", "created"],

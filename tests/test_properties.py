@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from app.config import Settings
 from app.oauth.assertion import AssertionPolicy, VerifiedAssertion, parse_assertion, verify_assertion
 from app.oauth.clients import ClientRecord, prepare_client, validate_client_jwks
-from app.oauth.errors import InvalidClient, OAuthError
 from app.oauth.constants import CLIENT_ASSERTION_TYPE
+from app.oauth.errors import InvalidClient, OAuthError
 from app.oauth.request import parse_token_request
 from tests.conftest import GENERATED_INPUTS, Broker, FrozenClock
 from tests.helpers import ISS, TestClient, form, raw

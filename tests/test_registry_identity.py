@@ -11,7 +11,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from joserfc.jwk import ECKey, RSAKey
 
 from app.client.admin import load_private_jwk

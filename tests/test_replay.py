@@ -9,9 +9,9 @@ import pytest
 
 from app.config import Settings
 from app.store import keyspace
+from app.store.redis import RedisReplayGuard
 from tests.conftest import Broker
 from tests.expect import assert_invalid_client, assert_token
-from app.store.redis import RedisReplayGuard
 from tests.helpers import ISS, TestClient, form, jti_of
 
 

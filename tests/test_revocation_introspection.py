@@ -6,11 +6,11 @@ import httpx
 import pytest
 
 from app.keystore import generate_private_key
+from app.oauth import errors
 from app.oauth.access_token import AccessTokenClaims, TokenSigner
 from app.service.token_cache import REVOKED
 from tests.conftest import Broker
 from tests.expect import assert_error, assert_invalid_client, assert_token, error_body
-from app.oauth import errors
 from tests.helpers import ISS, RS1, RS2, URN, TestClient, decode_unverified, form
 
 INTROSPECTOR = TestClient("rs-1", scopes=("broker:introspect",), default_scopes=("broker:introspect",))

@@ -12,8 +12,8 @@ the one ``promote`` enforces with the real 300 s.
 from __future__ import annotations
 
 import threading
-from bisect import bisect_left
 import time
+from bisect import bisect_left
 from typing import Any
 
 import httpx
@@ -21,10 +21,10 @@ import pytest
 
 from app.oauth.access_token import verification_keys_from_jwks, verify_access_token
 from app.service import signing_keys
-from tests.redis_topology import redis_cluster, shared_redis  # noqa: F401 (fixtures)
-from tests.test_replay import _admin_register
 from tests.conftest import wait_until
 from tests.helpers import ISS, RS1, TestClient, decode_unverified, form
+from tests.redis_topology import redis_cluster, shared_redis  # noqa: F401 (fixtures)
+from tests.test_replay import _admin_register
 
 pytestmark = [pytest.mark.redis, pytest.mark.live]
 

@@ -19,7 +19,7 @@ from app.store.ratelimit import RedisFailureCounter
 from app.store.redis import RedisClientRegistry, RedisJwksUriCache, RedisReplayGuard, connect
 from app.store.token_cache import RedisTokenStore
 from tests.conftest import _redis_binary
-from tests.redis_topology import SentinelSetup, running, redis_cluster  # noqa: F401 (fixture)
+from tests.redis_topology import SentinelSetup, redis_cluster, running  # noqa: F401 (fixture)
 
 OPTS = {"timeout": 1.0, "retries": 1}
 

@@ -15,10 +15,10 @@ import msgspec
 import pytest
 
 from app.config import Settings
-from app.oauth.access_token import AccessTokenClaims, TokenSigner
-from app.oauth.grant import Grant
 from app.keystore import generate_private_key
 from app.metrics import Metrics
+from app.oauth.access_token import AccessTokenClaims, TokenSigner
+from app.oauth.grant import Grant
 from app.service.client_auth import EndpointRequest
 from app.service.token_cache import HITS, LOCK_MS, MINTED, MISSES, STAMPEDE_WAITS, CacheEntry, TokenCache
 from app.store import keyspace

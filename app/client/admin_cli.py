@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -239,7 +239,7 @@ def client_table(records: list[dict[str, Any]]) -> str:
         rows.append((
             r["client_id"], "true" if r.get("enabled", True) else "false", " ".join(r.get("scopes", ())) or "-",
             kids or ("(jwks_uri)" if r.get("jwks_uri") else "-"),
-            datetime.fromtimestamp(created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if created else "-",
+            datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if created else "-",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "".join("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]) + "\n" for row in rows)

@@ -34,9 +34,9 @@ from typing import Any
 
 import msgspec
 
-from app.log import without_query
 from app.config import ConfigError, Settings
 from app.keystore import generate_private_key, import_private_jwk, public_jwk, read_json, write_private
+from app.log import without_query
 from app.oauth.access_token import InvalidToken, VerificationKey, verify_access_token
 from app.oauth.clients import (
     ClientRecord,

@@ -18,10 +18,9 @@ export``) carries it, the import endpoint and the clients file take it (``with_i
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
-
-import re
 
 import msgspec
 

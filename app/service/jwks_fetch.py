@@ -49,7 +49,7 @@ def check_jwks_uri(url: Any, *, allow_http_loopback: bool) -> str:
     if parts.scheme not in ("https", "http") or not parts.hostname or parts.fragment or "@" in parts.netloc:
         raise InvalidClientMetadata("jwks_uri_invalid", "jwks_uri must be an absolute https URL without user info or fragment")
     try:
-        parts.port
+        _ = parts.port  # urllib parses the port lazily: a bad one raises here
     except ValueError:
         raise InvalidClientMetadata("jwks_uri_invalid", "jwks_uri has an invalid port") from None
     literal = _literal_ip(parts.hostname)

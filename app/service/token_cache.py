@@ -43,12 +43,11 @@ from app.metrics import CACHE_MISSES as MISSES
 from app.metrics import CACHE_STAMPEDE_WAITS as STAMPEDE_WAITS
 from app.metrics import TOKENS_MINTED as MINTED
 from app.metrics import TOKENS_REVOKED as REVOKED
-from app.oauth.assertion import jti_hash
 from app.oauth.access_token import AccessTokenClaims, TokenSigner
+from app.oauth.assertion import jti_hash
 from app.oauth.clients import jti_registration, registration_jti
 from app.oauth.grant import Grant
 from app.store.base import LOCK_MS, CacheLookup, StoreUnavailable, TokenStore
-
 
 _POLL_INTERVAL = 0.02
 _SIGNATURE = re.compile(r"[A-Za-z0-9_-]+")

@@ -16,7 +16,6 @@ from typing import Any
 from app.store import keyspace
 from app.store.redis import RedisStore
 
-
 # KEYS: the counters, then the markers. ARGV[1]: window (ms); ARGV[1 + i]: 0 to count counter i
 # always, or the index in KEYS of the marker that must be new for it to count.
 # Returns {count1, ttl1, count2, ttl2, ...}; {0, 0} for a counter its marker kept from counting.

@@ -14,15 +14,14 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.retry import Retry  # the sync Retry never retries a coroutine
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.asyncio.retry import Retry  # the sync Retry never retries a coroutine
 
 from app.metrics import REDIS_ERRORS, REDIS_SECONDS, Metrics
 from app.oauth.clients import ClientRecord, decode_record, encode_record, record_thumbprints
 from app.store import keyspace
-from app.store.base import (ANY, KeyShared, RecordUnreadable, RegistryConflict, RegistryLost, RegistryPoll,
-                            StoreUnavailable)
+from app.store.base import ANY, KeyShared, RecordUnreadable, RegistryConflict, RegistryLost, RegistryPoll, StoreUnavailable
 
 _STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError, UnicodeError)
 

@@ -36,7 +36,6 @@ from app.store import keyspace
 from app.store.base import LOCK_MS, CacheLookup, QuotaExceeded, StoreUnavailable
 from app.store.redis import RedisReplayGuard
 
-
 # The token endpoint's script, in parts: with the request quota off it is _REPLAY + _LOOKUP, with
 # it on _QUOTA_CHECK + _REPLAY + _QUOTA_COUNT + _LOOKUP (a second registered script, so the
 # quota costs nothing when it is off).

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
     pin = Pinning(not args.no_pin)
     log(f"pinning: {pin.describe()}")
     results: dict[str, Any] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "pinning": pin.describe(),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},

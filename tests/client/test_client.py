@@ -11,8 +11,16 @@ from typing import Any
 import httpx
 import pytest
 
-from app.client import (BrokerClient, BrokerError, BrokerUnavailable, ClientKey, HttpSettings, InvalidClientError,
-                        InvalidScopeError, RenewalPolicy)
+from app.client import (
+    BrokerClient,
+    BrokerError,
+    BrokerUnavailable,
+    ClientKey,
+    HttpSettings,
+    InvalidClientError,
+    InvalidScopeError,
+    RenewalPolicy,
+)
 from app.client.errors import InvalidTargetError
 from app.oauth.access_token import verification_keys_from_jwks, verify_access_token
 from tests.client.conftest import CountingTransport, ResourceServer

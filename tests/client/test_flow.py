@@ -15,9 +15,20 @@ import httpx
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.client import (AsyncSharedTokenCache, BrokerClient, BrokerError, BrokerUnavailable, CachedToken, ClientKey,
-                        HttpSettings, InvalidClientError, InvalidScopeError, InvalidTargetError, RenewalPolicy,
-                        SharedTokenCache)
+from app.client import (
+    AsyncSharedTokenCache,
+    BrokerClient,
+    BrokerError,
+    BrokerUnavailable,
+    CachedToken,
+    ClientKey,
+    HttpSettings,
+    InvalidClientError,
+    InvalidScopeError,
+    InvalidTargetError,
+    RenewalPolicy,
+    SharedTokenCache,
+)
 from app.client.auth import Fetch, Refused, bearer_flow
 from app.client.effects import Done, Effect, HttpCall, RedisCommand, Sleep, advance
 from app.client.flow import METADATA_PATH, TokenFlow

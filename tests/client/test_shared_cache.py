@@ -69,10 +69,10 @@ def test_invalidate_removes_the_shared_entry(make_client: Any, transport: Counti
 
 
 def test_redis_down_falls_back_to_direct_requests(make_client: Any, transport: CountingTransport) -> None:
-    from tests.conftest import free_port
-
     from redis.backoff import NoBackoff
     from redis.retry import Retry
+
+    from tests.conftest import free_port
 
     dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_timeout=0.2, socket_connect_timeout=0.2,
                        retry=Retry(NoBackoff(), 0))
