@@ -67,7 +67,7 @@ class Broker:
     def management(self) -> LitestarTestClient[Any]:
         """Not entered: it borrows the public client's portal (one event loop for the Redis client),
         and the management app has no lifespan of its own."""
-        client = LitestarTestClient(self.app.state.management_app, base_url="http://127.0.0.1:8001")
+        client = LitestarTestClient(self.app.state.management_app, base_url="http://127.0.0.1:8002")
         client.blocking_portal = self.http.blocking_portal
         return client
 

@@ -72,7 +72,7 @@ def test_management_app_serves_health_readiness_and_metrics(broker: Broker) -> N
     assert metrics.status_code == 200
     assert metrics.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     assert metrics.headers["cache-control"] == "no-store"
-    assert "# TYPE broker_tokens_issued_total counter" in metrics.text
+    assert 'broker_signing_keys{state="active"} 1' in metrics.text
 
 
 def test_management_app_shares_the_public_apps_state(broker: Broker) -> None:
@@ -136,7 +136,7 @@ def _check_listeners(bp: BrokerProcess) -> None:
     ready = exchange(bp.management_port, request_bytes("GET", "/readyz"))
     assert ready.status == 200 and ready.json()["status"] == "ready" and ready.json()["registry"] == "ok"
     metrics = exchange(bp.management_port, request_bytes("GET", "/metrics"))
-    assert metrics.status == 200 and b"# TYPE broker_tokens_issued_total counter" in metrics.body
+    assert metrics.status == 200 and b'broker_signing_keys{state="active"} 1' in metrics.body
     for target in ("/token", "/jwks.json", "/metrics/", "//metrics", "/%6detrics"):
         resp = exchange(bp.management_port, request_bytes("GET", target))
         assert (target, resp.status, resp.json()) == (target, 404, NOT_FOUND)
