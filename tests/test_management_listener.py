@@ -11,15 +11,19 @@ default) serves them, in every worker process.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from app.__main__ import main
+from app.config import ConfigError, Settings
 from scripts.processes import BrokerProcess, process_tree
-from tests.conftest import Broker, RedisServer, wait_until
+from tests.conftest import Broker, RedisServer, free_port, wait_until
 from tests.helpers import ISS
 from tests.rawhttp import exchange, request_bytes
 
@@ -99,6 +103,47 @@ def test_management_app_serves_nothing_public(broker: Broker, path: str) -> None
 def test_management_app_answers_canonical_paths_only(broker: Broker, path: str) -> None:
     resp = _get_raw(broker.management, path)
     assert (resp.status_code, resp.json()) == (404, NOT_FOUND)
+
+
+# -- settings ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    pytest.param({"BROKER_MANAGEMENT_HOST": "localhost"}, "BROKER_MANAGEMENT_HOST must be an IP address", id="host name"),
+    pytest.param({"BROKER_MANAGEMENT_HOST": "10.0.0.1/8"}, "BROKER_MANAGEMENT_HOST must be an IP address", id="network"),
+    pytest.param({"BROKER_MANAGEMENT_PORT": "0"}, "BROKER_MANAGEMENT_PORT must be between 1 and 65535", id="port 0"),
+    pytest.param({"BROKER_MANAGEMENT_PORT": "65536"}, "BROKER_MANAGEMENT_PORT must be between 1 and 65535", id="port too big"),
+    pytest.param({"BROKER_MANAGEMENT_PORT": "http"}, "BROKER_MANAGEMENT_PORT='http' is not a valid int", id="not a number"),
+])
+def test_management_settings_are_validated(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Settings.from_env(env)
+
+
+def test_management_settings_defaults_and_values() -> None:
+    assert (Settings().management_host, Settings().management_port) == ("127.0.0.1", 8002)
+    settings = Settings.from_env({"BROKER_MANAGEMENT_HOST": "::1", "BROKER_MANAGEMENT_PORT": "9464"})
+    assert (settings.management_host, settings.management_port) == ("::1", 9464)
+
+
+def test_serve_refuses_a_management_port_it_cannot_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Before uvicorn starts: the public port again, or a port something else listens on."""
+    monkeypatch.delenv("BROKER_REDIS_URL", raising=False)
+    monkeypatch.setenv("BROKER_KEYS_DIR", str(tmp_path / "keys"))
+    port = free_port()
+    monkeypatch.setenv("BROKER_MANAGEMENT_PORT", str(port))
+    assert main(["serve", "--port", str(port)]) == 2
+    assert capsys.readouterr().err == (f"token-broker: configuration error: BROKER_MANAGEMENT_PORT={port} is also the "
+                                       "public --port: give them different ports\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        monkeypatch.setenv("BROKER_MANAGEMENT_PORT", str(busy))
+        assert main(["serve", "--port", str(free_port())]) == 2
+    assert capsys.readouterr().err == ("token-broker: configuration error: cannot listen on BROKER_MANAGEMENT_HOST=127.0.0.1 "
+                                       f"BROKER_MANAGEMENT_PORT={busy}: Address already in use\n")
 
 
 # -- a live broker: real sockets, raw bytes ---------------------------------------------------------
