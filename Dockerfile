@@ -24,8 +24,12 @@ COPY scripts/rotate_signing_key.py scripts/demo.py ./scripts/
 RUN pip install . && rm -rf /root/.cache
 
 USER broker:broker
+# The public listener. The management listener (/metrics, /healthz, /readyz) stays on the
+# container's loopback (BROKER_MANAGEMENT_HOST=127.0.0.1, port 8002) unless the deployment opens
+# it to a private network, as compose.yaml does; it is not exposed here.
 EXPOSE 8000
-# /healthz: the process answers. Compose overrides this with /readyz (Redis and keys ready).
+# /healthz on the management listener: the process answers. Compose overrides this with /readyz
+# (Redis and keys ready).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
+  CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:%s/healthz' % (os.environ.get('BROKER_MANAGEMENT_PORT') or '8002'), timeout=2).status != 200)"]
 CMD ["python", "-m", "app", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -47,11 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
     from app.keystore import ensure_signing_keys
     from app.service.admin import read_clients_file
-    from app.web.server import uvicorn_options
+    from app.web.listeners import serve
 
     if args.workers > 1 and settings.embedded:
         print("token-broker: --workers > 1 needs BROKER_REDIS_URL (the embedded store is per process)", file=sys.stderr)
@@ -59,23 +57,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if settings.clients_file:  # the same check the start-up load makes, before any worker starts
         read_clients_file(settings, settings.clients_file, now=time.time())
     ensure_signing_keys(settings.keys_dir, settings.signing_alg)  # create once, before workers fork
-    uvicorn.run(
-        "app.web.asgi:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        # Header size cap, header/body read deadlines, connection cap, JSON-only logging.
-        **uvicorn_options(settings),
-        access_log=False,
-        server_header=False,
-        # uvicorn trusts X-Forwarded-For from loopback unless told otherwise; the broker reads
-        # it only from BROKER_TRUSTED_PROXIES (the per-address rate limit keys on the result).
-        proxy_headers=bool(settings.trusted_proxies),
-        forwarded_allow_ips=list(settings.trusted_proxies),
-        # SIGTERM: stop accepting, let in-flight requests finish, then exit (rolling restarts).
-        timeout_graceful_shutdown=args.graceful_timeout,
-    )
-    return 0
+    # The public listener on --host/--port, the management listener (/metrics, /healthz, /readyz)
+    # on BROKER_MANAGEMENT_HOST/PORT, both in every worker.
+    return serve(settings, host=args.host, port=args.port, workers=args.workers, graceful_timeout=args.graceful_timeout)
 
 
 def _add_registry_command(sub: Any) -> None:

@@ -90,6 +90,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     http_header_timeout: float = 10.0
     http_body_timeout: float = 10.0
     http_max_connections: int = 1000
+    # The management listener (app/web/listeners.py): /metrics, /healthz, /readyz, never on the
+    # public port. Loopback by default: the rejection counters by reason would tell a prober which
+    # client_ids and kids exist. The port is fixed rather than derived from --port (a second local
+    # broker on --port 8001 then fails loudly instead of moving it): 8002, next to the public 8000
+    # and clear of common neighbours' defaults (8001 kubectl proxy, 8080, 9090 Prometheus, 9100 node_exporter).
+    management_host: str = "127.0.0.1"
+    management_port: int = 8002
 
     @property
     def token_endpoint(self) -> str:
@@ -191,6 +198,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("BROKER_LOG_LEVEL must be debug, info, warning or error")
         _check_request_bounds(self)
+        _check_management_listener(self)
 
     def _validate_issuer(self) -> None:
         parts = urlsplit(self.issuer)
@@ -218,6 +226,16 @@ def _check_request_bounds(settings: Settings) -> None:
             raise ConfigError(f"BROKER_{name.upper()} must be between 0.1 and 3600 seconds")
     if not 1 <= settings.http_max_connections <= 1_000_000:
         raise ConfigError("BROKER_HTTP_MAX_CONNECTIONS must be between 1 and 1000000")
+
+
+def _check_management_listener(settings: Settings) -> None:
+    try:
+        ipaddress.ip_address(settings.management_host)
+    except ValueError:
+        raise ConfigError("BROKER_MANAGEMENT_HOST must be an IP address (127.0.0.1 by default; 0.0.0.0 only where "
+                          f"the network around it is private), got {settings.management_host!r}") from None
+    if not 1 <= settings.management_port <= 65535:
+        raise ConfigError("BROKER_MANAGEMENT_PORT must be between 1 and 65535")
 
 
 def _coerce(var: str, raw: str, typ: object) -> object:

@@ -164,13 +164,18 @@ class RedisServer:
 
 
 class BrokerProcess:
-    """A running ``python -m app serve``; its stdout and stderr go to ``log_path``."""
+    """A running ``python -m app serve``; its stdout and stderr go to ``log_path``.
 
-    def __init__(self, port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    ``url`` is the public listener (``--port``), ``management_url`` the management listener
+    (``BROKER_MANAGEMENT_PORT``: ``/healthz``, ``/readyz``, ``/metrics``)."""
+
+    def __init__(self, port: int, proc: subprocess.Popen[bytes], log_path: Path, management_port: int) -> None:
         self.port = port
         self.proc = proc
         self.log_path = log_path
         self.url = f"http://127.0.0.1:{port}"
+        self.management_port = management_port
+        self.management_url = f"http://127.0.0.1:{management_port}"
 
     def logs(self) -> list[dict[str, Any]]:
         """The JSON log lines so far (uvicorn's own plain-text lines are skipped)."""
@@ -186,11 +191,11 @@ class BrokerProcess:
         return self.log_path.read_text()[-chars:]
 
     def ready(self) -> bool:
-        """``/readyz`` answers 200; raises if the process has exited."""
+        """The management listener's ``/readyz`` answers 200; raises if the process has exited."""
         if self.proc.poll() is not None:
             raise RuntimeError(f"broker exited with code {self.proc.returncode}:\n{self.log_tail()}")
         try:
-            return httpx.get(self.url + "/readyz", timeout=0.5).status_code == 200
+            return httpx.get(self.management_url + "/readyz", timeout=0.5).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -218,18 +223,20 @@ def start_broker(keys_dir: Path, log_path: Path, *, port: int | None = None, iss
                  prefix: Sequence[str] = (), timeout: float = 30) -> BrokerProcess:
     """Start ``python -m app serve`` and return once it is ready.
 
-    Ready means ``/readyz`` answered 200 and, with several workers, that every worker has connected
-    to Redis (its lifespan ran: the shared socket lets the first ready worker answer ``/readyz``
-    for all of them). ``issuer`` defaults to the broker's own loopback URL.
+    Ready means the management listener's ``/readyz`` answered 200 and, with several workers, that
+    every worker has connected to Redis (its lifespan ran: the shared socket lets the first ready
+    worker answer ``/readyz`` for all of them). ``issuer`` defaults to the broker's own loopback
+    URL; the management port is a free one unless ``env`` sets ``BROKER_MANAGEMENT_PORT``.
     """
     port = port or free_port()
     issuer = issuer or f"http://127.0.0.1:{port}"
+    environ = broker_env(issuer, keys_dir, redis_url, {"BROKER_MANAGEMENT_PORT": str(free_port()), **(env or {})})
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", str(workers)],
-            cwd=ROOT, env=broker_env(issuer, keys_dir, redis_url, env), stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT,
         )
-    broker = BrokerProcess(port, proc, log_path)
+    broker = BrokerProcess(port, proc, log_path, int(environ["BROKER_MANAGEMENT_PORT"]))
     try:
         wait_until(broker.ready, timeout, what=f"the broker on port {port} to be ready")
         if workers > 1 and redis_url:

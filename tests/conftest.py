@@ -11,6 +11,7 @@ either fails (``_servers_need_a_marker``).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -27,6 +28,7 @@ from litestar.testing import TestClient as LitestarTestClient
 from app.config import Settings
 from app.oauth.clients import ClientRecord
 from app.web.app import create_app
+
 # Tests import these from here too (tests.conftest.RedisServer, free_port, wait_until...).
 from scripts.processes import BrokerProcess, RedisServer, free_port, start_broker, wait_until  # noqa: F401
 from tests.helpers import ISS, TestClient, form
@@ -46,7 +48,10 @@ class FrozenClock:
 
 
 class Broker:
-    """An in-process broker: Litestar's test client over the real app, store and keys."""
+    """An in-process broker: Litestar's test client over the real app, store and keys.
+
+    ``http`` is the public listener; ``management`` the management listener (``/metrics``,
+    ``/healthz``, ``/readyz``: ``app.state.management_app``, same state), on the same event loop."""
 
     def __init__(self, settings: Settings, clock: FrozenClock, redis: Any = None) -> None:
         self.settings = settings
@@ -58,6 +63,20 @@ class Broker:
     def __enter__(self) -> Broker:
         self.http.__enter__()
         return self
+
+    @functools.cached_property
+    def management(self) -> LitestarTestClient[Any]:
+        """Not entered: it borrows the public client's portal (one event loop for the Redis client),
+        and the management app has no lifespan of its own."""
+        client = LitestarTestClient(self.app.state.management_app, base_url="http://127.0.0.1:8002")
+        client.blocking_portal = self.http.blocking_portal
+        return client
+
+    def metrics(self) -> str:
+        """The management listener's ``/metrics`` page."""
+        resp = self.management.get("/metrics")
+        assert resp.status_code == 200, resp.text
+        return resp.text
 
     def __exit__(self, *exc: Any) -> None:
         self.http.__exit__(*exc)

@@ -91,21 +91,21 @@ def request_bytes(method: str, target: str, headers: list[tuple[str, str]] | Non
 def start_broker(folder: Path, env: dict[str, str] | None = None) -> BrokerProcess:
     """``python -m app serve`` on a free port (embedded store, keys in ``folder``), for a module of
     raw-socket tests that share one process; the caller stops it."""
-    port = free_port()
+    port, management_port = free_port(), free_port()
     log_path = folder / f"broker-{port}.log"
     environ = {**os.environ, "BROKER_KEYS_DIR": str(folder / "keys"), "BROKER_ISSUER": ISS,
-               "PYTHONUNBUFFERED": "1", **(env or {})}
+               "BROKER_MANAGEMENT_PORT": str(management_port), "PYTHONUNBUFFERED": "1", **(env or {})}
     environ.pop("BROKER_REDIS_URL", None)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port)],
                                 cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
-    bp = BrokerProcess(port, proc, log_path)
+    bp = BrokerProcess(port, proc, log_path, management_port)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError("broker exited:\n" + log_path.read_text()[-3000:])
         try:
-            if httpx.get(bp.url + "/readyz", timeout=0.5).status_code == 200:
+            if httpx.get(bp.management_url + "/readyz", timeout=0.5).status_code == 200:
                 return bp
         except httpx.HTTPError:
             pass

@@ -54,14 +54,14 @@ def test_two_processes_share_one_token(real_redis, spawn_broker):
 
     assertions = [client.assertion() for _ in range(REQUESTS)]  # fresh: every jti is new
     counters = ("broker_tokens_minted_total", "broker_token_cache_hits_total", "broker_token_cache_stampede_waits_total")
-    before = {name: sum(_metric(p.url, name) for p in procs) for name in counters}  # the admin's tokens
+    before = {name: sum(_metric(p.management_url, name) for p in procs) for name in counters}  # the admin's tokens
 
     async def burst() -> list[httpx.Response]:
         gate = asyncio.Semaphore(CONCURRENCY)
         limits = httpx.Limits(max_connections=CONCURRENCY)
         async with httpx.AsyncClient(timeout=20, limits=limits) as http:
             # Open every connection first, so the burst arrives at both processes at once.
-            await asyncio.gather(*(http.get(procs[i % 2].url + "/healthz") for i in range(CONCURRENCY)))
+            await asyncio.gather(*(http.get(procs[i % 2].url + "/jwks.json") for i in range(CONCURRENCY)))
 
             async def one(i: int) -> httpx.Response:
                 async with gate:
@@ -78,7 +78,7 @@ def test_two_processes_share_one_token(real_redis, spawn_broker):
     outcomes = [e["cache"] for e in _events(procs, "token.issued", "svc-a")]
     assert (len(outcomes), outcomes.count("mint")) == (REQUESTS, 1)
     # The same story in the counters, summed over both processes.
-    delta = {name: sum(_metric(p.url, name) for p in procs) - before[name] for name in counters}
+    delta = {name: sum(_metric(p.management_url, name) for p in procs) - before[name] for name in counters}
     assert delta["broker_tokens_minted_total"] == 1
     assert delta["broker_token_cache_hits_total"] + delta["broker_token_cache_stampede_waits_total"] == REQUESTS - 1
     print("outcomes:", {o: outcomes.count(o) for o in set(outcomes)}, delta)
@@ -110,7 +110,7 @@ def test_two_processes_share_one_token(real_redis, spawn_broker):
     assert len(renewed) == 1 and shared not in renewed
     assert introspect(r2, renewed.pop())["active"] is True
     assert introspect(r1, read_only)["active"] is True  # only that one token was revoked
-    assert _metric(r1.url, "broker_tokens_revoked_total") == 1
+    assert _metric(r1.management_url, "broker_tokens_revoked_total") == 1
 
 
 def _raw_post(path: str, body: bytes) -> bytes:

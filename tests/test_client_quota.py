@@ -12,7 +12,6 @@ import asyncio
 import io
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -239,7 +238,7 @@ def test_quota_is_shared_by_two_instances_and_counted_in_the_one_script_call(rea
 
 def _gauges(b: Broker) -> dict[str, float]:
     out = {}
-    for line in b.http.get("/metrics").text.splitlines():
+    for line in b.management.get("/metrics").text.splitlines():
         if line.startswith("broker_redis_memory") or line.startswith("broker_redis_maxmemory"):
             name, value = line.rsplit(" ", 1)
             out[name] = float(value)
@@ -336,4 +335,4 @@ def test_quota_and_memory_gauges_on_a_cluster(redis_cluster: Cluster, tmp_path) 
             _assert_over_quota(b.get_token(client), 60)
         gauges = wait_until(lambda: _gauges(b), 10, what="the memory gauges")
         assert gauges["broker_redis_memory_used_bytes"] > 0
-        assert "broker_redis_errors_total" not in b.http.get("/metrics").text
+        assert "broker_redis_errors_total" not in b.management.get("/metrics").text

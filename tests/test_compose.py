@@ -60,7 +60,8 @@ def test_every_published_port_binds_loopback_only(compose: dict[str, Any]) -> No
         for port in service.get("ports", []):
             host_ip, pub = _published(port)
             published.append((name, host_ip, pub))
-    assert published == [("lb", "127.0.0.1", "8080"), ("lb", "127.0.0.1", "9000")]  # broker, demo API
+    # broker (public), broker admin API, demo API
+    assert published == [("lb", "127.0.0.1", "8080"), ("lb", "127.0.0.1", "8081"), ("lb", "127.0.0.1", "9000")]
 
 
 def test_redis_is_private_and_never_evicts(compose: dict[str, Any]) -> None:
@@ -89,22 +90,83 @@ def test_three_replicas_share_the_signing_keys_volume(compose: dict[str, Any]) -
     assert "signing-keys" in compose["volumes"]
 
 
+def _haproxy_lines() -> list[str]:
+    return [ln.split("#")[0].strip() for ln in (ROOT / "deploy/haproxy.cfg").read_text().splitlines()]
+
+
+def _frontend(name: str) -> list[str]:
+    """The lines of one HAProxy frontend section."""
+    lines = _haproxy_lines()
+    start = lines.index(f"frontend {name}") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith(("frontend ", "backend "))), len(lines))
+    return [ln for ln in lines[start:end] if ln]
+
+
+def _management(compose: dict[str, Any], name: str) -> Settings:
+    env = compose["services"][name]["environment"]
+    return Settings.from_env({k: str(v) for k, v in env.items() if k.startswith("BROKER_MANAGEMENT_")})
+
+
 def test_health_checks_use_the_health_endpoints(compose: dict[str, Any]) -> None:
     services = compose["services"]
     for name in (*BROKERS, "redis", "lb"):
         assert services[name].get("healthcheck", {}).get("test"), name
-    for name in BROKERS:
-        assert "/readyz" in " ".join(services[name]["healthcheck"]["test"])
+    for name in BROKERS:  # the container check asks the management listener
+        port = _management(compose, name).management_port
+        assert f"http://127.0.0.1:{port}/readyz" in " ".join(services[name]["healthcheck"]["test"])
     for name in BROKERS:
         assert services["lb"]["depends_on"][name]["condition"] == "service_healthy"
 
 
+def test_management_listener_is_reachable_on_the_backend_network_only(compose: dict[str, Any]) -> None:
+    """HAProxy's checks (and a Prometheus) reach it on the internal network; nothing publishes it."""
+    services = compose["services"]
+    for name in BROKERS:
+        settings = _management(compose, name)
+        assert settings.management_host == "0.0.0.0"  # the backend network, not only the container's loopback
+        assert settings.management_port != int(services[name]["command"][services[name]["command"].index("--port") + 1])
+        assert services[name]["networks"] == ["backend"] and "ports" not in services[name] and "expose" not in services[name]
+    assert compose["networks"]["backend"]["internal"] is True
+    lines = _haproxy_lines()
+    default_server = next(ln for ln in lines if ln.startswith("default-server")).split()
+    assert default_server[default_server.index("port") + 1] == str(_management(compose, "broker-1").management_port)
+    assert "check" in default_server
+
+
+#: What the public frontend forwards: the OAuth endpoints and documents, nothing else.
+PUBLIC_PATHS = {"/token", "/revoke", "/introspect", "/jwks.json", "/.well-known/oauth-authorization-server", "/openapi.json"}
+NORMALISERS = ["path-strip-dotdot", "path-strip-dot", "path-merge-slashes", "percent-decode-unreserved strict",
+               "percent-to-uppercase strict"]
+
+
+@pytest.mark.parametrize("frontend", ["public", "admin"])
+def test_frontends_normalise_then_allow_list(frontend: str) -> None:
+    """Normalise the URI first, then forward only listed paths (a deny-list of /metrics was bypassed
+    by /metrics/, //metrics, /%6detrics, /metrics%2f); everything else is answered by HAProxy."""
+    lines = _frontend(frontend)
+    normalise = [ln.removeprefix("http-request normalize-uri ") for ln in lines if ln.startswith("http-request normalize-uri")]
+    assert normalise == NORMALISERS
+    acls = [ln.split() for ln in lines if ln.startswith("acl ")]
+    assert {a[1] for a in acls} == {"allowed"} and {a[2] for a in acls} <= {"path", "path_beg"}
+    exact = {p for a in acls if a[2] == "path" for p in a[3:]}
+    prefixes = {p for a in acls if a[2] == "path_beg" for p in a[3:]}
+    refuse = next(i for i, ln in enumerate(lines) if ln.startswith("http-request return status 404"))
+    assert lines[refuse].endswith("unless allowed")
+    assert max(i for i, ln in enumerate(lines) if ln.startswith("http-request normalize-uri")) < refuse
+    assert not any("/metrics" in ln or "healthz" in ln or "readyz" in ln for ln in lines)
+    if frontend == "public":
+        assert (exact, prefixes) == (PUBLIC_PATHS, set())
+    else:  # the admin API and what its client needs to get a token, on a frontend of its own
+        assert (exact, prefixes) == ({"/token", "/.well-known/oauth-authorization-server", "/admin/clients"},
+                                     {"/admin/clients/"})
+    assert "expose-experimental-directives" in _haproxy_lines()  # normalize-uri is experimental in HAProxy 2.6
+
+
 def test_haproxy_balances_the_three_replicas_by_readiness(compose: dict[str, Any]) -> None:
-    conf = (ROOT / "deploy/haproxy.cfg").read_text()
-    lines = [ln.split("#")[0].strip() for ln in conf.splitlines()]
+    lines = _haproxy_lines()
     for name in BROKERS:
         assert f"server {name} {name}:8000" in lines
-    assert "bind :8080" in lines
+    assert "bind :8080" in lines and "bind :8081" in lines
     assert "option httpchk GET /readyz" in lines
     assert "retry-on conn-failure" in lines  # never re-send a POST /token a replica already received
     assert compose["services"]["lb"]["volumes"] == ["./deploy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro"]

@@ -36,11 +36,11 @@ def _pad_headers(total: int) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(("request_", "status"), [
-    pytest.param(request_bytes("GET", "/healthz?" + "q" * 12000), 200, id="long request line within the cap"),
-    pytest.param(request_bytes("GET", "/healthz", _pad_headers(12000)), 200, id="headers within the cap"),
-    pytest.param(request_bytes("GET", "/healthz?" + "q" * 20000), 431, id="request line over the cap"),
-    pytest.param(request_bytes("GET", "/healthz", [("X-Big", "b" * 20000)]), 431, id="one header over the cap"),
-    pytest.param(request_bytes("GET", "/healthz", _pad_headers(24000)), 431, id="many headers over the cap"),
+    pytest.param(request_bytes("GET", "/jwks.json?" + "q" * 12000), 200, id="long request line within the cap"),
+    pytest.param(request_bytes("GET", "/jwks.json", _pad_headers(12000)), 200, id="headers within the cap"),
+    pytest.param(request_bytes("GET", "/jwks.json?" + "q" * 20000), 431, id="request line over the cap"),
+    pytest.param(request_bytes("GET", "/jwks.json", [("X-Big", "b" * 20000)]), 431, id="one header over the cap"),
+    pytest.param(request_bytes("GET", "/jwks.json", _pad_headers(24000)), 431, id="many headers over the cap"),
     pytest.param(request_bytes("POST", "/token", [("X-Big", "b" * 20000)], b"grant_type=client_credentials"), 431,
                  id="token request with headers over the cap"),
 ])
@@ -49,24 +49,24 @@ def test_header_section_cap(broker: BrokerProcess, request_: bytes, status: int)
     assert response.status == status
     if status == 431:
         assert response.json() == TOO_LARGE and response.headers["connection"] == "close"
-    assert httpx.get(broker.url + "/healthz").status_code == 200  # the worker is still serving
+    assert httpx.get(broker.url + "/jwks.json").status_code == 200  # the worker is still serving
 
 
 def test_unfinished_oversized_header_is_refused_before_more_is_buffered(broker: BrokerProcess) -> None:
     """No end of headers ever comes: the answer arrives once the cap is passed, and the server closes."""
     with connect(broker.port) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"b" * (HEADER_MAX + 4096))
+        sock.sendall(b"GET /jwks.json HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"b" * (HEADER_MAX + 4096))
         response = read_response(sock)
         assert response is not None and (response.status, response.json()) == (431, TOO_LARGE)
         assert closed_by_server(sock)
 
 
-FIRST = request_bytes("GET", "/healthz")
+FIRST = request_bytes("GET", "/jwks.json")
 
 
 @pytest.mark.parametrize(("sent", "answered_first"), [
     pytest.param(b"GET /heal", False, id="request line never finished"),
-    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: 1\r\n", False, id="headers never finished"),
+    pytest.param(b"GET /jwks.json HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: 1\r\n", False, id="headers never finished"),
     pytest.param(b"POST /token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
                  b"Content-Length: 100\r\n\r\ngrant_type=", False, id="declared token body never finished"),
     pytest.param(b"POST /revoke HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
@@ -103,7 +103,7 @@ def test_connection_that_sends_nothing_is_closed(broker: BrokerProcess) -> None:
 
 def test_trickled_headers_do_not_extend_the_deadline(broker: BrokerProcess) -> None:
     """One byte whenever the server has stayed silent for a while: activity is not progress."""
-    trickle = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"s" * 10_000
+    trickle = b"GET /jwks.json HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"s" * 10_000
     with connect(broker.port) as sock:
         give_up = time.monotonic() + READ_TIMEOUT
         for byte in trickle:

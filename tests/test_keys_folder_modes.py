@@ -69,15 +69,17 @@ def test_serve_creates_private_folders_whatever_the_umask(tmp_path: Path, umask:
 
 
 def _serve(keys_dir: Path, umask: int = 0o022) -> tuple[subprocess.Popen[str], int]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port)], cwd=ROOT, env=_env(keys_dir),
+    """The broker started; returns it with its management port (where /readyz is)."""
+    management_port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(free_port())], cwd=ROOT,
+                            env={**_env(keys_dir), "BROKER_MANAGEMENT_PORT": str(management_port)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: os.umask(umask))
-    return proc, port
+    return proc, management_port
 
 
 def _ready(proc: subprocess.Popen[str], port: int) -> bool:
-    """True once the broker answers /readyz, False if it exits first."""
+    """True once the broker answers /readyz on its management ``port``, False if it exits first."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
         try:

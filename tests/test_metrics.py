@@ -24,7 +24,7 @@ def test_token_outcomes_are_counted_with_the_log_reason_codes(broker: Broker, c1
     assert broker.token(form(assertion)).status_code == 401  # replay
     assert broker.token(form(c1.assertion(broker.clock.now), grant_type="password")).status_code == 400
 
-    resp = broker.http.get("/metrics")
+    resp = broker.management.get("/metrics")
     assert resp.status_code == 200
     assert resp.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     assert resp.headers["cache-control"] == "no-store"
@@ -54,7 +54,7 @@ def test_token_outcomes_are_counted_with_the_log_reason_codes(broker: Broker, c1
 
 def test_route_templates_not_raw_paths_are_labels(broker: Broker) -> None:
     assert broker.http.get("/admin/clients/some-unique-id").status_code == 401
-    text = broker.http.get("/metrics").text
+    text = broker.management.get("/metrics").text
     assert "some-unique-id" not in text
     assert 'endpoint="/admin/clients/{client_id}"' in text
 
@@ -71,7 +71,7 @@ def test_redis_errors_are_counted(real_redis, tmp_path, clock: FrozenClock) -> N
         real_redis.stop()
         resp = b.token(form(c1.assertion(clock.now)))
         assert resp.status_code == 503
-        samples = _samples(b.http.get("/metrics").text)
+        samples = _samples(b.management.get("/metrics").text)
     real_redis.start()
     errors = {k: v for k, v in samples.items() if k.startswith("broker_redis_errors_total{")}
     assert errors and all('op="' in k for k in errors)
@@ -110,7 +110,7 @@ def test_a_store_counts_into_a_fresh_registry() -> None:
 
 def test_every_exposed_family_is_declared_with_help_and_type(broker: Broker, c1) -> None:
     assert broker.token(form(c1.assertion(broker.clock.now))).status_code == 200
-    text = broker.http.get("/metrics").text
+    text = broker.management.get("/metrics").text
     helped = {line.split(" ")[2] for line in text.splitlines() if line.startswith("# HELP ")}
     typed = {line.split(" ")[2]: line.split(" ")[3] for line in text.splitlines() if line.startswith("# TYPE ")}
     families = set()

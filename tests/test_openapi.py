@@ -10,9 +10,6 @@ PUBLIC = {
     "/introspect": "post",
     "/.well-known/oauth-authorization-server": "get",
     "/jwks.json": "get",
-    "/healthz": "get",
-    "/readyz": "get",
-    "/metrics": "get",
 }
 
 

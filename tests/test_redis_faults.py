@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 from redis.asyncio import Redis
-from redis.backoff import NoBackoff
 from redis.asyncio.retry import Retry  # the sync Retry never retries a coroutine
+from redis.backoff import NoBackoff
 
 from app.config import Settings
 from tests.conftest import Broker, FrozenClock, RedisServer, wait_until
@@ -101,13 +101,13 @@ def test_redis_stopped_then_restarted(rbroker: Broker, rc1: TestClient, real_red
     real_redis.stop()
     try:
         outage_round(rbroker, rc1)
-        assert rbroker.http.get("/readyz").status_code == 503
-        assert rbroker.http.get("/healthz").status_code == 200
+        assert rbroker.management.get("/readyz").status_code == 503
+        assert rbroker.management.get("/healthz").status_code == 200
     finally:
         real_redis.start()
         (Path(real_redis.dir) / "dump.rdb").unlink(missing_ok=True)
     eventually_ok(rbroker, rc1)
-    assert rbroker.http.get("/readyz").status_code == 200
+    assert rbroker.management.get("/readyz").status_code == 200
     events = [e["event"] for e in rbroker.logs()]
     assert "token.store_unavailable" in events and "token.unexpected_error" not in events
 
@@ -119,9 +119,9 @@ def test_redis_hung_sigstop(rbroker: Broker, rc1: TestClient, real_redis: RedisS
     try:
         outage_round(rbroker, rc1)
         t0 = time.monotonic()
-        assert rbroker.http.get("/readyz").status_code == 503
+        assert rbroker.management.get("/readyz").status_code == 503
         assert time.monotonic() - t0 < BUDGET * 2
-        assert rbroker.http.get("/healthz").status_code == 200
+        assert rbroker.management.get("/healthz").status_code == 200
     finally:
         real_redis.resume()
     eventually_ok(rbroker, rc1)
@@ -385,8 +385,8 @@ def test_live_broker_sigstop_and_recovery(real_redis: RedisServer, spawn_broker:
             times.append(time.monotonic() - t0)
             assert_unavailable(resp, times[-1])
         assert statistics.median(times) < BUDGET, times
-        assert httpx.get(live.url + "/readyz", timeout=5).status_code == 503
-        assert httpx.get(live.url + "/healthz", timeout=5).status_code == 200
+        assert httpx.get(live.management_url + "/readyz", timeout=5).status_code == 503
+        assert httpx.get(live.management_url + "/healthz", timeout=5).status_code == 200
     finally:
         real_redis.resume()
 
@@ -397,7 +397,7 @@ def test_live_broker_sigstop_and_recovery(real_redis: RedisServer, spawn_broker:
         return resp.status_code == 200
 
     wait_until(token_issued, 5, what="a token after Redis resumed", interval=0.1)
-    assert httpx.get(live.url + "/readyz", timeout=5).status_code == 200
+    assert httpx.get(live.management_url + "/readyz", timeout=5).status_code == 200
     clients = int(real_redis.command("INFO", "clients")["connected_clients"])
     assert clients < 20, f"connection leak: {clients} clients"
     events = [e.get("event") for e in live.logs()]

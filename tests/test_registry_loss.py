@@ -52,7 +52,7 @@ def settings_for(url: str, keys_dir: Path, **extra: Any) -> Settings:
 
 
 def readyz(broker: Broker) -> tuple[int, dict[str, Any]]:
-    r = broker.http.get("/readyz")
+    r = broker.management.get("/readyz")
     return r.status_code, r.json()
 
 
@@ -101,7 +101,7 @@ def test_flushall_is_detected_answered_503_and_recovered_by_recreate(lb: Broker,
     r = lb.http.get("/admin/clients", headers=admin)
     assert (r.status_code, r.json()["error"]) == (503, "temporarily_unavailable")
     assert lb.app.state.metrics.value(REGISTRY_LOST) == 1
-    assert "broker_registry_lost 1" in lb.http.get("/metrics").text
+    assert "broker_registry_lost 1" in lb.management.get("/metrics").text
     seen = polls(lb)
     wait_until(lambda: polls(lb) >= seen + 4, what="four more polls")
     (lost,) = events(lb, "registry.lost")  # once, however many polls see it
@@ -247,11 +247,11 @@ def test_live_broker_flushall(real_redis, spawn_broker, tmp_path):
     """The same on a real ``python -m app serve`` process, through HTTP only."""
     live = spawn_broker(redis_url=real_redis.url)
     real_redis.command("FLUSHALL")
-    wait_until(lambda: httpx.get(live.url + "/readyz", timeout=2).json() == LOST, what="live readyz lost")
+    wait_until(lambda: httpx.get(live.management_url + "/readyz", timeout=2).json() == LOST, what="live readyz lost")
     r = httpx.post(live.url + "/token", data=form(TestClient("c1").assertion()), timeout=5)
     assert (r.status_code, r.json()["error"], r.headers["retry-after"]) == (503, "temporarily_unavailable", "2")
     done = cli("registry", "recreate", keys_dir=spawn_broker.keys_dir, url=real_redis.url)
     assert done.returncode == 0, done.stderr
-    wait_until(lambda: httpx.get(live.url + "/readyz", timeout=2).status_code == 200, what="live ready again")
+    wait_until(lambda: httpx.get(live.management_url + "/readyz", timeout=2).status_code == 200, what="live ready again")
     logged = [e["event"] for e in live.logs() if e.get("event", "").startswith("registry.")]
     assert logged.count("registry.lost") == 1 and logged.count("registry.restored") == 1

@@ -103,7 +103,7 @@ def test_stopping_one_replica_under_load_fails_no_request(
             while not stop.is_set():
                 for idx, b in enumerate(brokers):
                     try:
-                        resp = http.get(b.url + "/readyz")
+                        resp = http.get(b.management_url + "/readyz")
                         healthy[idx] = resp.status_code == 200
                         if idx == 0:
                             readyz_seen[resp.json()["status"]] += 1

@@ -89,7 +89,7 @@ def test_replica_reloads_and_signs_with_the_promoted_key(broker: Broker, c1: Tes
     keys = verification_keys_from_jwks(broker.http.get("/jwks.json").json())
     for token in (token_before, token_after):
         assert verify_access_token(token, keys, issuer=ISS, audience=RS1, now=broker.clock.now)["sub"] == "c1"
-    metrics = broker.http.get("/metrics").text
+    metrics = broker.management.get("/metrics").text
     assert 'broker_signing_keys{state="retired"} 1' in metrics
     assert f'broker_signing_key_info{{kid="{staged.kid}",state="active"}} 1' in metrics
     assert any(e["event"] == "signing_keys.reloaded" and e["signing_kid"] == staged.kid for e in broker.logs())
@@ -114,7 +114,7 @@ def test_a_bad_folder_keeps_the_previous_keys(broker: Broker, c1: TestClient, da
     assert broker.app.state.signer().kid == kid
     assert broker.get_token(c1).status_code == 200
     assert any(e["event"] == "signing_keys.reload_failed" for e in broker.logs())
-    assert "broker_signing_key_reload_errors_total 2" in broker.http.get("/metrics").text
+    assert "broker_signing_key_reload_errors_total 2" in broker.management.get("/metrics").text
     for e in broker.logs():
         assert '"d"' not in json.dumps(e)  # never a private key component in a log line
 

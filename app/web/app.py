@@ -45,6 +45,7 @@ from app.store.ratelimit import RedisFailureCounter
 from app.store.redis import RedisClientRegistry, RedisJwksUriCache, connect
 from app.store.token_cache import RedisTokenStore
 from app.web.drain import Drain
+from app.web.management import management_app
 from app.web.metrics import http_metrics_middleware
 from app.web.openapi import openapi_document
 from app.web.responses import json_response, oauth_error
@@ -61,17 +62,21 @@ def create_app(settings: Settings, *, redis: Any = None, clock: Callable[[], flo
         cluster=settings.redis_cluster, sentinels=settings.redis_sentinels, sentinel_master=settings.redis_sentinel_master,
     )
     state = _build(settings, client, log=log, clock=clock, metrics=metrics)
-    return Litestar(
+    handlers = {OAuthError: _oauth_error, HTTPException: _http_error, Exception: _unexpected_error}
+    app = Litestar(
         route_handlers=ROUTES,
         lifespan=[_lifespan(settings, state, log, close=client if redis is None else None)],
         middleware=[strict_request_middleware, http_metrics_middleware(metrics)],
         logging_config=None,  # no text handlers: served processes log JSON only (app.log.uvicorn_log_config)
         request_max_body_size=settings.body_max,
-        exception_handlers={OAuthError: _oauth_error, HTTPException: _http_error, Exception: _unexpected_error},
+        exception_handlers=handlers,
         state=State(state),
         openapi_config=None,
         debug=False,
     )
+    # /metrics, /healthz, /readyz: the management listener's app, over this app's state.
+    app.state.management_app = management_app(app.state, metrics, exception_handlers=handlers)
+    return app
 
 
 def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], float], metrics: Metrics) -> dict[str, Any]:

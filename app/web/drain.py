@@ -1,12 +1,15 @@
-"""Drain before a graceful shutdown: on SIGTERM, ``/readyz`` answers 503 ``draining`` for
-``BROKER_SHUTDOWN_DRAIN`` seconds while every request is still served, so a load balancer's
-health check (HAProxy ``option httpchk GET /readyz``, a Kubernetes readiness probe) takes the
-replica out of rotation first. Only then does uvicorn's own SIGTERM handling run: stop accepting,
-finish in-flight requests (``--graceful-timeout``), exit. Without the drain, a connection the
-kernel accepted just before the listening socket closed is reset with the request unanswered.
+"""Drain before a graceful shutdown: on SIGTERM, ``/readyz`` (on the management listener)
+answers 503 ``draining`` for ``BROKER_SHUTDOWN_DRAIN`` seconds while every request on both
+listeners is still served, so a load balancer's health check (HAProxy ``option httpchk GET
+/readyz`` on the management port, a Kubernetes readiness probe) takes the replica out of rotation
+first. Only then does uvicorn's own SIGTERM handling run: stop accepting, finish in-flight requests
+(``--graceful-timeout``), exit; the management listener stops last (``app.web.listeners``).
+Without the drain, a connection the kernel accepted just before the listening socket closed is
+reset with the request unanswered.
 
-uvicorn installs its signal handlers before the lifespan starts; ``install`` wraps the SIGTERM one
-from the lifespan (main thread only: in-process test clients run the lifespan elsewhere).
+uvicorn installs the public server's signal handlers before the lifespan starts (the management
+server installs none); ``install`` wraps its SIGTERM one from the lifespan (main thread only:
+in-process test clients run the lifespan elsewhere).
 """
 
 from __future__ import annotations

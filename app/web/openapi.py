@@ -99,13 +99,6 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "summary": "The broker's public signing keys (RFC 7517)",
                 "responses": {"200": {"description": "JWK Set",
                                       "content": {"application/jwk-set+json": {"schema": plain}}}}}},
-            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json("process up", plain)}}},
-            "/readyz": {"get": {"summary": "Readiness: Redis reachable, keys loaded, not draining",
-                                "responses": {"200": _json("ready", plain), "503": _json("not ready", plain)}}},
-            "/metrics": {"get": {
-                "summary": "Prometheus text exposition",
-                "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
-            }},
         },
         "components": {"schemas": {"Error": _ERROR}},
     }

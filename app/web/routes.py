@@ -1,5 +1,6 @@
-"""HTTP routes: token endpoint (RFC 6749 §3.2), revocation (RFC 7009), introspection (RFC 7662),
-metadata (RFC 8414), JWKS, health, admin API."""
+"""HTTP routes of the public listener: token endpoint (RFC 6749 §3.2), revocation (RFC 7009),
+introspection (RFC 7662), metadata (RFC 8414), JWKS, OpenAPI, admin API. Health, readiness and
+metrics are on the management listener only (``app.web.management``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, asgi, delete, get, patch, post, put, route
 from litestar.enums import HttpMethod
-from litestar.params import FromPath
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.params import FromPath
 from structlog.contextvars import bound_contextvars
 
 from app.oauth.access_token import InvalidToken
@@ -147,35 +148,9 @@ async def jwks(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(request.app.state.jwks(), media_type="application/jwk-set+json", headers={"Cache-Control": "public, max-age=300"})
 
 
-@get("/metrics")
-async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Prometheus text exposition format 0.0.4 (this worker process's counters)."""
-    return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4",
-                    headers=NO_STORE)
-
-
 @get("/openapi.json")
 async def openapi(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(request.app.state.openapi, media_type=JSON, headers={"Cache-Control": "public, max-age=300"})
-
-
-@get("/healthz")
-async def healthz() -> Response[bytes]:
-    return json_response({"status": "ok"})
-
-
-@get("/readyz")
-async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
-    if request.app.state.drain.draining:  # SIGTERM received: leave the load balancer's rotation
-        return json_response({"status": "draining"}, 503)
-    try:
-        await request.app.state.health.ping()
-    except StoreUnavailable:
-        return json_response({"status": "not ready", "redis": "unreachable"}, 503)
-    watch = request.app.state.registry_watch
-    if watch.lost:  # Redis answers, but the registry is gone (or not created yet): docs/operations.md
-        return json_response({"status": "not ready", "redis": "ok", "registry": watch.status.state}, 503)
-    return json_response({"status": "ready", "redis": "ok", "registry": "ok", "signing_kid": request.app.state.signer().kid})
 
 
 # -- admin API -------------------------------------------------------------------------------
@@ -308,9 +283,6 @@ ROUTES = [
     token_op_other_methods,
     metadata,
     jwks,
-    healthz,
-    readyz,
-    metrics,
     admin_register,
     admin_list,
     admin_show,

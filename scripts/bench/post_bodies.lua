@@ -27,7 +27,7 @@ function init(args)
   exhausted = 0
   statuses = {}
   headers = { ["Content-Type"] = "application/x-www-form-urlencoded" }
-  idle = wrk.format("GET", "/healthz")
+  idle = wrk.format("GET", "/jwks.json")  -- a cheap public GET (health is on the management port)
 end
 
 function request()

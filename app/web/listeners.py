@@ -1,0 +1,158 @@
+"""Two listeners in every worker process: the public one and the management one.
+
+``serve`` binds the management socket once, in the starting process (a taken port stops the start
+with the variable's name), then runs uvicorn for the public app as before: one process, or the
+``Multiprocess`` supervisor with one shared public socket. uvicorn builds each worker's server
+from the pickled ``Config``; ``BrokerConfig`` carries the management ``Config`` and socket along
+(multiprocessing passes a socket to a spawned child by duplicating its descriptor) and, when the
+worker loads it, wraps the server's lifespan so that:
+
+- after the app's startup succeeded, a second ``uvicorn.Server`` serves the management app
+  (``app.web.asgi:management``, the same process's state) on that socket, on the same event loop,
+  with the same per-connection bounds (``app.web.server.uvicorn_options``) and a connection cap
+  of its own, so a flood of the public port does not fail the health checks;
+- the management server captures no signals: SIGTERM stays the public server's, which the drain
+  (``app.web.drain``) wraps, so ``/readyz`` on the management port says ``draining`` while both
+  ports still serve; the public server then stops accepting and finishes its requests, and the
+  management listener is stopped last, just before the app's shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+from app import log as broker_log
+from app.config import ConfigError, Settings
+from app.web.server import uvicorn_options
+
+#: uvicorn's exit status for a server that could not start (uvicorn.config.STARTUP_FAILURE).
+STARTUP_FAILURE = 3
+
+
+def serve(settings: Settings, *, host: str, port: int, workers: int, graceful_timeout: int) -> int:
+    """Run the broker until it is stopped; the exit status."""
+    if port == settings.management_port:
+        raise ConfigError(f"BROKER_MANAGEMENT_PORT={port} is also the public --port: give them different ports")
+    common = {
+        **uvicorn_options(settings),  # header cap, read deadlines, connection cap, JSON-only logging
+        "access_log": False,
+        "server_header": False,
+        # SIGTERM: stop accepting, let in-flight requests finish, then exit (rolling restarts).
+        "timeout_graceful_shutdown": graceful_timeout,
+    }
+    management = uvicorn.Config("app.web.asgi:management", host=settings.management_host,
+                                port=settings.management_port, lifespan="off", proxy_headers=False, **common)
+    config = BrokerConfig(
+        "app.web.asgi:app", host=host, port=port, workers=workers, management=management,
+        management_socket=bind_management(settings),
+        # uvicorn trusts X-Forwarded-For from loopback unless told otherwise; the broker reads
+        # it only from BROKER_TRUSTED_PROXIES (the per-address rate limit keys on the result).
+        proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=list(settings.trusted_proxies), **common,
+    )
+    server = uvicorn.Server(config)
+    if workers > 1:
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        return 0
+    server.run()
+    return 0 if server.started else STARTUP_FAILURE
+
+
+def bind_management(settings: Settings) -> socket.socket:
+    """The management listener's socket, bound (listening starts in each worker)."""
+    host, port = settings.management_host, settings.management_port
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on BROKER_MANAGEMENT_HOST={host} BROKER_MANAGEMENT_PORT={port}: "
+                          f"{exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class BrokerConfig(uvicorn.Config):
+    """The public listener's uvicorn config, carrying the management listener's config and socket."""
+
+    def __init__(self, app: str, *, management: uvicorn.Config, management_socket: socket.socket, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.management = management
+        self.management_socket = management_socket
+
+    def load(self) -> None:
+        super().load()
+        self.lifespan_class = functools.partial(  # type: ignore[assignment]
+            ManagementLifespan, app_lifespan=self.lifespan_class, management=self.management, sock=self.management_socket)
+
+
+class ManagementLifespan:
+    """The public server's lifespan (uvicorn calls ``startup``/``shutdown``, reads ``should_exit``
+    and ``state``), with the management listener started after the app's startup and stopped
+    before its shutdown."""
+
+    def __init__(self, config: uvicorn.Config, *, app_lifespan: Any, management: uvicorn.Config, sock: socket.socket) -> None:
+        self._app = app_lifespan(config)
+        self._management = management
+        self._socket = sock
+        self._server: _ManagementServer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._failed = False
+
+    @property
+    def should_exit(self) -> bool:
+        return bool(self._app.should_exit) or self._failed
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return self._app.state  # type: ignore[no-any-return]
+
+    async def startup(self) -> None:
+        await self._app.startup()
+        if self._app.should_exit:
+            return
+        if not self._management.loaded:
+            self._management.load()
+        server = self._server = _ManagementServer(self._management)
+        self._task = asyncio.create_task(server.serve(sockets=[self._socket]))
+        listening = asyncio.create_task(server.listening.wait())
+        await asyncio.wait({self._task, listening}, return_when=asyncio.FIRST_COMPLETED)
+        if not listening.done():  # the management server ended before it listened
+            listening.cancel()
+            error = self._task.exception() if not self._task.cancelled() else None
+            broker_log.get_logger().error("management.listener_failed", error=type(error).__name__ if error else None)
+            self._failed = True
+            await self._app.shutdown()
+
+    async def shutdown(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            try:
+                await self._task
+            except Exception as exc:  # the app's shutdown still runs
+                broker_log.get_logger().error("management.listener_failed", error=type(exc).__name__)
+        await self._app.shutdown()
+
+
+class _ManagementServer(uvicorn.Server):
+    """A uvicorn server that leaves the process's signals to the public server."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        self.listening.set()
