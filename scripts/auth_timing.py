@@ -29,16 +29,17 @@ from fakeredis.aioredis import FakeRedis
 from app.client.assertion import make_client_assertion
 from app.config import Settings
 from app.keystore import generate_private_key, public_jwk
+from app.oauth.constants import CLIENT_ASSERTION_TYPE
 from app.oauth.errors import OAuthError
 from app.service.client_auth import EndpointRequest
+from app.service.registry_state import open_registry
 from app.web.app import create_app
 
 ISSUER = "https://broker.test"
-URN = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 def _body(assertion: str) -> bytes:
-    return f"grant_type=client_credentials&client_assertion_type={URN}&client_assertion={assertion}".encode()
+    return f"grant_type=client_credentials&client_assertion_type={CLIENT_ASSERTION_TYPE}&client_assertion={assertion}".encode()
 
 
 async def measure(requests: int, alg: str) -> dict[str, list[float]]:
@@ -46,11 +47,14 @@ async def measure(requests: int, alg: str) -> dict[str, list[float]]:
     app = create_app(Settings(issuer=ISSUER, keys_dir=keys_dir, ratelimit_mode="off", log_level="error"),
                      redis=FakeRedis())
     state = app.state
+    # What the lifespan does first: find (here: create) the registry, then tell the watch it is there.
+    state.registry_watch.started(await open_registry(state.registry, state.registry_record, log=state.log))
     key, other = generate_private_key(alg), generate_private_key(alg)
     for client_id, enabled in (("known", True), ("off", False)):
         await state.admin_service.register("timing", {
             "client_id": client_id, "jwks": {"keys": [public_jwk(key, alg=alg, kid="k1")]},
-            "scopes": ["read"], "audiences": ["https://rs.test"], "enabled": enabled})
+            "scopes": ["read"], "audiences": ["https://rs.test"], "enabled": enabled,
+            "allow_shared_key": True})  # one key for both: the paths differ only in what the broker knows
 
     def assertion(client_id: str, kid: str, signer: object) -> bytes:
         return _body(make_client_assertion(signer, client_id=client_id, issuer=ISSUER, alg=alg, kid=kid))
