@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Median time of each way a client authentication is refused, in process (not a test).
 
-    python scripts/auth_timing.py [--requests 2000] [--alg ES256]
+    .venv/bin/python scripts/auth_timing.py [--requests 2000] [--alg ES256]
 
 Builds the broker over an in-memory store (fakeredis) with the rate limiter off, registers one
 enabled and one disabled client, and sends the same number of refused /token requests down each

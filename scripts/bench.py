@@ -1,4 +1,4 @@
-"""Token broker benchmark: ``python scripts/bench.py [flags]`` (``--help`` lists them).
+"""Token broker benchmark: ``.venv/bin/python scripts/bench.py [flags]`` (``--help`` lists them).
 
 The benchmark itself is the package ``scripts/bench/`` (its docstring says what one run does;
 docs/performance.md has the figures). This file only lets the command run from a checkout.

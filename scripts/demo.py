@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The original sequence, end to end, with real processes on loopback: ``python scripts/demo.py``.
+"""The original sequence, end to end, with real processes on loopback: ``.venv/bin/python scripts/demo.py``.
 
 Starts three processes:
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Print a fresh client assertion (RFC 7523 private_key_jwt) for a client's private key file.
 
-    python scripts/mint_assertion.py --client-id orders --key keys/orders.jwk [--issuer URL]
+    .venv/bin/python scripts/mint_assertion.py --client-id orders --key keys/orders.jwk [--issuer URL]
 
 The assertion is single-use: its jti is recorded by the broker on first use.
 """

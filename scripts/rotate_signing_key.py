@@ -1,12 +1,12 @@
 """Rotate the broker's access-token signing key (RFC 9068 tokens, RFC 7517 JWKS) with no failed
 verification anywhere. Thin over ``app.service.signing_keys``; see docs/operations.md.
 
-    python scripts/rotate_signing_key.py status
-    python scripts/rotate_signing_key.py stage              # new key: published, not signing
+    .venv/bin/python scripts/rotate_signing_key.py status
+    .venv/bin/python scripts/rotate_signing_key.py stage              # new key: published, not signing
     # ... wait at least the JWKS cache lifetime (300 s) so every resource server has seen it
-    python scripts/rotate_signing_key.py promote            # next -> active, active -> retired
+    .venv/bin/python scripts/rotate_signing_key.py promote            # next -> active, active -> retired
     # ... later (e.g. from cron): delete retired keys once every token they signed has expired
-    python scripts/rotate_signing_key.py retire-expired
+    .venv/bin/python scripts/rotate_signing_key.py retire-expired
 
 Run it where the shared keys folder is mounted (BROKER_KEYS_DIR, default ./keys). With compose:
 ``docker compose run --rm keys-init python scripts/rotate_signing_key.py status``. Replicas pick

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Verify an access token as a resource server would: against the broker's published JWKS.
 
-    python scripts/verify_token.py --audience https://orders.example [--scope orders:read] TOKEN
+    .venv/bin/python scripts/verify_token.py --audience https://orders.example [--scope orders:read] TOKEN
 
 Fetches the RFC 8414 metadata from the issuer, then its JWKS, then checks the token
 (RFC 9068 §4: typ, signature, iss, aud, exp, scope). Prints the claims, or the RFC 6750 error.

@@ -333,7 +333,8 @@ def follow(name: str, env: dict[str, str], redis_server: PersistentRedis) -> lis
             redis_server.proc.wait(10)  # the documented shutdown stopped it
             redis_server.start(*shlex.split(line)[2:])
             continue
-        command = sys.executable + line[len("python"):] if line.startswith("python ") else line
+        venv_python = ".venv/bin/python "  # the docs' interpreter; this test's is the same environment
+        command = sys.executable + " " + line[len(venv_python):] if line.startswith(venv_python) else line
         done = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
         output = done.stdout.splitlines()

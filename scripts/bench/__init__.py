@@ -1,9 +1,9 @@
 """Token broker benchmark: one command, the ceiling and the scenarios measured in the same run.
 
-    python scripts/bench.py                 # default run: ~8 s per scenario, writes bench-results/latest.json
-    python scripts/bench.py --smoke         # seconds-long CI smoke (no figures worth quoting)
-    python scripts/bench.py --workers 2     # also compare 2 workers on 2 cores with 1 worker
-    python scripts/bench.py --rss-requests 1000000   # long RSS-flatness check
+    .venv/bin/python scripts/bench.py                 # default run: ~8 s per scenario, writes bench-results/latest.json
+    .venv/bin/python scripts/bench.py --smoke         # seconds-long CI smoke (no figures worth quoting)
+    .venv/bin/python scripts/bench.py --workers 2     # also compare 2 workers on 2 cores with 1 worker
+    .venv/bin/python scripts/bench.py --rss-requests 1000000   # long RSS-flatness check
 
 What it does (see docs/performance.md):
 

@@ -1,4 +1,4 @@
-"""``python scripts/bench.py [flags]``: the flags, and one run from start to finish."""
+"""``.venv/bin/python scripts/bench.py [flags]``: the flags, and one run from start to finish."""
 
 from __future__ import annotations
 
