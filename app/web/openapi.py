@@ -1,4 +1,5 @@
-"""OpenAPI 3.1 description of the public endpoints, built once at start from the settings.
+"""OpenAPI 3.1 description of the public endpoints and the admin API (``app.web.openapi_admin``),
+built once at start from the settings.
 
 Written by hand rather than generated: the token endpoint is a plain ASGI handler (no framework
 models to introspect), and the document must say what the RFCs say (form-encoded requests,
@@ -11,6 +12,7 @@ from typing import Any
 
 from app.config import Settings
 from app.oauth.constants import CLIENT_ASSERTION_TYPE, METADATA_PATH
+from app.web import openapi_admin
 
 _ERROR = {
     "type": "object",
@@ -99,6 +101,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "summary": "The broker's public signing keys (RFC 7517)",
                 "responses": {"200": {"description": "JWK Set",
                                       "content": {"application/jwk-set+json": {"schema": plain}}}}}},
+            **openapi_admin.admin_paths(),
         },
-        "components": {"schemas": {"Error": _ERROR}},
+        "components": {
+            "schemas": {"Error": _ERROR, **openapi_admin.SCHEMAS},
+            "securitySchemes": {openapi_admin.SECURITY_SCHEME: openapi_admin.security_scheme(settings.admin_audience)},
+        },
     }
