@@ -12,6 +12,8 @@ import copy
 import importlib.util
 import json
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +22,6 @@ from typing import Any
 
 import pytest
 
-from app import __main__ as broker_cli
 from app.keystore import check_key_modes, create_signing_key, ensure_signing_keys, load_signing_keys
 from app.metrics import DECLARED, Metrics
 from app.oauth.jose import KEY_TYPES
@@ -169,10 +170,14 @@ def test_keys_init_then_rotation_reach_the_secret(api: tuple[FakeApi, str], tmp_
     def states() -> dict[str, str]:
         return {name.removesuffix(".json"): json.loads(content)["state"] for name, content in fake.files().items()}
 
-    init = job("init", lambda: broker_cli.main(["keys", "init"]))
+    def keys_init() -> int:  # a process of its own, as in the Job (it configures the process's logging)
+        return subprocess.run([sys.executable, "-m", "app", "keys", "init"], cwd=ROOT, capture_output=True,
+                              timeout=60).returncode
+
+    init = job("init", keys_init)
     [first] = init["kids"]
     assert init["pushed"] is True and states() == {first: "active"}
-    assert job("init-again", lambda: broker_cli.main(["keys", "init"])) == {"secret": SECRET, "pushed": False, "kids": [first]}
+    assert job("init-again", keys_init) == {"secret": SECRET, "pushed": False, "kids": [first]}
 
     staged = job("stage", lambda: rotate_signing_key.main(["stage"]))
     [second] = [kid for kid in staged["kids"] if kid != first]
