@@ -8,7 +8,7 @@
   authority URL with at least one path segment). HAProxy strips the ``/broker`` prefix and maps the
   RFC 8414 §3.1 metadata location of a path issuer (``/.well-known/<doc>/broker``) to the broker's.
 - ``node_clients``: ``node tests/interop/node/client.mjs`` with openid-client and jose installed
-  from npm (``npm install --no-package-lock``, once, when ``node_modules`` is missing).
+  from npm (``npm install --no-package-lock``, once, when ``node_modules`` lacks a pinned version).
 
 Without node, npm or haproxy these tests skip locally and fail under ``CI=true``
 (``tests.conftest.require_binary``).
@@ -17,6 +17,8 @@ Without node, npm or haproxy these tests skip locally and fail under ``CI=true``
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import ssl
 import subprocess
 import time
@@ -175,10 +177,32 @@ class NodeClients:
 
 @pytest.fixture(scope="session")
 def node_clients() -> NodeClients:
-    node = require_binary("node", "the Node interop tests", "apt-get install nodejs npm")
-    npm = require_binary("npm", "the Node interop tests", "apt-get install nodejs npm")
-    if not (NODE_DIR / "node_modules").is_dir():
+    node, npm = _node_tool("node"), _node_tool("npm")
+    if not _installed_as_pinned():
         done = subprocess.run([npm, "install", "--no-package-lock", "--no-audit", "--no-fund", "--ignore-scripts"],
                               cwd=NODE_DIR, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"npm install failed in {NODE_DIR}:\n{done.stdout}\n{done.stderr}"
+    assert _installed_as_pinned(), f"npm install in {NODE_DIR} did not install the pinned versions"
     return NodeClients(node)
+
+
+def _node_tool(name: str) -> str:
+    """``tests.conftest.require_binary``'s rule (a skip locally, a failure under ``CI=true``) with
+    the right advice: scripts/test.sh installs redis-server, haproxy and wrk, not Node."""
+    binary = shutil.which(name)
+    if binary is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{name} is not installed: CI must run the Node interop tests (apt-get install nodejs npm)")
+        pytest.skip(f"{name} is not installed: the Node interop tests need it (apt-get install nodejs npm)")
+    return binary
+
+
+def _installed_as_pinned() -> bool:
+    """Every dependency in package.json is in node_modules at exactly its pinned version (a
+    node_modules left by an older package.json is installed again)."""
+    pinned = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
+    for name, version in pinned.items():
+        installed = NODE_DIR / "node_modules" / name / "package.json"
+        if not installed.is_file() or json.loads(installed.read_text()).get("version") != version:
+            return False
+    return True
