@@ -39,6 +39,17 @@ NODE_DIR = Path(__file__).resolve().parent / "node"
 INVALID_CLIENT = {"error": "invalid_client", "error_description": "Client authentication failed."}
 
 
+#: Fixtures here that start a broker or HAProxy (session scope: set up before the function-scoped
+#: guard in tests/conftest.py could see the process start).
+_SERVER_FIXTURES = {"interop_broker", "tls_broker"}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    used = _SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+    if used and not item.get_closest_marker("live"):
+        pytest.fail(f"{item.nodeid} uses {', '.join(sorted(used))}: mark it live", pytrace=False)
+
+
 class InteropBroker:
     """A running broker: where it listens (``url``), what it calls itself (``issuer``), and the
     CA file a client must trust (``ca_file``; None for plain http)."""

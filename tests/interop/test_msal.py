@@ -102,7 +102,7 @@ def test_msal_with_the_project_assertion(tls_broker: InteropBroker) -> None:
 def _certificate(key: rsa.RSAPrivateKey, name: str) -> x509.Certificate:
     """A self-signed certificate, as an MSAL user would have for their client."""
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
