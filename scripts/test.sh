@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Set up and run the whole test suite, including the tests against a real redis-server, live
-# broker processes, HAProxy in front of replicas and a seconds-long benchmark smoke (wrk):
+# broker processes, HAProxy in front of replicas, a seconds-long benchmark smoke (wrk) and the
+# third-party clients of tests/interop (Node.js's openid-client and jose, installed with npm):
 #   ./scripts/test.sh [pytest args]
-# Missing redis-server/haproxy/wrk are installed with apt-get when running as root.
+# Missing redis-server/haproxy/wrk/node/npm are installed with apt-get when running as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
-for bin in redis-server haproxy wrk; do
-  command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
+# command -> Debian package
+for pair in redis-server:redis-server haproxy:haproxy wrk:wrk node:nodejs npm:npm; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
