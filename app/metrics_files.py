@@ -6,10 +6,11 @@ new, empty, private directory (under ``TMPDIR``) before the workers start, names
 ``WorkerFile`` there, ``<pid>-<start time>-<n>.db`` (an mmapped file in prometheus-client's
 ``MmapedDict`` layout: a JSON key, a value and a timestamp per series), and writes a series'
 current value into it whenever it changes: one slice assignment into shared memory, no system
-call, no lock (only this worker writes its file). ``read_workers`` reads every file and adds them
-up as the declarations say (``app.metrics``): counters and histograms summed over every file, also
-those of workers that exited or were restarted (a restarted worker has a new pid, hence a new
-file: totals never go down); gauges over live workers only.
+call, no lock (only this worker writes its file); a series' first write appends its key.
+``read_workers`` reads every file and adds them up as the declarations say (``app.metrics``):
+counters and histograms summed over every file, also those of workers that exited or were
+restarted (a restarted worker has a new pid, hence a new file: totals never go down); gauges over
+live workers only.
 
 A worker is live while a process with its pid and its start time (``/proc/<pid>/stat``) exists,
 which a reused pid does not fake. Where there is no /proc, dead workers cannot be told from live
