@@ -125,7 +125,6 @@ SIGNING_KEY_RELOAD_ERRORS = _declare("broker_signing_key_reload_errors_total", "
                                      "Reloads of the keys folder that failed (the previous keys stay in use).")
 
 
-
 class Metrics:
     """The facade every part counts into: ``inc``, ``set``, ``clear_gauge``, ``observe``; ``value``
     (this process's own) and ``render`` (``/metrics``: every worker's, added up, when the parent
