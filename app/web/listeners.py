@@ -31,6 +31,7 @@ from uvicorn.supervisors import Multiprocess
 
 from app import log as broker_log
 from app.config import ConfigError, Settings
+from app.metrics_files import worker_metrics_directory
 from app.web.server import uvicorn_options
 
 #: uvicorn's exit status for a server that could not start (uvicorn.config.STARTUP_FAILURE).
@@ -59,7 +60,8 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, graceful_ti
     )
     server = uvicorn.Server(config)
     if workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        with worker_metrics_directory(workers):  # one scrape adds up every worker (app/metrics_files.py)
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
         return 0
     server.run()
     return 0 if server.started else STARTUP_FAILURE

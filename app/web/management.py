@@ -28,7 +28,8 @@ from app.web.strict import strict_request_middleware
 
 @get("/metrics")
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Prometheus text exposition format 0.0.4 (this worker process's counters)."""
+    """Prometheus text exposition format 0.0.4: with several workers, all of them added up, whichever
+    worker answers (``app.metrics``)."""
     return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4",
                     headers=NO_STORE)
 
