@@ -19,9 +19,12 @@ _BY_CODE = {
 INVALID_CLIENT_BODY = {"error": "invalid_client", "error_description": "Client authentication failed."}
 
 
-def error_body(code: str, cls: type[errors.OAuthError] | None = None) -> dict[str, str]:
+def error_body(code: str, cls: type[errors.OAuthError] | None = None, reason: str | None = None) -> dict[str, str]:
+    """The body of ``code``: the class's fixed text, or the specific one of a ``reason`` decided
+    before any client is looked up (``errors.PRE_CLIENT_DESCRIPTIONS``)."""
     cls = cls or _BY_CODE[code]
-    return {"error": code, "error_description": cls.description}
+    description = cls.description if reason is None else errors.PRE_CLIENT_DESCRIPTIONS[reason]
+    return {"error": code, "error_description": description}
 
 
 def assert_hygiene(response: Any) -> None:
@@ -31,14 +34,18 @@ def assert_hygiene(response: Any) -> None:
     assert response.headers["content-type"].split(";")[0] == "application/json"
 
 
-def assert_error(response: Any, status: int, code: str, cls: type[errors.OAuthError] | None = None) -> None:
-    assert (response.status_code, response.json()) == (status, error_body(code, cls)), response.text
+def assert_error(response: Any, status: int, code: str, cls: type[errors.OAuthError] | None = None,
+                 reason: str | None = None) -> None:
+    assert (response.status_code, response.json()) == (status, error_body(code, cls, reason)), response.text
     assert_hygiene(response)
     assert "access_token" not in response.text
 
 
-def assert_invalid_client(response: Any) -> None:
-    assert_error(response, 401, "invalid_client")
+def assert_invalid_client(response: Any, reason: str | None = None) -> None:
+    """401 ``invalid_client``: the one generic body, or the specific one when ``reason`` (the
+    logged cause) was decided before any client is looked up."""
+    assert_error(response, 401, "invalid_client",
+                 reason=reason if reason in errors.PRE_CLIENT_DESCRIPTIONS else None)
 
 
 def assert_token(response: Any) -> dict[str, Any]:

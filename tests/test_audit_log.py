@@ -103,7 +103,7 @@ def test_credentials_in_query_ignored_and_not_logged(broker: Broker, c1: TestCli
     query = httpx.QueryParams(form(assertion))
     resp = broker.http.post("/token?" + str(query), content=b"grant_type=client_credentials",
                             headers={"content-type": "application/x-www-form-urlencoded"})
-    assert_invalid_client(resp)
+    assert_invalid_client(resp, "client_auth_missing")
     secrets_absent(broker.log_text(), assertion)
 
 
@@ -122,7 +122,7 @@ def test_oversized_segments_rejected_quickly_and_not_logged(broker: Broker, c1: 
     filler = b64u(b"x" * size)[:size]
     assertion = ".".join((filler if part == "h" else h, filler if part == "p" else p, filler if part == "s" else s))
     resp = broker.token(form(assertion))
-    assert_invalid_client(resp)
+    assert_invalid_client(resp, _rejected_reason(broker))
     secrets_absent(broker.log_text() + resp.text, assertion)
 
 
@@ -140,7 +140,7 @@ def test_hostile_kid_never_breaks_logging(broker: Broker, c1: TestClient, value:
     header = json.dumps({"alg": "ES256", "kid": value})  # json.dumps escapes the lone surrogate
     assertion = raw(header, json.dumps(c1.claims(broker.clock.now)), c1.key)
     resp = broker.token(form(assertion))
-    assert_invalid_client(resp)
+    assert_invalid_client(resp, _rejected_reason(broker))
     _one_event_per_line(broker)
 
 
@@ -148,7 +148,7 @@ def test_hostile_kid_never_breaks_logging(broker: Broker, c1: TestClient, value:
 def test_hostile_iss_never_breaks_logging(broker: Broker, c1: TestClient, value: str) -> None:
     claims = c1.claims(broker.clock.now, iss=value, sub=value)
     assertion = raw(json.dumps({"alg": "ES256", "kid": "c1-1"}), json.dumps(claims), c1.key)
-    assert_invalid_client(broker.token(form(assertion)))
+    assert_invalid_client(broker.token(form(assertion)), _rejected_reason(broker))
     lines = _one_event_per_line(broker)
     for ev in lines:
         for v in ev.values():
@@ -156,18 +156,25 @@ def test_hostile_iss_never_breaks_logging(broker: Broker, c1: TestClient, value:
 
 
 @pytest.mark.parametrize(
-    ("client_id", "status", "code"),
+    ("client_id", "status", "code", "reason"),
     [
-        pytest.param("c1%0D%0Ainjected", 400, "invalid_request", id="crlf"),
-        pytest.param("%ED%A0%80", 400, "invalid_request", id="surrogate-utf8"),
-        pytest.param("%FF%FE", 400, "invalid_request", id="invalid-utf8"),
-        pytest.param("c" * 10_000, 401, "invalid_client", id="10KB-mismatch"),
+        pytest.param("c1%0D%0Ainjected", 400, "invalid_request", "client_id_charset", id="crlf"),
+        pytest.param("%ED%A0%80", 400, "invalid_request", "form_encoding", id="surrogate-utf8"),
+        pytest.param("%FF%FE", 400, "invalid_request", "form_encoding", id="invalid-utf8"),
+        pytest.param("c" * 10_000, 401, "invalid_client", None, id="10KB-mismatch"),
     ],
 )
-def test_hostile_client_id_param(broker: Broker, c1: TestClient, client_id: str, status: int, code: str) -> None:
+def test_hostile_client_id_param(broker: Broker, c1: TestClient, client_id: str, status: int, code: str,
+                                 reason: str | None) -> None:
     body = str(httpx.QueryParams(form(c1.assertion(broker.clock.now)))) + "&client_id=" + client_id
-    assert_error(broker.token(body), status, code)
+    assert_error(broker.token(body), status, code, reason=reason)
     _one_event_per_line(broker)
+
+
+def _rejected_reason(broker: Broker) -> str | None:
+    """The logged reason of the last refusal (its answer is specific only before the client look-up)."""
+    rejected = [e for e in broker.logs() if e["event"] == "token.rejected"]
+    return rejected[-1]["reason"] if rejected else None
 
 
 def _one_event_per_line(broker: Broker) -> list[dict[str, Any]]:

@@ -67,18 +67,20 @@ def test_body_at_limit_is_parsed(broker: Broker, c1: TestClient) -> None:
     assert_token(broker.token(body))
 
 
-def _pathological(c1: TestClient, now: float) -> dict[str, tuple[str, int, str]]:
-    """Bodies within BODY_MAX that stress the parser: (body, status, error)."""
+def _pathological(c1: TestClient, now: float) -> dict[str, tuple[str, int, str, str | None]]:
+    """Bodies within BODY_MAX that stress the parser: (body, status, error, reason of a specific answer)."""
     base = valid_form(c1, now)
     return {
-        "60k-ampersands": ("&" * 60_000 + base, 200, ""),
-        "8k-distinct-params": ("&".join(f"p{i}=v" for i in range(8_000)) + "&" + base, 200, ""),
-        "60k-dots-assertion": (valid_form(c1, now, client_assertion="." * 60_000), 401, "invalid_client"),
+        "60k-ampersands": ("&" * 60_000 + base, 200, "", None),
+        "8k-distinct-params": ("&".join(f"p{i}=v" for i in range(8_000)) + "&" + base, 200, "", None),
+        "60k-dots-assertion": (valid_form(c1, now, client_assertion="." * 60_000), 401, "invalid_client",
+                               "assertion_too_large"),
         # Validly signed: only the 8 KiB assertion cap refuses it.
-        "assertion-over-8KiB": (valid_form(c1, now, client_assertion=_over_assertion_max(c1, now)), 401, "invalid_client"),
-        "60k-percent-escapes": (base + "&x=" + "%41" * 20_000, 200, ""),
+        "assertion-over-8KiB": (valid_form(c1, now, client_assertion=_over_assertion_max(c1, now)), 401, "invalid_client",
+                                "assertion_too_large"),
+        "60k-percent-escapes": (base + "&x=" + "%41" * 20_000, 200, "", None),
         "repeated-param-at-end": ("&".join(f"p{i}=v" for i in range(5_000)) + "&" + base + "&scope=read&scope=read",
-                                  400, "invalid_request"),
+                                  400, "invalid_request", "parameter_repeated"),
     }
 
 
@@ -92,13 +94,16 @@ def _over_assertion_max(c1: TestClient, now: float, over: int = 1) -> str:
 
 @pytest.mark.parametrize("case", list(_pathological(TestClient("x"), 0)))
 def test_pathological_bodies_within_budget(broker: Broker, c1: TestClient, case: str) -> None:
-    body, status, error = _pathological(c1, broker.clock.now)[case]
+    body, status, error, reason = _pathological(c1, broker.clock.now)[case]
     assert len(body) <= 65536
     resp, elapsed, peak = timed(broker, body)
     if status == 200:
         assert_token(resp)
+    elif reason == "parameter_repeated":  # the answer names the parameter
+        assert (resp.status_code, resp.json()) == (status, {"error": error, "error_description": (
+            "The parameter scope appears more than once: send each parameter once (only resource may repeat).")})
     else:
-        assert_error(resp, status, error)
+        assert_error(resp, status, error, reason=reason)
     assert elapsed < WALL_BUDGET, f"{case}: {elapsed:.3f}s"
     assert peak < MEM_BUDGET, f"{case}: {peak} bytes"
 
@@ -135,7 +140,7 @@ def test_size_caps(broker: Broker, c1: TestClient, case: str) -> None:
     if reason is None:
         assert_token(resp)
     else:
-        assert_invalid_client(resp)
+        assert_invalid_client(resp, reason)
         assert last_rejection_reason(broker) == reason
 
 
@@ -143,28 +148,33 @@ def test_size_caps(broker: Broker, c1: TestClient, case: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("suffix", "status", "error"),
+    ("suffix", "status", "error", "reason"),
     [
-        pytest.param("", 400, "invalid_request", id="wrong-content-type"),
-        pytest.param("&grant_type=client_credentials", 400, "invalid_request", id="duplicate-grant_type"),
-        pytest.param("&client_id=%00", 400, "invalid_request", id="nul-in-client_id"),
-        pytest.param("&client_id=c1%0D%0A", 400, "invalid_request", id="crlf-in-client_id"),
-        pytest.param("&client_id=%FF%FE", 400, "invalid_request", id="invalid-utf8-escape"),
-        pytest.param("&client_id=%ED%A0%80", 400, "invalid_request", id="surrogate-as-utf8"),
-        pytest.param("&client_id=%C3%A9", 400, "invalid_request", id="non-ascii-client_id"),
-        pytest.param("&scope=r%C3%A9ad", 400, "invalid_scope", id="non-ascii-scope"),
+        pytest.param("", 400, "invalid_request", "content_type_invalid", id="wrong-content-type"),
+        pytest.param("&grant_type=client_credentials", 400, "invalid_request", "parameter_repeated",
+                     id="duplicate-grant_type"),
+        pytest.param("&client_id=%00", 400, "invalid_request", "client_id_charset", id="nul-in-client_id"),
+        pytest.param("&client_id=c1%0D%0A", 400, "invalid_request", "client_id_charset", id="crlf-in-client_id"),
+        pytest.param("&client_id=%FF%FE", 400, "invalid_request", "form_encoding", id="invalid-utf8-escape"),
+        pytest.param("&client_id=%ED%A0%80", 400, "invalid_request", "form_encoding", id="surrogate-as-utf8"),
+        pytest.param("&client_id=%C3%A9", 400, "invalid_request", "client_id_charset", id="non-ascii-client_id"),
+        pytest.param("&scope=r%C3%A9ad", 400, "invalid_scope", None, id="non-ascii-scope"),
         # A stray "%" stays a literal (as in the WHATWG urlencoded parser): client_id "%" ≠ c1.
-        pytest.param("&client_id=%", 401, "invalid_client", id="truncated-escape-literal"),
+        pytest.param("&client_id=%", 401, "invalid_client", None, id="truncated-escape-literal"),
     ],
 )
-def test_form_encoding_errors(broker: Broker, c1: TestClient, suffix: str, status: int, error: str) -> None:
+def test_form_encoding_errors(broker: Broker, c1: TestClient, suffix: str, status: int, error: str,
+                              reason: str | None) -> None:
     body = valid_form(c1, broker.clock.now) + suffix
     content_type = "text/plain" if not suffix else CT
     resp = broker.token(body, headers={"content-type": content_type})
     if status == 401:
         assert_invalid_client(resp)
+    elif reason == "parameter_repeated":  # the answer names the parameter
+        assert resp.json()["error_description"].startswith("The parameter grant_type appears more than once")
+        assert resp.status_code == status
     else:
-        assert_error(resp, status, error)
+        assert_error(resp, status, error, reason=reason)
 
 
 @pytest.mark.parametrize(
@@ -174,7 +184,7 @@ def test_form_encoding_errors(broker: Broker, c1: TestClient, suffix: str, statu
      pytest.param(b"grant_type=client_credentials\r\n&x=1", id="raw-crlf")],
 )
 def test_raw_bytes_outside_the_form_charset(broker: Broker, body: bytes) -> None:
-    assert_error(broker.token(body), 400, "invalid_request")
+    assert_error(broker.token(body), 400, "invalid_request", reason="form_charset")
 
 
 # -- JSON inside the assertion (`header-not-an-object` and the claims entries): 401, bounded --------
@@ -217,7 +227,7 @@ def test_hostile_json_in_assertion(broker: Broker, c1: TestClient, case: str) ->
     header, payload = _json_cases(c1, broker.clock.now)[case]
     assertion = raw(header, payload, c1.key)
     resp, elapsed, peak = timed(broker, valid_form(c1, broker.clock.now, client_assertion=assertion))
-    assert_invalid_client(resp)
+    assert_invalid_client(resp, last_rejection_reason(broker))  # deep-objects is over the size cap
     assert elapsed < WALL_BUDGET and peak < MEM_BUDGET, (elapsed, peak)
 
 

@@ -18,9 +18,11 @@ from fakeredis.aioredis import FakeRedis
 from joserfc.jwk import ECKey
 
 from app.client.admin import load_private_jwk
+from app.oauth.errors import PRE_CLIENT_DESCRIPTIONS
 from app.service.admin import admin_key_path
 from app.store import keyspace
 from tests.conftest import Broker, FrozenClock, RedisServer
+from tests.expect import error_body
 from tests.helpers import TestClient, form
 from tests.test_ratelimit import INVALID_CLIENT, SLOW_DOWN, call, make_settings
 
@@ -146,7 +148,9 @@ def test_which_failures_count_toward_the_client(counted: tuple[Broker, FakeRedis
         made = make(c1, off, now)
     assertion, params = made if isinstance(made, tuple) else (made, {})
     status, body, _ = call(broker, form(assertion, **params), ATTACKER)
-    assert (status, body) == (401, INVALID_CLIENT)
+    # The assertion's outer syntax is answered specifically (decided before the client look-up).
+    assert (status, body) == (401, error_body("invalid_client", reason=reason if reason in PRE_CLIENT_DESCRIPTIONS
+                                              else None))
     assert [e["reason"] for e in broker.logs() if e["event"] == "token.rejected"] == [reason]
     assert _count(broker, redis, "addr", ATTACKER) == 1  # every failure counts toward the address
     named = {"client_unknown": "ghost", "client_disabled": "off"}.get(row, "c1")

@@ -180,7 +180,7 @@ def test_client_authentication_is_the_token_endpoints(broker, c1, rs, path):
         caller.assertion(now, key=generate_private_key("ES256")),
     ):
         assert_invalid_client(post(broker, path, caller, bad, token=token))
-    assert_invalid_client(post(broker, path, None, token=token))
+    assert_invalid_client(post(broker, path, None, token=token), "client_auth_missing")
     # only the first, genuine call did anything
     assert introspect(broker, token)["active"] is (path == "/introspect")
     assert broker.app.state.metrics.value(REVOKED) == (path == "/revoke")
@@ -188,12 +188,13 @@ def test_client_authentication_is_the_token_endpoints(broker, c1, rs, path):
 
 @pytest.mark.parametrize("path", ["/revoke", "/introspect"])
 @pytest.mark.parametrize(
-    ("case", "status", "code"),
-    [("no-token", 400, "invalid_request"), ("json-body", 400, "invalid_request"), ("basic-auth-too", 400, "invalid_request"),
-     ("repeated-token", 400, "invalid_request")],
+    ("case", "status", "code", "reason"),
+    [("no-token", 400, "invalid_request", "token_missing"), ("json-body", 400, "invalid_request", "content_type_json"),
+     ("basic-auth-too", 400, "invalid_request", "multiple_auth_methods"),
+     ("repeated-token", 400, "invalid_request", None)],
     ids=["no-token", "json-body", "basic-auth-too", "repeated-token"],
 )
-def test_bad_requests(broker, c1, rs, path, case, status, code):
+def test_bad_requests(broker, c1, rs, path, case, status, code, reason):
     caller = rs if path == "/introspect" else c1
     auth = {"client_assertion_type": URN, "client_assertion": caller.assertion(broker.clock.now)}
     body, headers = str(httpx.QueryParams({**auth, "token": "t"})), {"content-type": FORM}
@@ -206,7 +207,11 @@ def test_bad_requests(broker, c1, rs, path, case, status, code):
     elif case == "repeated-token":
         body += "&token=u"
     r = broker.http.post(path, content=body, headers=headers)
-    assert_error(r, status, code)
+    if reason is None:  # repeated-token: the answer names the parameter
+        assert (r.status_code, r.json()) == (status, {"error": code, "error_description": (
+            "The parameter token appears more than once: send each parameter once (only resource may repeat).")})
+    else:
+        assert_error(r, status, code, reason=reason)
 
 
 @pytest.mark.parametrize("path", ["/revoke", "/introspect"])

@@ -53,15 +53,20 @@ def test_other_methods_are_405_with_allow_post(broker, method):
 
 
 @pytest.mark.parametrize(
-    "content_type",
-    ["application/json", "text/plain", "multipart/form-data; boundary=x", None],
+    "content_type,reason",
+    [
+        ("application/json", "content_type_json"),
+        ("text/plain", "content_type_invalid"),
+        ("multipart/form-data; boundary=x", "content_type_invalid"),
+        (None, "content_type_missing"),
+    ],
     ids=["json", "text-plain", "multipart", "missing"],
 )
-def test_wrong_content_type_is_invalid_request(broker, clients, content_type):
+def test_wrong_content_type_is_invalid_request(broker, clients, content_type, reason):
     body = encode(base_params(clients["c1"].assertion(broker.clock.now)))
     headers = {} if content_type is None else {"content-type": content_type}
     r = broker.http.post("/token", content=body, headers=headers)
-    assert_error(r, 400, "invalid_request")
+    assert_error(r, 400, "invalid_request", reason=reason)
 
 
 def test_content_type_with_charset_is_accepted(broker, clients):
@@ -91,7 +96,10 @@ def test_repeated_parameter_is_invalid_request(broker, clients, name, second):
     if second == "same":
         second = assertion
     r = broker.token(encode(params + [(name, second)]))
-    assert_error(r, 400, "invalid_request")
+    assert r.json()["error_description"] == (
+        f"The parameter {name} appears more than once: send each parameter once (only resource may repeat).")
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_request")
+    assert_hygiene(r)
     # The assertion was not consumed: it still works once the request is well formed.
     assert_token(broker.token(form(assertion)))
 
@@ -99,7 +107,7 @@ def test_repeated_parameter_is_invalid_request(broker, clients, name, second):
 def test_repeated_resource_is_invalid_target(broker, clients):
     """RFC 8707 §2 allows several resources; we issue single-audience tokens (documented deviation)."""
     params = base_params(clients["c1"].assertion(broker.clock.now)) + [("resource", RS1), ("resource", RS1)]
-    assert_error(broker.token(encode(params)), 400, "invalid_target")
+    assert_error(broker.token(encode(params)), 400, "invalid_target", reason="resource_multiple")
 
 
 # -- blank and unknown parameters (attack matrix: `blank-and-unknown-parameters`) ------------------
@@ -110,7 +118,7 @@ def test_blank_client_id_is_treated_as_omitted(broker, clients):
 
 
 def test_blank_assertion_is_invalid_client(broker, clients):
-    assert_invalid_client(broker.token(form("")))
+    assert_error(broker.token(form("")), 401, "invalid_client", reason="assertion_missing")
 
 
 def test_blank_scope_gives_default_scope(broker, clients):
@@ -133,20 +141,20 @@ def test_unknown_parameters_are_ignored_and_change_nothing(broker, clients):
 
 
 @pytest.mark.parametrize(
-    "grant,status,code",
+    "grant,status,code,reason",
     [
-        (DROP, 400, "invalid_request"),
-        ("password", 400, "unsupported_grant_type"),
-        ("authorization_code", 400, "unsupported_grant_type"),
-        ("refresh_token", 400, "unsupported_grant_type"),
-        ("urn:ietf:params:oauth:grant-type:jwt-bearer", 400, "unsupported_grant_type"),
-        ("Client_Credentials", 400, "unsupported_grant_type"),
+        (DROP, 400, "invalid_request", "grant_type_missing"),
+        ("password", 400, "unsupported_grant_type", "grant_type_unsupported"),
+        ("authorization_code", 400, "unsupported_grant_type", "grant_type_unsupported"),
+        ("refresh_token", 400, "unsupported_grant_type", "grant_type_unsupported"),
+        ("urn:ietf:params:oauth:grant-type:jwt-bearer", 400, "unsupported_grant_type", "grant_type_unsupported"),
+        ("Client_Credentials", 400, "unsupported_grant_type", "grant_type_unsupported"),
     ],
     ids=["missing", "password", "authorization_code", "refresh_token", "jwt-bearer", "wrong-case"],
 )
-def test_grant_type(broker, clients, grant, status, code):
+def test_grant_type(broker, clients, grant, status, code, reason):
     r = broker.token(form(clients["c1"].assertion(broker.clock.now), grant_type=grant))
-    assert_error(r, status, code)
+    assert_error(r, status, code, reason=reason)
 
 
 def test_client_not_allowed_client_credentials_is_unauthorized_client(broker, clients):
@@ -162,12 +170,12 @@ def test_client_not_allowed_client_credentials_is_unauthorized_client(broker, cl
     ids=["client_id-only", "grant_type-only"],
 )
 def test_no_client_authentication_is_invalid_client(broker, clients, body):
-    assert_invalid_client(broker.token(body))
+    assert_error(broker.token(body), 401, "invalid_client", reason="client_auth_missing")
 
 
 def test_assertion_without_type_is_invalid_request(broker, clients):
     r = broker.token(form(clients["c1"].assertion(broker.clock.now), client_assertion_type=DROP))
-    assert_error(r, 400, "invalid_request")
+    assert_error(r, 400, "invalid_request", reason="assertion_type_missing")
 
 
 @pytest.mark.parametrize(
@@ -182,7 +190,8 @@ def test_assertion_without_type_is_invalid_request(broker, clients):
 )
 def test_wrong_assertion_type_is_invalid_client(broker, clients, value):
     assertion = clients["c1"].assertion(broker.clock.now)
-    assert_invalid_client(broker.token(form(assertion, client_assertion_type=value)))
+    r = broker.token(form(assertion, client_assertion_type=value))
+    assert_error(r, 401, "invalid_client", reason="assertion_type_unsupported")
     assert_token(broker.token(form(assertion)))  # not consumed
 
 
@@ -200,7 +209,7 @@ def test_wrong_assertion_type_is_invalid_client(broker, clients, value):
 def test_two_auth_methods_is_invalid_request_and_keeps_jti(broker, clients, extra_header, extra_param):
     assertion = clients["c1"].assertion(broker.clock.now)
     r = broker.token(form(assertion, **extra_param), headers=extra_header)
-    assert_error(r, 400, "invalid_request")
+    assert_error(r, 400, "invalid_request", reason="multiple_auth_methods")
     assert_token(broker.token(form(assertion)))
 
 
@@ -229,7 +238,8 @@ def test_matching_client_id_is_accepted(broker, clients):
 )
 def test_client_id_parameter_charset_is_vschar(broker, clients, client_id, status, code, reason):
     r = broker.token(form(clients["c1"].assertion(broker.clock.now), client_id=client_id))
-    assert_error(r, status, code)
+    # client_id_mismatch is decided after parsing the assertion: the generic invalid_client text.
+    assert_error(r, status, code, reason=None if code == "invalid_client" else reason)
     rejected = [e for e in broker.logs() if e.get("event") == "token.rejected"]
     assert [e["reason"] for e in rejected] == [reason]
 
@@ -240,7 +250,7 @@ def test_credentials_in_query_are_ignored_and_not_logged(broker, clients):
     r = broker.http.post(
         "/token?" + query, content="grant_type=client_credentials", headers={"content-type": "application/x-www-form-urlencoded"}
     )
-    assert_invalid_client(r)
+    assert_error(r, 401, "invalid_client", reason="client_auth_missing")
     assert assertion[:100] not in broker.log_text()
     assert assertion[-60:] not in broker.log_text()
 
@@ -265,7 +275,8 @@ def test_body_over_limit_is_413(broker, clients, size):
     ids=["assertion-limit+1", "dots", "many-segments"],
 )
 def test_pathological_assertions_are_invalid_client(broker, clients, assertion):
-    assert_invalid_client(broker.token(form(assertion)))
+    # Each is over the 8 KiB assertion cap: refused before any parsing.
+    assert_error(broker.token(form(assertion)), 401, "invalid_client", reason="assertion_too_large")
 
 
 def test_many_ampersands_within_limit_is_handled(broker, clients):
@@ -277,19 +288,19 @@ def test_many_ampersands_within_limit_is_handled(broker, clients):
 
 
 @pytest.mark.parametrize(
-    "raw_body,status,code",
+    "raw_body,status,code,reason",
     [
-        ("grant_type=client_credentials%00", 400, "invalid_request"),
-        ("grant_type=client_credentials&client_id=%FF%FE", 400, "invalid_request"),
-        ("grant_type=client_credentials&client_id=c1%0D%0Ax", 400, "invalid_request"),
-        ("grant_type=client_credentials\r\n&client_id=c1", 400, "invalid_request"),
-        ("grant_type=client_credentials&client_id=caf\xc3\xa9", 400, "invalid_request"),
+        ("grant_type=client_credentials%00", 400, "invalid_request", "grant_type_charset"),
+        ("grant_type=client_credentials&client_id=%FF%FE", 400, "invalid_request", "form_encoding"),
+        ("grant_type=client_credentials&client_id=c1%0D%0Ax", 400, "invalid_request", "client_id_charset"),
+        ("grant_type=client_credentials\r\n&client_id=c1", 400, "invalid_request", "form_charset"),
+        ("grant_type=client_credentials&client_id=caf\xc3\xa9", 400, "invalid_request", "form_charset"),
     ],
     ids=["nul-in-grant", "invalid-utf8-client_id", "crlf-escaped", "crlf-raw", "raw-non-ascii"],
 )
-def test_control_characters_and_bad_encoding(broker, raw_body, status, code):
+def test_control_characters_and_bad_encoding(broker, raw_body, status, code, reason):
     r = broker.token(raw_body.encode("latin-1"))
-    assert_error(r, status, code)
+    assert_error(r, status, code, reason=reason)
 
 
 def test_10kb_client_id_is_invalid_client_not_500(broker, clients):
@@ -306,16 +317,35 @@ def test_bad_scope_characters_are_invalid_scope(broker, clients, scope):
 
 
 def test_invalid_client_is_byte_identical_for_every_cause(broker, clients):
+    """Everything decided once the assertion has been parsed (the client look-up and after) gets the
+    one generic answer; only the request's own shape is answered specifically (test_error_descriptions)."""
     now = broker.clock.now
     c1 = clients["c1"]
     unknown = TestClient("nobody")
+    replayed = c1.assertion(now)
+    assert_token(broker.token(form(replayed)))
     variants = {
         "unknown": broker.token(form(unknown.assertion(now))),
         "disabled": broker.get_token(clients["c4"]),
         "bad-signature": broker.token(form(c1.assertion(now, key=TestClient("x").key))),
         "expired": broker.token(form(c1.assertion(now, exp=int(now) - 100, iat=int(now) - 160))),
         "kid-echo": broker.token(form(c1.assertion(now, header={"alg": "ES256", "kid": 'a"\r\n'}))),
+        "kid-unknown": broker.token(form(c1.assertion(now, header={"alg": "ES256", "kid": "nope"}))),
+        "alg-not-the-keys": broker.token(form(c1.assertion(now, header={"alg": "PS256", "kid": "c1-1"},
+                                                           key=clients["c2"].key))),
+        "aud-token-endpoint": broker.token(form(c1.assertion(now, aud=ISS + "/token"))),
+        "exp-too-far": broker.token(form(c1.assertion(now, exp=int(now) + 3600))),
+        "exp-missing": broker.token(form(c1.assertion(now, exp=DROP))),
+        "iat-too-old": broker.token(form(c1.assertion(now, iat=int(now) - 3000))),
+        "nbf-in-future": broker.token(form(c1.assertion(now, nbf=int(now) + 600))),
+        "jti-missing": broker.token(form(c1.assertion(now, jti=DROP))),
+        "client-id-mismatch": broker.token(form(c1.assertion(now), client_id="c2")),
+        "replayed": broker.token(form(replayed)),
     }
+    reasons = [e["reason"] for e in broker.logs() if e.get("event") == "token.rejected"]
+    assert reasons == ["client_unknown", "client_disabled", "signature_invalid", "exp_expired", "kid_unknown",
+                       "kid_unknown", "alg_not_allowed", "aud_not_issuer", "exp_too_far", "exp_missing", "iat_too_old",
+                       "nbf_in_future", "jti_invalid", "client_id_mismatch", "jti_replayed"]
     bodies = {name: (r.status_code, r.content, r.headers.get("content-type")) for name, r in variants.items()}
     assert len(set(bodies.values())) == 1, bodies
     status, content, _ = bodies["unknown"]

@@ -78,7 +78,11 @@ class BrokerAdmin:
             response = self._send("GET", METADATA_PATH)
             if response.status_code != 200:
                 raise AdminError(f"{self.broker_url} did not serve broker metadata (HTTP {response.status_code}): is --broker the broker's URL?")
-            self._metadata = response.json()
+            metadata = _json_object(response)
+            if not isinstance(metadata.get("issuer"), str):
+                raise AdminError(f"{self.broker_url}{METADATA_PATH} answered HTTP 200 without an issuer: expected the "
+                                 "broker's metadata (a JSON object with issuer); is --broker the broker's URL?")
+            self._metadata = metadata
         return self._metadata
 
     @property
@@ -111,11 +115,16 @@ class BrokerAdmin:
                     f"the broker refused the admin key ({_error_text(response)}): check that --admin-key is the admin "
                     "private key whose public half the broker has (keys/admin.jwk in dev mode, BROKER_ADMIN_JWKS in "
                     "production) and that --admin-client-id names the broker's admin client (BROKER_ADMIN_CLIENT_ID)"
+                    + _why_hint(response)
                 )
             if response.status_code != 200:
                 raise self._refusal(response, f"could not get an admin token (HTTP {response.status_code}: "
                                               f"{_error_text(response)})")
-            self._token = str(response.json()["access_token"])
+            token = _json_object(response).get("access_token")
+            if not isinstance(token, str) or not token:
+                raise AdminError(f"{self.token_endpoint} answered HTTP 200 without an access_token: expected a token "
+                                 "response; is --broker the broker's URL?")
+            self._token = token
         return self._token
 
     def request(self, method: str, path: str, body: Any = None) -> httpx.Response:
@@ -214,6 +223,12 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def _why_hint(response: httpx.Response) -> str:
+    """Where the broker's log says why it refused: its reason, found by the answer's request id."""
+    request_id = response.headers.get("x-request-id")
+    return f"; the broker's log has the reason: `broker_admin.py why {request_id}`" if request_id else ""
 
 
 def _error_text(response: httpx.Response) -> str:

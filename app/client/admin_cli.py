@@ -29,6 +29,7 @@ from app.client.admin import (
     read_public_keys,
 )
 from app.client.admin_backup import export_document, import_file, write_export
+from app.client.why import add_why_command, why
 
 _EPILOG = """\
 examples:
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = add_parser  # type: ignore[method-assign]
 
     _keygen_command(original)
+    add_why_command(original)  # offline, like keygen: reads a log, no broker
     _register_command(sub)
     listing = sub.add_parser("list", help="list every client (a table; --json for every field)",
                              description="Print every registered client: one row each with client_id, enabled, "
@@ -254,6 +256,8 @@ def run(args: argparse.Namespace) -> Any:
     """The command's result: JSON-able, or text (``list`` without ``--json``)."""
     if args.command == "keygen":  # offline: no broker, no admin key
         return keygen(args.out, args.alg)
+    if args.command == "why":  # offline too: reads the broker's log
+        return why(args)
     metadata = _metadata(args) if args.command in ("register", "update") else {}
     with BrokerAdmin(args.broker, args.admin_key, admin_client_id=args.admin_client_id) as admin:
         return _call(admin, args, metadata)

@@ -34,7 +34,7 @@ def make_client_assertion(
 ) -> str:
     """A signed assertion for one token request; ``now`` defaults to the wall clock."""
     if not 1 <= lifetime <= MAX_LIFETIME:
-        raise ValueError(f"assertion lifetime must be 1-{MAX_LIFETIME} seconds")
+        raise ValueError(f"assertion lifetime must be 1-{MAX_LIFETIME} seconds, not {lifetime!r}")
     issued = int(time.time() if now is None else now)
     header = {"alg": alg, "typ": ASSERTION_TYP}
     if kid is not None:

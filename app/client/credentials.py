@@ -38,9 +38,14 @@ class ClientKey:
             try:
                 key = import_jwk(jwk)
             except Exception:  # whatever joserfc raises for a malformed JWK: one clear message
-                raise ValueError("the client key is not a valid private JWK") from None
-        if not getattr(key, "is_private", False):
-            raise ValueError("the client key must be a private key")
+                raise ValueError(f"the client key is not a valid JWK (kty {str(jwk.get('kty'))[:20]!r}): expected an "
+                                 "EC, OKP or RSA private JWK, as keygen writes it") from None
+        if not hasattr(key, "is_private"):
+            raise ValueError(f"the client key is a {type(key).__name__}: expected a private JWK (a dict), the path of "
+                             "a JWK file, a joserfc private key or a ClientKey")
+        if not key.is_private:
+            raise ValueError("the client key is a public key: expected the private JWK (with its private part, "
+                             "\"d\"), which stays with the service; the broker holds the public half")
         self.key = key
         self.alg = alg or default_alg(key)
         self.kid = kid or key.thumbprint()
@@ -54,8 +59,12 @@ def _read_jwk(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read client key file {path}: {type(exc).__name__}") from None
-    if isinstance(data, dict) and isinstance(data.get("keys"), list) and len(data["keys"]) == 1:
+    if isinstance(data, dict) and isinstance(data.get("keys"), list):
+        if len(data["keys"]) != 1:
+            raise ValueError(f"client key file {path} holds a JWK set of {len(data['keys'])} keys: expected one "
+                             "private JWK (or a set of exactly one)")
         data = data["keys"][0]
     if not isinstance(data, dict):
-        raise ValueError(f"client key file {path} does not hold a JWK")
+        raise ValueError(f"client key file {path} holds a JSON {type(data).__name__}: expected a private JWK "
+                         "(a JSON object)")
     return data

@@ -1,7 +1,12 @@
 """Errors a client service can act on: RFC 6749 §5.2 error responses from the token endpoint.
 
-Each exception carries the broker's ``error`` code (``error``), the HTTP status, and for
-``BrokerUnavailable`` the ``Retry-After`` hint in seconds when the broker gave one.
+Each exception carries the broker's ``error`` code (``error``), the HTTP status, the broker's
+``error_description`` or, for a local code, what was expected and what was found
+(``description``), the answer's ``X-Request-Id`` when it had one (``request_id``), and for
+``BrokerUnavailable`` the ``Retry-After`` hint in seconds when the broker gave one. The message
+(``str(exc)``) reads as one sentence: the code, the description, the status of an error answer
+(never "HTTP 200", which reads like success) and, with a request id, how the broker's operator
+finds the logged reason (``broker_admin.py why``).
 """
 
 from __future__ import annotations
@@ -10,11 +15,23 @@ from __future__ import annotations
 class BrokerError(Exception):
     """The token request failed; ``error`` is the broker's RFC 6749 §5.2 code (or a local one)."""
 
-    def __init__(self, error: str, *, status_code: int | None = None, description: str | None = None) -> None:
-        super().__init__(f"{error}" + (f" (HTTP {status_code})" if status_code else "") + (f": {description}" if description else ""))
+    def __init__(self, error: str, *, status_code: int | None = None, description: str | None = None,
+                 request_id: str | None = None) -> None:
+        super().__init__(_message(error, status_code, description, request_id))
         self.error = error
         self.status_code = status_code
         self.description = description
+        self.request_id = request_id
+
+
+def _message(error: str, status_code: int | None, description: str | None, request_id: str | None) -> str:
+    text = error + (f": {description}" if description else "")
+    if status_code is not None and status_code >= 300 and f"HTTP {status_code}" not in text:
+        text += f" (HTTP {status_code})"
+    if request_id:
+        text += (f"; request id {request_id}: the broker's operator runs `broker_admin.py why {request_id}` "
+                 "on the broker's log for the reason")
+    return text
 
 
 class BrokerUnavailable(BrokerError):
@@ -22,8 +39,8 @@ class BrokerUnavailable(BrokerError):
     without an error code, or sent something that is not a token response. Retrying later may succeed."""
 
     def __init__(self, error: str, *, status_code: int | None = None, description: str | None = None,
-                 retry_after: float | None = None) -> None:
-        super().__init__(error, status_code=status_code, description=description)
+                 retry_after: float | None = None, request_id: str | None = None) -> None:
+        super().__init__(error, status_code=status_code, description=description, request_id=request_id)
         self.retry_after = retry_after
 
 
@@ -46,9 +63,12 @@ _BY_CODE: dict[str, type[BrokerError]] = {
 }
 
 
-def error_for(code: str, status_code: int, description: str | None, retry_after: float | None) -> BrokerError:
+def error_for(code: str, status_code: int, description: str | None, retry_after: float | None,
+              request_id: str | None = None) -> BrokerError:
     """The exception for an error answer: ``BrokerUnavailable`` (retryable) for 5xx, ``server_error``
     and ``temporarily_unavailable``."""
     if status_code >= 500 or code in ("temporarily_unavailable", "server_error"):
-        return BrokerUnavailable(code, status_code=status_code, description=description, retry_after=retry_after)
-    return _BY_CODE.get(code, BrokerError)(code, status_code=status_code, description=description)
+        return BrokerUnavailable(code, status_code=status_code, description=description, retry_after=retry_after,
+                                 request_id=request_id)
+    return _BY_CODE.get(code, BrokerError)(code, status_code=status_code, description=description,
+                                           request_id=request_id)

@@ -123,20 +123,24 @@ class TokenFlow:
         """Renewal failed: serve the old token while it is still valid (renewal is early on purpose)."""
         cached = self._tokens.get(key)
         if isinstance(exc, BrokerUnavailable) and cached is not None and cached.usable(self.clock()):
-            log.warning("client.renewal_failed", extra={"client_id": self.client_id, "error": exc.error})
+            log.warning("client.renewal_failed: client %s could not renew its token (%s); serving the cached one, "
+                        "valid for %d s more", self.client_id, exc, cached.expires_at - self.clock(),
+                        extra={"client_id": self.client_id, "error": exc.error})
             return cached
         raise exc
 
     def _request(self, key: Key) -> Flow[CachedToken]:
         """One token request with a new assertion; whatever the answer, it is never sent again."""
+        url = self.issuer + METADATA_PATH
         try:
             if self.token_endpoint is None:
-                metadata = yield HttpCall("GET", self.issuer + METADATA_PATH)
+                metadata = yield HttpCall("GET", url)
                 self.token_endpoint = token_endpoint_from(metadata, self.issuer)
+            url = self.token_endpoint
             started = self.clock()
-            response = yield HttpCall("POST", self.token_endpoint, self._form(key))
+            response = yield HttpCall("POST", url, self._form(key))
         except httpx.HTTPError as exc:
-            raise BrokerUnavailable("unreachable", description=type(exc).__name__) from None
+            raise BrokerUnavailable("unreachable", description=f"could not reach {url}: {type(exc).__name__}") from None
         return token_from(response, client_id=self.client_id, scope=key[0], started=started, policy=self.renewal)
 
     def _form(self, key: Key) -> dict[str, str]:

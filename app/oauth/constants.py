@@ -14,6 +14,9 @@ CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 #: RFC 8414 §3: where the authorization server metadata document is served (below the issuer).
 METADATA_PATH = "/.well-known/oauth-authorization-server"
+#: OpenID Connect Discovery 1.0 §4: where stacks that only discover through OIDC (MSAL among them)
+#: look. The broker serves the same RFC 8414 document there (``app.oauth.metadata`` says why).
+OPENID_CONFIGURATION_PATH = "/.well-known/openid-configuration"
 
 #: The scope an access token needs for the admin API.
 ADMIN_SCOPE = "broker:admin"

@@ -3,6 +3,17 @@
 The document depends on the settings and on the algorithms of the published signing keys
 (``signing_algs``), which change with key rotation; the composition root encodes it once per set
 of algorithms and serves the bytes.
+
+The same bytes are served at ``/.well-known/openid-configuration`` too: some client stacks (MSAL,
+and libraries configured with an "authority") discover only there. The document claims nothing of
+OpenID Connect: no ``openid`` scope, no ID tokens, no userinfo. It deliberately leaves out the
+members OIDC Discovery 1.0 §3 requires for an OpenID Provider (``authorization_endpoint``,
+``subject_types_supported``, ``id_token_signing_alg_values_supported``): each would announce an
+endpoint or ID tokens the broker does not have, and the clients that read this path for the
+client credentials grant use ``issuer``, ``token_endpoint`` and ``jwks_uri`` (MSAL Python also
+insists on ``authorization_endpoint``, which this broker has none of to announce).
+``response_types_supported`` is present (empty: no authorization endpoint) because RFC 8414
+requires it.
 """
 
 from __future__ import annotations

@@ -9,8 +9,16 @@ the first of duplicate values and silently normalises bad encodings). Rules, in 
   for one audience, so several are ``invalid_target``);
 - blank values count as absent (RFC 6749 §3.2); unknown parameters are ignored;
 - one authentication method only (RFC 6749 §2.3): an ``Authorization`` header or a
-  ``client_secret`` beside the assertion is ``invalid_request``;
+  ``client_secret`` beside the assertion is ``invalid_request`` ("more than one mechanism");
+  either one *instead of* an assertion is ``invalid_client`` (RFC 6749 §5.2: "unsupported
+  authentication method"), 401 with ``WWW-Authenticate: Basic`` when it came in an
+  ``Authorization`` header (§5.2 asks for the scheme the client used; Basic, RFC 6749 §2.3.1, is
+  the one a client sends to a token endpoint, and the request carries no more than the fact that
+  some header was sent);
 - character sets are checked after decoding (RFC 6749 App. A).
+
+Every refusal here is decided before any client is looked up, so its ``error_description`` says
+precisely what is wrong (``app.oauth.errors.PRE_CLIENT_DESCRIPTIONS``).
 """
 
 from __future__ import annotations
@@ -34,6 +42,12 @@ _KNOWN = frozenset(
 _VSCHAR = re.compile(r"[\x20-\x7e]*")
 # The raw body: visible ASCII only (SP arrives encoded, as "+" or "%20").
 _FORM_BYTES = re.compile(rb"[\x21-\x7e]*")
+# The answer names a repeated parameter only when it is one of the fixed names below (never text
+# taken from the request); any other name gets the reason's generic text.
+_REPEATED = {
+    name: f"The parameter {name} appears more than once: send each parameter once (only resource may repeat)."
+    for name in sorted((_KNOWN | {"client_secret", "token", "token_type_hint"}) - {"resource"})
+}
 
 
 class TokenRequest(msgspec.Struct, frozen=True):
@@ -44,12 +58,9 @@ class TokenRequest(msgspec.Struct, frozen=True):
 
 
 def parse_token_request(body: bytes, content_type: str | None, *, has_authorization: bool) -> TokenRequest:
-    if content_type is None or content_type.split(";", 1)[0].strip().lower() != "application/x-www-form-urlencoded":
-        raise InvalidRequest("content_type_invalid")
+    _check_content_type(content_type)
     params, resources = _parse_form(body)
-
-    if has_authorization or "client_secret" in params:
-        raise InvalidRequest("multiple_auth_methods")
+    _one_auth_method(params, has_authorization)
 
     grant_type = params.get("grant_type")
     if grant_type is None:
@@ -72,8 +83,7 @@ def client_auth_params(params: dict[str, str], *, has_authorization: bool) -> tu
     Shared by every client-authenticated endpoint (token, RFC 7009 revocation, RFC 7662
     introspection) so each refuses a second method and a bad assertion type identically.
     """
-    if has_authorization or "client_secret" in params:
-        raise InvalidRequest("multiple_auth_methods")
+    _one_auth_method(params, has_authorization)
     client_id = params.get("client_id")
     if client_id is not None and not _VSCHAR.fullmatch(client_id):
         raise InvalidRequest("client_id_charset")
@@ -93,10 +103,37 @@ def client_auth_params(params: dict[str, str], *, has_authorization: bool) -> tu
 
 def parse_form(body: bytes, content_type: str | None, known: frozenset[str]) -> dict[str, str]:
     """A form-encoded body for an endpoint whose parameters are ``known`` (none may repeat)."""
-    if content_type is None or content_type.split(";", 1)[0].strip().lower() != "application/x-www-form-urlencoded":
-        raise InvalidRequest("content_type_invalid")
+    _check_content_type(content_type)
     params, _ = _parse_form(body, known)  # unknown parameters (``resource`` too) are ignored
     return params
+
+
+def _check_content_type(content_type: str | None) -> None:
+    if content_type is None:
+        raise InvalidRequest("content_type_missing")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "application/x-www-form-urlencoded":
+        return
+    # application/json and the structured-syntax suffix (RFC 6839 §3.1): client libraries that
+    # default to JSON bodies are the usual cause, so the answer names it.
+    if media_type == "application/json" or media_type.endswith("+json"):
+        raise InvalidRequest("content_type_json")
+    raise InvalidRequest("content_type_invalid")
+
+
+# WWW-Authenticate for a refused Authorization header (module docstring); the realm is fixed text.
+_BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="token-broker"'}
+
+
+def _one_auth_method(params: dict[str, str], has_authorization: bool) -> None:
+    """RFC 6749 §2.3: one method, and it must be private_key_jwt (module docstring)."""
+    if not has_authorization and "client_secret" not in params:
+        return
+    if "client_assertion" in params:
+        raise InvalidRequest("multiple_auth_methods")
+    if has_authorization:
+        raise InvalidClient("authorization_unsupported", headers=dict(_BASIC_CHALLENGE))
+    raise InvalidClient("client_secret_unsupported")
 
 
 def _parse_form(body: bytes, known: frozenset[str] = _KNOWN) -> tuple[dict[str, str], list[str]]:
@@ -118,7 +155,7 @@ def _parse_form(body: bytes, known: frozenset[str] = _KNOWN) -> tuple[dict[str, 
         except UnicodeDecodeError:
             raise InvalidRequest("form_encoding") from None
         if name in seen and name != "resource":
-            raise InvalidRequest("parameter_repeated")
+            raise InvalidRequest("parameter_repeated", description=_REPEATED.get(name))
         seen.add(name)
         if name == "resource":
             if value:

@@ -16,7 +16,7 @@ from structlog.contextvars import bound_contextvars
 
 from app.oauth.access_token import InvalidToken
 from app.oauth.clients import InvalidClientMetadata
-from app.oauth.constants import METADATA_PATH
+from app.oauth.constants import METADATA_PATH, OPENID_CONFIGURATION_PATH
 from app.oauth.errors import MethodNotAllowed, OAuthError, RequestTooLarge, ServerError, TemporarilyUnavailable
 from app.service.admin import AdminService, Conflict, InsufficientScope, NotFound
 from app.service.client_auth import EndpointRequest
@@ -138,7 +138,7 @@ async def token_op_other_methods() -> Response[bytes]:
     return oauth_error(MethodNotAllowed("method_not_allowed", headers={"Allow": "POST"}))
 
 
-@get(METADATA_PATH)
+@get([METADATA_PATH, OPENID_CONFIGURATION_PATH])
 async def metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(request.app.state.metadata(), media_type=JSON, headers={"Cache-Control": "public, max-age=300"})
 
