@@ -121,7 +121,9 @@ def _name(path: Path) -> str:
 def check(cmd: Command) -> Command:
     first, args = cmd.words[0], cmd.words[1:]
     for word in cmd.words:
-        path = REPO_PATH.fullmatch(word) and word.split("::")[0]
+        # kubectl names cluster objects as kind/name (deploy/token-broker), not repository files.
+        path = REPO_PATH.fullmatch(word) and not (first == "kubectl" and "/" in word and "." not in word) \
+            and word.split("::")[0]
         if path and not (ROOT / path).exists():
             cmd.problems.append(f"{word}: no such file in the repository")
     if first in CONTAINER_TOOLS:
