@@ -214,8 +214,11 @@ class SigningKeySet(msgspec.Struct, frozen=True):
 
 def ensure_signing_keys(keys_dir: Path, alg: str) -> SigningKeySet:
     """Load the signing keys; on a first start with an empty folder, create one active key."""
-    check_key_modes(keys_dir)
-    keys = load_signing_keys(keys_dir)
+    try:
+        check_key_modes(keys_dir)
+        keys = load_signing_keys(keys_dir)
+    except OSError as exc:  # e.g. a folder on the way this user may not enter
+        raise _keys_dir_error(keys_dir, "read the keys folder", exc) from None
     if not keys:
         _create_first_key(keys_dir, alg)
         keys = load_signing_keys(keys_dir)
@@ -240,6 +243,9 @@ def _create_first_key(keys_dir: Path, alg: str) -> None:
     except FileExistsError:  # another process created the same kid: impossible, but harmless
         pass
     except OSError as exc:
-        raise ConfigError(f"BROKER_KEYS_DIR={keys_dir}: cannot create the first signing key in {folder} "
-                          f"({exc.strerror or type(exc).__name__}); make it a folder this user (uid {os.getuid()}) "
-                          f"can write, or point BROKER_KEYS_DIR at one") from None
+        raise _keys_dir_error(keys_dir, f"create the first signing key in {folder}", exc) from None
+
+
+def _keys_dir_error(keys_dir: Path, doing: str, exc: OSError) -> ConfigError:
+    return ConfigError(f"BROKER_KEYS_DIR={keys_dir}: cannot {doing} ({exc.strerror or type(exc).__name__}); make it "
+                       f"a folder this user (uid {os.getuid()}) can read and write, or point BROKER_KEYS_DIR at one")

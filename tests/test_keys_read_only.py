@@ -6,7 +6,9 @@ timestamped folder, a ``..data`` link to it and one link per entry, files 0440 f
 ``fsGroup``. ``statvfs`` reports the mount's read-only flag and nothing else can fake it, so each
 case builds that mount for real in a mount namespace of its own (``unshare -m``, which needs root or
 CAP_SYS_ADMIN) and runs the broker's command inside it; the mount is gone when the command exits.
-Where mounting is not permitted these tests skip, except under ``CI=true``, where they fail.
+The cases of a folder this user may not use run the command as another user in a user namespace
+(``unshare --user``), so they hold when the suite runs as root. Where a namespace is not permitted
+these tests skip, except under ``CI=true``, where they fail.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,27 +57,36 @@ os.execvp(sys.argv[2], sys.argv[2:])
 
 
 @functools.cache
-def _mount_refused() -> str | None:
-    """Why this process cannot mount in a mount namespace of its own, or None."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
+def _refused(probe: tuple[str, ...]) -> str | None:
+    """Why ``unshare`` cannot run ``probe`` here (None: it can)."""
+    if shutil.which("unshare") is None:
         return "unshare (util-linux) is not installed"
     with tempfile.TemporaryDirectory() as folder:
-        proc = subprocess.run([unshare, "-m", "--propagation", "private", "mount", "-t", "tmpfs", "-o", "ro", "tmpfs",
-                               folder], capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(["unshare", *probe, folder], capture_output=True, text=True, timeout=30)
     if proc.returncode != 0:
-        return f"mounting in a private mount namespace is not permitted here (needs root): {proc.stderr.strip()}"
+        return f"`unshare {' '.join(probe)}` is not permitted here (needs root): {proc.stderr.strip()}"
     return None
+
+
+def _require(probe: tuple[str, ...]) -> None:
+    refused = _refused(probe)
+    if refused is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{refused}: CI runs these tests as root")
+        pytest.skip(refused)
 
 
 def in_mounts(mounts: list[dict[str, Any]], argv: list[str]) -> list[str]:
     """``argv`` run in a mount namespace of its own after ``mounts`` are made."""
-    refused = _mount_refused()
-    if refused is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{refused}: CI runs the read-only mount tests as root")
-        pytest.skip(refused)
+    _require(("-m", "--propagation", "private", "mount", "-t", "tmpfs", "-o", "ro", "tmpfs"))
     return ["unshare", "-m", "--propagation", "private", sys.executable, "-c", MOUNT_THEN_EXEC, json.dumps(mounts), *argv]
+
+
+def as_nobody(argv: list[str]) -> list[str]:
+    """``argv`` run as uid 65534 in a user namespace of its own: no capability over files of users
+    not mapped into it, so a folder of another user is closed to it (as to a pod's uid 10001)."""
+    _require(("--user", "--map-user=65534", "--map-group=65534", "test", "-d"))
+    return ["unshare", "--user", "--map-user=65534", "--map-group=65534", *argv]
 
 
 def secret_volume(at: Path, files: dict[str, Path], *, mode: int = 0o440, read_only: bool = True) -> dict[str, Any]:
@@ -175,15 +187,42 @@ def test_no_key_on_a_read_only_folder_is_one_line(tmp_path: Path, command: list[
     assert proc.stderr == f"token-broker: configuration error: {message.format(keys=keys_dir)}\n"
 
 
-def test_a_keys_folder_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
-    """On a writable filesystem: BROKER_KEYS_DIR where no folder can be made (under a file)."""
+def _under_a_file(tmp_path: Path) -> Path:
     (tmp_path / "file").write_text("not a folder\n")
-    keys_dir = tmp_path / "file" / "keys"
-    proc = subprocess.run(KEYS_INIT, cwd=ROOT, env=broker_env(keys_dir), capture_output=True, text=True, timeout=60)
+    return tmp_path / "file" / "keys"
+
+
+def _in_another_users_folder(mode: int) -> Callable[[Path], Path]:
+    def make(tmp_path: Path) -> Path:
+        folder = tmp_path / "other-user"
+        folder.mkdir(mode=mode)
+        folder.chmod(mode)
+        os.chown(folder, 12345, 12345)
+        return folder / "keys"
+    return make
+
+
+UNUSABLE = [
+    pytest.param(_under_a_file, False, "create the first signing key in {keys}/signing (Not a directory)",
+                 id="missing-and-cannot-be-created-under-a-file"),
+    pytest.param(_in_another_users_folder(0o755), True, "create the first signing key in {keys}/signing (Permission denied)",
+                 id="missing-and-parent-not-writable"),
+    pytest.param(_in_another_users_folder(0o700), True, "read the keys folder (Permission denied)",
+                 id="parent-not-enterable"),
+]
+
+
+@pytest.mark.parametrize(("keys_dir", "nobody", "cannot"), UNUSABLE)
+def test_a_keys_folder_that_cannot_be_used_is_one_line(tmp_path: Path, keys_dir: Callable[[Path], Path], nobody: bool,
+                                                       cannot: str) -> None:
+    """On a writable filesystem: a BROKER_KEYS_DIR this user cannot create, read or write."""
+    path = keys_dir(tmp_path)
+    proc = subprocess.run(as_nobody(KEYS_INIT) if nobody else KEYS_INIT, cwd=ROOT, env=broker_env(path),
+                          capture_output=True, text=True, timeout=60)
+    uid = 65534 if nobody else os.getuid()
     assert (proc.returncode, proc.stdout) == (2, "")
-    assert proc.stderr == (f"token-broker: configuration error: BROKER_KEYS_DIR={keys_dir}: cannot create the first "
-                           f"signing key in {keys_dir}/signing (Not a directory); make it a folder this user "
-                           f"(uid {os.getuid()}) can write, or point BROKER_KEYS_DIR at one\n")
+    assert proc.stderr == (f"token-broker: configuration error: BROKER_KEYS_DIR={path}: cannot {cannot.format(keys=path)}; "
+                           f"make it a folder this user (uid {uid}) can read and write, or point BROKER_KEYS_DIR at one\n")
 
 
 # -- the pods' start on Kubernetes, end to end -----------------------------------------------------
