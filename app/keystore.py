@@ -3,7 +3,7 @@
 Private keys are written with mode 0600 (created with O_EXCL, never overwritten) in folders
 created with mode 0700, and never logged; a start refuses a keys folder other users can write to
 (a read-only mount, such as a Kubernetes Secret volume, is judged by ``check_key_modes``'s own
-rule) and reports a folder it cannot create its first key in as one line. A signing key file is
+rule) and reports a keys folder it cannot read, or create its first key in, as one line. A signing key file is
 ``<keys_dir>/signing/<kid>.json``::
 
     {"kid": ..., "alg": "ES256", "state": "active", "created_at": 1790000000, "jwk": {private JWK}}
@@ -116,9 +116,10 @@ def check_key_modes(keys_dir: Path) -> None:
     tmpfs, files 0440 for the pod's ``fsGroup``): the folder's mode is not checked, since no one,
     root included, can create, replace or rename a file through a read-only mount. The files are
     then the ones whoever provides the mount wrote: for a Secret volume the kubelet, from a Secret
-    that only the key Jobs may update. Group read is allowed there (that is how ``fsGroup`` lets the
-    broker in); access by others and write by group are still refused. A read-only bind mount of a folder
-    that others can write to by its own path is as open as that folder: this check cannot see it.
+    that only the key Jobs' account (and cluster admins) may update. Group read is allowed there
+    (that is how ``fsGroup`` lets the broker in); access by others and write by group are still
+    refused. A read-only bind mount of a folder that others can write to by its own path is as open
+    as that folder: this check cannot see it (docs/security.md, keys on a read-only mount).
     """
     folders = [f for f in (keys_dir, signing_dir(keys_dir)) if f.is_dir()]
     for folder in folders:
