@@ -36,6 +36,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Seconds /readyz reports "draining" after SIGTERM before the graceful shutdown starts (app/web/drain.py).
     shutdown_drain: float = 0.0
     keys_dir: Path = Path("keys")
+    # File recording the client registry's id (docs/operations.md); unset: <keys_dir>/registry.id.
+    registry_record: str | None = None
     # Client assertion policy (RFC 7523 §3, RFC 10070).
     leeway: int = 10
     assertion_max_lifetime: int = 300

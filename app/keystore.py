@@ -1,7 +1,10 @@
 """Key files on disk: the broker's signing keys and locally generated private keys.
 
 Private keys are written with mode 0600 (created with O_EXCL, never overwritten) in folders
-created with mode 0700, and never logged; a start refuses a keys folder other users can write to. A signing key file is ``<keys_dir>/signing/<kid>.json``::
+created with mode 0700, and never logged; a start refuses a keys folder other users can write to
+(a read-only mount, such as a Kubernetes Secret volume, is judged by ``check_key_modes``'s own
+rule) and reports a keys folder it cannot read, or create its first key in, as one line. A signing key file is
+``<keys_dir>/signing/<kid>.json``::
 
     {"kid": ..., "alg": "ES256", "state": "active", "created_at": 1790000000, "jwk": {private JWK}}
 
@@ -97,21 +100,44 @@ class KeyModeError(KeyFileError, ConfigError):
     """The keys folder or a private key file is open to other users; the message says what to run."""
 
 
+def read_only(path: Path) -> bool:
+    """Whether ``path`` is on a mount that is read-only (``statvfs`` ``ST_RDONLY``): the flag of
+    the mount this process sees, so a read-only bind mount counts as read-only too."""
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
 def check_key_modes(keys_dir: Path) -> None:
-    """Refuse a keys folder (or ``signing/``) that group or others can write to, and a private key
-    file that group or others can read or write: any local user could read or replace the keys."""
+    """Refuse keys that a local user other than the broker's could read or replace.
+
+    On a writable filesystem: a keys folder (or ``signing/``) that group or others can write to,
+    and a private key file that group or others can read or write.
+
+    On a read-only mount (``read_only``), as a Kubernetes Secret volume is (folder mode 3777 on a
+    tmpfs, files 0440 for the pod's ``fsGroup``): the folder's mode is not checked, since no one,
+    root included, can create, replace or rename a file through a read-only mount. The files are
+    then the ones whoever provides the mount wrote: for a Secret volume the kubelet, from a Secret
+    that only the key Jobs' account (and cluster admins) may update. Group read is allowed there
+    (that is how ``fsGroup`` lets the broker in); access by others and write by group are still
+    refused. A read-only bind mount of a folder that others can write to by its own path is as open
+    as that folder: this check cannot see it (docs/security.md, keys on a read-only mount).
+    """
     folders = [f for f in (keys_dir, signing_dir(keys_dir)) if f.is_dir()]
     for folder in folders:
         mode = stat.S_IMODE(folder.stat().st_mode)
-        if mode & 0o022:
+        if mode & 0o022 and not read_only(folder):
             raise KeyModeError(f"keys folder {folder} is writable by group or others (mode {mode:04o}); "
                                f"run: chmod 700 {folder}")
     files = [f for f in (keys_dir / "admin.jwk",) if f.is_file()] + sorted(signing_dir(keys_dir).glob("*.json"))
     for path in files:
         mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise KeyModeError(f"private key file {path} is readable or writable by group or others "
-                               f"(mode {mode:04o}); run: chmod 600 {path}")
+        if not read_only(path):
+            if mode & 0o077:
+                raise KeyModeError(f"private key file {path} is readable or writable by group or others "
+                                   f"(mode {mode:04o}); run: chmod 600 {path}")
+        elif mode & 0o027:
+            raise KeyModeError(f"private key file {path} on a read-only mount is open to others or writable by "
+                               f"group (mode {mode:04o}); make it 0440 or 0400 where it comes from (a Secret volume: "
+                               f"defaultMode 0440 with fsGroup)")
 
 
 def read_json(path: Path) -> Any:
@@ -189,12 +215,38 @@ class SigningKeySet(msgspec.Struct, frozen=True):
 
 def ensure_signing_keys(keys_dir: Path, alg: str) -> SigningKeySet:
     """Load the signing keys; on a first start with an empty folder, create one active key."""
-    check_key_modes(keys_dir)
-    keys = load_signing_keys(keys_dir)
+    try:
+        check_key_modes(keys_dir)
+        keys = load_signing_keys(keys_dir)
+    except OSError as exc:  # e.g. a folder on the way this user may not enter
+        raise _keys_dir_error(keys_dir, "read the keys folder", exc) from None
     if not keys:
-        try:
-            create_signing_key(keys_dir, alg, state="active")
-        except FileExistsError:  # another process created the same kid: impossible, but harmless
-            pass
+        _create_first_key(keys_dir, alg)
         keys = load_signing_keys(keys_dir)
     return SigningKeySet.from_keys(keys)
+
+
+#: The one-line fix for a read-only keys folder without a key (docs/kubernetes.md names the Job).
+KEYS_INIT_HINT = ("run `token-broker keys init` on a writable copy of the keys folder (on Kubernetes: "
+                  "kubectl create job keys-init --from=cronjob/token-broker-keys-init, docs/kubernetes.md)")
+
+
+def _create_first_key(keys_dir: Path, alg: str) -> None:
+    """Create the first active key, or raise ``ConfigError`` (one line, what to do) when the
+    folder is read-only, cannot be created or cannot be written: never an OS error's traceback."""
+    folder = signing_dir(keys_dir)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if read_only(existing):
+        where = f"{folder} is read-only" if existing == folder else f"{folder} is missing and {existing} is read-only"
+        raise ConfigError(f"no signing key: {where}; {KEYS_INIT_HINT}")
+    try:
+        create_signing_key(keys_dir, alg, state="active")
+    except FileExistsError:  # another process created the same kid: impossible, but harmless
+        pass
+    except OSError as exc:
+        raise _keys_dir_error(keys_dir, f"create the first signing key in {folder}", exc) from None
+
+
+def _keys_dir_error(keys_dir: Path, doing: str, exc: OSError) -> ConfigError:
+    return ConfigError(f"BROKER_KEYS_DIR={keys_dir}: cannot {doing} ({exc.strerror or type(exc).__name__}); make it "
+                       f"a folder this user (uid {os.getuid()}) can read and write, or point BROKER_KEYS_DIR at one")

@@ -25,6 +25,7 @@ import pytest
 from app.keystore import check_key_modes, create_signing_key, ensure_signing_keys, load_signing_keys
 from app.metrics import DECLARED, Metrics
 from app.oauth.jose import KEY_TYPES
+from app.service.registry_state import RECORD_FILE
 from app.service.signing_keys import SigningKeyReloader, SigningKeys
 from scripts import rotate_signing_key
 
@@ -143,6 +144,7 @@ def test_pull_writes_a_private_folder_the_broker_accepts(api: tuple[FakeApi, str
     assert stat.S_IMODE((work / "signing").stat().st_mode) == 0o700
     assert stat.S_IMODE((work / "signing" / f"{key.kid}.json").stat().st_mode) == 0o600
     assert (work / "registry.id").read_text() == "reg-1\n"
+    assert keys_sync.REGISTRY_FILE == RECORD_FILE  # the Jobs' record: BROKER_REGISTRY_RECORD unset
     check_key_modes(work)
     assert [k.kid for k in load_signing_keys(work)] == [key.kid]
     assert key.jwk["d"] not in out + err  # no key material printed
@@ -253,8 +255,9 @@ def test_pull_refuses_a_folder_that_is_not_empty(api: tuple[FakeApi, str], tmp_p
 def test_broker_follows_a_kubelet_style_secret_update(tmp_path: Path) -> None:
     """The kubelet writes a Secret volume as timestamped folders, ``..data`` pointing at the current
     one and one symlink per entry, and swaps ``..data`` with a rename. The replica's reloader
-    (stat through the symlinks) sees the swap and serves the new set. (Modes here are the ones the
-    broker accepts today on a writable folder; see docs/kubernetes.md on the read-only mount.)"""
+    (stat through the symlinks) sees the swap and serves the new set. (A writable folder, with the
+    modes the broker wants there; tests/test_keys_read_only.py starts it on a read-only tmpfs with
+    the Secret volume's own modes.)"""
     source = tmp_path / "source"
     first = create_signing_key(source, "ES256", state="active")
     second = create_signing_key(source, "ES256", state="next")

@@ -22,6 +22,7 @@ from jsonschema import Draft202012Validator
 
 from app.config import Settings
 from app.metrics import DECLARED
+from app.service.registry_state import RECORD_FILE
 from app.service.signing_keys import JWKS_CACHE_SECONDS
 from app.web import management, routes
 
@@ -309,6 +310,13 @@ def test_signing_keys_are_the_whole_secret_mounted_read_only() -> None:
     assert volume["secret"]["defaultMode"] == 0o440
     assert POD["securityContext"]["fsGroup"] == POD["securityContext"]["runAsGroup"]
     assert "data" not in _one("Secret", "token-broker-signing-keys")  # shipped empty
+    # The pods read the registry's id from the Secret's entry (keys_sync.py copies it as the Jobs'
+    # default record); the Jobs, which share config.env, keep that default in their writable copy.
+    assert _env(BROKER, "BROKER_REGISTRY_RECORD")["value"] == f"{keys_dir}/signing/{RECORD_FILE}"
+    assert "BROKER_REGISTRY_RECORD" not in _config_env()
+    for job in CRONJOBS:
+        [container] = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        assert "BROKER_REGISTRY_RECORD" not in {e["name"] for e in container.get("env", [])}
 
 
 @pytest.mark.parametrize("owner, pod", _pod_specs(), ids=[owner for owner, _ in _pod_specs()])

@@ -4,19 +4,22 @@ The registry (every client's keys, scopes and audiences, and the admin client) l
 only. A Redis that restarts without persistence, a ``FLUSHALL`` or a failover to an empty replica
 empties it, and an empty registry must not pass for a registry with no clients. So the registry
 carries a marker, its id (``{tb:registry}:id``), and the deployment remembers that id outside
-Redis, in the shared keys folder (``<keys_dir>/registry.id``).
+Redis, in a file every replica reads: ``BROKER_REGISTRY_RECORD``, by default ``<keys_dir>/registry.id``
+in the shared keys folder. On Kubernetes the pods read it from the signing-keys Secret's read-only
+mount, and only the keys-init Job writes it (on its writable copy of the Secret).
 
-At start (``open_registry``), with R = the marker in Redis and F = the id in the keys folder:
+At start (``open_registry``), with R = the marker in Redis and F = the recorded id:
 
 ======================  ===============================================================
 R missing, F missing    the first start of this deployment: create the registry (marker
                         ``SET NX``: of several starting replicas one id wins) and record
-                        its id in F. If F cannot be written (a read-only keys folder), no
+                        its id in F. If F cannot be written (a read-only folder), no
                         registry is created: ``uninitialized`` until ``keys init`` (or
                         ``registry recreate``) runs where the folder is writable.
 R missing, F = X        the registry was **lost**: nothing is created, nothing written
                         (no admin record either); 503 until it is restored.
-R = X, F missing        a registry made elsewhere (``keys init``): adopt it, record it.
+R = X, F missing        a registry made elsewhere (``keys init``): adopt it, record it
+                        (a replica whose F is read-only adopts it without recording it).
 R = X, F = X            normal.
 R = Y, F = X            Redis holds another deployment's registry: treated as lost.
 ======================  ===============================================================
@@ -30,8 +33,13 @@ to F again (``app.service.clients_file``). Every replica polls the marker with t
 ``broker_registry_lost`` 1, ``/readyz`` 503, clients answered 503; marker back → the start-up
 registrations (admin client, clients file) are re-asserted, then ``registry.restored``.
 
+A replica never writes F where it cannot (a read-only mount): it logs why instead. The operator's
+commands (``keys init``, ``registry init|recreate``) exist to record F, so there an F that must be
+written and cannot be is a one-line ``ConfigError`` naming ``BROKER_REGISTRY_RECORD``, raised
+before anything is created in Redis.
+
 The embedded store (fakeredis) lives and dies with the process: each start creates its registry
-and nothing is recorded in the keys folder.
+and nothing is recorded.
 """
 
 from __future__ import annotations
@@ -45,32 +53,60 @@ from typing import Any, Literal
 
 import msgspec
 
+from app.config import ConfigError, Settings
+from app.keystore import read_only
 from app.metrics import REGISTRY_LOST, Metrics
 from app.oauth.clients import new_registration_id
 from app.store.base import ClientRegistry, StoreUnavailable
 
-#: The file in the keys folder that records the id of the registry this deployment created.
+#: The file in the keys folder that records the id of the registry this deployment created,
+#: unless BROKER_REGISTRY_RECORD names another path.
 RECORD_FILE = "registry.id"
 
 State = Literal["ok", "lost", "uninitialized"]
 
 
 class RegistryRecord:
-    """``<keys_dir>/registry.id``: the registry id, written once per deployment (mode 0644, not secret)."""
+    """The file that holds the registry id (``BROKER_REGISTRY_RECORD``, default
+    ``<keys_dir>/registry.id``), written once per deployment (mode 0644, not secret)."""
 
-    def __init__(self, keys_dir: Path) -> None:
-        self.path = keys_dir / RECORD_FILE
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> RegistryRecord:
+        return cls(Path(settings.registry_record) if settings.registry_record else settings.keys_dir / RECORD_FILE)
 
     def read(self) -> str | None:
         try:
             text = self.path.read_text(encoding="ascii").strip()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"BROKER_REGISTRY_RECORD={self.path}: cannot read it ({type(exc).__name__})") from None
         return text or None
 
     def writable(self) -> bool:
-        folder = self.path.parent
-        return os.access(folder if folder.exists() else folder.parent, os.W_OK)
+        return self._unwritable() is None
+
+    def _unwritable(self) -> str | None:
+        """Why this process cannot write the record, or None. Read-only is the mount's flag
+        (``statvfs``), which holds for root too; the folder is the nearest one that exists
+        (``write`` creates the missing ones)."""
+        existing = next(p for p in self.path.parents if p.exists())
+        if read_only(existing):
+            return f"{existing} is read-only"
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            return f"{existing} is not a folder this user can write"
+        return None
+
+    def require_writable(self) -> None:
+        """For the commands that exist to record the id: one line naming the setting, not a traceback."""
+        reason = self._unwritable()
+        if reason is not None:
+            raise ConfigError(f"BROKER_REGISTRY_RECORD={self.path}: the registry's id must be recorded there and "
+                              f"{reason}; run this where it can be written (on Kubernetes: the keys-init Job, "
+                              f"docs/kubernetes.md), or point BROKER_REGISTRY_RECORD elsewhere")
 
     def write(self, registry_id: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +134,8 @@ async def open_registry(registry: ClientRegistry, record: RegistryRecord | None,
     if marker is None and known is None:
         if record is not None and not record.writable():
             log.error("registry.uninitialized", path=str(record.path),
-                      note="no registry yet and the keys folder is read-only: run `python -m app keys init`")
+                      note="no registry yet and BROKER_REGISTRY_RECORD cannot be written here: run `python -m app keys init` "
+                           "where it is writable")
             return RegistryStatus("uninitialized", None, None)
         marker = await registry.create(new_registration_id())
         log.info("registry.created", registry_id=marker)
@@ -117,7 +154,8 @@ def _remember(record: RegistryRecord, registry_id: str, log: Any) -> None:
         log.info("registry.recorded", registry_id=registry_id, path=str(record.path))
     else:  # adopted from Redis without a record: a loss is still seen while running, not at a restart
         log.warning("registry.unrecorded", registry_id=registry_id, path=str(record.path),
-                    note="the keys folder is read-only: run `python -m app keys init` to record the registry")
+                    note="BROKER_REGISTRY_RECORD cannot be written here: run `python -m app keys init` where it is "
+                         "writable to record the registry")
 
 
 class RegistryWatch:
@@ -208,7 +246,7 @@ def command(settings: Any, action: str, log: Any) -> int:
                          sentinel_master=settings.redis_sentinel_master)
         try:
             registry = RedisClientRegistry(client, timeout=settings.redis_timeout, retries=settings.redis_retries)
-            return await _command(registry, RegistryRecord(settings.keys_dir), action, log)
+            return await _command(registry, RegistryRecord.for_settings(settings), action, log)
         finally:
             await client.aclose()
 
@@ -220,6 +258,8 @@ def command(settings: Any, action: str, log: Any) -> int:
 
 
 async def _command(registry: ClientRegistry, record: RegistryRecord, action: str, log: Any) -> int:
+    if action != "status" and record.read() is None:
+        record.require_writable()  # init and recreate record the id when none is: before Redis is touched
     if action == "recreate":
         known, marker = record.read(), (await registry.poll()).marker
         if marker is not None and known is not None and marker != known:

@@ -85,8 +85,8 @@ def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], flo
     registry = RedisClientRegistry(client, **store_opts)
     # One object for both roles: the token endpoint's one script call and the plain jti record.
     tokens = RedisTokenStore(client, quota=settings.client_quota, quota_window=settings.client_quota_window, **store_opts)
-    # The embedded store dies with the process: no record of its registry is kept in the keys folder.
-    record = None if settings.embedded else RegistryRecord(settings.keys_dir)
+    # The embedded store dies with the process: no record of its registry is kept (BROKER_REGISTRY_RECORD).
+    record = None if settings.embedded else RegistryRecord.for_settings(settings)
     watch = RegistryWatch(registry, record, log=log, metrics=metrics)
     directory = ClientDirectory(
         registry, poll_interval=settings.registry_poll_interval, log=log, clock=clock, metrics=metrics, watch=watch,
