@@ -166,19 +166,26 @@ async def _admin_call(request: Request[Any, Any, Any], op: Any, status: int = 20
     except (InvalidToken, InsufficientScope, InvalidClientMetadata, NotFound, Conflict, RecordUnreadable,
             StoreUnavailable) as exc:
         response, error, reason = _admin_refusal(exc)
-        client = request.scope.get("client")
-        unavailable = response.status_code == 503  # not a refusal: the store did not answer
-        request.app.state.log.log(
-            logging.ERROR if unavailable else logging.INFO,
-            "admin.store_unavailable" if unavailable else "admin.rejected", admin=admin, client_id=request.path_params.get("client_id"), method=request.method,
-            path=request.scope.get("path_template"), status=response.status_code, error=error, reason=reason,
-            source=client[0] if client else None)
+        _log_admin_refusal(request, admin, response.status_code, error, reason)
         return response
     if result is None:
         return Response(b"", status_code=204, headers=NO_STORE)
     if isinstance(result, Response):
         return result
     return json_response(msgspec.to_builtins(result), status)
+
+
+def _log_admin_refusal(request: Request[Any, Any, Any], admin: str | None, status: int, error: str | None,
+                       reason: str) -> None:
+    """``admin`` is the authenticated admin (None when authentication failed); ``client_id`` the
+    client the call is about (its path parameter)."""
+    unavailable = status == 503  # not a refusal: the store did not answer
+    client = request.scope.get("client")  # after BROKER_TRUSTED_PROXIES, as for the rate limiter
+    request.app.state.log.log(
+        logging.ERROR if unavailable else logging.INFO, "admin.store_unavailable" if unavailable else "admin.rejected",
+        admin=admin, client_id=request.path_params.get("client_id"), method=request.method,
+        path=request.scope.get("path_template"), status=status, error=error, reason=reason,
+        source=client[0] if client else None)
 
 
 def _admin_refusal(exc: Exception) -> tuple[Response[bytes], str | None, str]:
