@@ -77,6 +77,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     clients_file: str | None = None
     reserved_client_id_prefixes: tuple[str, ...] = ()
     log_level: str = "info"
+    # One JSON ``http.access`` line per public request (app/web/access.py): off, on, or the share of
+    # requests to log (0.01: one in a hundred, chosen at random). Written at info level.
+    access_log: str = "off"
     # Issued-token cache: a cached token is served only while at least this share of its
     # lifetime is left; concurrent misses wait up to cache_stampede_wait s for one replica's mint.
     cache_min_remaining_share: float = 0.5
@@ -119,6 +122,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def admin_audience(self) -> str:
         return self.issuer + "/admin"
+
+    @property
+    def access_log_sample(self) -> float:
+        """``access_log`` as the share of requests logged: 0.0 (off) to 1.0 (on)."""
+        text = self.access_log.strip().lower()
+        return _ACCESS_LOG_WORDS[text] if text in _ACCESS_LOG_WORDS else float(text)
 
     @property
     def embedded(self) -> bool:
@@ -201,6 +210,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("BROKER_LOG_LEVEL must be debug, info, warning or error")
         _check_request_bounds(self)
         _check_management_listener(self)
+        _check_access_log(self)
 
     def _validate_issuer(self) -> None:
         parts = urlsplit(self.issuer)
@@ -238,6 +248,18 @@ def _check_management_listener(settings: Settings) -> None:
                           f"the network around it is private), got {settings.management_host!r}") from None
     if not 1 <= settings.management_port <= 65535:
         raise ConfigError("BROKER_MANAGEMENT_PORT must be between 1 and 65535")
+
+
+_ACCESS_LOG_WORDS = {"off": 0.0, "on": 1.0}
+
+
+def _check_access_log(settings: Settings) -> None:
+    try:
+        sample = settings.access_log_sample
+    except ValueError:
+        sample = -1.0
+    if not 0 <= sample <= 1:
+        raise ConfigError(f"BROKER_ACCESS_LOG must be off, on or a share between 0 and 1, got {settings.access_log!r}")
 
 
 def _coerce(var: str, raw: str, typ: object) -> object:

@@ -4,6 +4,12 @@ Events are dotted nouns and verbs (``token.issued``, ``client_auth.rejected``). 
 tokens and private keys are never passed to a logger; attacker-controlled strings are truncated
 and rendered by stdlib ``json`` (which escapes CR/LF and lone surrogates instead of raising).
 
+Every line carries ``pid`` (the worker process that wrote it) and, when written while a request is
+handled, that request's ``request_id``: the value of the ``X-Request-Id`` response header, set by
+the listener's outermost layer (``app.web.access``) in ``REQUEST_ID``, a plain ``ContextVar`` read
+by one processor (cheaper per request than structlog's ``bind_contextvars``: one ``set``, no
+dict of tokens). Each request runs in its own asyncio task, so the value ends with the request.
+
 In a served process, standard-library logging (uvicorn, httpx, asyncio, ``warnings``) goes through
 the same renderer, so every line the process writes is one JSON object: ``uvicorn_log_config`` is
 the logging configuration uvicorn applies in every process it starts (supervisor and workers),
@@ -15,14 +21,51 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
 
 _MAX_FIELD = 200
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+#: The id of the request being handled (``app.web.access`` sets it; None outside a request).
+REQUEST_ID: ContextVar[str | None] = ContextVar("broker_request_id", default=None)
+
+
+def new_request_id() -> str:
+    """24 hex digits from the OS's random source: never taken from the caller (docs/operations.md)."""
+    return os.urandom(12).hex()
+
+
+def current_request_id() -> str:
+    """The id of the request being handled; a fresh one outside a request (a direct service call)."""
+    return REQUEST_ID.get() or new_request_id()
+
+
+_PID = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _PID
+    _PID = os.getpid()
+
+
+# uvicorn starts workers with multiprocessing "spawn" (a fresh import: _PID is right); a server that
+# forks after import (gunicorn --preload) gets its child's pid here.
+os.register_at_fork(after_in_child=_refresh_pid)
+
+
+def _add_process_and_request(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    event["pid"] = _PID
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+    return event
 
 
 def _truncate(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +103,7 @@ def stdlib_formatter() -> logging.Formatter:
         foreign_pre_chain=[
             structlog.stdlib.add_log_level,
             structlog.stdlib.add_logger_name,
+            _add_process_and_request,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _strip_url_queries,
@@ -97,6 +141,7 @@ def configure(level: str = "info", stream: Any = None) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _add_process_and_request,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _truncate,

@@ -174,7 +174,7 @@ class ClientAuthenticator:
             recorded = await endpoint.record(auth, form, request_id)
             if not recorded.first_use:
                 self._log.warning("replay.rejected", request_id=request_id, client_id=client_id, jti_hash=digest,
-                                  reason="jti_replayed")
+                                  reason="jti_replayed", source=request.source)
                 raise InvalidClient("jti_replayed")
             return await endpoint.answer(auth, form, recorded, now, request_id)
         except StoreUnavailable as exc:
@@ -183,7 +183,7 @@ class ClientAuthenticator:
             raise TemporarilyUnavailable("store_unavailable", headers={"Retry-After": self._retry_after}) from None
         except OAuthError as exc:
             self._log.info(endpoint.event + ".rejected", request_id=request_id, client_id=client_id, jti_hash=digest,
-                           error=exc.error, reason=exc.reason)
+                           error=exc.error, reason=exc.reason, source=request.source)
             if isinstance(exc, InvalidClient):
                 await self._limiter.failed(request.source, request_id, self._key_holder_failure(exc, client_id))
             raise

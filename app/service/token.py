@@ -19,6 +19,7 @@ import msgspec
 
 from app.config import Settings
 from app.oauth.access_token import TokenSigner
+from app.oauth.assertion import jti_hash
 from app.oauth.errors import OAuthError
 from app.oauth.grant import Grant, decide_grant
 from app.oauth.request import TokenRequest, parse_token_request
@@ -96,6 +97,10 @@ class TokenService:
         # Remaining life of the token actually served (RFC 6749 §5.1): never rounded up, and never
         # more than its lifetime even when it was minted by a replica whose clock runs ahead.
         expires_in = entry.exp - entry.iat if how == "mint" else max(1, min(int(entry.exp - now), entry.exp - entry.iat))
+        # The one line per token served; a token signed for this request also names its own jti
+        # (``at_jti_hash``, as ``token.revoked`` and ``introspection.active`` do): one hash, on misses only.
+        minted = {"at_jti_hash": jti_hash(auth.client_id, entry.jti)} if how == "mint" else {}
         self._log.info("token.issued", request_id=request_id, client_id=auth.client_id, jti_hash=auth.jti_hash,
-                       scope=grant.scope, aud=grant.audience, cache=how, expires_in=expires_in)
+                       scope=grant.scope, aud=grant.audience, cache=how, kid=recorded.signer.kid,
+                       expires_in=expires_in, **minted)
         return _encode(TokenResponse(entry.access_token, "Bearer", expires_in, grant.scope))

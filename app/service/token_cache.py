@@ -44,7 +44,6 @@ from app.metrics import CACHE_STAMPEDE_WAITS as STAMPEDE_WAITS
 from app.metrics import TOKENS_MINTED as MINTED
 from app.metrics import TOKENS_REVOKED as REVOKED
 from app.oauth.access_token import AccessTokenClaims, TokenSigner
-from app.oauth.assertion import jti_hash
 from app.oauth.clients import jti_registration, registration_jti
 from app.oauth.grant import Grant
 from app.store.base import LOCK_MS, CacheLookup, StoreUnavailable, TokenStore
@@ -108,7 +107,7 @@ class TokenCache:
             try:
                 entry, _ = await asyncio.wait_for(asyncio.shield(task), self._wait + LOCK_MS / 1000)
             except Exception:  # the leader failed or is stuck: do not make this request fail too
-                return self._mint(grant, signer, int(now), request_id), "mint"
+                return self._mint(grant, signer, int(now)), "mint"
             return entry, "wait"
         # The fill runs as its own task so a leader whose client goes away cannot strand the others.
         task = asyncio.ensure_future(self._fill(grant, signer, cache_id, now, request_id, lookup.locked))
@@ -178,14 +177,14 @@ class TokenCache:
                 if entry is not None:
                     return entry, "wait"
             self._log.info("token_cache.stampede_timeout", request_id=request_id, client_id=client_id)
-        entry = self._mint(grant, signer, int(now), request_id)
+        entry = self._mint(grant, signer, int(now))
         try:
             await self.store.write(client_id, cache_id, entry.jti, _encode(entry), max(1, int((entry.exp - now) * 1000)))
         except StoreUnavailable as exc:
             self._log.warning("token_cache.write_failed", request_id=request_id, client_id=client_id, error=str(exc))
         return entry, "mint"
 
-    def _mint(self, grant: Grant, signer: TokenSigner, now: int, request_id: str) -> CacheEntry:
+    def _mint(self, grant: Grant, signer: TokenSigner, now: int) -> CacheEntry:
         claims = AccessTokenClaims(
             iss=self._issuer,
             sub=grant.client_id,
@@ -197,9 +196,7 @@ class TokenCache:
             exp=now + grant.lifetime,
         )
         token = signer.sign(claims)
-        self._metrics.inc(MINTED)
-        self._log.info("token.minted", request_id=request_id, client_id=grant.client_id, kid=signer.kid,
-                       at_jti_hash=jti_hash(grant.client_id, claims.jti), exp=claims.exp)
+        self._metrics.inc(MINTED)  # logged as the request's token.issued line (cache: mint)
         return CacheEntry(token, claims.jti, claims.iat, claims.exp)
 
     async def revoked(self, client_id: str, token_jti: str, ttl_ms: int) -> None:

@@ -3,7 +3,8 @@
 No service builds its own collaborators: the one store object that records jtis and holds the
 token cache, the one authenticator, token cache, signing keys and rate limiter are made here and
 passed in. Resources (Redis client, poller tasks) are opened in the lifespan and kept on
-``app.state``.
+``app.state``. Each listener's app is wrapped whole by ``app.web.access.request_context``
+(request id, in-flight count, access log), outside Litestar's router.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from app.store.memory import RedisMemoryProbe
 from app.store.ratelimit import RedisFailureCounter
 from app.store.redis import RedisClientRegistry, RedisJwksUriCache, connect
 from app.store.token_cache import RedisTokenStore
+from app.web.access import InFlight, request_context
 from app.web.drain import Drain
 from app.web.management import management_app
 from app.web.metrics import http_metrics_middleware
@@ -55,13 +57,17 @@ from app.web.strict import strict_request_middleware
 
 def create_app(settings: Settings, *, redis: Any = None, clock: Callable[[], float] = time.time, log_stream: Any = None) -> Litestar:
     broker_log.configure(settings.log_level, log_stream)
-    log = broker_log.get_logger()
+    # Bound once: structlog's lazy proxy would rebuild the logger on every call (about half the
+    # cost of a line: a token.issued or http.access line on every request).
+    log = broker_log.get_logger().bind()
     metrics = Metrics()
     client = redis if redis is not None else connect(
         settings.redis_url, timeout=settings.redis_timeout, retries=settings.redis_retries,
         cluster=settings.redis_cluster, sentinels=settings.redis_sentinels, sentinel_master=settings.redis_sentinel_master,
     )
     state = _build(settings, client, log=log, clock=clock, metrics=metrics)
+    in_flight = InFlight()
+    state["drain"] = Drain(settings.shutdown_drain, log, in_flight=lambda: in_flight.count)
     handlers = {OAuthError: _oauth_error, HTTPException: _http_error, Exception: _unexpected_error}
     app = Litestar(
         route_handlers=ROUTES,
@@ -75,8 +81,24 @@ def create_app(settings: Settings, *, redis: Any = None, clock: Callable[[], flo
         debug=False,
     )
     # /metrics, /healthz, /readyz: the management listener's app, over this app's state.
-    app.state.management_app = management_app(app.state, metrics, exception_handlers=handlers)
+    management = app.state.management_app = management_app(app.state, metrics, exception_handlers=handlers)
+    # Litestar's whole handler (router + exception handling), so routing's 404/405 get the header
+    # too. No access lines for the management listener: probes and scrapes every few seconds.
+    app.asgi_handler = request_context(app.asgi_handler, log=log, access_sample=settings.access_log_sample,
+                                       in_flight=in_flight)
+    management.asgi_handler = request_context(management.asgi_handler, log=log, access_sample=0.0,
+                                              in_flight=InFlight())
     return app
+
+
+def start_summary(app: Litestar) -> dict[str, Any]:
+    """The fields of the ``broker.started`` line (written once the public port listens: app.web.listeners)."""
+    settings: Settings = app.state.settings
+    return {
+        "issuer": settings.issuer,
+        "store": "embedded (fakeredis, single process only)" if settings.embedded else "redis",
+        "signing_kid": app.state.signer().kid,
+    }
 
 
 def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], float], metrics: Metrics) -> dict[str, Any]:
@@ -125,7 +147,6 @@ def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], flo
         "directory": directory,
         # Rotation (scripts/rotate_signing_key.py) rewrites the shared folder; each replica re-reads it.
         "key_reloader": SigningKeyReloader(settings.keys_dir, keys, log=log, metrics=metrics),
-        "drain": Drain(settings.shutdown_drain, log),
         # Not for the embedded store: its memory is this process's, with no maxmemory to reach.
         # No error metrics: a managed Redis that refuses INFO must not look like a failing store.
         "redis_memory": None if settings.embedded else RedisMemoryMonitor(RedisMemoryProbe(
@@ -164,12 +185,6 @@ def _lifespan(settings: Settings, state: dict[str, Any], log: Any,
         memory = state["redis_memory"] and asyncio.create_task(state["redis_memory"].run())
         clients_file = state["clients_file"] and asyncio.create_task(state["clients_file"].run())
         state["drain"].install()
-        log.info(
-            "broker.started",
-            issuer=settings.issuer,
-            store="embedded (fakeredis, single process only)" if settings.embedded else "redis",
-            signing_kid=state["signer"]().kid,
-        )
         if settings.embedded:
             log.warning("broker.embedded_store", note="state lives in this process only: do not run several replicas")
         try:
@@ -182,6 +197,7 @@ def _lifespan(settings: Settings, state: dict[str, Any], log: Any,
                     task.cancel()
             if close is not None:
                 await close.aclose()
+            log.info("broker.stopped")
 
     return lifespan
 

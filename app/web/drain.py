@@ -9,7 +9,8 @@ reset with the request unanswered.
 
 uvicorn installs the public server's signal handlers before the lifespan starts (the management
 server installs none); ``install`` wraps its SIGTERM one from the lifespan (main thread only:
-in-process test clients run the lifespan elsewhere).
+in-process test clients run the lifespan elsewhere), with or without a drain, so that every
+SIGTERM writes ``broker.stopping`` first; the app's lifespan writes ``broker.stopped`` at its end.
 """
 
 from __future__ import annotations
@@ -17,17 +18,23 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 
 class Drain:
-    def __init__(self, seconds: float, log: Any) -> None:
+    """SIGTERM in a served process: the ``broker.stopping`` line (with the requests in flight at
+    that moment), then the drain, then uvicorn's graceful shutdown."""
+
+    def __init__(self, seconds: float, log: Any, *, in_flight: Callable[[], int] = lambda: 0) -> None:
         self.seconds = seconds
         self.draining = False
+        self._stopping = False
         self._log = log
+        self._in_flight = in_flight
 
     def install(self) -> bool:
-        if self.seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread():
             return False
         loop = asyncio.get_running_loop()
         previous = signal.getsignal(signal.SIGTERM)
@@ -40,15 +47,19 @@ class Drain:
                 signal.raise_signal(sig)
 
         def on_sigterm(sig: int, frame: Any) -> None:
-            if self.draining:  # a second SIGTERM: stop draining, shut down now
+            if self._stopping:  # a second SIGTERM: stop draining, shut down now
                 loop.call_soon_threadsafe(finish, sig)
                 return
-            self.draining = True
+            self._stopping = True
+            self.draining = self.seconds > 0
             loop.call_soon_threadsafe(self._start, loop, finish, sig)
 
         signal.signal(signal.SIGTERM, on_sigterm)
         return True
 
     def _start(self, loop: asyncio.AbstractEventLoop, finish: Any, sig: int) -> None:
-        self._log.info("broker.draining", seconds=self.seconds)
-        loop.call_later(self.seconds, finish, sig)
+        self._log.info("broker.stopping", in_flight=self._in_flight(), drain_seconds=self.seconds)
+        if self.draining:
+            loop.call_later(self.seconds, finish, sig)
+        else:
+            finish(sig)

@@ -15,6 +15,10 @@ worker loads it, wraps the server's lifespan so that:
   (``app.web.drain``) wraps, so ``/readyz`` on the management port says ``draining`` while both
   ports still serve; the public server then stops accepting and finishes its requests, and the
   management listener is stopped last, just before the app's shutdown.
+
+``broker.started`` is written by each worker once its public socket listens: uvicorn binds it only
+after the lifespan's startup, then calls the config's ``callback_notify`` on its main loop's first
+tick (and every ``timeout_notify`` seconds after; only the first call writes the line).
 """
 
 from __future__ import annotations
@@ -32,10 +36,13 @@ from uvicorn.supervisors import Multiprocess
 from app import log as broker_log
 from app.config import ConfigError, Settings
 from app.metrics_files import worker_metrics_directory
+from app.web.app import start_summary
 from app.web.server import uvicorn_options
 
 #: uvicorn's exit status for a server that could not start (uvicorn.config.STARTUP_FAILURE).
 STARTUP_FAILURE = 3
+#: Seconds between uvicorn's later ``callback_notify`` calls (no-ops after the first).
+_ONE_DAY = 86400
 
 
 def serve(settings: Settings, *, host: str, port: int, workers: int, graceful_timeout: int) -> int:
@@ -86,14 +93,30 @@ class BrokerConfig(uvicorn.Config):
     """The public listener's uvicorn config, carrying the management listener's config and socket."""
 
     def __init__(self, app: str, *, management: uvicorn.Config, management_socket: socket.socket, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
+        super().__init__(app, timeout_notify=_ONE_DAY, **kwargs)
         self.management = management
         self.management_socket = management_socket
+        self._broker_app: Any = None
+        self._announced = False
+
+    def load_app(self) -> Any:
+        self._broker_app = super().load_app()  # the Litestar app, before uvicorn wraps it
+        return self._broker_app
 
     def load(self) -> None:
         super().load()
         self.lifespan_class = functools.partial(  # type: ignore[assignment]
             ManagementLifespan, app_lifespan=self.lifespan_class, management=self.management, sock=self.management_socket)
+        self.callback_notify = self._listening
+
+    async def _listening(self) -> None:
+        """uvicorn's first main-loop tick: the public socket listens (module docstring)."""
+        if self._announced:
+            return
+        self._announced = True
+        broker_log.get_logger().info("broker.started", **start_summary(self._broker_app),
+                                     listen=f"{self.host}:{self.port}",
+                                     management=f"{self.management.host}:{self.management.port}")
 
 
 class ManagementLifespan:

@@ -4,7 +4,7 @@ metrics are on the management listener only (``app.web.management``)."""
 
 from __future__ import annotations
 
-import os
+import logging
 from typing import Any
 
 import msgspec
@@ -12,8 +12,8 @@ from litestar import Request, Response, asgi, delete, get, patch, post, put, rou
 from litestar.enums import HttpMethod
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.params import FromPath
-from structlog.contextvars import bound_contextvars
 
+from app.log import current_request_id
 from app.oauth.access_token import InvalidToken
 from app.oauth.clients import InvalidClientMetadata
 from app.oauth.constants import METADATA_PATH, OPENID_CONFIGURATION_PATH
@@ -41,8 +41,8 @@ def _endpoint_request(scope: Any, body: bytes) -> EndpointRequest:
             content_type = value.decode("latin-1")
         elif name == b"authorization":
             has_authorization = True
-    client = scope.get("client")
-    return EndpointRequest(body, content_type, has_authorization, os.urandom(12).hex(), client[0] if client else None)
+    client = scope.get("client")  # after BROKER_TRUSTED_PROXIES (uvicorn's proxy headers middleware)
+    return EndpointRequest(body, content_type, has_authorization, current_request_id(), client[0] if client else None)
 
 
 @asgi("/token", copy_scope=False)
@@ -157,38 +157,58 @@ async def openapi(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 async def _admin_call(request: Request[Any, Any, Any], op: Any, status: int = 200) -> Response[bytes]:
-    # Every audit event of this admin request (admin.client_*) carries its request id.
-    with bound_contextvars(request_id=os.urandom(12).hex()):
-        return await _admin_call_logged(request, op, status)
-
-
-async def _admin_call_logged(request: Request[Any, Any, Any], op: Any, status: int) -> Response[bytes]:
+    """Authenticate the admin, run ``op``; every refusal is an error answer and one log line."""
     admin_service: AdminService = request.app.state.admin_service
+    admin: str | None = None
     try:
         admin = await admin_service.authenticate(request.headers.get("authorization"))
         result = await op(admin_service, admin)
-    except InvalidToken as exc:
-        if exc.reason == "token_missing":  # RFC 6750 §3.1: no credentials → a bare challenge, no error code
-            return bearer_error(401, None, "")
-        return bearer_error(401, "invalid_token", "The access token is invalid or expired.")
-    except InsufficientScope as exc:
-        return bearer_error(403, "insufficient_scope", "The access token lacks the required scope.", exc.scope)
-    except InvalidClientMetadata as exc:
-        return json_response({"error": exc.error, "error_description": exc.detail}, 400)
-    except NotFound:
-        return json_response({"error": "not_found", "error_description": "No such client or key."}, 404)
-    except Conflict as exc:
-        return json_response({"error": "invalid_client_metadata",
-                              "error_description": exc.detail or _CONFLICT[exc.reason]}, 409)
-    except RecordUnreadable:
-        return json_response({"error": "invalid_client_metadata", "error_description": _UNREADABLE}, 409)
-    except StoreUnavailable:
-        return oauth_error(TemporarilyUnavailable("store_unavailable"))
+    except (InvalidToken, InsufficientScope, InvalidClientMetadata, NotFound, Conflict, RecordUnreadable,
+            StoreUnavailable) as exc:
+        response, error, reason = _admin_refusal(exc)
+        _log_admin_refusal(request, admin, response.status_code, error, reason)
+        return response
     if result is None:
         return Response(b"", status_code=204, headers=NO_STORE)
     if isinstance(result, Response):
         return result
     return json_response(msgspec.to_builtins(result), status)
+
+
+def _log_admin_refusal(request: Request[Any, Any, Any], admin: str | None, status: int, error: str | None,
+                       reason: str) -> None:
+    """``admin`` is the authenticated admin (None when authentication failed); ``client_id`` the
+    client the call is about (its path parameter)."""
+    unavailable = status == 503  # not a refusal: the store did not answer
+    client = request.scope.get("client")  # after BROKER_TRUSTED_PROXIES, as for the rate limiter
+    request.app.state.log.log(
+        logging.ERROR if unavailable else logging.INFO, "admin.store_unavailable" if unavailable else "admin.rejected",
+        admin=admin, client_id=request.path_params.get("client_id"), method=request.method,
+        path=request.scope.get("path_template"), status=status, error=error, reason=reason,
+        source=client[0] if client else None)
+
+
+def _admin_refusal(exc: Exception) -> tuple[Response[bytes], str | None, str]:
+    """The answer to an admin call that failed, its ``error`` code and the reason code for the log."""
+    if isinstance(exc, InvalidToken):
+        if exc.reason == "token_missing":  # RFC 6750 §3.1: no credentials → a bare challenge, no error code
+            return bearer_error(401, None, ""), None, exc.reason
+        return bearer_error(401, "invalid_token", "The access token is invalid or expired."), "invalid_token", exc.reason
+    if isinstance(exc, InsufficientScope):
+        return (bearer_error(403, "insufficient_scope", "The access token lacks the required scope.", exc.scope),
+                "insufficient_scope", "insufficient_scope")
+    if isinstance(exc, InvalidClientMetadata):
+        return json_response({"error": exc.error, "error_description": exc.detail}, 400), exc.error, exc.reason
+    if isinstance(exc, NotFound):
+        return json_response({"error": "not_found", "error_description": "No such client or key."}, 404), "not_found", "not_found"
+    if isinstance(exc, Conflict):
+        body = {"error": "invalid_client_metadata", "error_description": exc.detail or _CONFLICT[exc.reason]}
+        return json_response(body, 409), "invalid_client_metadata", exc.reason
+    if isinstance(exc, RecordUnreadable):
+        body = {"error": "invalid_client_metadata", "error_description": _UNREADABLE}
+        return json_response(body, 409), "invalid_client_metadata", "record_unreadable"
+    error = TemporarilyUnavailable("store_unavailable")  # StoreUnavailable
+    return oauth_error(error), error.error, error.reason
 
 
 _CONFLICT = {

@@ -15,6 +15,10 @@ parses in pure Python on every request. This subclass keeps httptools and adds:
   deadline is a float, set only when a read leaves the request incomplete);
 - parse errors answered with the broker's JSON ``invalid_request`` body instead of uvicorn's text.
 
+These answers are written before the app runs; each carries an ``X-Request-Id`` of its own, and
+the 431/408 ones are logged (``http.request_refused``) with it. (The 503 of the connection cap is
+uvicorn's own answer, without one.)
+
 The budget counts the bytes of each read while a header section is open. Bytes that arrive in the
 same read as the end of the previous request (pipelining) are not counted: at most one socket read
 (256 KiB) beyond the budget, never growing.
@@ -120,7 +124,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn calls this on a parse error (it has logged a warning): same answer, JSON body."""
-        self._answer_and_close(InvalidRequest("http_parse_error"))
+        self._answer_and_close(InvalidRequest("http_parse_error"), broker_log.new_request_id())
 
     def expire(self) -> None:
         """The deadline passed: 408 if a request had begun and nothing of its answer was sent."""
@@ -141,18 +145,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         return self.cycle is None or self.cycle.response_complete
 
     def _refuse(self, error: OAuthError, can_answer: bool) -> None:
+        request_id = broker_log.new_request_id()
         broker_log.get_logger().info("http.request_refused", reason=error.reason, status=error.status_code,
-                                     source=self.client[0] if self.client else None)
+                                     source=self.client[0] if self.client else None, request_id=request_id)
         if can_answer:
-            self._answer_and_close(error)
+            self._answer_and_close(error, request_id)
         else:
             self.transport.close()
 
-    def _answer_and_close(self, error: OAuthError) -> None:
+    def _answer_and_close(self, error: OAuthError, request_id: str) -> None:
         body = error.body()
         head = [STATUS_LINE[error.status_code]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
+        head += [b"x-request-id: ", request_id.encode(), b"\r\n"]
         head += [b"content-type: application/json\r\ncache-control: no-store\r\ncontent-length: ",
                  str(len(body)).encode(), b"\r\nconnection: close\r\n\r\n", body]
         self.transport.write(b"".join(head))
