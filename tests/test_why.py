@@ -63,7 +63,7 @@ def test_aud_is_the_token_endpoint(refused, capsys) -> None:
     assert (status, err) == (0, "")
     lines = out.splitlines()
     assert lines[0] == f"request {rid}: 1 log line(s)"
-    assert lines[1].endswith(" token.rejected: error invalid_client, reason aud_not_issuer, client_id c1")
+    assert lines[1].endswith(" token.rejected: error invalid_client, reason aud_not_issuer, client_id c1, source testclient")
     assert lines[2:] == [
         "    found: the assertion's aud is not this broker's issuer https://broker.test (RFC 7523 as updated by RFC "
         "10070: aud is the issuer, as a plain string). A client that puts the token endpoint URL "
