@@ -20,6 +20,7 @@ import pytest
 from app.client.admin_cli import main
 from app.client.reasons import ACCESS_TOKEN, JWKS_FETCH, REQUEST, explanation
 from app.client.why import explain
+from app.web.app import start_summary
 from tests.helpers import ISS, TestClient, form
 
 BASIC = {"authorization": "Basic YzE6c2VjcmV0"}
@@ -45,7 +46,10 @@ def refused(broker, tmp_path: Path) -> dict[str, Any]:
                      headers={"content-type": "application/x-www-form-urlencoded", **BASIC})
     ids = [e["request_id"] for e in _rejected(broker) if e["event"] == "token.rejected"]
     log = tmp_path / "broker.log"
-    log.write_text(broker.log_text())
+    # A served broker's log starts with broker.started (app.web.listeners, after the port listens),
+    # which names the issuer; the in-process app has no listener, so the line is written here.
+    started = json.dumps({"event": "broker.started", "level": "info", **start_summary(broker.http.app)}, default=str)
+    log.write_text(started + "\n" + broker.log_text())
     issued = next(e["request_id"] for e in broker.logs() if e["event"] == "token.issued")
     return {"log": log, "issued": issued,
             **dict(zip(["aud", "lifetime", "replay", "json", "basic"], ids, strict=True))}
