@@ -108,6 +108,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.issuer + "/token"
 
     @property
+    def authorization_endpoint(self) -> str:
+        return self.issuer + "/authorize"
+
+    @property
     def revocation_endpoint(self) -> str:
         return self.issuer + "/revoke"
 

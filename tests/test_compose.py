@@ -135,7 +135,7 @@ def test_management_listener_is_reachable_on_the_backend_network_only(compose: d
 
 #: What the public frontend forwards: the OAuth endpoints and documents, nothing else.
 PUBLIC_PATHS = {"/token", "/revoke", "/introspect", "/jwks.json", "/.well-known/oauth-authorization-server",
-                "/.well-known/openid-configuration", "/openapi.json"}
+                "/.well-known/openid-configuration", "/authorize", "/openapi.json"}
 NORMALISERS = ["path-strip-dotdot", "path-strip-dot", "path-merge-slashes", "percent-decode-unreserved strict",
                "percent-to-uppercase strict"]
 

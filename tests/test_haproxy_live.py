@@ -201,6 +201,7 @@ PUBLIC_FRONTEND = {
     "/./jwks.json": (200, None),
     "/.well-known/oauth-authorization-server": (200, None),
     "/.well-known/openid-configuration": (200, None),
+    "/authorize": (400, None),
     "/openapi.json": (200, None),
 }
 
@@ -216,7 +217,8 @@ def test_haproxy_serves_only_the_allowed_paths(real_redis: RedisServer, spawn_br
             expected.update({"/admin/clients": (401, None), "/admin/clients/c1": (401, None), "//admin/clients": (401, None),
                              "/jwks.json": (404, NOT_FOUND), "//jwks.json": (404, NOT_FOUND),
                              "/%6Awks.json": (404, NOT_FOUND), "/./jwks.json": (404, NOT_FOUND),
-                             "/openapi.json": (404, NOT_FOUND), "/.well-known/openid-configuration": (404, NOT_FOUND)})
+                             "/openapi.json": (404, NOT_FOUND), "/.well-known/openid-configuration": (404, NOT_FOUND),
+                             "/authorize": (404, NOT_FOUND)})
         seen, sent = {}, proxy.forwarded()
         for target, (status, body) in sorted(expected.items(), key=lambda item: item[1][0] != 404):
             resp = exchange(port, request_bytes("GET", target))

@@ -91,7 +91,7 @@ def test_management_app_shares_the_public_apps_state(broker: Broker) -> None:
 @pytest.mark.parametrize("path", [
     pytest.param(p, id=p) for p in ("/token", "/revoke", "/introspect", "/jwks.json", "/openapi.json",
                                     "/.well-known/oauth-authorization-server", "/.well-known/openid-configuration",
-                                    "/admin/clients")
+                                    "/authorize", "/admin/clients")
 ])
 def test_management_app_serves_nothing_public(broker: Broker, path: str) -> None:
     resp = broker.management.get(path)

@@ -70,6 +70,9 @@ _FORM = {
                                  "send grant_type=client_credentials"),
     "client_id_charset": _X("the client_id parameter held characters outside %x20-7E.",
                             "send the registered client_id, or leave the parameter out (the assertion names the client)"),
+    "authorization_endpoint": _X("a request reached /authorize, which exists only because OpenID discovery parsers "
+                                 "insist on it: this broker has no authorization code or implicit flow.",
+                                 "use the client_credentials grant at the token endpoint"),
     "token_missing": _X("the token parameter was missing (/revoke, /introspect).", "send token=<the access token>"),
     "resource_multiple": _X("several resource parameters: each token is for one audience.",
                             "ask for one resource per token request"),

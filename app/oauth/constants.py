@@ -17,6 +17,9 @@ METADATA_PATH = "/.well-known/oauth-authorization-server"
 #: OpenID Connect Discovery 1.0 §4: where stacks that only discover through OIDC (MSAL among them)
 #: look. The broker serves the same RFC 8414 document there (``app.oauth.metadata`` says why).
 OPENID_CONFIGURATION_PATH = "/.well-known/openid-configuration"
+#: Named only by the openid-configuration document (MSAL reads it unconditionally); every request
+#: there is refused with unsupported_response_type (app.oauth.metadata).
+AUTHORIZE_PATH = "/authorize"
 
 #: The scope an access token needs for the admin API.
 ADMIN_SCOPE = "broker:admin"

@@ -60,6 +60,15 @@ class UnsupportedGrantType(OAuthError):
     description = "The grant type is not supported."
 
 
+class UnsupportedResponseType(OAuthError):
+    """RFC 6749 §4.1.2.1: the answer of ``/authorize``, which this broker has only for discovery
+    parsers that insist on it (app.oauth.metadata); shown to the caller, never redirected."""
+
+    error = "unsupported_response_type"
+    description = ("This broker has no authorization endpoint to use: it issues tokens only with the "
+                   "client_credentials grant at its token endpoint.")
+
+
 class InvalidScope(OAuthError):
     error = "invalid_scope"
     description = "The requested scope is invalid, unknown or not allowed."

@@ -4,16 +4,15 @@ The document depends on the settings and on the algorithms of the published sign
 (``signing_algs``), which change with key rotation; the composition root encodes it once per set
 of algorithms and serves the bytes.
 
-The same bytes are served at ``/.well-known/openid-configuration`` too: some client stacks (MSAL,
-and libraries configured with an "authority") discover only there. The document claims nothing of
-OpenID Connect: no ``openid`` scope, no ID tokens, no userinfo. It deliberately leaves out the
-members OIDC Discovery 1.0 §3 requires for an OpenID Provider (``authorization_endpoint``,
-``subject_types_supported``, ``id_token_signing_alg_values_supported``): each would announce an
-endpoint or ID tokens the broker does not have, and the clients that read this path for the
-client credentials grant use ``issuer``, ``token_endpoint`` and ``jwks_uri`` (MSAL Python also
-insists on ``authorization_endpoint``, which this broker has none of to announce).
-``response_types_supported`` is present (empty: no authorization endpoint) because RFC 8414
-requires it.
+The same document is served at ``/.well-known/openid-configuration`` too: some client stacks
+(MSAL, and libraries configured with an "authority") discover only there. It claims nothing of
+OpenID Connect: no ``openid`` scope, no ID tokens, no userinfo, no ``subject_types_supported`` or
+``id_token_signing_alg_values_supported`` (each would announce ID tokens the broker does not have).
+One member differs there (``openid_configuration``): ``authorization_endpoint``, because MSAL
+reads it unconditionally (``KeyError`` without it) and OIDC Discovery 1.0 §3 makes it REQUIRED. It
+names ``/authorize``, a real endpoint that refuses every request with ``unsupported_response_type``
+(``response_types_supported`` stays empty): announcing it gives a client nothing it can use, and
+the RFC 8414 document keeps leaving it out (RFC 8414 §2: omitted when no grant type uses it).
 """
 
 from __future__ import annotations
@@ -47,6 +46,12 @@ def server_metadata(settings: Settings, *, signing_algs: list[str]) -> dict[str,
         "introspection_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_signing_alg_values_supported": assertion_algs,
     }
+
+
+def openid_configuration(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The document served at ``/.well-known/openid-configuration``: the RFC 8414 one plus the
+    ``authorization_endpoint`` that OIDC discovery parsers insist on (see the module docstring)."""
+    return {**doc, "authorization_endpoint": settings.authorization_endpoint}
 
 
 def encode(doc: dict[str, Any]) -> bytes:

@@ -153,17 +153,20 @@ def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], flo
             client, cluster=settings.redis_cluster, timeout=settings.redis_timeout, retries=0), metrics=metrics, log=log),
         "signer": keys.signer,
         "jwks": keys.jwks,
-        "metadata": _metadata(settings, keys),
+        "metadata": _metadata(settings, keys, openid=False),
+        "openid_configuration": _metadata(settings, keys, openid=True),
         "openapi": msgspec.json.encode(openapi_document(settings)),
     }
 
 
-def _metadata(settings: Settings, keys: SigningKeys) -> Callable[[], bytes]:
-    """The RFC 8414 document, encoded once per set of published algorithms (it follows rotations)."""
+def _metadata(settings: Settings, keys: SigningKeys, *, openid: bool) -> Callable[[], bytes]:
+    """The RFC 8414 document (or its openid-configuration form), encoded once per set of published
+    algorithms (it follows rotations)."""
 
     @functools.lru_cache(maxsize=8)
     def encoded(signing_algs: tuple[str, ...]) -> bytes:
-        return oauth_metadata.encode(oauth_metadata.server_metadata(settings, signing_algs=list(signing_algs)))
+        doc = oauth_metadata.server_metadata(settings, signing_algs=list(signing_algs))
+        return oauth_metadata.encode(oauth_metadata.openid_configuration(doc, settings) if openid else doc)
 
     return lambda: encoded(keys.algs)
 

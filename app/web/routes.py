@@ -16,8 +16,15 @@ from litestar.params import FromPath
 from app.log import current_request_id
 from app.oauth.access_token import InvalidToken
 from app.oauth.clients import InvalidClientMetadata
-from app.oauth.constants import METADATA_PATH, OPENID_CONFIGURATION_PATH
-from app.oauth.errors import MethodNotAllowed, OAuthError, RequestTooLarge, ServerError, TemporarilyUnavailable
+from app.oauth.constants import AUTHORIZE_PATH, METADATA_PATH, OPENID_CONFIGURATION_PATH
+from app.oauth.errors import (
+    MethodNotAllowed,
+    OAuthError,
+    RequestTooLarge,
+    ServerError,
+    TemporarilyUnavailable,
+    UnsupportedResponseType,
+)
 from app.service.admin import AdminService, Conflict, InsufficientScope, NotFound
 from app.service.client_auth import EndpointRequest
 from app.store.base import RecordUnreadable, StoreUnavailable
@@ -138,9 +145,22 @@ async def token_op_other_methods() -> Response[bytes]:
     return oauth_error(MethodNotAllowed("method_not_allowed", headers={"Allow": "POST"}))
 
 
-@get([METADATA_PATH, OPENID_CONFIGURATION_PATH])
+@get(METADATA_PATH)
 async def metadata(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(request.app.state.metadata(), media_type=JSON, headers={"Cache-Control": "public, max-age=300"})
+
+
+@get(OPENID_CONFIGURATION_PATH)
+async def openid_configuration(request: Request[Any, Any, Any]) -> Response[bytes]:
+    return Response(request.app.state.openid_configuration(), media_type=JSON,
+                    headers={"Cache-Control": "public, max-age=300"})
+
+
+@route(AUTHORIZE_PATH, http_method=[HttpMethod.GET, HttpMethod.POST])
+async def authorize() -> Response[bytes]:
+    """Named by the openid-configuration document only; refuses every request (no redirect: the
+    broker knows no redirect URIs, RFC 6749 §4.1.2.1)."""
+    return oauth_error(UnsupportedResponseType("authorization_endpoint"))
 
 
 @get("/jwks.json")
@@ -302,6 +322,8 @@ ROUTES = [
     introspect,
     token_op_other_methods,
     metadata,
+    openid_configuration,
+    authorize,
     jwks,
     admin_register,
     admin_list,
