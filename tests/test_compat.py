@@ -573,3 +573,16 @@ def test_pem_rsa_key_binds_rs256(tmp_path, kind, alg, expected):
         path.write_bytes(pem)
     assert [k["alg"] for k in read_public_keys(path, alg)] == [expected]
 
+
+
+def test_certificate_pem_registers_its_key_with_x5c(broker, tmp_path):
+    """`register --public-key cert.pem`: the certificate's key (RS256) with the chain as x5c, so
+    MSAL's x5t finds it."""
+    client, issuer = CertClient("msal-app"), CertClient("ca")
+    path = tmp_path / "cert.pem"
+    path.write_bytes(client.cert.public_bytes(serialization.Encoding.PEM) + issuer.cert.public_bytes(serialization.Encoding.PEM))
+    [jwk] = read_public_keys(path)
+    assert (jwk["alg"], jwk["x5c"]) == ("RS256", x5c(client.cert) + x5c(issuer.cert))
+    other = CertClient("msal-app")
+    register(broker, metadata("msal-app", other.jwk("other"), {**jwk, "kid": "cert"}), MSAL_LIKE)
+    assert_token(broker.token(form(client.msal(broker.clock.now))))
