@@ -305,7 +305,7 @@ def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str
 
     Refuses private or symmetric material, RSA outside 2048-4096 bits, curves that do not match the
     algorithm, keys meant for encryption, and weak keys (``app.oauth.key_strength``). The kid defaults to the RFC 7638 thumbprint.
-    ``alg`` ``EdDSA`` is stored as ``Ed25519`` (an Ed25519 key only); an ``x5c`` must hold this key (``_check_x5c``).
+    ``alg`` ``EdDSA`` is stored as ``Ed25519`` (an Ed25519 key only); an ``x5c`` must hold this key (``_x5c_member``).
     """
     if not isinstance(jwk, dict):
         raise InvalidClientMetadata("jwk_not_object", "each key must be a JSON object (a JWK)")
@@ -355,15 +355,15 @@ def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str
     if not isinstance(kid, str) or not 1 <= len(kid) <= 128 or not kid.isascii() or not kid.isprintable():
         raise InvalidClientMetadata("jwk_kid", "kid must be 1-128 printable ASCII characters")
     public = key.as_dict(private=False)
-    public.update(kid=kid, alg=alg, use="sig", **_key_window(jwk))
-    if jwk.get(_X5C) is not None:
-        public[_X5C] = _check_x5c(jwk[_X5C], key)
+    public.update(kid=kid, alg=alg, use="sig", **_key_window(jwk), **_x5c_member(jwk.get(_X5C), key))
     return public
 
 
-def _check_x5c(x5c: Any, key: Any) -> list[str]:
+def _x5c_member(x5c: Any, key: Any) -> dict[str, list[str]]:
     """A registered ``x5c`` (RFC 7517 §4.7): 1-10 standard-base64 DER certificates, the first one
-    holding this very public key. Returns it as given."""
+    holding this very public key. Returns it as given ({} when there is none)."""
+    if x5c is None:
+        return {}
     if (not isinstance(x5c, list) or not 1 <= len(x5c) <= _X5C_MAX_CERTS
             or not all(isinstance(c, str) and 0 < len(c) <= _X5C_MAX_CHARS for c in x5c)):
         raise InvalidClientMetadata("jwk_x5c_invalid", f"x5c must be a list of 1-{_X5C_MAX_CERTS} base64 DER "
@@ -376,7 +376,7 @@ def _check_x5c(x5c: Any, key: Any) -> list[str]:
         raise InvalidClientMetadata("jwk_x5c_invalid", "x5c[0] is not a base64 DER X.509 certificate") from None
     if cert_key != key.raw_value.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo):
         raise InvalidClientMetadata("jwk_x5c_mismatch", "the certificate x5c[0] holds another public key than the JWK")
-    return list(x5c)
+    return {_X5C: list(x5c)}
 
 
 def _key_window(jwk: dict[str, Any]) -> dict[str, int]:
