@@ -23,7 +23,7 @@ live (its own lifetime cap + leeway + skew), and, with ``assertion_reuse``, the 
 (``Authenticated.reuse``: the SHA-256 of the whole assertion, so the same assertion may come back
 until its ``exp`` while another with the same jti stays a replay), still in the one Redis call of
 step 4. Every use of a compat feature is logged (``client_auth.compat_used``) and counted
-(``broker_client_compat_used_total``). A client without a profile pays one attribute test.
+(``broker_client_compat_used_total``). A client without a profile pays a few attribute tests.
 
 Whatever step refuses the request, the refusal is logged as ``<event>.rejected``, a failed client
 authentication (``invalid_client``) counts toward the source address's rate limit, and toward the
