@@ -91,6 +91,8 @@ TOKENS_REVOKED = _declare("broker_tokens_revoked_total", "counter", "Access toke
 # -- client authentication (app.service.directory) ------------------------------------------------
 LEGACY_AUD_ACCEPTED = _declare("broker_client_auth_legacy_aud_accepted_total", "counter",
                                "Assertions accepted with the token endpoint URL as aud (migration window).", "client_id")
+CLIENT_COMPAT_USED = _declare("broker_client_compat_used_total", "counter",
+                              "Client assertions accepted through a feature of the client's compat profile.", "client_id", "feature")
 # -- client registry (app.service.registry_state) -------------------------------------------------
 REGISTRY_LOST = _declare("broker_registry_lost", "gauge",
                          "1 while the client registry's marker is missing from Redis (restarted empty, flushed, "

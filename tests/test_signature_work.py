@@ -1,5 +1,6 @@
 """Every refusal after the assertion is parsed costs one signature verification (attack matrix:
-`client-existence-timing`).
+`client-existence-timing`), except a kid-less bad signature, which costs one per key of the client
+that fits the alg (each is tried).
 
 An unknown client, a disabled one, an unknown kid, a kid that is not the key's algorithm and a
 ``jwks_uri`` client whose keys cannot be fetched would otherwise be refused with no signature work,
@@ -92,7 +93,11 @@ ROWS: list[tuple[str, Make, str, str]] = [
     ("client_disabled", lambda c, now: c["off"].assertion(now), DECOY, "client_disabled"),
     ("kid_unknown", lambda c, now: c["c1"].assertion(now, header={"alg": "ES256", "kid": "nope"}), DECOY,
      "kid_unknown"),
-    ("kid_ambiguous", lambda c, now: c["two"].assertion(now, header={"alg": "ES256"}), DECOY, "kid_ambiguous"),
+    ("no_kid_no_key_of_the_alg", lambda c, now: c["two"].assertion(now, header={"alg": "ES384"},
+                                                                   key=ECKey.generate_key("P-384")), DECOY,
+     "alg_not_allowed"),
+    ("x5t_unknown", lambda c, now: c["two"].assertion(now, header={"alg": "ES256", "x5t#S256": "nope"}), DECOY,
+     "x5t_unknown"),
     ("alg_not_the_keys", lambda c, now: c["c1"].assertion(now, header={"alg": "ES384", "kid": c["c1"].kid},
                                                           key=ECKey.generate_key("P-384")), DECOY, "alg_not_allowed"),
     ("jwks_uri_unavailable", lambda c, now: c["remote"].assertion(now), DECOY, "kid_unknown"),
@@ -134,3 +139,17 @@ def test_a_good_assertion_costs_one_verification(counted: Broker, clients: dict[
     verifications.clear()
     assert counted.get_token(clients["c1"]).status_code == 200
     assert verifications == [("ES256", clients["c1"].key.thumbprint())]
+
+
+def test_a_kidless_bad_signature_costs_one_verification_per_key(counted: Broker, clients: dict[str, TestClient],
+                                                                verifications: list[tuple[str, str]]) -> None:
+    """Without a kid every key of the client that fits the alg is tried, in registration order: a
+    bad signature against the two-key client costs two verifications (docs/security.md)."""
+    two = clients["two"]
+    assertion = two.assertion(counted.clock.now, header={"alg": "ES256"}, key=ECKey.generate_key("P-256"))
+    verifications.clear()
+    resp = counted.token(form(assertion))
+    assert (resp.status_code, resp.json()) == (401, INVALID_CLIENT)
+    assert [e["reason"] for e in counted.logs() if e["event"] == "token.rejected"] == ["signature_invalid"]
+    second = ECKey.import_key(two.extra_keys[0]).thumbprint()
+    assert verifications == [("ES256", two.key.thumbprint()), ("ES256", second)]

@@ -38,6 +38,7 @@ examples:
   %(prog)s register billing-api --scope "invoices:read invoices:write" --audience https://invoices.example.com
   %(prog)s list                                # a table; --json for every field
   %(prog)s show billing-api
+  %(prog)s update msal-app --compat token_endpoint_aud --compat assertion_max_lifetime=600 --compat assertion_reuse
   %(prog)s add-key billing-api                 # rotation step 1: new key pair, both keys valid
   %(prog)s remove-key billing-api --kid OLDKID # rotation step 3, once the service uses the new key
   %(prog)s disable billing-api                 # every replica refuses it within 1 s
@@ -86,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="show one client", description="Print one client's metadata and public keys.")
     show.add_argument("client_id")
 
-    upd = sub.add_parser("update", help="change a client's scopes, audiences, lifetime or legacy-aud window",
-                         description="Change metadata; options not given stay as they are.")
+    upd = sub.add_parser("update", help="change a client's scopes, audiences, lifetime, legacy-aud window or compat profile",
+                         description="Change metadata; options not given stay as they are (--compat replaces the "
+                                     "whole compat profile).")
     upd.add_argument("client_id")
     _metadata_options(upd, required_audience=False)
 
@@ -146,7 +148,8 @@ def _register_command(sub: Any) -> None:
     _metadata_options(reg, required_audience=True)
     reg.add_argument("--alg", choices=KEY_ALGS, default=None,
                      help="key algorithm to generate (default ES256); with --public-key or --jwks-uri: the alg "
-                          "for keys that name none (by default inferred from the key type)")
+                          "for keys that name none (by default inferred from the key type; an RSA PEM key: RS256, "
+                          "what most libraries sign with)")
     src = reg.add_mutually_exclusive_group()
     src.add_argument("--public-key", type=Path, metavar="FILE",
                      help="the client's own key: a public JWK, JWK Set or PEM file (the private key stays with it)")
@@ -165,7 +168,8 @@ def _key_commands(sub: Any) -> None:
     add.add_argument("client_id")
     add.add_argument("--alg", choices=KEY_ALGS, default=None,
                      help="algorithm for a generated key (default ES256); with --public-key: the alg for a key that "
-                          "names none (by default inferred from the key type)")
+                          "names none (by default inferred from the key type; an RSA PEM key: RS256, what most "
+                          "libraries sign with)")
     add.add_argument("--public-key", type=Path, metavar="FILE", help="a public JWK, JWK Set (one key) or PEM file")
     add.add_argument("--not-before", type=int, metavar="UNIX_TIME", help="the key is not used before this time (JWK nbf)")
     add.add_argument("--expires", type=int, metavar="UNIX_TIME", help="the key is not used from this time on (JWK exp)")
@@ -201,6 +205,12 @@ def _metadata_options(p: argparse.ArgumentParser, *, required_audience: bool) ->
     p.add_argument("--token-lifetime", type=int, metavar="SECONDS", help="access-token lifetime, 60-86400")
     p.add_argument("--legacy-aud-until", type=int, metavar="UNIX_TIME",
                    help="migration aid: until this time also accept the token endpoint URL as aud (logged, counted)")
+    p.add_argument("--compat", action="append", metavar="FEATURE[=VALUE]",
+                   help="relax the strict assertion rules for a client library that cannot follow them (off by "
+                        "default; every use logged and counted), repeatable: token_endpoint_aud (accept the token "
+                        "endpoint URL as aud), assertion_max_lifetime=SECONDS (its own lifetime cap, 1-3600), "
+                        "assertion_reuse (accept the same assertion again until its exp); 'none' clears the profile. "
+                        "Given to update, it replaces the whole profile (docs/onboarding.md)")
 
 
 def _scopes(values: list[str] | None, option: str) -> list[str] | None:
@@ -215,13 +225,30 @@ def _scopes(values: list[str] | None, option: str) -> list[str] | None:
     return [s for v in values for s in v.split() if s]
 
 
+def _compat(values: list[str] | None) -> dict[str, Any] | None:
+    """``--compat`` options as the ``compat`` member: ``name`` → true, ``name=N`` → N; the broker
+    validates the names and values (one place says what is allowed). ``none`` → {} (cleared)."""
+    if values is None:
+        return None
+    if "none" in values:
+        if len(values) > 1:
+            raise UsageError("--compat none clears the compat profile: give it alone")
+        return {}
+    profile: dict[str, Any] = {}
+    for value in values:
+        name, eq, given = value.partition("=")
+        profile[name] = (int(given) if given.isdigit() else {"true": True, "false": False}.get(given, given)) if eq else True
+    return profile
+
+
 def _metadata(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in (("scopes", _scopes(args.scope, "--scope")),
                         ("default_scopes", _scopes(args.default_scope, "--default-scope")),
                         ("audiences", args.audience), ("default_audience", args.default_audience),
                         ("token_lifetime", args.token_lifetime),
-                        ("legacy_token_endpoint_aud_until", args.legacy_aud_until)):
+                        ("legacy_token_endpoint_aud_until", args.legacy_aud_until),
+                        ("compat", _compat(args.compat))):
         if value is not None:
             out[name] = value
     if args.command == "register" and not out.get("scopes"):

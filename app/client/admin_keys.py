@@ -3,14 +3,19 @@
 Private keys are written with mode 0600 and never overwritten; only public keys are read for
 registration (a file holding private material is refused). A public key that names no ``alg`` gets
 the one its type implies (``app.client.credentials.default_alg``: EC P-256 → ES256, P-384 →
-ES384, Ed25519 → Ed25519, RSA → PS256), whether it came as PEM or JWK, so the broker binds it to
-exactly one algorithm. joserfc warns (``SecurityWarning``) when it imports an RSA key under 2048
+ES384, Ed25519 → Ed25519, RSA → PS256), except an RSA key given as PEM, which gets RS256: a PEM
+key comes from outside the broker's tooling (a certificate, a cloud console), and the library
+that signs with it almost always means RS256. Either way the broker binds it to exactly one
+algorithm. A PEM file of certificates (``-----BEGIN CERTIFICATE-----``, the key's own first) registers
+the first one's public key with the chain as the JWK's ``x5c``, so assertions may name the key by
+the certificate's thumbprint (``x5t``, as MSAL does). joserfc warns (``SecurityWarning``) when it imports an RSA key under 2048
 bits; the broker refuses such a key with a one-line reason, so the warning is silenced here
 rather than printed as a Python traceback line before that reason.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import warnings
@@ -18,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from joserfc.errors import SecurityWarning
 
 from app.client.credentials import ClientKey, default_alg
@@ -28,6 +35,8 @@ from app.oauth.jose import KEY_TYPES, import_jwk
 
 #: The algorithms a generated or registered key may be for: the broker's list, in its one order.
 KEY_ALGS = tuple(ALG_KEY_TYPES)
+#: The alg of an RSA public key registered from PEM without --alg (see the module docstring).
+_PEM_RSA_ALG = "RS256"
 T = TypeVar("T")
 
 
@@ -129,9 +138,13 @@ def _pem_public_jwk(path: Path, raw: bytes, alg: str | None) -> dict[str, Any]:
     if key is None:
         raise AdminError(f"{path}: not a PEM public key this broker supports (EC, Ed25519, RSA)")
     try:
-        return public_jwk(key, alg=alg or default_alg(key))
+        jwk = public_jwk(key, alg=alg or (_PEM_RSA_ALG if key.key_type == "RSA" else default_alg(key)))
     except ValueError as exc:
         raise AdminError(f"{path}: {exc}") from None
+    if b"-----BEGIN CERTIFICATE-----" in raw:
+        certs = x509.load_pem_x509_certificates(raw)  # joserfc read the first one's key from it
+        jwk["x5c"] = [base64.b64encode(cert.public_bytes(Encoding.DER)).decode() for cert in certs]
+    return jwk
 
 
 def _inferred_alg(path: Path, jwk: dict[str, Any]) -> str:

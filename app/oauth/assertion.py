@@ -3,22 +3,30 @@
 The steps, in order (``docs/security.md`` explains each):
 
 1. syntax gate before any JSON: ASCII, exactly three base64url segments, size caps;
-2. header: strict JSON object holding only ``alg``, ``kid``, ``typ`` (all strings), ``alg`` in the
-   broker's allow-list, ``typ`` absent / ``JWT`` / ``client-authentication+jwt``;
+2. header: strict JSON object holding only ``alg``, ``kid``, ``typ``, ``x5t``, ``x5t#S256`` (all
+   strings), ``alg`` in the broker's allow-list (``EdDSA`` read as ``Ed25519``, ``ALG_SYNONYMS``),
+   ``typ`` absent / ``JWT`` / ``client-authentication+jwt``. Headers that carry or point at a key
+   (``jwk``, ``jku``, ``x5c``, ``x5u``) and ``crit`` are refused;
 3. payload: strict JSON object (duplicate members, NaN/Infinity refused); ``iss`` == ``sub`` names
    the client, which the caller then looks up (keys are only ever taken from that client);
-4. signature with the client's key chosen by ``kid``, through joserfc's algorithm bound to that
-   key. When no key of the client's can have signed it (unknown ``kid``, none given while the
-   client has several keys, ``alg`` not the key's), the signature is checked against a decoy key
-   of the header's ``alg`` before the refusal (``DecoyKeys``), and the caller does the same for an
-   unknown or disabled client: every assertion that gets this far costs one signature
-   verification, so the time of the answer does not tell which clients and kids exist;
+4. signature with the client's keys, each through joserfc's algorithm bound to that key: the key
+   named by ``kid``; else, when the client has several keys, those whose certificate or RFC 7638
+   thumbprint an ``x5t`` / ``x5t#S256`` header names; else all of them; of these, the ones bound
+   to the assertion's ``alg``, tried in registration order (at most ``MAX_KEYS``) until one
+   verifies. When no key of the client's can have signed it (unknown ``kid`` or thumbprint,
+   ``alg`` not the key's), the signature is checked against a decoy key of that ``alg`` before
+   the refusal (``DecoyKeys``), and the caller does the same for an unknown or disabled client:
+   every assertion that gets this far costs at least one signature verification, so the time of
+   the answer does not tell which clients and kids exist (a kid-less bad signature costs one per
+   key tried: ``docs/security.md``);
 5. ``aud`` is the issuer string (a one-element array of it only when the deployment allows that;
-   the token endpoint URL only inside the client's legacy window);
-6. claims: ``exp`` required, not past, within the lifetime cap; ``iat`` not too old and not in
-   the future; ``nbf`` honoured; ``jti`` a string of 1 to ``jti_max_length`` (default 256)
-   characters. A refusal here is a ``SignedAssertionRefused``: the client's key signed this
-   assertion for this broker (the rate limiter counts only these toward the client).
+   the token endpoint URL only inside the client's legacy window or with its compat profile's
+   ``token_endpoint_aud``);
+6. claims: ``exp`` required, not past, within the lifetime cap (the client's compat profile may
+   set its own); ``iat`` not too old and not in the future; ``nbf`` honoured; ``jti`` a string of
+   1 to ``jti_max_length`` (default 256) characters. A refusal here is a
+   ``SignedAssertionRefused``: the client's key signed this assertion for this broker (the rate
+   limiter counts only these toward the client).
 
 Only then may the caller record the ``jti`` (replay step). Any failure is an ``InvalidClient``
 with a precise ``reason`` for the log; every such error renders identically.
@@ -33,10 +41,20 @@ from typing import Any
 
 import msgspec
 
-from app.oauth.clients import Client
+from app.oauth.clients import Client, ClientRecord
 from app.oauth.constants import ALG_KEY_TYPES, ASSERTION_MAX, JTI_MAX_LENGTH
 from app.oauth.errors import InvalidClient
-from app.oauth.jose import KEY_TYPES, Malformed, VerificationKey, b64decode, clean, numeric_date, strict_object, verification_key
+from app.oauth.jose import (
+    ALG_SYNONYMS,
+    KEY_TYPES,
+    Malformed,
+    VerificationKey,
+    b64decode,
+    clean,
+    numeric_date,
+    strict_object,
+    verification_key,
+)
 
 
 def jti_hash(client_id: str, jti: str) -> str:
@@ -53,7 +71,7 @@ _SEGMENT = rb"[A-Za-z0-9_-]+"
 _COMPACT = re.compile(_SEGMENT + rb"\." + _SEGMENT + rb"\." + _SEGMENT)
 _HEADER_MAX = 512
 _SIGNATURE_MAX = 1024
-_ALLOWED_HEADER = frozenset({"alg", "kid", "typ"})
+_ALLOWED_HEADER = frozenset({"alg", "kid", "typ", "x5t", "x5t#S256"})
 _ALLOWED_TYP = frozenset({"jwt", "client-authentication+jwt"})
 
 
@@ -66,8 +84,15 @@ class AssertionPolicy(msgspec.Struct, frozen=True, kw_only=True):
     jti_max_length: int = JTI_MAX_LENGTH
     assertion_max: int = ASSERTION_MAX
     allow_single_element_aud_array: bool = False
-    #: The token endpoint URL, accepted as ``aud`` only for a client inside its legacy window.
+    #: The token endpoint URL, accepted as ``aud`` only for a client inside its legacy window or
+    #: whose compat profile says ``token_endpoint_aud``.
     token_endpoint: str | None = None
+
+
+#: The compat features ``VerifiedAssertion.compat`` names (the metric's ``feature`` label).
+TOKEN_ENDPOINT_AUD = "token_endpoint_aud"
+ASSERTION_LIFETIME = "assertion_lifetime"
+ASSERTION_REUSE = "assertion_reuse"
 
 
 class ParsedAssertion(msgspec.Struct, frozen=True):
@@ -76,6 +101,8 @@ class ParsedAssertion(msgspec.Struct, frozen=True):
     signing_input: bytes
     signature: bytes
     client_id: str
+    #: The header's ``alg`` under the broker's name for it (``ALG_SYNONYMS``).
+    alg: str
 
 
 class VerifiedAssertion(msgspec.Struct, frozen=True):
@@ -85,6 +112,8 @@ class VerifiedAssertion(msgspec.Struct, frozen=True):
     kid: str
     #: True when ``aud`` was the token endpoint URL, accepted under the client's migration window.
     legacy_aud: bool = False
+    #: The compat features this assertion needed (``TOKEN_ENDPOINT_AUD``, ``ASSERTION_LIFETIME``).
+    compat: tuple[str, ...] = ()
 
 
 def parse_assertion(value: str, policy: AssertionPolicy) -> ParsedAssertion:
@@ -106,6 +135,7 @@ def parse_assertion(value: str, policy: AssertionPolicy) -> ParsedAssertion:
     if not all(type(v) is str and clean(v) for v in header.values()):
         raise InvalidClient("header_invalid")
     alg = header.get("alg")
+    alg = ALG_SYNONYMS.get(alg, alg)
     if alg is None or alg not in policy.algs:
         raise InvalidClient("alg_not_allowed")
     typ = header.get("typ")
@@ -125,7 +155,7 @@ def parse_assertion(value: str, policy: AssertionPolicy) -> ParsedAssertion:
     signature = b64decode(s64)
     if signature is None:
         raise InvalidClient("assertion_malformed")
-    return ParsedAssertion(header, claims, h64 + b"." + p64, signature, iss)
+    return ParsedAssertion(header, claims, h64 + b"." + p64, signature, iss, alg)
 
 
 class SignedAssertionRefused(InvalidClient):
@@ -156,7 +186,7 @@ class DecoyKeys:
         self._keys = {alg: _decoy_key(alg) for alg in algs}
 
     def spend(self, parsed: ParsedAssertion) -> None:
-        _signature_ok(self._keys[parsed.header["alg"]], parsed)
+        _signature_ok(self._keys[parsed.alg], parsed)
 
 
 def _decoy_key(alg: str) -> VerificationKey:
@@ -169,39 +199,70 @@ def verify_assertion(parsed: ParsedAssertion, client: Client, policy: AssertionP
                      decoys: DecoyKeys | None = None) -> VerifiedAssertion:
     """Steps 4-6 against the client named by the assertion (``decoys``: the broker always passes
     them; offline tools that do not care about timing may leave them out)."""
-    key = _client_key(parsed, client)
-    if isinstance(key, str):  # a refusal: do the signature work anyway, then refuse
+    keys = _client_keys(parsed, client)
+    if isinstance(keys, str):  # a refusal: do the signature work anyway, then refuse
         if decoys is not None:
             decoys.spend(parsed)
-        raise InvalidClient(key)
-    if not _signature_ok(key, parsed):
+        raise InvalidClient(keys)
+    key = _verifying_key(keys, parsed)
+    if key is None:
         raise InvalidClient("signature_invalid")
-    legacy_aud = _check_aud(parsed.claims.get("aud"), policy, client.record.legacy_token_endpoint_aud_until, now)
+    record = client.record
+    aud = _check_aud(parsed.claims.get("aud"), policy, record, now)
     try:
-        jti, exp = _check_claims(parsed.claims, policy, now)
+        jti, exp, stretched = _check_claims(parsed.claims, policy, now, _limits(record, policy))
     except InvalidClient as exc:
         raise SignedAssertionRefused(exc.reason, signed_hash=hashlib.sha256(parsed.signing_input).hexdigest(),
                                      exp=_exp_or_none(parsed.claims)) from None
-    return VerifiedAssertion(parsed.client_id, jti, exp, key.kid, legacy_aud)
+    if aud is None and not stretched:
+        return VerifiedAssertion(parsed.client_id, jti, exp, key.kid)
+    compat = (TOKEN_ENDPOINT_AUD,) if aud == TOKEN_ENDPOINT_AUD else ()
+    return VerifiedAssertion(parsed.client_id, jti, exp, key.kid, aud == _LEGACY,
+                             compat + (ASSERTION_LIFETIME,) if stretched else compat)
 
 
-def _client_key(parsed: ParsedAssertion, client: Client) -> VerificationKey | str:
-    """The client's key that may have signed the assertion, or the reason there is none.
+def _client_keys(parsed: ParsedAssertion, client: Client) -> tuple[VerificationKey, ...] | str:
+    """The client's keys that may have signed the assertion, in registration order, or the reason
+    there is none.
 
-    Key selection is scoped to this client's own keys (RFC 8725 §3.8, §3.10).
+    Key selection is scoped to this client's own keys (RFC 8725 §3.8, §3.10). ``kid`` names one
+    key; without it an ``x5t#S256`` or ``x5t`` header narrows several keys down to those it names
+    (ignored for a client with one key); each candidate must be bound to the assertion's ``alg``.
     """
     kid = parsed.header.get("kid")
-    if kid is None:
-        if len(client.keys) != 1:
-            return "kid_ambiguous"
-        key = next(iter(client.keys.values()))
-    else:
+    if kid is not None:
         key = client.keys.get(kid)
         if key is None:
             return "kid_unknown"
-    if parsed.header["alg"] != key.alg:
-        return "alg_not_allowed"
-    return key
+        return (key,) if key.alg == parsed.alg else "alg_not_allowed"
+    keys: Any = client.keys.values()
+    if len(client.keys) > 1:
+        thumbprint = parsed.header.get("x5t#S256") or parsed.header.get("x5t")
+        if thumbprint is not None:
+            thumbprint = thumbprint.rstrip("=")  # MSAL pads it (urlsafe_b64encode); RFC 7515 does not
+            keys = [k for k in keys if thumbprint in k.thumbprints]
+            if not keys:
+                return "x5t_unknown"
+    fitting = tuple(k for k in keys if k.alg == parsed.alg)
+    if not fitting:
+        return "alg_not_allowed" if keys else "kid_unknown"
+    return fitting
+
+
+def _verifying_key(keys: tuple[VerificationKey, ...], parsed: ParsedAssertion) -> VerificationKey | None:
+    """The first key whose signature check passes (one check per key tried)."""
+    for key in keys:
+        if _signature_ok(key, parsed):
+            return key
+    return None
+
+
+def _limits(record: ClientRecord, policy: AssertionPolicy) -> tuple[int, int]:
+    """(lifetime cap, age cap): the deployment's, or the client's own from its compat profile."""
+    compat = record.compat
+    if compat is None or compat.assertion_max_lifetime is None:
+        return policy.max_lifetime, policy.max_age
+    return compat.assertion_max_lifetime, compat.assertion_max_lifetime
 
 
 def _exp_or_none(claims: dict[str, Any]) -> float | None:
@@ -218,24 +279,30 @@ def _signature_ok(key: VerificationKey, parsed: ParsedAssertion) -> bool:
         return False
 
 
-def _check_claims(claims: dict[str, Any], policy: AssertionPolicy, now: float) -> tuple[str, float]:
-    """Step 6: the time claims and the jti; returns (jti, exp)."""
+def _check_claims(claims: dict[str, Any], policy: AssertionPolicy, now: float,
+                  limits: tuple[int, int]) -> tuple[str, float, bool]:
+    """Step 6: the time claims and the jti under ``limits`` (lifetime cap, age cap); returns
+    (jti, exp, whether the assertion is beyond the deployment's caps: only a compat profile's
+    longer ``limits`` can have let it through)."""
+    max_lifetime, max_age = limits
     if "exp" not in claims or claims["exp"] is None:
         raise InvalidClient("exp_missing")
     exp = _numeric_date(claims["exp"], "exp_invalid")
     if exp <= now - policy.leeway:
         raise InvalidClient("exp_expired")
-    if exp - now > policy.max_lifetime:
+    if exp - now > max_lifetime:
         raise InvalidClient("exp_too_far")
+    stretched = exp - now > policy.max_lifetime
 
     if claims.get("iat") is not None:
         iat = _numeric_date(claims["iat"], "iat_invalid")
         if iat > now + policy.leeway:
             raise InvalidClient("iat_in_future")
-        if now - iat > policy.max_age:
+        if now - iat > max_age:
             raise InvalidClient("iat_too_old")
-        if exp - iat > policy.max_lifetime:
+        if exp - iat > max_lifetime:
             raise InvalidClient("exp_too_far")
+        stretched = stretched or now - iat > policy.max_age or exp - iat > policy.max_lifetime
     if claims.get("nbf") is not None:
         nbf = _numeric_date(claims["nbf"], "nbf_invalid")
         if nbf > now + policy.leeway:
@@ -246,29 +313,32 @@ def _check_claims(claims: dict[str, Any], policy: AssertionPolicy, now: float) -
     jti = claims.get("jti")
     if type(jti) is not str or not 1 <= len(jti) <= policy.jti_max_length or not clean(jti):
         raise InvalidClient("jti_invalid")
-    return jti, float(exp)
+    return jti, float(exp), stretched
 
 
-def _check_aud(aud: Any, policy: AssertionPolicy, legacy_until: int | None, now: float) -> bool:
-    """True only when the legacy token-endpoint ``aud`` was accepted (the caller logs it)."""
-    if type(aud) is str and aud == policy.issuer:
-        return False
-    if (
-        legacy_until is not None
-        and now < legacy_until
-        and policy.token_endpoint is not None
-        and type(aud) is str
-        and aud == policy.token_endpoint
-    ):
-        return True
-    if (
+_LEGACY = "legacy"
+
+
+def _check_aud(aud: Any, policy: AssertionPolicy, record: ClientRecord, now: float) -> str | None:
+    """None for the issuer; for the token endpoint URL, what allowed it (the caller logs and counts
+    it): the client's compat profile (``TOKEN_ENDPOINT_AUD``) or its legacy window (``_LEGACY``)."""
+    if type(aud) is str:
+        if aud == policy.issuer:
+            return None
+        if aud == policy.token_endpoint and aud is not None:
+            if record.compat is not None and record.compat.token_endpoint_aud:
+                return TOKEN_ENDPOINT_AUD
+            until = record.legacy_token_endpoint_aud_until
+            if until is not None and now < until:
+                return _LEGACY
+    elif (
         policy.allow_single_element_aud_array
         and type(aud) is list
         and len(aud) == 1
         and type(aud[0]) is str
         and aud[0] == policy.issuer
     ):
-        return False
+        return None
     raise InvalidClient("aud_not_issuer")
 
 

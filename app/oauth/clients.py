@@ -7,7 +7,15 @@ a public key (private, symmetric, undersized or mismatched keys are refused); th
 on every key fetched from a client's ``jwks_uri`` (RFC 7591 §2).
 
 A registered JWK may carry ``nbf`` / ``exp`` (NumericDate, RFC 7519 §2): the key is used only
-inside that window. ``prepare_client(record, now)`` keeps the keys usable at ``now`` and says
+inside that window. It may carry ``x5c`` (RFC 7517 §4.7: its certificate first, then the chain):
+registration checks that the first certificate holds the JWK's own public key, and
+``prepare_keys`` computes its ``x5t`` / ``x5t#S256`` thumbprints once, so an assertion may name the
+key by them (clients such as MSAL send a certificate thumbprint instead of a ``kid``). The
+certificate is only a name for the key: its dates, issuer and chain are not checked.
+
+``CompatProfile`` is the operator's per-client relaxation of the strict assertion rules for
+clients that cannot follow them (``compat_profile`` validates it; ``app.oauth.assertion`` applies
+it). Off unless the operator sets it; an empty profile is stored as no profile. ``prepare_client(record, now)`` keeps the keys usable at ``now`` and says
 when the answer next changes (``Client.refresh_at``), so callers that cache it know when to redo it.
 
 Every registration has its own random ``registration_id``, kept across updates of that
@@ -27,6 +35,7 @@ by it to keep one key to one client unless both registrations set ``allow_shared
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import math
@@ -36,11 +45,14 @@ from collections.abc import Iterable
 from typing import Any
 
 import msgspec
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from app.oauth.access_token import new_token_id
 from app.oauth.constants import ALG_KEY_TYPES, GRANT_CLIENT_CREDENTIALS
 from app.oauth.errors import OAuthError
-from app.oauth.jose import KEY_TYPES, VerificationKey, import_jwk, verification_key
+from app.oauth.jose import ALG_SYNONYMS, KEY_TYPES, VerificationKey, certificate_thumbprints, import_jwk, verification_key
 from app.oauth.key_strength import WeakKey, check_public_key
 
 CLIENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -51,6 +63,12 @@ MAX_KEYS = 10
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 #: Members a registered JWK may carry besides the key itself (kept on the stored key).
 _WINDOW_MEMBERS = ("nbf", "exp")
+#: Kept on the stored key too, never part of the key material: the key's certificate chain.
+_X5C = "x5c"
+_NOT_MATERIAL = ("alg", "use", "key_ops", "kid", *_WINDOW_MEMBERS, _X5C)
+#: Bounds on a registered ``x5c``: certificates in the chain, base64 characters per certificate.
+_X5C_MAX_CERTS = 10
+_X5C_MAX_CHARS = 16384
 #: client_id prefixes reserved for user subjects (RFC 9068 §5): an access token's
 #: ``sub`` is the client_id, so a client must never be able to take a user's subject. Compared
 #: case-insensitively; deployments add their own namespaces with BROKER_RESERVED_CLIENT_ID_PREFIXES.
@@ -72,6 +90,50 @@ class InvalidClientMetadata(OAuthError):
 
 #: The registration id of records stored before registration ids existed.
 LEGACY_REGISTRATION = ""
+
+
+#: The features of a compat profile, as the admin API, the CLI and the clients file name them.
+COMPAT_FEATURES = ("token_endpoint_aud", "assertion_max_lifetime", "assertion_reuse")
+#: The longest assertion lifetime a compat profile may allow (seconds).
+COMPAT_MAX_LIFETIME = 3600
+
+
+class CompatProfile(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Per-client relaxations the operator turns on for clients that cannot follow the strict rules."""
+
+    #: Also accept the token endpoint URL as the assertion ``aud`` (the issuer always is).
+    token_endpoint_aud: bool = False
+    #: The client's own cap on ``exp - now``, ``exp - iat`` and ``now - iat`` (1 to 3600 s), instead
+    #: of BROKER_ASSERTION_MAX_LIFETIME / BROKER_ASSERTION_MAX_AGE; its replay records live as long.
+    assertion_max_lifetime: int | None = None
+    #: Accept the very same assertion (same jti, byte-identical) again until its ``exp``.
+    assertion_reuse: bool = False
+
+
+def compat_profile(value: Any) -> CompatProfile | None:
+    """The ``compat`` member of client metadata, validated; None for an absent or empty profile."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidClientMetadata("compat_invalid", 'compat must be a JSON object, e.g. {"token_endpoint_aud": true, '
+                                    '"assertion_max_lifetime": 3600, "assertion_reuse": true}')
+    unknown = sorted(str(name) for name in value if name not in COMPAT_FEATURES)
+    if unknown:
+        raise InvalidClientMetadata("compat_unknown_feature", f"unknown compat feature {unknown[0][:40]!r}: the "
+                                    f"features are {', '.join(COMPAT_FEATURES)}")
+    for name in ("token_endpoint_aud", "assertion_reuse"):
+        if type(value.get(name, False)) is not bool:
+            raise InvalidClientMetadata("compat_invalid", f"compat {name} must be true or false")
+    lifetime = value.get("assertion_max_lifetime")
+    if lifetime is not None and (type(lifetime) is not int or not 1 <= lifetime <= COMPAT_MAX_LIFETIME):
+        raise InvalidClientMetadata("compat_invalid", "compat assertion_max_lifetime must be a whole number of seconds "
+                                    f"from 1 to {COMPAT_MAX_LIFETIME}")
+    profile = CompatProfile(token_endpoint_aud=value.get("token_endpoint_aud", False), assertion_max_lifetime=lifetime,
+                            assertion_reuse=value.get("assertion_reuse", False))
+    return None if profile == _NO_COMPAT else profile
+
+
+_NO_COMPAT = CompatProfile()
 
 
 class ClientRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -102,6 +164,8 @@ class ClientRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     admin: bool = False
     #: This registration agrees to share its public keys with other registrations that agree too.
     allow_shared_key: bool = False
+    #: The operator's relaxations for this client (None: the strict rules, the default).
+    compat: CompatProfile | None = None
 
 
 _record_decoder = msgspec.json.Decoder(ClientRecord)
@@ -159,7 +223,7 @@ def key_thumbprint(jwk: dict[str, Any]) -> str:
     """RFC 7638 thumbprint of the key itself (imported and re-exported, so equal keys written
     differently match). A key that no longer imports is indexed by a digest of its JSON instead
     (it is never usable)."""
-    material = {k: v for k, v in jwk.items() if k not in ("alg", "use", "key_ops", "kid", *_WINDOW_MEMBERS)}
+    material = {k: v for k, v in jwk.items() if k not in _NOT_MATERIAL}
     try:
         return canonical_key(import_jwk(material)).thumbprint()
     except Exception:
@@ -200,11 +264,20 @@ def prepare_keys(jwks: Iterable[dict[str, Any]], now: float | None) -> tuple[dic
                 if exp <= now:
                     continue
                 refresh_at = min(refresh_at, exp)
-        material = {k: v for k, v in jwk.items() if k not in _WINDOW_MEMBERS}
+        material = {k: v for k, v in jwk.items() if k not in _WINDOW_MEMBERS and k != _X5C}
         prepared = verification_key(material, kid=jwk["kid"], alg=jwk["alg"])
         check_public_key(prepared.key.raw_value)  # a record stored before the check existed: WeakKey, never used
-        keys[jwk["kid"]] = prepared
+        keys[jwk["kid"]] = msgspec.structs.replace(prepared, thumbprints=_selectors(prepared, jwk.get(_X5C)))
     return keys, refresh_at
+
+
+def _selectors(prepared: VerificationKey, x5c: Any) -> frozenset[str]:
+    """What an ``x5t`` / ``x5t#S256`` header may name the key by: its RFC 7638 thumbprint, and the
+    thumbprints of its certificate (``x5c[0]``, checked at registration) when it has one."""
+    names = {prepared.key.thumbprint()}
+    if isinstance(x5c, list) and x5c and isinstance(x5c[0], str):
+        names.update(certificate_thumbprints(base64.b64decode(x5c[0])))
+    return frozenset(names)
 
 
 def prepare_client(record: ClientRecord, now: float | None = None) -> Client:
@@ -232,6 +305,7 @@ def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str
 
     Refuses private or symmetric material, RSA outside 2048-4096 bits, curves that do not match the
     algorithm, keys meant for encryption, and weak keys (``app.oauth.key_strength``). The kid defaults to the RFC 7638 thumbprint.
+    ``alg`` ``EdDSA`` is stored as ``Ed25519`` (an Ed25519 key only); an ``x5c`` must hold this key (``_x5c_member``).
     """
     if not isinstance(jwk, dict):
         raise InvalidClientMetadata("jwk_not_object", "each key must be a JSON object (a JWK)")
@@ -245,6 +319,7 @@ def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str
             "jwk_private", "the key holds private key material; register only the public key"
         )
     alg = jwk.get("alg", default_alg)
+    alg = ALG_SYNONYMS.get(alg, alg) if isinstance(alg, str) else alg  # "EdDSA" is stored as "Ed25519"
     if not isinstance(alg, str) or alg not in ALG_KEY_TYPES:
         raise InvalidClientMetadata(
             "jwk_alg", f"alg must be one of {', '.join(ALG_KEY_TYPES)} (got {str(alg)[:20]!r})"
@@ -260,8 +335,7 @@ def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str
     if kty == "RSA":
         _check_rsa_numbers(jwk)
     try:
-        key = canonical_key(import_jwk({k: v for k, v in jwk.items()
-                                        if k not in ("alg", "use", "key_ops", "kid", *_WINDOW_MEMBERS)}))
+        key = canonical_key(import_jwk({k: v for k, v in jwk.items() if k not in _NOT_MATERIAL}))
     except Exception:
         raise InvalidClientMetadata("jwk_invalid", "the key could not be parsed (bad coordinates or modulus)") from None
     if key.is_private:
@@ -281,8 +355,28 @@ def validate_client_jwk(jwk: Any, *, default_alg: str | None = None) -> dict[str
     if not isinstance(kid, str) or not 1 <= len(kid) <= 128 or not kid.isascii() or not kid.isprintable():
         raise InvalidClientMetadata("jwk_kid", "kid must be 1-128 printable ASCII characters")
     public = key.as_dict(private=False)
-    public.update(kid=kid, alg=alg, use="sig", **_key_window(jwk))
+    public.update(kid=kid, alg=alg, use="sig", **_key_window(jwk), **_x5c_member(jwk.get(_X5C), key))
     return public
+
+
+def _x5c_member(x5c: Any, key: Any) -> dict[str, list[str]]:
+    """A registered ``x5c`` (RFC 7517 §4.7): 1-10 standard-base64 DER certificates, the first one
+    holding this very public key. Returns it as given ({} when there is none)."""
+    if x5c is None:
+        return {}
+    if (not isinstance(x5c, list) or not 1 <= len(x5c) <= _X5C_MAX_CERTS
+            or not all(isinstance(c, str) and 0 < len(c) <= _X5C_MAX_CHARS for c in x5c)):
+        raise InvalidClientMetadata("jwk_x5c_invalid", f"x5c must be a list of 1-{_X5C_MAX_CERTS} base64 DER "
+                                    "certificates, the key's own certificate first")
+    try:
+        ders = [base64.b64decode(c, validate=True) for c in x5c]
+        cert = x509.load_der_x509_certificate(ders[0])
+        cert_key = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    except (binascii.Error, ValueError, TypeError, UnsupportedAlgorithm):
+        raise InvalidClientMetadata("jwk_x5c_invalid", "x5c[0] is not a base64 DER X.509 certificate") from None
+    if cert_key != key.raw_value.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo):
+        raise InvalidClientMetadata("jwk_x5c_mismatch", "the certificate x5c[0] holds another public key than the JWK")
+    return {_X5C: list(x5c)}
 
 
 def _key_window(jwk: dict[str, Any]) -> dict[str, int]:

@@ -2,7 +2,8 @@
 
 ``import_jwk`` is the one JWK → joserfc key conversion and ``verification_key`` the one way to
 bind a public key to the algorithm it verifies (``VerificationKey``): client keys, the broker's
-own keys and the keys a resource server fetches all go through them.
+own keys and the keys a resource server fetches all go through them. ``ALG_SYNONYMS`` maps the
+other names libraries write for an algorithm the broker supports onto the broker's one name.
 
 RFC 7515 §5.2 and RFC 8725 §3.7 let a recipient refuse what stdlib ``json`` would accept:
 duplicate members, ``NaN``/``Infinity``, invalid UTF-8, non-canonical base64url. Both verifiers
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import math
 from typing import Any
@@ -25,6 +27,10 @@ _MAX_SAFE_INT = 2**53
 
 #: joserfc key class per JWK ``kty``: the key types the broker, its clients and verifiers use.
 KEY_TYPES = {"EC": ECKey, "RSA": RSAKey, "OKP": OKPKey}
+#: ``alg`` values some libraries write for an algorithm the broker knows by another name (joserfc's
+#: names): RFC 8037 ``EdDSA`` over an Ed25519 key is the fully specified ``Ed25519``. The key a
+#: synonym is verified with must still be one registered for the broker's name (an Ed25519 key).
+ALG_SYNONYMS = {"EdDSA": "Ed25519"}
 
 
 def import_jwk(jwk: dict[str, Any]) -> Any:
@@ -39,6 +45,9 @@ class VerificationKey(msgspec.Struct, frozen=True):
     alg: str
     verifier: Any  # joserfc JWSAlgModel for ``alg``
     key: Any  # joserfc public key
+    #: Values an assertion's ``x5t`` / ``x5t#S256`` header may select this key by (a client's key:
+    #: its certificate's thumbprints and its RFC 7638 thumbprint, computed once when it is prepared).
+    thumbprints: frozenset[str] = frozenset()
 
 
 def verification_key(jwk: dict[str, Any], *, kid: str, alg: str) -> VerificationKey:
@@ -47,6 +56,15 @@ def verification_key(jwk: dict[str, Any], *, kid: str, alg: str) -> Verification
     verifier = JWSRegistry.algorithms[alg]
     verifier.check_key(key)
     return VerificationKey(kid, alg, verifier, key)
+
+
+def certificate_thumbprints(der: bytes) -> tuple[str, str]:
+    """RFC 7515 §4.1.7-8: (``x5t``, ``x5t#S256``) of a DER certificate, base64url SHA-1 and SHA-256.
+
+    SHA-1 because ``x5t`` is defined with it: the value only names a key the signature must still verify with.
+    """
+    sha1 = hashlib.sha1(der, usedforsecurity=False).digest()
+    return b64url(sha1).decode(), b64url(hashlib.sha256(der).digest()).decode()
 
 
 class Malformed(ValueError):

@@ -4,8 +4,10 @@ A client has either ``jwks`` (registered public keys) or ``jwks_uri`` (keys fetc
 see ``app.service.jwks_fetch``), never both. Metadata is validated by
 ``app.service.client_metadata.build_record``. ``legacy_token_endpoint_aud_until`` opens a
 time-boxed migration window in which the token endpoint URL is also accepted as the assertion
-``aud``. The optional declarative clients file (``BROKER_CLIENTS_FILE``) is applied at start and on
-every change by ``app.service.clients_file``, through ``assert_record``. ``import_record`` puts
+``aud``; ``compat`` (``app.oauth.clients.CompatProfile``) relaxes named assertion rules for one
+client whose library cannot follow them, for good. The optional declarative clients file
+(``BROKER_CLIENTS_FILE``) is applied at start and on every change by ``app.service.clients_file``,
+through ``assert_record``. ``import_record`` puts
 back a whole record as ``broker_admin.py export`` wrote it (``PUT /admin/clients/{id}/record``).
 
 Every write is conditional and atomic in the registry (``ClientRegistry.put``): a register

@@ -17,6 +17,14 @@ introspection).
    still costs one Redis round trip;
 5. the endpoint's ``answer``.
 
+A client's compat profile (``app.oauth.clients.CompatProfile``, set by the operator) changes three
+things here: the assertion rules it relaxes (``verify_assertion``), how long its replay records
+live (its own lifetime cap + leeway + skew), and, with ``assertion_reuse``, the replay record
+(``Authenticated.reuse``: the SHA-256 of the whole assertion, so the same assertion may come back
+until its ``exp`` while another with the same jti stays a replay), still in the one Redis call of
+step 4. Every use of a compat feature is logged (``client_auth.compat_used``) and counted
+(``broker_client_compat_used_total``). A client without a profile pays a few attribute tests.
+
 Whatever step refuses the request, the refusal is logged as ``<event>.rejected``, a failed client
 authentication (``invalid_client``) counts toward the source address's rate limit, and toward the
 client's only when the client's key signed the refused assertion for this broker
@@ -27,6 +35,7 @@ becomes 503 ``temporarily_unavailable`` with ``Retry-After`` (logged as
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -35,6 +44,7 @@ import msgspec
 
 from app.config import Settings
 from app.oauth.assertion import (
+    ASSERTION_REUSE,
     AssertionPolicy,
     DecoyKeys,
     ParsedAssertion,
@@ -48,7 +58,7 @@ from app.oauth.clients import Client
 from app.oauth.errors import InvalidClient, OAuthError, TemporarilyUnavailable
 from app.service.directory import ClientDirectory
 from app.service.ratelimit import FailureLimiter, KeyHolderFailure
-from app.store.base import ReplayGuard, StoreUnavailable
+from app.store.base import REPLAYED, REUSED, ReplayGuard, StoreUnavailable
 
 
 class EndpointRequest(msgspec.Struct, frozen=True):
@@ -83,6 +93,9 @@ class Authenticated(msgspec.Struct, frozen=True):
     assertion: VerifiedAssertion
     jti_hash: str
     replay_ttl_ms: int
+    #: SHA-256 (hex) of the whole assertion when the client may re-send it (compat
+    #: ``assertion_reuse``) and it has not expired; the jti is then recorded with it.
+    reuse: str | None = None
 
     @property
     def client_id(self) -> str:
@@ -92,10 +105,13 @@ class Authenticated(msgspec.Struct, frozen=True):
 class FirstUse(msgspec.Struct, frozen=True):
     """The verdict of a plain jti record (``ClientAuthenticator.first_use``)."""
 
+    #: Accepted: the first use, or an allowed reuse of the same assertion.
     first_use: bool
+    reused: bool = False
 
 
 _FIRST_USE = FirstUse(True)
+_REUSED = FirstUse(True, True)
 _REPLAYED = FirstUse(False)
 
 
@@ -112,6 +128,9 @@ class _Form(Protocol):
 class _Verdict(Protocol):
     @property
     def first_use(self) -> bool: ...
+
+    @property
+    def reused(self) -> bool: ...
 
 
 F = TypeVar("F", bound=_Form)
@@ -176,6 +195,8 @@ class ClientAuthenticator:
                 self._log.warning("replay.rejected", request_id=request_id, client_id=client_id, jti_hash=digest,
                                   reason="jti_replayed", source=request.source)
                 raise InvalidClient("jti_replayed")
+            if auth.reuse is not None and recorded.reused:
+                self._directory.compat_used(client_id, ASSERTION_REUSE, request_id, jti_hash=digest)
             return await endpoint.answer(auth, form, recorded, now, request_id)
         except StoreUnavailable as exc:
             self._log.error(endpoint.event + ".store_unavailable", request_id=request_id, client_id=client_id,
@@ -196,7 +217,12 @@ class ClientAuthenticator:
         return KeyHolderFailure(client_id, exc.signed_hash, None if exc.exp is None else self._clock() - exc.exp)
 
     async def first_use(self, auth: Authenticated, form: _Form, request_id: str) -> FirstUse:
-        """Step 4 for an endpoint that records nothing else: one ``SET NX PX GET``."""
+        """Step 4 for an endpoint that records nothing else: one ``SET NX PX GET`` (one script call
+        for a client allowed to reuse its assertion)."""
+        if auth.reuse is not None:
+            verdict = await self._replay.record_reusable(auth.client_id, auth.assertion.jti, request_id,
+                                                         auth.replay_ttl_ms, auth.reuse)
+            return _REPLAYED if verdict == REPLAYED else _REUSED if verdict == REUSED else _FIRST_USE
         first = await self._replay.first_use(auth.client_id, auth.assertion.jti, request_id, auth.replay_ttl_ms)
         return _FIRST_USE if first else _REPLAYED
 
@@ -213,5 +239,15 @@ class ClientAuthenticator:
         verified = verify_assertion(parsed, client, self._policy, now, self._decoys)
         if verified.legacy_aud:
             self._directory.legacy_aud_accepted(client_id, request_id)
-        ttl = min(max(verified.exp + self._ttl_pad - now, 1.0), self._ttl_max)
-        return Authenticated(client, verified, jti_hash(client_id, verified.jti), int(ttl * 1000))
+        for feature in verified.compat:
+            self._directory.compat_used(client_id, feature, request_id)
+        ttl = max(verified.exp + self._ttl_pad - now, 1.0)
+        compat = client.record.compat
+        if compat is None:
+            return Authenticated(client, verified, jti_hash(client_id, verified.jti), int(min(ttl, self._ttl_max) * 1000))
+        # The client's own lifetime cap bounds its records instead (the record must outlive the assertion).
+        ttl_max = self._ttl_max if compat.assertion_max_lifetime is None else compat.assertion_max_lifetime + self._ttl_pad
+        reuse = None
+        if compat.assertion_reuse and now < verified.exp:  # past exp (inside the leeway): first use only
+            reuse = hashlib.sha256(parsed.signing_input + b"." + parsed.signature).hexdigest()
+        return Authenticated(client, verified, jti_hash(client_id, verified.jti), int(min(ttl, ttl_max) * 1000), reuse)

@@ -32,6 +32,7 @@ from app.oauth.clients import (
     InvalidClientMetadata,
     check_storable,
     client_id_reserved,
+    compat_profile,
     new_registration_id,
     record_thumbprints,
     validate_client_jwks,
@@ -111,6 +112,7 @@ def _build(settings: Settings, metadata: Any, *, existing: ClientRecord | None, 
         version=existing.version + 1 if existing else 1,
         admin=admin,
         allow_shared_key=_flag(metadata, "allow_shared_key", False),
+        compat=compat_profile(metadata.get("compat")),
     )
 
 

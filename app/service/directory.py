@@ -35,6 +35,7 @@ from typing import Any
 
 import msgspec
 
+from app.metrics import CLIENT_COMPAT_USED
 from app.metrics import LEGACY_AUD_ACCEPTED as LEGACY_AUD_METRIC
 from app.oauth.clients import Client, ClientRecord, key_thumbprint, prepare_client, with_keys
 from app.service.jwks_fetch import JwksFetchError, fetch_jwks, parse_fetched_jwks
@@ -292,7 +293,7 @@ class ClientDirectory:
     async def _fetch(self, uri: str) -> bytes:
         return await fetch_jwks(uri, allow_http_loopback=self._policy.allow_http_loopback, timeout=self._policy.timeout)
 
-    # -- migration aid ---------------------------------------------------------------------
+    # -- migration aid and compat profiles -------------------------------------------------
 
     def legacy_aud_accepted(self, client_id: str, request_id: str) -> None:
         """Every acceptance of the legacy token-endpoint ``aud`` is logged and counted, so
@@ -300,6 +301,13 @@ class ClientDirectory:
         self._log.warning("client_auth.legacy_aud_accepted", client_id=client_id, request_id=request_id)
         if self._metrics is not None:
             self._metrics.inc(LEGACY_AUD_METRIC, client_id=client_id)
+
+    def compat_used(self, client_id: str, feature: str, request_id: str, **fields: Any) -> None:
+        """An assertion accepted through a feature of the client's compat profile: logged and
+        counted per client and feature, so the operator sees which clients still need which."""
+        self._log.info("client_auth.compat_used", client_id=client_id, feature=feature, request_id=request_id, **fields)
+        if self._metrics is not None:
+            self._metrics.inc(CLIENT_COMPAT_USED, client_id=client_id, feature=feature)
 
     # -- invalidation ------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 from app.oauth.errors import SlowDown
-from app.store.base import QuotaExceeded, TokenStore
+from app.store.base import CacheLookup, QuotaExceeded, TokenStore, reuse_verdict
 
 
 def over_quota(exc: QuotaExceeded) -> SlowDown:
@@ -31,8 +31,13 @@ class CountedReplayGuard:
         self._tokens = tokens
 
     async def first_use(self, client_id: str, jti: str, request_id: str, ttl_ms: int) -> bool:
+        return (await self._counted(client_id, jti, request_id, ttl_ms, None)).first_use
+
+    async def record_reusable(self, client_id: str, jti: str, request_id: str, ttl_ms: int, digest: str) -> str:
+        return reuse_verdict(await self._counted(client_id, jti, request_id, ttl_ms, digest))
+
+    async def _counted(self, client_id: str, jti: str, request_id: str, ttl_ms: int, reuse: str | None) -> CacheLookup:
         try:
-            lookup = await self._tokens.consume_and_lookup(client_id, jti, request_id, ttl_ms, None)
+            return await self._tokens.consume_and_lookup(client_id, jti, request_id, ttl_ms, None, reuse=reuse)
         except QuotaExceeded as exc:
             raise over_quota(exc) from None
-        return lookup.first_use

@@ -48,6 +48,10 @@ class _Lookup(msgspec.Struct, frozen=True):
     signer: TokenSigner
     cache_id: str | None
 
+    @property
+    def reused(self) -> bool:
+        return self.lookup.reused
+
 
 _encode = msgspec.json.Encoder().encode
 
@@ -81,7 +85,7 @@ class TokenService:
             cache_id = self._cache.cache_id(grant, auth.client.record.version, signer)
         try:
             lookup = await self._tokens.consume_and_lookup(
-                auth.client_id, auth.assertion.jti, request_id, auth.replay_ttl_ms, cache_id
+                auth.client_id, auth.assertion.jti, request_id, auth.replay_ttl_ms, cache_id, reuse=auth.reuse
             )
         except QuotaExceeded as exc:  # nothing recorded: the assertion is not spent
             raise over_quota(exc) from None

@@ -47,6 +47,18 @@ class ReplayGuard(Protocol):
         """
         ...
 
+    async def record_reusable(self, client_id: str, jti: str, request_id: str, ttl_ms: int, digest: str) -> str:
+        """``first_use`` for a client whose compat profile allows assertion reuse: the record holds
+        ``digest`` (of the whole assertion), and the same digest again is a reuse, not a replay.
+
+        Returns:
+            ``FIRST_USE``, ``REUSED`` (this jti was recorded with this very digest) or ``REPLAYED``
+            (recorded without it: another assertion with the same jti, or before reuse was allowed).
+        """
+        ...
+
+
+
 
 class RegistryLost(StoreUnavailable):
     """The registry's marker is missing or names another registry: a write is refused (so nothing
@@ -180,6 +192,20 @@ class CacheLookup(msgspec.Struct, frozen=True):
     cache_error: str | None = None
     #: The entry was absent and this request took the mint lock in the same atomic step.
     locked: bool = False
+    #: ``first_use`` is True because the jti was recorded with this same assertion's digest
+    #: (``consume_and_lookup`` with ``reuse``): a client's allowed assertion reuse.
+    reused: bool = False
+
+
+#: ``ReplayGuard.record_reusable`` verdicts.
+FIRST_USE, REUSED, REPLAYED = "first_use", "reused", "replayed"
+
+
+def reuse_verdict(lookup: CacheLookup) -> str:
+    """``ReplayGuard.record_reusable``'s answer from a ``consume_and_lookup`` made with ``reuse``."""
+    if not lookup.first_use:
+        return REPLAYED
+    return REUSED if lookup.reused else FIRST_USE
 
 
 class TokenStore(Protocol):
@@ -209,7 +235,8 @@ class TokenStore(Protocol):
         ...
 
     async def consume_and_lookup(
-        self, client_id: str, jti: str, request_id: str, ttl_ms: int, cache_id: str | None, lock_ms: int = LOCK_MS
+        self, client_id: str, jti: str, request_id: str, ttl_ms: int, cache_id: str | None, lock_ms: int = LOCK_MS,
+        reuse: str | None = None,
     ) -> CacheLookup:
         """Record the assertion's jti and look the cache entry up, in one atomic call.
 
@@ -217,6 +244,8 @@ class TokenStore(Protocol):
             client_id, jti, request_id, ttl_ms: As for ``ReplayGuard.first_use``.
             cache_id: The entry to read; None when the grant was refused (only the jti is recorded).
             lock_ms: When the entry is absent, take the mint lock for this long.
+            reuse: The assertion's digest when its client may re-send it (``record_reusable``):
+                the same digest again is accepted (``CacheLookup.reused``).
 
         Returns:
             The replay verdict, the entry if present, whether the lock was taken.

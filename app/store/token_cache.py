@@ -22,6 +22,13 @@ That script is registered apart, so without a quota the call does exactly what i
 refused grant and the plain ``first_use`` of /revoke and /introspect (``consume_and_lookup`` with
 no cache id) are counted by the same script, without the cache read.
 
+A client whose compat profile allows assertion reuse (MSAL re-sends one cached assertion for
+minutes) gets the same calls with a variant of step 1, a script registered apart (so other clients
+run exactly the script above): the replay record holds the SHA-256 of the whole assertion before
+the request id, and a record holding that same digest answers "reused" (accepted, counted by the
+caller) instead of "replay". Another assertion with the same jti has another digest: a replay. A
+reuse writes nothing (the record keeps the first use's expiry) and does not count toward the quota.
+
 Entries, pointers and revocation markers all expire with the token they describe, so memory is
 bounded by the tokens alive at once; a stampede lock lives ``LOCK_MS`` (2 s) at most.
 """
@@ -33,37 +40,54 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from app.store import keyspace
-from app.store.base import LOCK_MS, CacheLookup, QuotaExceeded, StoreUnavailable
+from app.store.base import LOCK_MS, CacheLookup, QuotaExceeded, StoreUnavailable, reuse_verdict
 from app.store.redis import RedisReplayGuard
 
 # The token endpoint's script, in parts: with the request quota off it is _REPLAY + _LOOKUP, with
 # it on _QUOTA_CHECK + _REPLAY + _QUOTA_COUNT + _LOOKUP (a second registered script, so the
 # quota costs nothing when it is off).
 # KEYS: replay record, cache entry, mint lock[, quota counter]. ARGV: request id, replay ttl (ms),
-# lock ttl (ms)[, quota, quota window (ms)]. With the quota on and no cache entry to read (a refused
-# grant, /revoke, /introspect), KEYS are only the replay record and the quota counter.
-# Returns {0} for a replay, {1, entry|nil, locked} on first use, {2, error} when the entry read
-# failed, {3, ms left in the window} over the quota. Only the replay SET and the quota commands may
-# fail the call: cache errors are caught (pcall) so the cache fails open.
+# lock ttl (ms)[, quota, quota window (ms)][, assertion digest: the reuse variant only, always last].
+# With the quota on and no cache entry to read (a refused grant, /revoke, /introspect), KEYS are
+# only the replay record and the quota counter.
+# Returns {0} for a replay, {ok, entry|nil, locked} on first use (ok = 1) or an allowed reuse
+# (ok = 4), {2, error, ok} when the entry read failed, {3, ms left in the window} over the quota.
+# Only the replay SET and the quota commands may fail the call: cache errors are caught (pcall) so
+# the cache fails open.
 _REPLAY = """
 local previous = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2], 'GET')
 if previous and previous ~= ARGV[1] then
   return {0}
 end
+local ok = 1
+"""
+# The record is '<digest> <request id>': our own retried call finds all of it (first use), a reuse
+# finds the digest and another request's id, anything else is a replay.
+_REPLAY_REUSE = """
+local digest = ARGV[#ARGV] .. ' '
+local mine = digest .. ARGV[1]
+local previous = redis.call('SET', KEYS[1], mine, 'NX', 'PX', ARGV[2], 'GET')
+local ok = 1
+if previous and previous ~= mine then
+  if string.sub(previous, 1, #digest) ~= digest then
+    return {0}
+  end
+  ok = 4
+end
 """
 _LOOKUP = """
 local entry = redis.pcall('GET', KEYS[2])
 if type(entry) == 'table' and entry.err then
-  return {2, entry.err}
+  return {2, entry.err, ok}
 end
 if entry then
-  return {1, entry, 0}
+  return {ok, entry, 0}
 end
 local locked = redis.pcall('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[3])
 if type(locked) == 'table' and locked.err then
-  return {1, false, 0}
+  return {ok, false, 0}
 end
-return {1, false, locked and 1 or 0}
+return {ok, false, locked and 1 or 0}
 """
 # Checked before the replay SET: a request over the quota writes nothing. A counter left without
 # an expiry (it cannot happen here, but an operator's PERSIST could) gets one instead of blocking
@@ -87,11 +111,20 @@ if not previous and redis.call('INCR', quota) == 1 then
   redis.call('PEXPIRE', quota, ARGV[5])
 end
 if #KEYS == 2 then
-  return {1, false, 0}
+  return {ok, false, 0}
 end
 """
 _CONSUME_AND_LOOKUP = _REPLAY + _LOOKUP
 _QUOTA_CONSUME_AND_LOOKUP = _QUOTA_CHECK + _REPLAY + _QUOTA_COUNT + _LOOKUP
+_REUSE_CONSUME_AND_LOOKUP = _REPLAY_REUSE + _LOOKUP
+_REUSE_QUOTA_CONSUME_AND_LOOKUP = _QUOTA_CHECK + _REPLAY_REUSE + _QUOTA_COUNT + _LOOKUP
+# The reuse variant of the plain replay record (no quota, no cache read): /revoke, /introspect and
+# a refused grant of such a client.
+_REUSE_ONLY = _REPLAY_REUSE + """
+return {ok, false, 0}
+"""
+#: The script's code for an allowed reuse of the same assertion (a fresh record is 1).
+_REUSED = 4
 
 # KEYS: cache entry, revocation pointer, mint lock. ARGV: entry, ttl (ms).
 _WRITE = """
@@ -113,8 +146,12 @@ class RedisTokenStore(RedisReplayGuard):
         self._consume = redis.register_script(_CONSUME_AND_LOOKUP)
         self._write = redis.register_script(_WRITE)
         self._quota = quota
+        # Registering costs no round trip (redis-py sends EVALSHA, and the script once if Redis lacks it).
+        self._reuse_only = redis.register_script(_REUSE_ONLY)
+        self._consume_reuse = redis.register_script(_REUSE_CONSUME_AND_LOOKUP)
         if quota:
             self._consume_counted = redis.register_script(_QUOTA_CONSUME_AND_LOOKUP)
+            self._consume_counted_reuse = redis.register_script(_REUSE_QUOTA_CONSUME_AND_LOOKUP)
             self._quota_args = [str(quota).encode(), str(quota_window * 1000).encode()]  # encoded once, not per call
 
     def cache_id(self, client_id: str, scopes: tuple[str, ...], audience: str, registration_id: str, version: int,
@@ -122,7 +159,8 @@ class RedisTokenStore(RedisReplayGuard):
         return keyspace.token_cache_id(client_id, scopes, audience, registration_id, version, kid)
 
     async def consume_and_lookup(
-        self, client_id: str, jti: str, request_id: str, ttl_ms: int, cache_id: str | None, lock_ms: int = LOCK_MS
+        self, client_id: str, jti: str, request_id: str, ttl_ms: int, cache_id: str | None, lock_ms: int = LOCK_MS,
+        reuse: str | None = None,
     ) -> CacheLookup:
         replay = keyspace.replay(client_id, jti)
         if self._quota:
@@ -130,12 +168,21 @@ class RedisTokenStore(RedisReplayGuard):
             names = [replay] if cache_id is None else [
                 replay, keyspace.token_entry(client_id, cache_id), keyspace.token_lock(client_id, cache_id)]
             names.append(keyspace.token_quota(client_id))
-            call = self._consume_counted(keys=names, args=[request_id, ttl_ms, lock_ms, *self._quota_args])
+            if reuse is None:
+                call = self._consume_counted(keys=names, args=[request_id, ttl_ms, lock_ms, *self._quota_args])
+            else:
+                call = self._consume_counted_reuse(keys=names, args=[request_id, ttl_ms, lock_ms, *self._quota_args,
+                                                                     reuse])
         elif cache_id is None:  # the grant was refused: only the replay record matters
-            return CacheLookup(await self.first_use(client_id, jti, request_id, ttl_ms), None)
+            if reuse is None:
+                return CacheLookup(await self.first_use(client_id, jti, request_id, ttl_ms), None)
+            call = self._reuse_only(keys=[replay], args=[request_id, ttl_ms, lock_ms, reuse])
         else:
             names = [replay, keyspace.token_entry(client_id, cache_id), keyspace.token_lock(client_id, cache_id)]
-            call = self._consume(keys=names, args=[request_id, ttl_ms, lock_ms])
+            if reuse is None:
+                call = self._consume(keys=names, args=[request_id, ttl_ms, lock_ms])
+            else:
+                call = self._consume_reuse(keys=names, args=[request_id, ttl_ms, lock_ms, reuse])
         try:
             # Labelled "replay": this is the token endpoint's replay round trip (the cache rides along).
             reply = await self._run(call, op="replay")
@@ -144,21 +191,27 @@ class RedisTokenStore(RedisReplayGuard):
                 raise  # no answer at all: the replay is unconfirmed (fail closed)
             # Redis refused the script as a whole, or a command of it failed (an ACL that denies the
             # cache or quota keys, a key of the wrong type, OOM, READONLY...): the plain replay
-            # record alone decides; the cache and the quota fail open.
+            # record alone decides; the cache and the quota fail open, and an allowed reuse is
+            # refused as a replay (fails closed).
             first = await self.first_use(client_id, jti, request_id, ttl_ms)
             return CacheLookup(first, None, type(exc.__cause__).__name__)
         return self._lookup(reply)
 
+    async def record_reusable(self, client_id: str, jti: str, request_id: str, ttl_ms: int, digest: str) -> str:
+        lookup = await self.consume_and_lookup(client_id, jti, request_id, ttl_ms, None, reuse=digest)
+        return reuse_verdict(lookup)
+
     def _lookup(self, reply: list[Any]) -> CacheLookup:
-        if reply[0] == 0:
+        code = reply[0]
+        if code == 0:
             return CacheLookup(False, None)
-        if reply[0] == 2:  # the entry read failed (an error reply: WRONGTYPE...): mint instead
+        if code == 2:  # the entry read failed (an error reply: WRONGTYPE...): mint instead
             self._count_error(self.metric_op, "ResponseError")
-            return CacheLookup(True, None, "cache_read_error")
-        if reply[0] == 3:
+            return CacheLookup(True, None, "cache_read_error", reused=reply[2] == _REUSED)
+        if code == 3:
             raise QuotaExceeded(int(reply[1]))
         entry = reply[1]
-        return CacheLookup(True, None if entry is None else bytes(entry), None, bool(reply[2]))
+        return CacheLookup(True, None if entry is None else bytes(entry), None, bool(reply[2]), code == _REUSED)
 
     async def read(self, client_id: str, cache_id: str) -> bytes | None:
         value = await self._run(self.redis.get(keyspace.token_entry(client_id, cache_id)))
@@ -197,3 +250,4 @@ class RedisTokenStore(RedisReplayGuard):
 
     async def is_revoked(self, client_id: str, token_jti: str) -> bool:
         return bool(await self._run(self.redis.exists(keyspace.token_revoked(client_id, token_jti))))
+
