@@ -103,9 +103,10 @@ _ASSERTION = {
                          "uses (iss and sub of the assertion)"),
     "client_disabled": _X("client {client_id} is disabled.", "`broker_admin.py enable {client_id}` if that is intended"),
     "kid_unknown": _X("the assertion's kid names no key of client {client_id}.", _ALG_AND_KEY),
-    "kid_ambiguous": _X("the assertion had no kid and client {client_id} has several keys.",
-                        "set kid in the assertion header (" + _CHECK_CLIENT + ")"),
-    "signature_invalid": _X("the signature does not verify with the client's key that kid selects.",
+    "x5t_unknown": _X("the assertion's x5t / x5t#S256 matches no certificate or key thumbprint of client "
+                      "{client_id}.", "send the thumbprint of the registered certificate (or set kid); " + _ALG_AND_KEY),
+    "signature_invalid": _X("the signature does not verify with the client's key that kid, x5t or the alg selects "
+                            "(without kid, every key of that alg is tried).",
                             "the client signs with another private key than the one registered: " + _ALG_AND_KEY),
     "aud_not_issuer": _X("the assertion's aud is not this broker's issuer {issuer} (RFC 7523 as updated by RFC "
                          "10070: aud is the issuer, as a plain string). A client that puts the token endpoint URL "
