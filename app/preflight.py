@@ -17,7 +17,7 @@ from typing import Any
 from app.config import Settings
 from app.keystore import KeyFileError
 from app.oauth.clients import InvalidClientMetadata
-from app.start_failures import StartupFailure, admin_jwks_failure, keys_failure, port_failure, redis_failure
+from app.start_failures import CONFIGURATION, StartupFailure, admin_jwks_failure, keys_failure, port_failure, redis_failure
 
 #: Seconds the one Redis check may take to connect and answer (the serving timeouts are shorter:
 #: a first TLS connection, or a Sentinel lookup, may need more than one command's budget).
@@ -26,10 +26,19 @@ REDIS_CHECK_TIMEOUT = 2.0
 
 def check(settings: Settings) -> None:
     """Raise ``StartupFailure`` for the first check that fails."""
+    tracing_packages(settings)
     admin_jwks(settings)
     keys_folder(settings)
     clients_file(settings)
     redis(settings)
+
+
+def tracing_packages(settings: Settings) -> None:
+    from app.tracing import missing_packages
+
+    problem = missing_packages(settings)
+    if problem:
+        raise StartupFailure(problem, CONFIGURATION)
 
 
 def admin_jwks(settings: Settings) -> None:
