@@ -293,6 +293,8 @@ class SettingDoc(NamedTuple):
 
 _TOKENS, _ASSERTIONS, _REDIS, _KEYS, _CLIENTS = "Issuer and tokens", "Client assertions", "Redis", "Keys and admin", "Clients"
 _LIMITS, _HTTP, _CACHE, _OPS = "Limits", "HTTP server and listeners", "Issued-token cache", "Logs, tracing, start-up"
+#: The sections of docs/settings.md, in order.
+SETTING_GROUPS = (_TOKENS, _ASSERTIONS, _CLIENTS, _KEYS, _REDIS, _LIMITS, _CACHE, _HTTP, _OPS)
 
 #: One entry per ``Settings`` field, in field order (a test checks that both lists agree).
 SETTING_DOCS: dict[str, SettingDoc] = {
@@ -349,7 +351,8 @@ SETTING_DOCS: dict[str, SettingDoc] = {
     "retry_after": SettingDoc(_LIMITS, "`Retry-After` (s) on a 503 when Redis does not answer.", "1 or more",
                               "`redis-unreachable`, `redis-command-errors`"),
     "registry_poll_interval": SettingDoc(_CLIENTS, "How often (s) each replica checks the shared client registry for "
-                                         "changes: how fast a client change reaches every replica.", "seconds, above 0",
+                                         "changes: how fast a client change reaches every replica.",
+                                         "seconds; keep it above 0 (not checked at start)",
                                          "`client-key-rotation-and-jwks-uri`"),
     "ratelimit_failures": SettingDoc(_LIMITS, "Failed authentications per window, per source address and per client "
                                      "(failures its own key signed), before 429.", "1-1000000"),
