@@ -154,28 +154,34 @@ def _token_span_middleware(app: Any) -> Any:
     """The ``POST /token`` span around the route (Litestar middleware: runs after routing)."""
 
     async def middleware(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != "/token" or scope["method"] != "POST":
+        if scope["type"] == "http" and scope["path"] == "/token" and scope["method"] == "POST":
+            with _tracer.start_as_current_span("POST /token", kind=_trace.SpanKind.SERVER,
+                                               attributes={"http.request.method": "POST", "url.path": "/token"}) as span:
+                answer = _Answer(send)
+                try:
+                    await app(scope, receive, answer.send)
+                finally:
+                    _answered(span, answer.status, bytes(answer.body))
+        else:
             await app(scope, receive, send)
-            return
-        with _tracer.start_as_current_span("POST /token", kind=_trace.SpanKind.SERVER,
-                                           attributes={"http.request.method": "POST", "url.path": "/token"}) as span:
-            status = 500
-            body = bytearray()
-
-            async def watch(message: Any) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                elif message["type"] == "http.response.body" and status >= 400 and len(body) < 4096:
-                    body.extend(message.get("body", b""))
-                await send(message)
-
-            try:
-                await app(scope, receive, watch)
-            finally:
-                _answered(span, status, bytes(body))
 
     return middleware
+
+
+class _Answer:
+    """What the route answered: the status, and the first bytes of an error body (its ``error``)."""
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self.status = 500
+        self.body = bytearray()
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        elif self.status >= 400 and len(self.body) < 4096:
+            self.body += message.get("body", b"")
+        await self._send(message)
 
 
 def _answered(span: Any, status: int, body: bytes) -> None:

@@ -63,7 +63,8 @@ def render() -> str:
         "Every setting is a `BROKER_*` environment variable, read and checked at start; an empty value keeps",
         "the default. `token-broker settings` prints the effective values (secrets redacted; `--json` for",
         "tools). A bad value, or a `BROKER_*` variable the broker does not know, stops the start with one",
-        "line naming it (see [a failed start](#a-failed-start)).",
+        "line naming it (see [a failed start](#a-failed-start)). Names in backquotes in the Security column",
+        "are entries of [attack-matrix.md](attack-matrix.md).",
         "",
     ]
     for group in SETTING_GROUPS:

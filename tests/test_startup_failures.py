@@ -119,6 +119,8 @@ CASES = [
                  "BROKER_LEEWAY must be at most 60 seconds (FAPI 2.0 §5.3.2.1 future iat/nbf ceiling)", 2, id="value-out-of-range"),
     pytest.param({"BROKER_REDIS_TIMEOUT": "soon"}, [], None, "BROKER_REDIS_TIMEOUT='soon' is not a valid float", 2,
                  id="value-malformed"),
+    pytest.param({}, ["--workers", "2"], None,
+                 "--workers > 1 needs BROKER_REDIS_URL (the embedded store is per process)", 2, id="workers-without-redis"),
     pytest.param({"BROKER_TOKN_LIFETIME": "600"}, [], None,
                  "unknown setting BROKER_TOKN_LIFETIME; did you mean BROKER_TOKEN_LIFETIME?", 2, id="unknown-setting"),
 ]
@@ -160,7 +162,7 @@ def test_a_failed_start_is_one_line(tmp_path: Path, request: pytest.FixtureReque
     # Found before any worker started: nothing else was written. Found in a worker: its JSON log
     # lines on stdout, still no traceback.
     assert "Traceback" not in proc.stdout
-    if "worker" not in request.node.callspec.id:
+    if request.node.callspec.id not in ("redis-noperm-in-the-worker", "redis-noperm-in-two-workers"):
         assert proc.stdout == ""
 
 

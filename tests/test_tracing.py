@@ -153,3 +153,27 @@ def test_tracing_setting_values() -> None:
     assert Settings.from_env({"BROKER_TRACING": "console"}).tracing == "console"
     with pytest.raises(ValueError, match="^BROKER_TRACING must be off, console or otlp$"):
         Settings.from_env({"BROKER_TRACING": "jaeger"})
+
+
+@pytest.mark.parametrize(("mode", "status", "outcome"), [
+    pytest.param("ok", 200, "ok", id="fetched"),
+    pytest.param("status500", 401, "http_500", id="server-error"),
+])
+def test_a_jwks_uri_fetch_is_a_child_span(tmp_path: Path, spans: InMemorySpanExporter, mode: str, status: int,
+                                           outcome: str) -> None:
+    from tests.keyserver import KeyServer
+
+    settings = Settings(issuer=ISS, keys_dir=tmp_path / "keys", jwks_uri_allow_http_loopback=True, tracing="console")
+    client = TestClient("svc-uri", alg="ES256", kid="u-1")
+    with KeyServer() as server, Broker(settings, FrozenClock()) as broker:
+        server.keys = [client.public_jwk()]
+        server.mode = mode
+        metadata = {k: v for k, v in client.metadata().items() if k != "jwks"}
+        broker.call(broker.app.state.admin_service.register, "tests", {**metadata, "jwks_uri": server.url + "?tenant=t1"})
+        broker.app.state.directory.invalidate()
+        spans.clear()
+        assert broker.get_token(client).status_code == status
+    (token,) = _token_spans(spans)
+    (fetch,) = [s for s in spans.get_finished_spans() if s.name == "jwks_uri fetch"]
+    assert fetch.parent is not None and fetch.parent.span_id == token.context.span_id
+    assert dict(fetch.attributes) == {"url.full": server.url + "?[query removed]", "broker.jwks.outcome": outcome}

@@ -91,7 +91,7 @@ class BrokerConfig(uvicorn.Config):
     def load(self) -> None:
         with guard_load(self.reports):
             super().load()
-        self.loaded_app = guard_lifespan(self.loaded_app, self.reports)
+        guard_lifespan(self, self.reports)  # a failed start-up: one line from the starting process
         self.lifespan_class = functools.partial(  # type: ignore[assignment]
             ManagementLifespan, app_lifespan=self.lifespan_class, management=self.management, sock=self.management_socket)
 

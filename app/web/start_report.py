@@ -4,7 +4,8 @@ Most failures are found before any worker starts (``app.preflight``). What can o
 worker (its app's start-up, after the checks: Redis gone in between, a registry write refused) is
 reported here:
 
-- ``guard_lifespan`` wraps the worker's ASGI app: when the app's lifespan start-up fails, the
+- ``guard_lifespan`` wraps the worker's ASGI app for the lifespan only (the requests reach the app
+  itself, no extra frame): when the app's lifespan start-up fails, the
   failure is described (``app.start_failures.describe``) and sent to the starting process over a
   datagram socket pair, and uvicorn is told "startup failed" without the traceback text (a failure
   ``describe`` does not know keeps its traceback in the JSON log). uvicorn then ends the worker
@@ -73,8 +74,11 @@ def guard_load(writer: socket.socket) -> Iterator[None]:
         sys.exit(STARTUP_FAILURE)
 
 
-def guard_lifespan(app: Any, writer: socket.socket) -> Any:
-    """``app`` with its lifespan start-up failure reported (see the module docstring)."""
+def guard_lifespan(config: Any, writer: socket.socket) -> None:
+    """Wrap ``config.loaded_app`` for the lifespan only (see the module docstring): once the
+    start-up completed, ``config.loaded_app`` is the app again, so the connections (whose
+    protocol reads it when they open) call the app with no extra frame."""
+    app = config.loaded_app
 
     async def guarded(scope: Any, receive: Any, send_message: Any) -> None:
         if scope["type"] != "lifespan":
@@ -86,6 +90,8 @@ def guard_lifespan(app: Any, writer: socket.socket) -> Any:
             if message["type"] == "lifespan.startup.failed":
                 held.append(message)  # answered below, once the exception itself is known
                 return
+            if message["type"] == "lifespan.startup.complete":
+                config.loaded_app = app
             await send_message(message)
 
         try:
@@ -99,4 +105,4 @@ def guard_lifespan(app: Any, writer: socket.socket) -> Any:
         for message in held:  # the app reported the failure without raising: pass it on as it was
             await send_message(message)
 
-    return guarded
+    config.loaded_app = guarded
