@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import socket
@@ -51,6 +52,13 @@ def _file_in_the_way(keys: Path) -> None:
 
 def _bad_clients_file(keys: Path) -> None:
     keys.parent.joinpath("clients.json").write_text("{not json")
+
+
+def _otlp_installed() -> bool:
+    try:
+        return importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is not None
+    except ModuleNotFoundError:
+        return False
 
 
 #: (env, serve arguments, setup of the folder around keys/, the expected stderr line (``re:`` = a
@@ -121,6 +129,10 @@ CASES = [
                  id="value-malformed"),
     pytest.param({}, ["--workers", "2"], None,
                  "--workers > 1 needs BROKER_REDIS_URL (the embedded store is per process)", 2, id="workers-without-redis"),
+    pytest.param({"BROKER_TRACING": "otlp"}, [], None,
+                 "BROKER_TRACING=otlp needs the OpenTelemetry packages: pip install 'token-broker[otel]' (or set "
+                 "BROKER_TRACING=off)", 2, id="tracing-packages-missing",
+                 marks=pytest.mark.skipif(_otlp_installed(), reason="the OTLP exporter is installed here")),
     pytest.param({"BROKER_TOKN_LIFETIME": "600"}, [], None,
                  "unknown setting BROKER_TOKN_LIFETIME; did you mean BROKER_TOKEN_LIFETIME?", 2, id="unknown-setting"),
 ]
