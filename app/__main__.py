@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
-import time
 from typing import Any
 
-from app.config import ConfigError, Settings
+from app.config import Settings, effective, unknown_settings
+from app.start_failures import CONFIGURATION, describe
 
 #: Exit status of the registry commands when Redis did not answer (app.service.registry_state).
 REDIS_UNAVAILABLE = 3
@@ -17,7 +18,8 @@ REDIS_UNAVAILABLE = 3
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="token-broker", description="OAuth 2.0 client-credentials token broker")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="start the broker (settings from BROKER_* environment variables)")
+    serve = sub.add_parser("serve", help="start the broker (settings from BROKER_* environment variables)",
+                           epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=_workers, default=1,
@@ -28,35 +30,87 @@ def main(argv: list[str] | None = None) -> int:
     keys_cmd.add_argument("action", choices=["init"],
                           help="init: create the first signing key (and dev admin key) if the folder is empty")
     _add_registry_command(sub)
+    settings_cmd = sub.add_parser("settings", help="print the effective settings, secrets redacted (docs/settings.md)")
+    settings_cmd.add_argument("--json", action="store_true", help="one JSON object: variable -> {value, source}")
     args = parser.parse_args(argv)
     if args.command == "serve" and not os.environ.get("BROKER_ISSUER"):
         # Development default: the issuer is where this process listens on loopback, so that
         # `serve --port 9000` works without also setting BROKER_ISSUER (workers read the env).
         os.environ["BROKER_ISSUER"] = f"http://127.0.0.1:{args.port}"
 
+    settings = None
     try:
         settings = Settings.from_env()
+        _warn_unknown()
+        if args.command == "settings":
+            return _print_settings(settings, as_json=args.json)
         if args.command == "keys":
             return _keys_init(settings)
         if args.command == "registry":
             return _registry(settings, args.action)
         return _serve(args, settings)
-    except ConfigError as exc:  # also a keys folder open to other users (KeyModeError), before any worker starts
-        print(f"token-broker: configuration error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # a start-up failure a user can cause: one line, no traceback
+        failure = describe(exc, settings)
+        if failure is None:
+            raise
+        print(f"token-broker: {failure.line}", file=sys.stderr)
+        return failure.status
+
+
+SERVE_EPILOG = """\
+settings: BROKER_* environment variables; `token-broker settings` prints the effective ones
+(secrets redacted) and docs/settings.md describes each.
+
+A start that fails prints one line on stderr, "token-broker: <setting>: <problem>; <fix>", and exits:
+  2  configuration: a value is malformed or out of range, an unknown BROKER_* variable
+     (BROKER_ALLOW_UNKNOWN_SETTINGS=true only warns), BROKER_ADMIN_JWKS or the clients file is
+     invalid, Redis refuses the URL's password, the keys folder is open to other users or holds
+     a broken key file, the management port is the public port, the host is not this machine's.
+     Change the settings: the same ones fail again.
+  1  environment: Redis does not answer, a port is in use, the keys folder is missing or not
+     writable. The settings may be right: fix what they point at, or start again.
+  3  a worker failed to start for a reason not listed above (the JSON log has the traceback).
+"""
+
+
+def _warn_unknown() -> None:
+    """With BROKER_ALLOW_UNKNOWN_SETTINGS=true an unknown variable is only warned about (once, here)."""
+    for unknown in unknown_settings(os.environ):
+        print(f"token-broker: warning: {unknown.message()} (ignored: BROKER_ALLOW_UNKNOWN_SETTINGS=true)", file=sys.stderr)
+
+
+def _print_settings(settings: Settings, *, as_json: bool) -> int:
+    rows = effective(settings, os.environ)
+    if as_json:
+        print(json.dumps({name: {"value": value, "source": source} for name, value, source in rows}, indent=2))
+        return 0
+    shown = [(name, _plain(value), source) for name, value, source in rows]
+    width = max(len(name) for name, _, _ in shown)
+    for name, value, source in shown:
+        print(f"{name:<{width}}  {source:<7}  {value}")
+    return 0
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(value) or "(empty)"
+    return str(value)
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from app.keystore import ensure_signing_keys
-    from app.service.admin import read_clients_file
+    from app import preflight
     from app.web.listeners import serve
 
     if args.workers > 1 and settings.embedded:
         print("token-broker: --workers > 1 needs BROKER_REDIS_URL (the embedded store is per process)", file=sys.stderr)
-        return 2
-    if settings.clients_file:  # the same check the start-up load makes, before any worker starts
-        read_clients_file(settings, settings.clients_file, now=time.time())
-    ensure_signing_keys(settings.keys_dir, settings.signing_alg)  # create once, before workers fork
+        return CONFIGURATION
+    # Everything that can be checked once is checked here, before any worker starts: the admin
+    # JWKS, the keys folder (its first signing key is created now), the clients file, Redis.
+    preflight.check(settings)
     # The public listener on --host/--port, the management listener (/metrics, /healthz, /readyz)
     # on BROKER_MANAGEMENT_HOST/PORT, both in every worker.
     return serve(settings, host=args.host, port=args.port, workers=args.workers, graceful_timeout=args.graceful_timeout)
@@ -90,6 +144,8 @@ def _keys_init(settings: Settings) -> int:
     key) once, before replicas start: a one-shot init container runs this on the shared volume."""
     from app import log as broker_log
     from app.keystore import ensure_signing_keys
+    import time
+
     from app.service.admin import bootstrap_admin_record
 
     broker_log.configure(settings.log_level, None)

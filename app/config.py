@@ -10,11 +10,14 @@ the start with the variable's name in the message.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import json
 import os
 from collections.abc import Mapping
+from typing import Any, NamedTuple
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
@@ -23,6 +26,10 @@ from app.oauth.constants import ASSERTION_ALGS, ASSERTION_MAX, BODY_MAX, JTI_MAX
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
+
+
+#: BROKER_TRACING values: no spans (nothing of OpenTelemetry imported), spans printed, spans exported.
+TRACING_MODES = ("off", "console", "otlp")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,6 +109,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # and clear of common neighbours' defaults (8001 kubectl proxy, 8080, 9090 Prometheus, 9100 node_exporter).
     management_host: str = "127.0.0.1"
     management_port: int = 8002
+    # OpenTelemetry spans (app/tracing.py): off, console or otlp; needs the [otel] install extra.
+    tracing: str = "off"
+    # A BROKER_* variable that is neither a field here nor in OTHER_VARIABLES stops the start;
+    # true: it is only warned about.
+    allow_unknown_settings: bool = False
 
     @property
     def token_endpoint(self) -> str:
@@ -154,6 +166,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         except msgspec.ValidationError as exc:  # pragma: no cover - _coerce catches most
             raise ConfigError(f"invalid broker setting: {exc}") from None
         settings.validate()
+        unknown = unknown_settings(env)
+        if unknown and not settings.allow_unknown_settings:
+            more = f" (and {len(unknown) - 1} more: {', '.join(u.name for u in unknown[1:])})" if len(unknown) > 1 else ""
+            raise ConfigError(unknown[0].message() + more)
         return settings
 
     def validate(self) -> None:
@@ -212,6 +228,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(f"BROKER_REDIS_SENTINELS must be host:port,host:port..., got {address!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("BROKER_LOG_LEVEL must be debug, info, warning or error")
+        if self.tracing not in TRACING_MODES:
+            raise ConfigError(f"BROKER_TRACING must be {', '.join(TRACING_MODES[:-1])} or {TRACING_MODES[-1]}")
         _check_request_bounds(self)
         _check_management_listener(self)
         _check_access_log(self)
@@ -286,3 +304,231 @@ def _coerce(var: str, raw: str, typ: object) -> object:
     except ValueError:
         raise ConfigError(f"{var}={raw!r} is not a valid {getattr(typ, '__name__', typ)}") from None
     return text
+
+
+# -- The settings' documentation: the one source of docs/settings.md and `token-broker settings` --
+
+
+class SettingDoc(NamedTuple):
+    """What an operator needs to know about one ``Settings`` field. Type and default are read from
+    the field itself (``scripts/gen_settings_doc.py``); ``range`` repeats what ``validate`` checks."""
+
+    group: str
+    meaning: str
+    range: str = ""
+    security: str = ""
+
+
+_TOKENS, _ASSERTIONS, _REDIS, _KEYS, _CLIENTS = "Issuer and tokens", "Client assertions", "Redis", "Keys and admin", "Clients"
+_LIMITS, _HTTP, _CACHE, _OPS = "Limits", "HTTP server and listeners", "Issued-token cache", "Logs, tracing, start-up"
+#: The sections of docs/settings.md, in order.
+SETTING_GROUPS = (_TOKENS, _ASSERTIONS, _CLIENTS, _KEYS, _REDIS, _LIMITS, _CACHE, _HTTP, _OPS)
+
+#: One entry per ``Settings`` field, in field order (a test checks that both lists agree).
+SETTING_DOCS: dict[str, SettingDoc] = {
+    "issuer": SettingDoc(_TOKENS, "Issuer identifier: the `iss` of every access token and the only accepted assertion "
+                         "`aud`. `serve` defaults it to `http://127.0.0.1:<--port>`.",
+                         "absolute http(s) URL, no query, fragment or trailing `/`",
+                         "https except on loopback; compared byte for byte (attack matrix `aud-*` entries)"),
+    "redis_url": SettingDoc(_REDIS, "The shared Redis (`redis://`, `rediss://` or `unix://`). Unset: an embedded "
+                            "in-process store, for one process only (no `--workers`, no replicas).",
+                            "a redis://, rediss:// or unix:// URL",
+                            "the password in it is redacted by `token-broker settings` and in start-up errors; "
+                            "use `rediss://` off the host (Redis faults entries)"),
+    "redis_cluster": SettingDoc(_REDIS, "Treat `BROKER_REDIS_URL` as one node of a Redis Cluster.",
+                                "needs `BROKER_REDIS_URL` and no `BROKER_REDIS_SENTINELS`"),
+    "redis_sentinels": SettingDoc(_REDIS, "Sentinels (`host:port,host:port`) that name the master; "
+                                  "`BROKER_REDIS_URL` then gives only db, password and TLS.",
+                                  "host:port list; set together with `BROKER_REDIS_SENTINEL_MASTER`"),
+    "redis_sentinel_master": SettingDoc(_REDIS, "The master's name at the Sentinels.", "set together with `BROKER_REDIS_SENTINELS`"),
+    "shutdown_drain": SettingDoc(_OPS, "Seconds `/readyz` answers 503 `draining` after SIGTERM before the graceful "
+                                 "shutdown starts, so a load balancer stops sending first.", "0-300"),
+    "keys_dir": SettingDoc(_KEYS, "The keys folder: signing keys (`signing/*.json`), the development admin key, the "
+                           "registry record. Every replica must see the same folder.",
+                           "a folder the broker can write, or a read-only mount that already holds the keys "
+                           "(a Kubernetes Secret: docs/kubernetes.md)",
+                           "private files are created 0600 in 0700 folders; a start refuses a folder group or others "
+                           "can write, or key files they can read (on a read-only mount: key files others can read "
+                           "or the group can write)"),
+    "registry_record": SettingDoc(_KEYS, "File recording the client registry's id, which tells a lost registry from a "
+                                  "new one (docs/operations.md). Unset: `<BROKER_KEYS_DIR>/registry.id`.",
+                                  "a file path; read-only is fine once the record exists",
+                                  "`registry-loss`: a replica that cannot read its record cannot tell a flushed Redis "
+                                  "from a first start"),
+    "leeway": SettingDoc(_ASSERTIONS, "Clock leeway (s) for assertion `exp`/`nbf`, and the ceiling for a future `iat`/`nbf`.",
+                         "0-60", "FAPI 2.0 §5.3.2.1 caps it at 60 s (`exp-expired`, `iat-nbf-in-future`)"),
+    "assertion_max_lifetime": SettingDoc(_ASSERTIONS, "Longest assertion accepted: the cap on `exp − now` and `exp − iat` (s).",
+                                         "1 or more", "bounds how long replay records live (`assertion-lifetime-cap`)"),
+    "assertion_max_age": SettingDoc(_ASSERTIONS, "Oldest assertion accepted: the cap on `now − iat` (s).", "1 or more",
+                                    "`iat-too-old`"),
+    "clock_skew": SettingDoc(_ASSERTIONS, "Largest clock difference between replicas (s); pads the replay records' lifetime.",
+                             "0 or more", "too small lets a jti be replayed on a replica whose clock is behind "
+                             "(`replay-ttl-and-clock-edges`)"),
+    "jti_max_length": SettingDoc(_ASSERTIONS, "Longest `jti` accepted (characters).", "1 or more", "`jti-invalid`"),
+    "allow_single_element_aud_array": SettingDoc(_ASSERTIONS, "Also accept `aud: [issuer]` (RFC 7523 allows an array; "
+                                                 "FAPI 2.0 and OIDC say a string).", "true or false",
+                                                 "`aud-single-element-array`"),
+    "assertion_algs": SettingDoc(_ASSERTIONS, "Assertion algorithms accepted at all; each client key is also stamped "
+                                 "with exactly one.", "comma-separated subset of the default",
+                                 "`alg-none`, `hmac-key-confusion`, `alg-not-registered`"),
+    "token_lifetime": SettingDoc(_TOKENS, "Access-token lifetime (s); a client's registration may set its own.",
+                                 "1-86400", "`success-contract`"),
+    "signing_alg": SettingDoc(_TOKENS, "Algorithm of the signing keys `keys init` and rotation create.",
+                              "ES256, ES384, PS256, RS256 or Ed25519", "`signing-key-rotation`"),
+    "body_max": SettingDoc(_LIMITS, "Request body cap (bytes), enforced before the body is read whole; more → 413.",
+                           "1 or more", "`oversized-body`"),
+    "assertion_max": SettingDoc(_LIMITS, "Assertion cap (characters); more → 401.", "1 or more",
+                                "`oversized-body`, `oversized-segments`"),
+    "redis_timeout": SettingDoc(_REDIS, "Socket and connect timeout of one Redis attempt (s).", "above 0, at most 10",
+                                "`redis-unreachable`, `redis-hung-or-slow`"),
+    "redis_retries": SettingDoc(_REDIS, "Retries after a Redis connection error or timeout; every call also has a hard "
+                                "deadline of `timeout × (retries + 1) + 0.05` s, then fails closed.", "0-3",
+                                "`replay-reply-lost`, `redis-hung-or-slow`"),
+    "retry_after": SettingDoc(_LIMITS, "`Retry-After` (s) on a 503 when Redis does not answer.", "1 or more",
+                              "`redis-unreachable`, `redis-command-errors`"),
+    "registry_poll_interval": SettingDoc(_CLIENTS, "How often (s) each replica checks the shared client registry for "
+                                         "changes: how fast a client change reaches every replica.",
+                                         "seconds; keep it above 0 (not checked at start)",
+                                         "`client-key-rotation-and-jwks-uri`"),
+    "ratelimit_failures": SettingDoc(_LIMITS, "Failed authentications per window, per source address and per client "
+                                     "(failures its own key signed), before 429.", "1-1000000"),
+    "ratelimit_window": SettingDoc(_LIMITS, "The failure window (s), starting at the first failure.", "1-86400"),
+    "ratelimit_mode": SettingDoc(_LIMITS, "`enforce` (429), `observe` (count and log `ratelimit.exceeded` only) or `off`.",
+                                 "enforce, observe or off"),
+    "trusted_proxies": SettingDoc(_HTTP, "Reverse proxies (IP addresses or CIDR networks) whose `X-Forwarded-For` "
+                                  "names the caller. Unset: the TCP peer is the caller and the header is ignored.",
+                                  "comma-separated IPs or networks",
+                                  "list only your own proxies: the per-address rate limit and the logs trust it"),
+    "admin_jwks": SettingDoc(_KEYS, "The bootstrap admin client's public key(s), as a JWKS or one JWK (JSON). Unset: "
+                             "a key pair is generated in `<keys_dir>/admin.jwk` on first start (development).",
+                             "JSON: `{\"keys\": [...]}` or one public JWK",
+                             "set it in production; private members are redacted by `token-broker settings`"),
+    "admin_client_id": SettingDoc(_KEYS, "client_id of the bootstrap admin client."),
+    "jwks_uri_allow_http_loopback": SettingDoc(_CLIENTS, "Let `jwks_uri` clients use plain http to loopback (tests, "
+                                               "sidecars).", "true or false", "never for other hosts (SSRF filter)"),
+    "jwks_uri_cache_ttl": SettingDoc(_CLIENTS, "How long (s) a fetched `jwks_uri` key set is cached in Redis.", "1-86400",
+                                     "`client-key-rotation-and-jwks-uri`"),
+    "jwks_uri_refetch_cooldown": SettingDoc(_CLIENTS, "Least time (s) between two fetches of one `jwks_uri` prompted "
+                                            "by an unknown kid.", "0.1-3600", "bounds what unknown kids can make the broker fetch"),
+    "jwks_uri_timeout": SettingDoc(_CLIENTS, "Timeout (s) of one `jwks_uri` fetch.", "0.1-10"),
+    "clients_file": SettingDoc(_CLIENTS, "A declarative clients file (JSON), applied at start and whenever it changes "
+                               "(docs/onboarding.md).", "a readable JSON file"),
+    "reserved_client_id_prefixes": SettingDoc(_CLIENTS, "client_id prefixes no registration may take, added to the "
+                                              "built-in ones (e.g. `emp-,staff:`).", "comma-separated prefixes",
+                                              "keeps client tokens' `sub` out of your user namespaces"),
+    "log_level": SettingDoc(_OPS, "Lowest level of the broker's JSON log lines.", "debug, info, warning or error",
+                            "`hostile-input-in-logs`"),
+    "access_log": SettingDoc(_OPS, "One JSON `http.access` line per public request (method, route template, status, "
+                             "duration, source, request id; never the query string), at info level.",
+                             "off, on, or a share between 0 and 1 (0.01: one request in a hundred, at random)",
+                             "off by default: it costs about 19 µs per logged request (docs/operations.md)"),
+    "cache_min_remaining_share": SettingDoc(_CACHE, "Serve a cached token only while at least this share of its "
+                                            "lifetime is left.", "above 0, at most 1", "`cache-invalidation`"),
+    "cache_stampede_wait": SettingDoc(_CACHE, "How long (s) a replica that lost the mint lock waits for the winner's "
+                                      "token.", "0-2"),
+    "client_quota": SettingDoc(_LIMITS, "Recorded assertions (`/token`, `/revoke`, `/introspect`) per client per window, "
+                               "shared by replicas; over it 429 `slow_down`. 0: off (docs/operations.md, sizing Redis).",
+                               "0-100000000", "`client-request-flood`"),
+    "client_quota_window": SettingDoc(_LIMITS, "The quota window (s).", "1-86400"),
+    "http_header_max": SettingDoc(_HTTP, "Bytes of request line + headers; more → 431 and the connection closes.",
+                                  "1024-1048576", "bounds memory per connection"),
+    "http_header_timeout": SettingDoc(_HTTP, "Seconds to receive a request's line and headers; then 408 and close.",
+                                      "0.1-3600", "slow-header clients cannot hold connections"),
+    "http_body_timeout": SettingDoc(_HTTP, "Seconds to receive the declared body after the headers; then 408 and close.",
+                                    "0.1-3600"),
+    "http_max_connections": SettingDoc(_HTTP, "Open connections per worker; a request on one more gets 503.", "1-1000000"),
+    "management_host": SettingDoc(_HTTP, "IP address of the management listener (`/metrics`, `/healthz`, `/readyz`), "
+                                  "in every worker.", "an IP address",
+                                  "keep it off networks callers reach: the rejection counters tell which clients exist"),
+    "management_port": SettingDoc(_HTTP, "Port of the management listener.", "1-65535, not the public `--port`"),
+    "tracing": SettingDoc(_OPS, "OpenTelemetry spans for `/token`, Redis calls and `jwks_uri` fetches: `off` (nothing "
+                          "imported), `console` (one JSON span per line on stderr) or `otlp` (exported with the "
+                          "standard `OTEL_EXPORTER_OTLP_*` variables). Needs `pip install 'token-broker[otel]'`.",
+                          "off, console or otlp", "spans carry client_ids and error codes, never assertions or tokens"),
+    "allow_unknown_settings": SettingDoc(_OPS, "A `BROKER_*` variable the broker does not know stops the start "
+                                         "(a misspelt setting would otherwise be silently ignored); true: only warn.",
+                                         "true or false"),
+}
+
+#: ``BROKER_*`` variables that are not ``Settings`` fields but are read by a command: not "unknown".
+OTHER_VARIABLES: dict[str, str] = {
+    "BROKER_URL": "the broker's base URL for `scripts/broker_admin.py` (`--broker`)",
+    "BROKER_ADMIN_KEY": "the admin private key file for `scripts/broker_admin.py` (`--admin-key`)",
+}
+
+
+def variable(field: str) -> str:
+    return "BROKER_" + field.upper()
+
+
+class UnknownSetting(NamedTuple):
+    name: str
+    suggestion: str | None
+
+    def message(self) -> str:
+        if self.suggestion:
+            return f"unknown setting {self.name}; did you mean {self.suggestion}?"
+        return (f"unknown setting {self.name}; remove it, or set BROKER_ALLOW_UNKNOWN_SETTINGS=true "
+                "(the settings: token-broker settings, docs/settings.md)")
+
+
+def known_variables() -> list[str]:
+    return [variable(f.name) for f in msgspec.structs.fields(Settings)] + list(OTHER_VARIABLES)
+
+
+def unknown_settings(env: Mapping[str, str]) -> list[UnknownSetting]:
+    """The ``BROKER_*`` variables of ``env`` nothing reads, each with the closest known name (difflib)."""
+    known = known_variables()
+    unknown = sorted(name for name in env if name.startswith("BROKER_") and name not in known)
+    return [UnknownSetting(name, next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.8)), None))
+            for name in unknown]
+
+
+# -- Redaction: what `token-broker settings` and start-up errors may print -------------------------
+
+_SECRET_WORDS = ("pass", "secret", "token", "key", "auth", "credential")
+_PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+REDACTED = "***"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password (and any secret-looking query value) replaced by ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        name = user.partition(":")[0]
+        netloc = f"{name}:{REDACTED}@{host}"
+    query = urlencode([(k, REDACTED if any(w in k.lower() for w in _SECRET_WORDS) else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _redact_jwks(text: str) -> str:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return "(not valid JSON)"
+    keys = data.get("keys", [data]) if isinstance(data, dict) else []
+    for key in keys:
+        if isinstance(key, dict):
+            key.update({m: REDACTED for m in _PRIVATE_JWK_MEMBERS & key.keys()})
+    return json.dumps(data, separators=(",", ":"))
+
+
+def effective(settings: Settings, env: Mapping[str, str]) -> list[tuple[str, Any, str]]:
+    """(variable, value as JSON would hold it, ``env`` or ``default``) per field, secrets redacted."""
+    rows = []
+    for field in msgspec.structs.fields(Settings):
+        value: Any = getattr(settings, field.name)
+        if field.name == "redis_url" and value is not None:
+            value = redact_url(value)
+        elif field.name == "admin_jwks" and value is not None:
+            value = _redact_jwks(value)
+        elif isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        name = variable(field.name)
+        rows.append((name, value, "env" if env.get(name) else "default"))
+    return rows

@@ -357,4 +357,4 @@ def test_serve_refuses_a_bad_clients_file_in_one_line(tmp_path, content, message
     proc = subprocess.run([sys.executable, "-m", "app", "serve", "--port", str(free_port())], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stdout) == (2, "")
-    assert proc.stderr == f"token-broker: configuration error: BROKER_CLIENTS_FILE={path}: {message}\n"
+    assert proc.stderr == f"token-broker: BROKER_CLIENTS_FILE={path}: {message}\n"

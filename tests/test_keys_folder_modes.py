@@ -125,7 +125,7 @@ def test_serve_refuses_keys_open_to_others_in_one_line(tmp_path: Path, target: o
     stdout, stderr = proc.communicate(timeout=30)
     assert not started, "the broker started with keys open to other users"
     assert (proc.returncode, stdout) == (2, "")
-    assert stderr == f"token-broker: configuration error: {message.format(path=path)}\n"
+    assert stderr == f"token-broker: BROKER_KEYS_DIR: {message.format(path=path)}\n"
 
 
 def test_keys_init_refuses_a_world_writable_folder_in_one_line(tmp_path: Path) -> None:
@@ -135,6 +135,6 @@ def test_keys_init_refuses_a_world_writable_folder_in_one_line(tmp_path: Path) -
     proc = subprocess.run([sys.executable, "-m", "app", "keys", "init"], cwd=ROOT, env=_env(keys_dir),
                           capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stdout) == (2, "")
-    assert proc.stderr == (f"token-broker: configuration error: keys folder {keys_dir} is writable by group or others "
+    assert proc.stderr == (f"token-broker: BROKER_KEYS_DIR: keys folder {keys_dir} is writable by group or others "
                            f"(mode 0777); run: chmod 700 {keys_dir}\n")
     assert list(keys_dir.iterdir()) == []  # nothing written into it

@@ -42,6 +42,7 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from app import tracing
 from app.config import Settings
 from app.oauth.assertion import (
     ASSERTION_REUSE,
@@ -188,6 +189,8 @@ class ClientAuthenticator:
             form = endpoint.parse(request.body, request.content_type, has_authorization=request.has_authorization)
             parsed = parse_assertion(form.client_assertion, self._policy)
             client_id = parsed.client_id
+            if tracing.on:
+                tracing.client(client_id)
             auth = await self._verify(parsed, form.client_id, now, request_id)
             digest = auth.jti_hash
             recorded = await endpoint.record(auth, form, request_id)

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import msgspec
 
+from app import tracing
 from app.oauth.clients import InvalidClientMetadata, validate_client_jwks
 from app.oauth.constants import FETCHED_DOCUMENT_MAX, URI_MAX
 from app.service import ssrf
@@ -103,6 +104,7 @@ async def resolve_checked(host: str, port: int, *, allow_loopback: bool) -> str:
     return str(addresses[0])
 
 
+@tracing.jwks_fetch_span
 async def fetch_jwks(url: str, *, allow_http_loopback: bool, timeout: float) -> bytes:
     """GET the URL under every rule above; return the raw body."""
     try:  # again at fetch time: the stored URI may predate a settings change

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from app import tracing
 from app.config import Settings
 from app.oauth.access_token import TokenSigner
 from app.oauth.assertion import jti_hash
@@ -98,6 +99,8 @@ class TokenService:
         grant, cache_id = recorded.grant, recorded.cache_id
         assert grant is not None and cache_id is not None
         entry, how = await self._cache.issue(grant, recorded.signer, cache_id, recorded.lookup, now, request_id)
+        if tracing.on:
+            tracing.cache(how)
         # Remaining life of the token actually served (RFC 6749 §5.1): never rounded up, and never
         # more than its lifetime even when it was minted by a replica whose clock runs ahead.
         expires_in = entry.exp - entry.iat if how == "mint" else max(1, min(int(entry.exp - now), entry.exp - entry.iat))

@@ -18,6 +18,7 @@ from redis.asyncio.retry import Retry  # the sync Retry never retries a coroutin
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from app import tracing
 from app.metrics import REDIS_ERRORS, REDIS_SECONDS, Metrics
 from app.oauth.clients import ClientRecord, decode_record, encode_record, record_thumbprints
 from app.store import keyspace
@@ -89,6 +90,8 @@ class RedisStore:
 
     async def _run(self, coro: Any, op: str | None = None) -> Any:
         op = op or self.metric_op
+        if tracing.on:  # BROKER_TRACING: one span per store call (app.tracing)
+            coro = tracing.redis_call(coro, op)
         start = perf_counter()
         try:
             async with asyncio.timeout(self._deadline):

@@ -23,6 +23,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
 from app import log as broker_log
+from app import tracing
 from app.config import Settings
 from app.keystore import ensure_signing_keys
 from app.metrics import Metrics
@@ -72,7 +73,7 @@ def create_app(settings: Settings, *, redis: Any = None, clock: Callable[[], flo
     app = Litestar(
         route_handlers=ROUTES,
         lifespan=[_lifespan(settings, state, log, close=client if redis is None else None)],
-        middleware=[strict_request_middleware, http_metrics_middleware(metrics)],
+        middleware=[strict_request_middleware, http_metrics_middleware(metrics), *tracing.middleware(settings)],
         logging_config=None,  # no text handlers: served processes log JSON only (app.log.uvicorn_log_config)
         request_max_body_size=settings.body_max,
         exception_handlers=handlers,

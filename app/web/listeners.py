@@ -1,10 +1,11 @@
 """Two listeners in every worker process: the public one and the management one.
 
-``serve`` binds the management socket once, in the starting process (a taken port stops the start
-with the variable's name), then runs uvicorn for the public app as before: one process, or the
-``Multiprocess`` supervisor with one shared public socket. uvicorn builds each worker's server
-from the pickled ``Config``; ``BrokerConfig`` carries the management ``Config`` and socket along
-(multiprocessing passes a socket to a spawned child by duplicating its descriptor) and, when the
+``serve`` binds both sockets once, in the starting process (a taken port stops the start with one
+line naming the setting), then runs uvicorn for the public app: one process, or the
+``Multiprocess`` supervisor with the one shared public socket. uvicorn builds each worker's server
+from the pickled ``Config``; ``BrokerConfig`` carries the management ``Config`` and socket along,
+and the socket a worker reports a start-up failure on (``app.web.start_report``; multiprocessing
+passes a socket to a spawned child by duplicating its descriptor) and, when the
 worker loads it, wraps the server's lifespan so that:
 
 - after the app's startup succeeded, a second ``uvicorn.Server`` serves the management app
@@ -16,8 +17,8 @@ worker loads it, wraps the server's lifespan so that:
   ports still serve; the public server then stops accepting and finishes its requests, and the
   management listener is stopped last, just before the app's shutdown.
 
-``broker.started`` is written by each worker once its public socket listens: uvicorn binds it only
-after the lifespan's startup, then calls the config's ``callback_notify`` on its main loop's first
+``broker.started`` is written by each worker once its public socket listens: the socket is bound
+in the starting process, uvicorn starts listening on it only after the lifespan's startup, then calls the config's ``callback_notify`` on its main loop's first
 tick (and every ``timeout_notify`` seconds after; only the first call writes the line).
 """
 
@@ -36,19 +37,23 @@ from uvicorn.supervisors import Multiprocess
 from app import log as broker_log
 from app.config import ConfigError, Settings
 from app.metrics_files import worker_metrics_directory
+from app.preflight import bind_listeners
 from app.web.app import start_summary
 from app.web.server import uvicorn_options
+from app.web.start_report import STARTUP_FAILURE, Reports, guard_lifespan, guard_load
 
-#: uvicorn's exit status for a server that could not start (uvicorn.config.STARTUP_FAILURE).
-STARTUP_FAILURE = 3
 #: Seconds between uvicorn's later ``callback_notify`` calls (no-ops after the first).
 _ONE_DAY = 86400
 
 
 def serve(settings: Settings, *, host: str, port: int, workers: int, graceful_timeout: int) -> int:
-    """Run the broker until it is stopped; the exit status."""
+    """Run the broker until it is stopped; the exit status. Raises ``StartupFailure`` (one line)
+    for a port it cannot bind or a worker whose start-up failed (``app.web.start_report``)."""
     if port == settings.management_port:
         raise ConfigError(f"BROKER_MANAGEMENT_PORT={port} is also the public --port: give them different ports")
+    # Both ports are bound here, before any app starts: a taken port is one line, and the app's
+    # start-up (its broker.started line) comes after the bind.
+    public, management_socket = bind_listeners(settings, host, port)
     common = {
         **uvicorn_options(settings),  # header cap, read deadlines, connection cap, JSON-only logging
         "access_log": False,
@@ -58,9 +63,11 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, graceful_ti
     }
     management = uvicorn.Config("app.web.asgi:management", host=settings.management_host,
                                 port=settings.management_port, lifespan="off", proxy_headers=False, **common)
+    reports = Reports()
     config = BrokerConfig(
         "app.web.asgi:app", host=host, port=port, workers=workers, management=management,
-        management_socket=bind_management(settings),
+        management_socket=management_socket,
+        reports=reports.writer,
         # uvicorn trusts X-Forwarded-For from loopback unless told otherwise; the broker reads
         # it only from BROKER_TRUSTED_PROXIES (the per-address rate limit keys on the result).
         proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=list(settings.trusted_proxies), **common,
@@ -68,34 +75,28 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, graceful_ti
     server = uvicorn.Server(config)
     if workers > 1:
         with worker_metrics_directory(workers):  # one scrape adds up every worker (app/metrics_files.py)
-            Multiprocess(config, sockets=[config.bind_socket()]).run()
-        return 0
-    server.run()
-    return 0 if server.started else STARTUP_FAILURE
-
-
-def bind_management(settings: Settings) -> socket.socket:
-    """The management listener's socket, bound (listening starts in each worker)."""
-    host, port = settings.management_host, settings.management_port
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on BROKER_MANAGEMENT_HOST={host} BROKER_MANAGEMENT_PORT={port}: "
-                          f"{exc.strerror}") from None
-    sock.set_inheritable(True)
-    return sock
+            supervisor = Multiprocess(config, sockets=[public])
+            supervisor.run()
+        started = not any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
+    else:
+        with contextlib.suppress(SystemExit):  # uvicorn's exit for a failed start-up: reported below
+            server.run(sockets=[public])
+        started = server.started
+    failure = reports.close()
+    if failure is not None:
+        raise failure
+    return 0 if started else STARTUP_FAILURE
 
 
 class BrokerConfig(uvicorn.Config):
     """The public listener's uvicorn config, carrying the management listener's config and socket."""
 
-    def __init__(self, app: str, *, management: uvicorn.Config, management_socket: socket.socket, **kwargs: Any) -> None:
+    def __init__(self, app: str, *, management: uvicorn.Config, management_socket: socket.socket,
+                 reports: socket.socket, **kwargs: Any) -> None:
         super().__init__(app, timeout_notify=_ONE_DAY, **kwargs)
         self.management = management
         self.management_socket = management_socket
+        self.reports = reports
         self._broker_app: Any = None
         self._announced = False
 
@@ -104,7 +105,9 @@ class BrokerConfig(uvicorn.Config):
         return self._broker_app
 
     def load(self) -> None:
-        super().load()
+        with guard_load(self.reports):
+            super().load()
+        guard_lifespan(self, self.reports)  # a failed start-up: one line from the starting process
         self.lifespan_class = functools.partial(  # type: ignore[assignment]
             ManagementLifespan, app_lifespan=self.lifespan_class, management=self.management, sock=self.management_socket)
         self.callback_notify = self._listening
