@@ -142,10 +142,10 @@ def _workers(text: str) -> int:
 def _keys_init(settings: Settings) -> int:
     """Create the keys folder's first signing key (and, without BROKER_ADMIN_JWKS, the dev admin
     key) once, before replicas start: a one-shot init container runs this on the shared volume."""
-    from app import log as broker_log
-    from app.keystore import ensure_signing_keys
     import time
 
+    from app import log as broker_log
+    from app.keystore import ensure_signing_keys
     from app.service.admin import bootstrap_admin_record
 
     broker_log.configure(settings.log_level, None)

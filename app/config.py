@@ -15,8 +15,8 @@ import ipaddress
 import json
 import os
 from collections.abc import Mapping
-from typing import Any, NamedTuple
 from pathlib import Path
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec

@@ -18,7 +18,7 @@ from tests.conftest import ROOT, Broker, FrozenClock
 from tests.helpers import ISS, TestClient, form
 
 pytest.importorskip("opentelemetry.sdk", reason="the [otel] extra is not installed")
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 
 @pytest.fixture
