@@ -443,7 +443,7 @@ SETTING_DOCS: dict[str, SettingDoc] = {
     "management_port": SettingDoc(_HTTP, "Port of the management listener.", "1-65535, not the public `--port`"),
     "tracing": SettingDoc(_OPS, "OpenTelemetry spans for `/token`, Redis calls and `jwks_uri` fetches: `off` (nothing "
                           "imported), `console` (one JSON span per line on stderr) or `otlp` (exported with the "
-                          "standard `OTEL_EXPORTER_OTLP_*` variables). Needs `pip install 'token-broker[otel]'`.",
+                          "standard `OTEL_EXPORTER_OTLP_*` variables). Needs `.venv/bin/python -m pip install -e '.[otel]'`.",
                           "off, console or otlp", "spans carry client_ids and error codes, never assertions or tokens"),
     "allow_unknown_settings": SettingDoc(_OPS, "A `BROKER_*` variable the broker does not know stops the start "
                                          "(a misspelt setting would otherwise be silently ignored); true: only warn.",

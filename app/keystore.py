@@ -100,6 +100,12 @@ class KeyModeError(KeyFileError, ConfigError):
     """The keys folder or a private key file is open to other users; the message says what to run."""
 
 
+class KeysFolderUnusable(ConfigError):
+    """The keys folder cannot be created, read or written, or is read-only without a key: the
+    settings may be right and what they point at not (yet) ready, so a start exits 1
+    (``app.start_failures``); the message names BROKER_KEYS_DIR and the fix."""
+
+
 def read_only(path: Path) -> bool:
     """Whether ``path`` is on a mount that is read-only (``statvfs`` ``ST_RDONLY``): the flag of
     the mount this process sees, so a read-only bind mount counts as read-only too."""
@@ -238,7 +244,7 @@ def _create_first_key(keys_dir: Path, alg: str) -> None:
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if read_only(existing):
         where = f"{folder} is read-only" if existing == folder else f"{folder} is missing and {existing} is read-only"
-        raise ConfigError(f"no signing key: {where}; {KEYS_INIT_HINT}")
+        raise KeysFolderUnusable(f"BROKER_KEYS_DIR: no signing key: {where}; {KEYS_INIT_HINT}")
     try:
         create_signing_key(keys_dir, alg, state="active")
     except FileExistsError:  # another process created the same kid: impossible, but harmless
@@ -247,6 +253,6 @@ def _create_first_key(keys_dir: Path, alg: str) -> None:
         raise _keys_dir_error(keys_dir, f"create the first signing key in {folder}", exc) from None
 
 
-def _keys_dir_error(keys_dir: Path, doing: str, exc: OSError) -> ConfigError:
-    return ConfigError(f"BROKER_KEYS_DIR={keys_dir}: cannot {doing} ({exc.strerror or type(exc).__name__}); make it "
+def _keys_dir_error(keys_dir: Path, doing: str, exc: OSError) -> KeysFolderUnusable:
+    return KeysFolderUnusable(f"BROKER_KEYS_DIR={keys_dir}: cannot {doing} ({exc.strerror or type(exc).__name__}); make it "
                        f"a folder this user (uid {os.getuid()}) can read and write, or point BROKER_KEYS_DIR at one")

@@ -25,7 +25,7 @@ from pathlib import Path
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException, RedisError
 
 from app.config import ConfigError, Settings, redact_url
-from app.keystore import KeyFileError
+from app.keystore import KeyFileError, KeysFolderUnusable
 from app.oauth.clients import InvalidClientMetadata
 
 CONFIGURATION = 2
@@ -56,6 +56,8 @@ def _known(exc: BaseException, settings: Settings | None) -> StartupFailure | No
         return exc
     if isinstance(exc, KeyFileError):  # (KeyModeError is a ConfigError too: its message says what to run)
         return keys_failure(exc, settings.keys_dir if settings else None)
+    if isinstance(exc, KeysFolderUnusable):  # names BROKER_KEYS_DIR and the fix itself
+        return StartupFailure(str(exc), ENVIRONMENT)
     if isinstance(exc, ConfigError):
         return StartupFailure(str(exc), CONFIGURATION)
     if isinstance(exc, InvalidClientMetadata) and settings is not None and settings.admin_jwks:

@@ -1,7 +1,7 @@
 """Write docs/settings.md from app/config.py (``Settings`` and ``SETTING_DOCS``), the one source.
 
-    python scripts/gen_settings_doc.py           # rewrite docs/settings.md
-    python scripts/gen_settings_doc.py --check   # exit 1 if it differs (tests/test_settings_doc.py does the same)
+    .venv/bin/python scripts/gen_settings_doc.py           # rewrite docs/settings.md
+    .venv/bin/python scripts/gen_settings_doc.py --check   # exit 1 if it differs (tests/test_settings_doc.py does the same)
 
 Type and default come from each ``Settings`` field; meaning, range and security note from its
 ``SettingDoc``. The exit statuses of a failed start come from ``serve --help``'s epilog.
@@ -23,7 +23,7 @@ from app.__main__ import SERVE_EPILOG  # noqa: E402
 from app.config import OTHER_VARIABLES, SETTING_DOCS, SETTING_GROUPS, Settings, variable  # noqa: E402
 
 DOC = ROOT / "docs" / "settings.md"
-COMMAND = "python scripts/gen_settings_doc.py"
+COMMAND = ".venv/bin/python scripts/gen_settings_doc.py"
 
 _TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", Path: "path", tuple[str, ...]: "list"}
 

@@ -159,7 +159,7 @@ def test_keys_on_a_secret_volume(tmp_path: Path, mode: int, read_only: bool, ref
         message = refusal.format(path=keys_dir / "signing" / f"{key.kid}.json", folder=keys_dir / "signing",
                                  mode=f"{mode:04o}")
         assert (proc.returncode, proc.stdout) == (2, "")
-        assert proc.stderr == f"token-broker: configuration error: {message}\n"
+        assert proc.stderr == f"token-broker: BROKER_KEYS_DIR: {message}\n"
 
 
 EMPTY = [
@@ -177,14 +177,14 @@ COMMANDS = [
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize(("mounts", "message"), EMPTY)
 def test_no_key_on_a_read_only_folder_is_one_line(tmp_path: Path, command: list[str], mounts: Any, message: str) -> None:
-    """Before the keys-init Job has run, a pod finds an empty Secret volume: one line and exit 2
+    """Before the keys-init Job has run, a pod finds an empty Secret volume: one line and exit 1
     (the pod restarts until the kubelet has put the key there), not an OS error's traceback."""
     keys_dir = private_folder(tmp_path / "keys")
     env = broker_env(keys_dir, BROKER_MANAGEMENT_PORT=str(free_port()))
     proc = subprocess.run(in_mounts(mounts(keys_dir), command), cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=60)
-    assert (proc.returncode, proc.stdout) == (2, "")
-    assert proc.stderr == f"token-broker: configuration error: {message.format(keys=keys_dir)}\n"
+    assert (proc.returncode, proc.stdout) == (1, "")  # environment: the keys-init Job has not run yet
+    assert proc.stderr == f"token-broker: BROKER_KEYS_DIR: {message.format(keys=keys_dir)}\n"
 
 
 def _under_a_file(tmp_path: Path) -> Path:
@@ -220,8 +220,8 @@ def test_a_keys_folder_that_cannot_be_used_is_one_line(tmp_path: Path, keys_dir:
     proc = subprocess.run(as_nobody(KEYS_INIT) if nobody else KEYS_INIT, cwd=ROOT, env=broker_env(path),
                           capture_output=True, text=True, timeout=60)
     uid = 65534 if nobody else os.getuid()
-    assert (proc.returncode, proc.stdout) == (2, "")
-    assert proc.stderr == (f"token-broker: configuration error: BROKER_KEYS_DIR={path}: cannot {cannot.format(keys=path)}; "
+    assert (proc.returncode, proc.stdout) == (1, "")  # environment: fix the folder, not the settings
+    assert proc.stderr == (f"token-broker: BROKER_KEYS_DIR={path}: cannot {cannot.format(keys=path)}; "
                            f"make it a folder this user (uid {uid}) can read and write, or point BROKER_KEYS_DIR at one\n")
 
 

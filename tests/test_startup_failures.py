@@ -98,11 +98,13 @@ CASES = [
                  'admin client\'s public key(s) as JSON, {"keys": [{"kty": ..., "alg": ..., ...}]} (or unset it to use '
                  "keys/admin.jwk)", 2, id="admin-jwks-symmetric-key"),
     pytest.param({"BROKER_KEYS_DIR": "{tmp}/a-file/keys"}, [], _file_in_the_way,
-                 "BROKER_KEYS_DIR: cannot use {tmp}/a-file/keys (Not a directory); create {tmp}/a-file/keys as a folder "
-                 "the broker's user can write (mode 700), or point BROKER_KEYS_DIR elsewhere", 1, id="keys-folder-not-a-folder"),
+                 "BROKER_KEYS_DIR={tmp}/a-file/keys: cannot create the first signing key in {tmp}/a-file/keys/signing "
+                 "(Not a directory); make it a folder this user (uid {uid}) can read and write, or point BROKER_KEYS_DIR "
+                 "at one", 1, id="keys-folder-not-a-folder"),
     pytest.param({"BROKER_KEYS_DIR": "/proc/no-such-dir/keys"}, [], None,
-                 "BROKER_KEYS_DIR: cannot use /proc/no-such-dir (No such file or directory); create /proc/no-such-dir/keys "
-                 "as a folder the broker's user can write (mode 700), or point BROKER_KEYS_DIR elsewhere", 1,
+                 "BROKER_KEYS_DIR=/proc/no-such-dir/keys: cannot create the first signing key in "
+                 "/proc/no-such-dir/keys/signing (No such file or directory); make it a folder this user (uid {uid}) "
+                 "can read and write, or point BROKER_KEYS_DIR at one", 1,
                  id="keys-folder-cannot-be-created"),
     pytest.param({}, [], _world_writable,
                  "BROKER_KEYS_DIR: keys folder {keys} is writable by group or others (mode 0777); run: chmod 700 {keys}",
@@ -157,7 +159,7 @@ def test_a_failed_start_is_one_line(tmp_path: Path, request: pytest.FixtureReque
     keys = tmp_path / "keys"
     port, mport = free_port(), free_port()
     redis = request.getfixturevalue("locked_redis").port if "{redis}" in str(env) else None
-    values = {"keys": keys, "tmp": tmp_path, "port": port, "mport": mport, "busy": busy_port, "down": free_port(),
+    values = {"keys": keys, "tmp": tmp_path, "port": port, "mport": mport, "busy": busy_port, "down": free_port(), "uid": os.getuid(),
               "redis": redis}
     if setup is not None:
         setup(keys)
