@@ -216,12 +216,14 @@ sys.exit(main(["serve", "--port", sys.argv[2], "--workers", "2"]))
 
 
 @pytest.mark.live
-def test_serve_refuses_several_workers_without_a_metrics_directory(tmp_path: Path) -> None:
-    env = broker_env(ISS, tmp_path / "keys", "redis://127.0.0.1:1/0", {"BROKER_MANAGEMENT_PORT": str(free_port())})
+@pytest.mark.redis
+def test_serve_refuses_several_workers_without_a_metrics_directory(tmp_path: Path, real_redis: RedisServer) -> None:
+    # A reachable Redis: the start checks Redis before it makes the workers' metrics directory.
+    env = broker_env(ISS, tmp_path / "keys", real_redis.url, {"BROKER_MANAGEMENT_PORT": str(free_port())})
     done = subprocess.run([sys.executable, "-c", _SERVE_WITHOUT_TMP, str(tmp_path / "missing"), str(free_port())],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (
-        2, "", "token-broker: configuration error: --workers > 1 needs a writable temporary directory (TMPDIR) for the "
+        2, "", "token-broker: --workers > 1 needs a writable temporary directory (TMPDIR) for the "
                "workers' metrics: No such file or directory\n")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -360,11 +361,14 @@ def test_a_refused_admin_key_says_where_the_admin_key_comes_from(embedded, tmp_p
 
     wrong = tmp_path / "wrong.jwk"
     wrong.write_text(json.dumps({**ECKey.generate_key("P-256").as_dict(private=True), "alg": "ES256"}))
-    refused(run(bp.url, wrong, keys_dir, "list"), 1,
+    result = run(bp.url, wrong, keys_dir, "list")
+    request_id = result.stderr.rsplit("`broker_admin.py why ", 1)[-1].rstrip("`\n")
+    assert re.fullmatch(r"[0-9a-f]{24}", request_id), result.stderr
+    refused(result, 1,
             "broker_admin.py list: error: the broker refused the admin key (invalid_client: Client authentication "
             "failed.): check that --admin-key is the admin private key whose public half the broker has "
-            "(keys/admin.jwk in dev mode, BROKER_ADMIN_JWKS in production) and that --admin-client-id names the "
-            "broker's admin client (BROKER_ADMIN_CLIENT_ID)")
+            "(BROKER_ADMIN_JWKS, or keys/admin.jwk when that is unset) and that --admin-client-id names the "
+            f"broker's admin client (BROKER_ADMIN_CLIENT_ID); the broker's log has the reason: `broker_admin.py why {request_id}`")
 
 
 @pytest.mark.redis

@@ -157,7 +157,7 @@ def test_commands_that_must_record_stop_in_one_line(real_redis: RedisServer, tmp
     record, mounts = where(tmp_path)
     done = _cli(args, record=record, keys_dir=tmp_path / "keys", url=real_redis.url, mounts=mounts)
     assert (done.returncode, done.stderr) == (2, (
-        f"token-broker: configuration error: BROKER_REGISTRY_RECORD={record}: the registry's id must be recorded there "
+        f"token-broker: BROKER_REGISTRY_RECORD={record}: the registry's id must be recorded there "
         f"and {reason.format(folder=record.parent)}; run this where it can be written (on Kubernetes: the keys-init "
         f"Job, docs/kubernetes.md), or point BROKER_REGISTRY_RECORD elsewhere\n"))
     assert real_redis.command("DBSIZE") == 0  # refused before anything was created

@@ -113,8 +113,8 @@ class BrokerAdmin:
             if response.status_code == 401:
                 raise AdminError(
                     f"the broker refused the admin key ({_error_text(response)}): check that --admin-key is the admin "
-                    "private key whose public half the broker has (keys/admin.jwk in dev mode, BROKER_ADMIN_JWKS in "
-                    "production) and that --admin-client-id names the broker's admin client (BROKER_ADMIN_CLIENT_ID)"
+                    "private key whose public half the broker has (BROKER_ADMIN_JWKS, or keys/admin.jwk when "
+                    "that is unset) and that --admin-client-id names the broker's admin client (BROKER_ADMIN_CLIENT_ID)"
                     + _why_hint(response)
                 )
             if response.status_code != 200:
@@ -145,7 +145,7 @@ class BrokerAdmin:
         error = _error_text(response)
         hint = {
             401: "the broker refused the admin token it issued: check that the admin client is still registered "
-                 "with this admin key (BROKER_ADMIN_JWKS, or keys/admin.jwk in dev mode) and retry",
+                 "with this admin key (BROKER_ADMIN_JWKS, or keys/admin.jwk when that is unset) and retry",
             403: "the admin client lacks the broker:admin scope",
             404: "no such client or key: run `list` or `show <client_id>`",
             409: "that client_id is already registered: pick another name or inspect it with `show`",

@@ -48,7 +48,8 @@ examples:
   %(prog)s import clients.json                 # put them back: skips what is there or newer
 
 The broker URL comes from --broker or BROKER_URL (default http://127.0.0.1:8000); the admin key
-from --admin-key (default keys/admin.jwk, written by the broker on its first start in dev mode).
+from --admin-key (default keys/admin.jwk, written by the broker on its first start when
+BROKER_ADMIN_JWKS is unset).
 """
 
 

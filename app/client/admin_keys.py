@@ -62,7 +62,7 @@ def load_private_jwk(path: Path) -> tuple[Any, str, str]:
     except FileNotFoundError:
         raise AdminError(
             f"admin key {path} not found: give --admin-key (the broker writes keys/admin.jwk on its first "
-            "start in dev mode; in production use the admin key whose public half is in BROKER_ADMIN_JWKS)"
+            "start when BROKER_ADMIN_JWKS is unset; in production use the admin key whose public half is in BROKER_ADMIN_JWKS)"
         ) from None
     except (OSError, ValueError) as exc:
         raise AdminError(f"cannot read key file {path} ({type(exc).__name__}): it must be a private JWK (JSON)") from None
