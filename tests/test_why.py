@@ -67,14 +67,20 @@ def test_aud_is_the_token_endpoint(refused, capsys) -> None:
     assert (status, err) == (0, "")
     lines = out.splitlines()
     assert lines[0] == f"request {rid}: 1 log line(s)"
-    assert lines[1].endswith(" token.rejected: error invalid_client, reason aud_not_issuer, client_id c1, source testclient")
+    assert lines[1].endswith(" token.rejected: error invalid_client, reason aud_not_issuer, detail token_endpoint, "
+                             "client_id c1, source testclient")
     assert lines[2:] == [
-        "    found: the assertion's aud is not this broker's issuer https://broker.test (RFC 7523 as updated by RFC "
-        "10070: aud is the issuer, as a plain string). A client that puts the token endpoint URL "
-        "https://broker.test/token there is the usual case.",
-        "    fix:   set aud to https://broker.test in the client; or, for a client that cannot change it, give it the "
-        "compat setting token_endpoint_aud (`broker_admin.py update c1 --compat token_endpoint_aud`)",
+        "    found: aud is the token endpoint URL https://broker.test/token: this broker wants the issuer "
+        "https://broker.test (RFC 7523 as updated by RFC 10070).",
+        "    fix:   set aud to https://broker.test in the client (docs/integrate.md has the setting per library); or, "
+        "for a client that cannot change it (Authlib's and Spring's defaults, MSAL), give it the compat setting "
+        "token_endpoint_aud (`broker_admin.py update c1 --compat token_endpoint_aud`)",
     ]
+
+
+def test_a_lifetime_refusal_names_the_lifetime_and_the_limit(refused, capsys) -> None:
+    _, out, _ = _why(capsys, refused["lifetime"], "--log", str(refused["log"]))
+    assert "reason exp_too_far, detail lifetime 3600s > 300s, client_id c1" in out.splitlines()[1]
 
 
 @pytest.mark.parametrize(("case", "reason", "fix_names"), [

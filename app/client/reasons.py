@@ -114,6 +114,15 @@ _ASSERTION = {
                          "set aud to {issuer} in the client; or, for a client that cannot change it, give it the "
                          "compat setting token_endpoint_aud (`broker_admin.py update {client_id} --compat "
                          "token_endpoint_aud`)"),
+    "aud_not_issuer:token_endpoint": _X(
+        "aud is the token endpoint URL {token_endpoint}: this broker wants the issuer {issuer} (RFC 7523 as updated by "
+        "RFC 10070).",
+        "set aud to {issuer} in the client (docs/integrate.md has the setting per library); or, for a client that "
+        "cannot change it (Authlib's and Spring's defaults, MSAL), give it the compat setting token_endpoint_aud "
+        "(`broker_admin.py update {client_id} --compat token_endpoint_aud`)"),
+    "aud_not_issuer:issuer_with_trailing_slash": _X(
+        "aud is the issuer with a trailing slash; the broker compares aud with {issuer} byte for byte.",
+        "set aud to {issuer} exactly, without the trailing slash"),
     "exp_missing": _X("the assertion had no exp.", "set exp (a short lifetime: at most BROKER_ASSERTION_MAX_LIFETIME)"),
     "exp_invalid": _X("exp was not a NumericDate (a non-negative JSON number).", "set exp to seconds since the epoch"),
     "exp_expired": _X("the assertion had expired when it arrived.", "sign assertions just before sending them; " + _CLOCK),

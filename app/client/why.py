@@ -24,7 +24,7 @@ from app.client.admin import AdminError
 from app.client.reasons import explanation
 
 #: The fields printed for a line (never the whole line); in this order.
-_SHOWN = ("error", "reason", "client_id", "source", "status", "cache", "scope", "aud")
+_SHOWN = ("error", "reason", "detail", "client_id", "source", "status", "cache", "scope", "aud")
 #: jti_hash → first line that had it; bounded so a day of logs does not fill memory.
 _SIGHTINGS_MAX = 200_000
 _UNKNOWN_ISSUER = "the broker's issuer (BROKER_ISSUER; its /.well-known/oauth-authorization-server shows it)"
@@ -125,7 +125,10 @@ def _summary(event: dict[str, Any]) -> str:
 
 def _reason_lines(event: dict[str, Any], values: dict[str, str]) -> list[str]:
     reason = event["reason"]
-    known = explanation(event["event"], reason)
+    detail = event.get("detail")
+    # A refused aud logs what it was (detail: token_endpoint, ...): that case has its own, exact fix.
+    known = (explanation(event["event"], f"{reason}:{detail}") if isinstance(detail, str) else None) \
+        or explanation(event["event"], reason)
     if known is None:
         return [f"    found: reason {reason} has no explanation here (a broker newer than this broker_admin.py?)"]
     return [f"    found: {_fill(known.found, values)}", f"    fix:   {_fill(known.fix, values)}"]

@@ -166,8 +166,8 @@ class SignedAssertionRefused(InvalidClient):
     short while after its ``exp``.
     """
 
-    def __init__(self, reason: str, *, signed_hash: str, exp: float | None) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: str, *, signed_hash: str, exp: float | None, log_detail: str | None = None) -> None:
+        super().__init__(reason, log_detail=log_detail)
         #: SHA-256 (hex) of the signing input: the same content however its signature varies.
         self.signed_hash = signed_hash
         #: The assertion's ``exp`` when it is a valid NumericDate, else None.
@@ -213,7 +213,7 @@ def verify_assertion(parsed: ParsedAssertion, client: Client, policy: AssertionP
         jti, exp, stretched = _check_claims(parsed.claims, policy, now, _limits(record, policy))
     except InvalidClient as exc:
         raise SignedAssertionRefused(exc.reason, signed_hash=hashlib.sha256(parsed.signing_input).hexdigest(),
-                                     exp=_exp_or_none(parsed.claims)) from None
+                                     exp=_exp_or_none(parsed.claims), log_detail=exc.log_detail) from None
     if aud is None and not stretched:
         return VerifiedAssertion(parsed.client_id, jti, exp, key.kid)
     compat = (TOKEN_ENDPOINT_AUD,) if aud == TOKEN_ENDPOINT_AUD else ()
@@ -291,7 +291,7 @@ def _check_claims(claims: dict[str, Any], policy: AssertionPolicy, now: float,
     if exp <= now - policy.leeway:
         raise InvalidClient("exp_expired")
     if exp - now > max_lifetime:
-        raise InvalidClient("exp_too_far")
+        raise InvalidClient("exp_too_far", log_detail=f"lifetime {_secs(exp - now)} > {max_lifetime}s")
     stretched = exp - now > policy.max_lifetime
 
     if claims.get("iat") is not None:
@@ -299,9 +299,9 @@ def _check_claims(claims: dict[str, Any], policy: AssertionPolicy, now: float,
         if iat > now + policy.leeway:
             raise InvalidClient("iat_in_future")
         if now - iat > max_age:
-            raise InvalidClient("iat_too_old")
+            raise InvalidClient("iat_too_old", log_detail=f"age {_secs(now - iat)} > {max_age}s")
         if exp - iat > max_lifetime:
-            raise InvalidClient("exp_too_far")
+            raise InvalidClient("exp_too_far", log_detail=f"lifetime {_secs(exp - iat)} > {max_lifetime}s")
         stretched = stretched or now - iat > policy.max_age or exp - iat > policy.max_lifetime
     if claims.get("nbf") is not None:
         nbf = _numeric_date(claims["nbf"], "nbf_invalid")
@@ -339,7 +339,23 @@ def _check_aud(aud: Any, policy: AssertionPolicy, record: ClientRecord, now: flo
         and aud[0] == policy.issuer
     ):
         return None
-    raise InvalidClient("aud_not_issuer")
+    raise InvalidClient("aud_not_issuer", log_detail=_aud_kind(aud, policy))
+
+
+def _secs(value: float) -> str:
+    """A duration for the log, bounded in length whatever NumericDate the assertion carried."""
+    return f"{value:.0f}s" if value < 1e9 else "over 1e9 s"
+
+
+def _aud_kind(aud: Any, policy: AssertionPolicy) -> str:
+    """What a refused ``aud`` was, as one fixed word for the log (never the value itself)."""
+    if aud == policy.token_endpoint:
+        return "token_endpoint"
+    if type(aud) is str and aud.rstrip("/") == policy.issuer:
+        return "issuer_with_trailing_slash"
+    if type(aud) is list:
+        return "array_with_token_endpoint" if policy.token_endpoint in aud else "array"
+    return "other"
 
 
 def _strict_object(segment: bytes, reason: str) -> dict[str, Any]:

@@ -22,10 +22,14 @@ class OAuthError(Exception):
     status_code: int = 400
     description: str = "The request is missing a parameter or is otherwise malformed."
 
-    def __init__(self, reason: str, *, headers: dict[str, str] | None = None, description: str | None = None) -> None:
+    def __init__(self, reason: str, *, headers: dict[str, str] | None = None, description: str | None = None,
+                 log_detail: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.headers = headers or {}
+        #: For the log line only (``detail``), never the answer: a fixed word or numbers the broker
+        #: chose, never request content, so ``broker_admin.py why`` can name the exact fix.
+        self.log_detail = log_detail
         # A fixed text chosen by the raiser (never request content), else the reason's, else the class's.
         public = description or PRE_CLIENT_DESCRIPTIONS.get(reason)
         if public is not None:

@@ -207,7 +207,8 @@ class ClientAuthenticator:
             raise TemporarilyUnavailable("store_unavailable", headers={"Retry-After": self._retry_after}) from None
         except OAuthError as exc:
             self._log.info(endpoint.event + ".rejected", request_id=request_id, client_id=client_id, jti_hash=digest,
-                           error=exc.error, reason=exc.reason, source=request.source)
+                           error=exc.error, reason=exc.reason, source=request.source,
+                           **({"detail": exc.log_detail} if exc.log_detail is not None else {}))
             if isinstance(exc, InvalidClient):
                 await self._limiter.failed(request.source, request_id, self._key_holder_failure(exc, client_id))
             raise
