@@ -82,12 +82,15 @@ def _warn_unknown() -> None:
 def _print_settings(settings: Settings, *, as_json: bool) -> int:
     rows = effective(settings, os.environ)
     if as_json:
-        print(json.dumps({name: {"value": value, "source": source} for name, value, source in rows}, indent=2))
-        return 0
-    shown = [(name, _plain(value), source) for name, value, source in rows]
-    width = max(len(name) for name, _, _ in shown)
-    for name, value, source in shown:
-        print(f"{name:<{width}}  {source:<7}  {value}")
+        text = json.dumps({name: {"value": value, "source": source} for name, value, source in rows}, indent=2)
+    else:
+        shown = [(name, _plain(value), source) for name, value, source in rows]
+        width = max(len(name) for name, _, _ in shown)
+        text = "\n".join(f"{name:<{width}}  {source:<7}  {value}" for name, value, source in shown)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `token-broker settings | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

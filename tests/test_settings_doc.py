@@ -122,3 +122,16 @@ def test_gen_settings_doc_check_mode(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "scripts/gen_settings_doc.py", "--check"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert (out.returncode, out.stderr) == (0, "")
+
+
+def test_settings_into_a_closed_pipe_is_quiet() -> None:
+    """`token-broker settings | head -1`: the reader went away; no traceback, exit 0."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write now fails with EPIPE, deterministically
+    try:
+        done = subprocess.run([sys.executable, "-m", "app", "settings"], cwd=ROOT, stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60,
+                              env={k: v for k, v in os.environ.items() if not k.startswith("BROKER_")})
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, "")
