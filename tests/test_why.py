@@ -256,3 +256,21 @@ def test_every_reason_code_is_explained() -> None:
     assert DYNAMIC_TOKEN_REASONS <= set(ACCESS_TOKEN)
     # Key selection returns its codes (app.oauth.assertion) instead of raising them where the collector looks.
     assert {"kid_unknown", "x5t_unknown", "alg_not_allowed"} <= set(REQUEST)
+
+
+def test_authlib_defaults_get_both_compat_fixes_at_once(broker, tmp_path: Path, capsys) -> None:
+    """Authlib's default assertion (aud = token endpoint, one hour): refused for aud, and why names
+    the lifetime setting it would need next too, so one round of fixes is enough."""
+    c1 = TestClient("c1")
+    broker.register(c1)
+    now = broker.clock.now
+    broker.token(form(c1.assertion(now, aud=ISS + "/token", exp=int(now) + 3600)))
+    (line,) = [e for e in _rejected(broker) if e["event"] == "token.rejected"]
+    assert (line["reason"], line["detail"]) == ("aud_not_issuer", "token_endpoint; also lifetime 3600s > 300s")
+    log = tmp_path / "broker.log"
+    log.write_text(broker.log_text())
+    status, out, _ = _why(capsys, line["request_id"], "--log", str(log), "--issuer", ISS)
+    fix = next(ln for ln in out.splitlines() if ln.startswith("    fix:   "))
+    assert status == 0
+    assert "--compat token_endpoint_aud" in fix and "--compat assertion_max_lifetime=3600" in fix
+    assert "The assertion's lifetime 3600s > 300s too." in out

@@ -125,10 +125,15 @@ def _summary(event: dict[str, Any]) -> str:
 
 def _reason_lines(event: dict[str, Any], values: dict[str, str]) -> list[str]:
     reason = event["reason"]
-    detail = event.get("detail")
-    # A refused aud logs what it was (detail: token_endpoint, ...): that case has its own, exact fix.
-    known = (explanation(event["event"], f"{reason}:{detail}") if isinstance(detail, str) else None) \
-        or explanation(event["event"], reason)
+    detail = event.get("detail") if isinstance(event.get("detail"), str) else ""
+    kind, _, also = detail.partition("; also ")
+    # A refused aud logs what it was (detail: token_endpoint, ...): that case has its own, exact fix;
+    # "; also lifetime ..." says the lifetime would be refused next: both fixes are named at once.
+    known = (explanation(event["event"], f"{reason}:{kind}") if kind else None) or explanation(event["event"], reason)
+    if known is not None and also.startswith("lifetime"):
+        extra = explanation(event["event"], "exp_too_far")
+        if extra is not None:
+            known = type(known)(f"{known.found} The assertion's {also} too.", f"{known.fix}; and {extra.fix}")
     if known is None:
         return [f"    found: reason {reason} has no explanation here (a broker newer than this broker_admin.py?)"]
     return [f"    found: {_fill(known.found, values)}", f"    fix:   {_fill(known.fix, values)}"]

@@ -208,7 +208,13 @@ def verify_assertion(parsed: ParsedAssertion, client: Client, policy: AssertionP
     if key is None:
         raise InvalidClient("signature_invalid")
     record = client.record
-    aud = _check_aud(parsed.claims.get("aud"), policy, record, now)
+    try:
+        aud = _check_aud(parsed.claims.get("aud"), policy, record, now)
+    except InvalidClient as exc:  # also say whether the lifetime would be refused next (one round of fixes)
+        longer = _lifetime_excess(parsed.claims, now, _limits(record, policy)[0])
+        if longer is not None:
+            exc.log_detail = f"{exc.log_detail}; also {longer}"
+        raise
     try:
         jti, exp, stretched = _check_claims(parsed.claims, policy, now, _limits(record, policy))
     except InvalidClient as exc:
@@ -263,6 +269,17 @@ def _limits(record: ClientRecord, policy: AssertionPolicy) -> tuple[int, int]:
     if compat is None or compat.assertion_max_lifetime is None:
         return policy.max_lifetime, policy.max_age
     return compat.assertion_max_lifetime, compat.assertion_max_lifetime
+
+
+def _lifetime_excess(claims: dict[str, Any], now: float, max_lifetime: int) -> str | None:
+    """For the log of an ``aud`` refusal: the lifetime the claims step would refuse next, if any
+    (a client that sends the token endpoint URL as ``aud`` often signs for an hour too)."""
+    exp = _exp_or_none(claims)
+    if exp is None:
+        return None
+    iat = claims.get("iat")
+    start = min(now, iat) if type(iat) in (int, float) else now
+    return f"lifetime {_secs(exp - start)} > {max_lifetime}s" if exp - start > max_lifetime else None
 
 
 def _exp_or_none(claims: dict[str, Any]) -> float | None:
