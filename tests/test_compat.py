@@ -37,12 +37,13 @@ from app.config import ConfigError, Settings
 from app.keystore import public_jwk
 from app.metrics import CLIENT_COMPAT_USED
 from app.oauth.clients import CompatProfile
+from app.oauth.errors import SlowDown
 from app.service.client_metadata import read_clients_document
 from app.store import keyspace
 from app.store.base import FIRST_USE, REPLAYED, REUSED
 from app.store.token_cache import RedisTokenStore
 from tests.conftest import Broker
-from tests.expect import assert_invalid_client, assert_token
+from tests.expect import assert_error, assert_invalid_client, assert_token
 from tests.helpers import ISS, RS1, TOKEN_URL, b64u, decode_unverified, form, good, sign
 from tests.test_admin_api import admin_headers, bad_request
 
@@ -291,6 +292,25 @@ def test_msal_assertion_reused_until_exp(tmp_path, clock, quota):
         clock.advance(broker.settings.leeway + 1)
         assert_invalid_client(broker.token(form(assertion)))
         assert rejected(broker) == ["jti_replayed", "exp_expired"]
+
+
+@pytest.mark.parametrize("store", ["fakeredis", pytest.param("redis-server", marks=pytest.mark.redis)])
+def test_reuses_count_toward_the_client_quota(request, tmp_path, clock, store):
+    """Each reuse is a request: with BROKER_CLIENT_QUOTA=2 one re-sent assertion gets two answers in
+    the window, then 429 at /token and /revoke alike, so a captured reusable assertion cannot get
+    round the quota for its lifetime."""
+    redis_url = request.getfixturevalue("real_redis").url if store == "redis-server" else None  # flushed
+    settings = Settings(issuer=ISS, keys_dir=tmp_path / "keys", redis_url=redis_url, client_quota=2,
+                        client_quota_window=60)
+    with Broker(settings, clock) as broker:
+        client = CertClient("msal-app")
+        register(broker, metadata("msal-app", client.jwk("mine")), MSAL_LIKE)
+        assertion = client.msal(clock.now)
+        assert_token(broker.token(form(assertion)))
+        assert_token(broker.token(form(assertion)))
+        assert_error(broker.token(form(assertion)), 429, "slow_down", SlowDown)
+        assert_error(broker.http.post("/revoke", data={**form(assertion), "token": "x"}), 429, "slow_down", SlowDown)
+        assert used(broker, "msal-app", "assertion_reuse") == 1
 
 
 @pytest.mark.parametrize(

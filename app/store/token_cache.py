@@ -103,11 +103,12 @@ if tonumber(redis.call('GET', quota) or 0) >= tonumber(ARGV[4]) then
   return {3, left}
 end
 """
-# Only a fresh record counts: a replay was refused above, and redis-py's retry of this very call
-# (reply lost after the write) finds its own request id and must not count twice. The window
-# starts with its first request (fixed window).
+# A fresh record counts, and so does an allowed reuse (ok = 4: each reuse is a request like any
+# other, or one captured assertion would get round the quota for its whole lifetime); a replay was
+# refused above, and redis-py's retry of this very call (reply lost after the write) finds its own
+# request id and must not count twice. The window starts with its first request (fixed window).
 _QUOTA_COUNT = """
-if not previous and redis.call('INCR', quota) == 1 then
+if (not previous or ok == 4) and redis.call('INCR', quota) == 1 then
   redis.call('PEXPIRE', quota, ARGV[5])
 end
 if #KEYS == 2 then
