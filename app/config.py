@@ -225,7 +225,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for address in self.redis_sentinels:
             host, _, port = address.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ConfigError(f"BROKER_REDIS_SENTINELS must be host:port,host:port..., got {address!r}")
+                raise ConfigError(f"BROKER_REDIS_SENTINELS must be host:port,host:port..., got {_without_credentials(address)!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("BROKER_LOG_LEVEL must be debug, info, warning or error")
         if self.tracing not in TRACING_MODES:
@@ -504,16 +504,27 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def _without_credentials(address: str) -> str:
+    """A sentinel address as shown: ``host:port``, with a pasted ``user:password@`` redacted."""
+    return REDACTED + "@" + address.rpartition("@")[2] if "@" in address else address
+
+
 def _redact_jwks(text: str) -> str:
+    """The JWKS with every private member redacted, at any depth and whatever its shape (a bare
+    array or a nested object is what an operator pastes when the start has just refused it)."""
     try:
         data = json.loads(text)
     except ValueError:
         return "(not valid JSON)"
-    keys = data.get("keys", [data]) if isinstance(data, dict) else []
-    for key in keys:
-        if isinstance(key, dict):
-            key.update({m: REDACTED for m in _PRIVATE_JWK_MEMBERS & key.keys()})
-    return json.dumps(data, separators=(",", ":"))
+    return json.dumps(_redact_members(data), separators=(",", ":"))
+
+
+def _redact_members(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: REDACTED if k in _PRIVATE_JWK_MEMBERS else _redact_members(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_members(v) for v in value]
+    return value
 
 
 def effective(settings: Settings, env: Mapping[str, str]) -> list[tuple[str, Any, str]]:
@@ -523,6 +534,8 @@ def effective(settings: Settings, env: Mapping[str, str]) -> list[tuple[str, Any
         value: Any = getattr(settings, field.name)
         if field.name == "redis_url" and value is not None:
             value = redact_url(value)
+        elif field.name == "redis_sentinels":  # host:port, but a pasted user:password@host is not shown
+            value = [_without_credentials(entry) for entry in value]
         elif field.name == "admin_jwks" and value is not None:
             value = _redact_jwks(value)
         elif isinstance(value, Path):

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -135,3 +136,24 @@ def test_settings_into_a_closed_pipe_is_quiet() -> None:
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("jwks", [
+    pytest.param([{"kty": "OKP", "crv": "Ed25519", "x": "pub", "d": "PRIVATE"}], id="bare-array"),
+    pytest.param({"keys": [[{"kty": "OKP", "crv": "Ed25519", "x": "pub", "d": "PRIVATE"}]]}, id="nested-array"),
+    pytest.param({"keys": {"a": {"kty": "RSA", "n": "pub", "e": "AQAB", "p": "PRIVATE", "qi": "PRIVATE"}}}, id="object-of-keys"),
+    pytest.param({"kty": "oct", "k": "PRIVATE"}, id="symmetric"),
+])
+def test_private_jwk_members_are_redacted_whatever_the_shape(capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch, jwks: Any) -> None:
+    """The shapes the start refuses are the ones an operator pastes `settings` output about."""
+    for name in [n for n in os.environ if n.startswith("BROKER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("BROKER_ADMIN_JWKS", json.dumps(jwks))
+    monkeypatch.setenv("BROKER_REDIS_SENTINELS", "sentinel-a:26379,user:s3cretpw@sentinel-b:26379")
+    monkeypatch.setenv("BROKER_REDIS_SENTINEL_MASTER", "mymaster")
+    assert main(["settings", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "PRIVATE" not in out and "s3cretpw" not in out
+    data = json.loads(out)
+    assert data["BROKER_REDIS_SENTINELS"]["value"] == ["sentinel-a:26379", "***@sentinel-b:26379"]
