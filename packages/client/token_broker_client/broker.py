@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from app.client.assertion import MAX_LIFETIME
-from app.client.auth import BrokerAuth
-from app.client.credentials import ClientKey
-from app.client.flow import TokenFlow
-from app.client.renewal import RenewalPolicy
-from app.client.shared_cache import AsyncSharedTokenCache, SharedTokenCache
-from app.client.shells import AsyncShell, HttpSettings, SyncShell
+from token_broker_client.auth import BrokerAuth
+from token_broker_client.flow import TokenFlow
+from token_broker_client.renewal import RenewalPolicy
+from token_broker_client.shared_cache import AsyncSharedTokenCache, SharedTokenCache
+from token_broker_client.shells import AsyncShell, HttpSettings, SyncShell
+from token_broker_jose.assertion import MAX_LIFETIME
+from token_broker_jose.credentials import ClientKey
 
 Scope = str | Iterable[str] | None
 
