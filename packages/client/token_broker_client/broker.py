@@ -31,7 +31,8 @@ Scope = str | Iterable[str] | None
 class BrokerClient:
     """Obtain and cache access tokens for one client of the broker.
 
-    ``key`` is a private JWK (dict), a path to a JWK file, a joserfc key, or a ``ClientKey``;
+    ``key`` is a private JWK (dict), a path to a JWK or PEM file (PKCS#8, SEC1, PKCS#1), a joserfc or
+    ``cryptography`` private key, or a ``ClientKey``;
     ``alg``/``kid`` override the JWK's. ``scope``/``resource`` are the defaults for
     ``get_token()`` and ``auth()``; without them the broker applies the client's registered
     defaults. ``token_endpoint`` skips discovery. ``clock`` (a ``() -> float``, seconds since the
