@@ -41,12 +41,12 @@ def import_jwk(jwk: dict[str, Any]) -> Any:
     return KEY_TYPES[jwk["kty"]].import_key(jwk)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VerificationKey:
     """A public key bound to the one algorithm it may verify (RFC 8725 §3.1).
 
-    A frozen dataclass (not a msgspec Struct) so that the client and resource libraries need no
-    msgspec; it is built when keys are loaded, never per request.
+    A frozen dataclass with slots (not a msgspec Struct) so that the client and resource libraries
+    need no msgspec; it is built when keys are loaded, never per request.
     """
 
     kid: str

@@ -22,7 +22,7 @@ from token_broker_resource.bearer import BearerError, insufficient_scope, invali
 from token_broker_resource.keys import BrokerKeys, VerifierUnavailable
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AccessToken:
     """A verified token: who the client is and what it may do."""
 
