@@ -16,12 +16,17 @@ RUN groupadd --system --gid 10001 broker \
  && chmod 0700 /srv/keys
 
 WORKDIR /srv/app
-# Dependencies first (pinned in pyproject.toml) so code edits do not reinstall them.
 COPY pyproject.toml README.md ./
+# The distributions the server depends on (pyproject.toml pins them, same version), installed from
+# this checkout in the same pip command so pip never looks for them on a package index; no extras
+# (not the client's [redis], not the test dependencies).
+COPY packages/jose ./packages/jose
+COPY packages/client ./packages/client
+COPY packages/resource ./packages/resource
 COPY app ./app
 # The rotation script, run with `docker compose run --rm keys-init python scripts/rotate_signing_key.py`.
 COPY scripts/rotate_signing_key.py scripts/demo.py ./scripts/
-RUN pip install . && rm -rf /root/.cache
+RUN pip install ./packages/jose ./packages/client ./packages/resource . && rm -rf /root/.cache
 
 USER broker:broker
 # The public listener. The management listener (/metrics, /healthz, /readyz) stays on the

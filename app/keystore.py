@@ -27,8 +27,7 @@ from joserfc.errors import JoseError
 
 from app.config import ConfigError
 from app.oauth.access_token import TokenSigner
-from app.oauth.constants import ALG_KEY_TYPES
-from app.oauth.jose import KEY_TYPES, VerificationKey, import_jwk, verification_key
+from app.oauth.jose import VerificationKey, generate_private_key, import_jwk, public_jwk, verification_key
 
 STATES = ("next", "active", "retired")
 
@@ -48,23 +47,11 @@ class SigningKey(msgspec.Struct, frozen=True):
     retired_at: int | None = None
 
 
-def generate_private_key(alg: str) -> Any:
-    """A new private key of the type ``alg`` needs (RSA keys are 2048 bits)."""
-    kty, crv = ALG_KEY_TYPES[alg]
-    return KEY_TYPES[kty].generate_key(crv or 2048)
-
-
 def import_private_jwk(jwk: dict[str, Any]) -> Any:
     key = import_jwk(jwk)
     if not key.is_private:
         raise KeyFileError("the JWK holds no private key")
     return key
-
-
-def public_jwk(key: Any, *, alg: str, kid: str | None = None) -> dict[str, Any]:
-    pub = key.as_dict(private=False)
-    pub.update(kid=kid or key.thumbprint(), alg=alg, use="sig")
-    return pub
 
 
 def write_private(path: Path, data: dict[str, Any]) -> None:

@@ -1,10 +1,14 @@
 # Shared by serve.sh and test.sh: a project virtualenv with pinned dependencies.
 # Usage: source scripts/_setup.sh [extra]   (extra = "test" installs the test dependencies too)
 #
+# The broker depends on the distributions under packages/ (token-broker-jose, -client, -resource,
+# same version): they are installed (editable) in the same pip command as the project, so pip never
+# looks for them on a package index.
+#
 # pip runs only when it has something to do: .venv is missing or its Python cannot run, or
-# pyproject.toml, the extra or the venv's Python version changed since the last install that
-# finished. .venv/.token-broker-installed holds one sha256 (pyproject.toml + extra + Python version)
-# per extra installed; it is removed before pip starts and written only after pip succeeds, so an
+# pyproject.toml, a packages/*/pyproject.toml, the extra or the venv's Python version changed since
+# the last install that finished. .venv/.token-broker-installed holds one sha256 (those pyproject
+# files + extra + Python version) per extra installed; it is removed before pip starts and written only after pip succeeds, so an
 # interrupted or failed install is retried on the next start. Anything slow says so first (stderr).
 # TOKEN_BROKER_INSTALL_CMD replaces the install command (the test suite uses it so that checking
 # these decisions installs nothing); it is run with the pip spec ("." or ".[test]") as its argument.
@@ -14,13 +18,14 @@ _tb_spec="."
 [ "$_tb_extra" = "test" ] && _tb_spec=".[test]"
 _tb_stamp=.venv/.token-broker-installed
 
-# "<token without extra> <token with test>" for the current pyproject.toml and the venv's Python;
+# "<token without extra> <token with test>" for the current pyproject files and the venv's Python;
 # empty when .venv/bin/python does not run.
 _tb_tokens() {
   [ -x .venv/bin/python ] || return 0
   .venv/bin/python - 2>/dev/null <<'EOF' || true
-import hashlib, sys
-data = open("pyproject.toml", "rb").read()
+import glob, hashlib, sys
+files = ["pyproject.toml", *sorted(glob.glob("packages/*/pyproject.toml"))]
+data = b"\0".join(name.encode() + b"\0" + open(name, "rb").read() for name in files)
 print(*(hashlib.sha256(b"\0".join((data, extra, sys.version.encode()))).hexdigest() for extra in (b"", b"test")))
 EOF
 }
@@ -66,7 +71,8 @@ if ! grep -qxF "$_tb_want" "$_tb_stamp" 2>/dev/null; then
   if [ -n "${TOKEN_BROKER_INSTALL_CMD:-}" ]; then
     $TOKEN_BROKER_INSTALL_CMD "$_tb_spec"
   else
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e "$_tb_spec"
+    .venv/bin/python -m pip install -q --disable-pip-version-check \
+      -e packages/jose -e packages/client -e packages/resource -e "$_tb_spec"
   fi
   _tb_done="$_tb_keep"$'\n'"$_tb_want"
   # The test extra installs everything the plain install does.

@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fakeredis.aioredis import FakeRedis
 
-from app.client.assertion import make_client_assertion
 from app.config import Settings
 from app.keystore import generate_private_key, public_jwk
 from app.oauth.constants import CLIENT_ASSERTION_TYPE
@@ -34,6 +33,7 @@ from app.oauth.errors import OAuthError
 from app.service.client_auth import EndpointRequest
 from app.service.registry_state import open_registry
 from app.web.app import create_app
+from token_broker_jose.assertion import make_client_assertion
 
 ISSUER = "https://broker.test"
 

@@ -6,8 +6,8 @@ Starts three processes:
 * the broker (``python -m app serve``, embedded store, fresh keys in a temporary folder, access
   tokens that live 5 seconds so that step 3 does not take long);
 * a demo resource server: a Litestar app whose one route is protected by
-  ``app.resource.require_bearer`` (scope ``read``);
-* a demo client service that uses ``app.client.BrokerClient`` and its ``httpx.Auth``.
+  ``token_broker_resource.require_bearer`` (scope ``read``);
+* a demo client service that uses ``token_broker_client.BrokerClient`` and its ``httpx.Auth``.
 
 It registers the demo client through the admin API (``app.client.admin``, with the admin key the
 broker generated on first start) and walks through:
@@ -61,7 +61,7 @@ def resource_server(issuer: str, port: int, host: str = "127.0.0.1", audience: s
     import uvicorn
     from litestar import Litestar, Request, get
 
-    from app.resource import ResourceVerifier, require_bearer
+    from token_broker_resource import ResourceVerifier, require_bearer
 
     audience = audience or f"http://127.0.0.1:{port}"
     verifier = ResourceVerifier(issuer, audience, leeway=RS_LEEWAY)
@@ -105,8 +105,8 @@ class DemoClock:
 
 
 def client_service(issuer: str, api: str, key_file: str) -> int:
-    from app.client import BrokerClient, HttpSettings, InvalidClientError
     from app.keystore import generate_private_key
+    from token_broker_client import BrokerClient, HttpSettings, InvalidClientError
 
     def on_token_response(response: httpx.Response) -> None:
         if response.request.url.path != "/token":

@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.client.assertion import MAX_LIFETIME, make_client_assertion
-from app.client.credentials import ClientKey
+from token_broker_jose.assertion import MAX_LIFETIME, make_client_assertion
+from token_broker_jose.credentials import ClientKey
 
 
 def main() -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.resource import BearerError, ResourceVerifier, VerifierUnavailable
+from token_broker_resource import BearerError, ResourceVerifier, VerifierUnavailable
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -11,12 +11,12 @@ import pytest
 from joserfc.jwk import ECKey, OKPKey
 
 from app.client.admin import load_private_jwk
-from app.client.assertion import make_client_assertion
 from app.config import ConfigError
 from app.service.directory import LEGACY_AUD_METRIC
 from tests.conftest import Broker
 from tests.expect import assert_invalid_client, assert_token
 from tests.helpers import ISS, RS1, TOKEN_URL, TestClient, b64u, form, new_key
+from token_broker_jose.assertion import make_client_assertion
 
 ADMIN_BAD_TOKEN = {"error": "invalid_token", "error_description": "The access token is invalid or expired."}
 

@@ -40,7 +40,13 @@ SHELL_WORDS = {"for", "do", "done", "if", "then", "elif", "else", "fi", "while",
 CONTAINER_TOOLS = {"docker", "kubectl", "podman"}
 BARE_INTERPRETER = re.compile(r"(python3?(\.\d+)?|pytest|pip3?|ruff)")
 REPO_PATH = re.compile(r"\.?/?(scripts|tests|docs|app|deploy|\.ci)/[\w./-]*")
-CONSOLE_SCRIPTS = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+#: Console script -> the package whose ``python -m`` parses its arguments: the server's and the
+#: libraries' (packages/*: installed into .venv with the server by scripts/_setup.sh).
+CONSOLE_SCRIPTS = {
+    name: target.split(":")[0].rsplit(".", 1)[0]  # app.__main__:main -> app: python -m app runs it
+    for pyproject in (ROOT / "pyproject.toml", *sorted((ROOT / "packages").glob("*/pyproject.toml")))
+    for name, target in tomllib.loads(pyproject.read_text())["project"].get("scripts", {}).items()
+}
 #: Console scripts of the pinned [test] extra that a doc may call as .venv/bin/NAME.
 TEST_CONSOLE_SCRIPTS = {"pytest", "ruff"}
 
@@ -50,7 +56,7 @@ class Command:
     where: str  # file:line of the block
     words: list[str]
     problems: list[str] = field(default_factory=list)
-    #: (target, argv) to parse with the real parser: a script path, or "app" for python -m app.
+    #: (target, argv) to parse with the real parser: a script path, or a module ("app" for python -m app).
     parse: tuple[str, list[str]] | None = None
 
 
@@ -138,7 +144,7 @@ def check(cmd: Command) -> Command:
         if name == "python":
             python_args(cmd, args)
         elif name in CONSOLE_SCRIPTS:
-            cmd.parse = ("app", args)
+            cmd.parse = (CONSOLE_SCRIPTS[name], args)
         elif name not in TEST_CONSOLE_SCRIPTS:
             cmd.problems.append(f"{first}: not the venv's python nor a console script of pyproject.toml")
     elif first.startswith(("./scripts/", "scripts/")):
@@ -190,8 +196,8 @@ for target, argv in json.load(sys.stdin):
     sys.argv = [target, *argv]
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            if target == "app":
-                runpy.run_module("app", run_name="__main__", alter_sys=True)
+            if not target.endswith(".py"):  # a module: python -m app, a library's console script
+                runpy.run_module(target, run_name="__main__", alter_sys=True)
             else:
                 runpy.run_path(target, run_name="__main__")
         results.append("finished without parsing its arguments")
@@ -236,7 +242,7 @@ SCRIPTS = [pytest.param(target, marks=[pytest.mark.live] if target in _GUARDED e
 
 @pytest.mark.parametrize("target", SCRIPTS)
 def test_every_script_named_answers_help(target):
-    argv = ["-m", "app"] if target == "app" else [target]
+    argv = [target] if target.endswith(".py") else ["-m", target]  # a script, or python -m app / a library
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, *argv, "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (0, "") and done.stdout.startswith("usage:"), done.stderr

@@ -154,7 +154,7 @@ def test_a_valid_request_with_basic_too_keeps_its_assertion(broker) -> None:
 APP = Path(__file__).resolve().parent.parent / "app"
 #: Where the request alone is judged: the form parsers, the strict-request middleware, the error
 #: table itself, and the access-token verifier (its InvalidToken reasons are another vocabulary, as
-#: are those of the resource-server library under app/resource, which is skipped).
+#: are those of the resource-server library, token_broker_resource, outside app/).
 PARSE_STAGE_FILES = {"oauth/request.py", "oauth/token_ops.py", "oauth/errors.py", "web/strict.py",
                      "oauth/access_token.py"}
 #: In assertion.py only ``parse_assertion`` runs before the client look-up.

@@ -30,6 +30,9 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
         script = walkthrough_block()
         script = script.replace("BROKER=http://127.0.0.1:8000", f"BROKER={url}")
         assert "/tmp" not in script  # a live token stays in a shell variable, not in a shared file
+        # The library's console script as the same code run by this interpreter (the installed console
+        # script itself is run by tests/test_installed_libraries.py).
+        script = script.replace(".venv/bin/token-broker-client", f"{sys.executable} -m token_broker_client")
         script = script.replace(".venv/bin/python", sys.executable)
         work = tmp_path / "work"
         work.mkdir()
@@ -43,6 +46,7 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
         assert '"token_type":"Bearer"' in out
         assert "\n401\n" in out
         assert '"valid": true' in out
-        assert (keys_dir / "orders-svc.jwk").stat().st_mode & 0o777 == 0o600
+        assert (keys_dir / "orders-svc.jwk").stat().st_mode & 0o777 == 0o600  # written by keygen, on "the service's machine"
+        assert '"private_key_path": null' in out  # the operator registered the public key only
     finally:
         broker.stop()

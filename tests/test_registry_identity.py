@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from joserfc.jwk import ECKey, RSAKey
 
 from app.client.admin import load_private_jwk
-from app.client.assertion import make_client_assertion
 from app.config import ConfigError, Settings
 from app.oauth.clients import ClientRecord, encode_record, jti_registration, key_thumbprint, validate_client_jwks
 from app.store import keyspace
@@ -27,6 +26,7 @@ from tests.helpers import ISS, RS1, TestClient, decode_unverified, form
 from tests.keyserver import KeyServer
 from tests.test_admin_api import admin_headers
 from tests.test_revocation_introspection import INTROSPECTOR, introspect
+from token_broker_jose.assertion import make_client_assertion
 
 ADMIN = ISS + "/admin"
 

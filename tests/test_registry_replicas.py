@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from app.client.admin import BrokerAdmin, add_generated_key, load_private_jwk, onboard
-from app.client.assertion import make_client_assertion
 from tests.conftest import wait_until
 from tests.helpers import ISS, RS1, URN, TestClient
 from tests.keyserver import KeyServer
+from token_broker_jose.assertion import make_client_assertion
 
 pytestmark = [pytest.mark.redis, pytest.mark.live]
 ENV = {"BROKER_JWKS_URI_ALLOW_HTTP_LOOPBACK": "true", "BROKER_JWKS_URI_REFETCH_COOLDOWN": "0.5",

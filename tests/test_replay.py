@@ -82,8 +82,8 @@ def test_replay_on_real_redis_in_process(real_redis, tmp_path, clock):
 
 
 def _admin_register(base_url: str, keys_dir, client: TestClient) -> None:
-    from app.client.assertion import make_client_assertion
     from app.keystore import import_private_jwk, read_json
+    from token_broker_jose.assertion import make_client_assertion
 
     data = read_json(keys_dir / "admin.jwk")
     admin_key = import_private_jwk(data)

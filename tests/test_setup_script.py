@@ -24,6 +24,9 @@ TEST_EXTRA = "installing the test dependencies into .venv...\n"
 UNRECORDED = "no finished install recorded in .venv: installing (about a minute)...\n"
 
 
+LIBRARIES = ("packages/jose", "packages/client", "packages/resource")
+
+
 class Project:
     """A copy of the project's set-up files with fake ``python3 -m venv`` and pip."""
 
@@ -32,6 +35,9 @@ class Project:
         (root / "scripts").mkdir()
         shutil.copy(ROOT / "scripts" / "_setup.sh", root / "scripts" / "_setup.sh")
         shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+        for library in LIBRARIES:  # the distributions the server depends on, installed in the same pip command
+            (root / library).mkdir(parents=True)
+            shutil.copy(ROOT / library / "pyproject.toml", root / library / "pyproject.toml")
         self.log = root / "calls.log"
         self.python = self._script("fake-python", f"""
             if [ "$1 $2" = "-m venv" ]; then
@@ -80,6 +86,11 @@ def edit_pyproject(p: Project) -> None:
     path.write_text(path.read_text() + "\n# a new pin\n")
 
 
+def edit_library_pyproject(p: Project) -> None:
+    path = p.root / "packages" / "client" / "pyproject.toml"
+    path.write_text(path.read_text() + "\n# a new pin\n")
+
+
 def break_venv_python(p: Project) -> None:
     python = p.root / ".venv" / "bin" / "python"
     python.unlink()
@@ -112,6 +123,7 @@ CASES = {
     "pyproject changed": ([ok, edit_pyproject], "", ["install ."], CHANGED),
     "pyproject changed, test extra": ([lambda p: ok(p, "test"), edit_pyproject], "test", ["install .[test]"], CHANGED),
     "pyproject changed after test extra, plain": ([lambda p: ok(p, "test"), edit_pyproject], "", ["install ."], CHANGED),
+    "a library's pyproject changed": ([ok, edit_library_pyproject], "", ["install ."], CHANGED),
     "plain after pyproject change keeps the test record": (
         [ok, lambda p: ok(p, "test"), edit_pyproject, ok], "test", ["install .[test]"], TEST_EXTRA),
     "failed install is retried": ([ok, edit_pyproject, failed_install], "", ["install ."], UNRECORDED),
@@ -154,6 +166,12 @@ def test_old_python_is_refused_before_anything_is_made(project):
     assert (result.returncode, project.calls(), result.stderr) == (
         1, [], "Python 3.11 or newer is required (found: Python 3.9.2)\n")
     assert not (project.root / ".venv").exists()
+
+
+def test_the_libraries_are_installed_in_the_same_pip_command_as_the_project():
+    """pip must never look for token-broker-client==<version> on an index: the local packages come first."""
+    setup = (ROOT / "scripts" / "_setup.sh").read_text()
+    assert "-e packages/jose -e packages/client -e packages/resource -e \"$_tb_spec\"" in setup
 
 
 @pytest.mark.parametrize("script,line", [

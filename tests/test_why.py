@@ -162,6 +162,8 @@ def test_vocabularies_follow_the_event() -> None:
 # -- every reason code in the source has an explanation ---------------------------------------------
 
 APP = Path(__file__).resolve().parent.parent / "app"
+#: The JOSE code the broker shares with its libraries: its verification reasons are the broker's too.
+JOSE = APP.parent / "packages" / "jose" / "token_broker_jose"
 #: Admin-API refusals carry their own detailed error_description to the admin: not explained here
 #: (a weak key is one of them; in a jwks_uri fetch it is logged as key_invalid:<code>).
 ANSWERED_IN_FULL = {"InvalidClientMetadata", "Conflict", "WeakKey"}
@@ -209,7 +211,7 @@ def _codes(node: ast.AST | None) -> list[str]:
 
 
 def _vocabulary(callee: str, rel: str, event: str | None) -> str:
-    if callee == "InvalidToken" or (rel == "oauth/access_token.py"):
+    if callee == "InvalidToken" or rel in ("oauth/access_token.py", "token_broker_jose/access_token.py"):
         return "ACCESS_TOKEN"
     if callee == "JwksFetchError" or (event or "").startswith("jwks_uri."):
         return "JWKS_FETCH"
@@ -217,10 +219,11 @@ def _vocabulary(callee: str, rel: str, event: str | None) -> str:
 
 
 def collect_reason_codes() -> set[tuple[str, str]]:
-    """(vocabulary, code) for every reason the broker's code (app/ without the client and the
-    resource-server libraries) can raise or log."""
+    """(vocabulary, code) for every reason the broker's code (app/ without its operator tooling, and
+    token_broker_jose, whose RFC 9068 verification the broker runs) can raise or log."""
     trees = {p.relative_to(APP).as_posix(): ast.parse(p.read_text()) for p in APP.rglob("*.py")
              if not p.relative_to(APP).as_posix().startswith(("client/", "resource/"))}
+    trees |= {f"token_broker_jose/{p.name}": ast.parse(p.read_text()) for p in JOSE.glob("*.py")}
     params = _reason_params(trees)
     codes: set[tuple[str, str]] = set()
     for rel, tree in trees.items():
@@ -231,7 +234,7 @@ def collect_reason_codes() -> set[tuple[str, str]]:
                 continue
             func = node.func
             callee = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
-            if callee in ANSWERED_IN_FULL or rel == "oauth/jose.py":  # jose passes its callers' reasons on
+            if callee in ANSWERED_IN_FULL or rel == "token_broker_jose/jose.py":  # jose passes its callers' reasons on
                 continue
             event = node.args[0].value if node.args and isinstance(node.args[0], ast.Constant) else None
             args = [a for a in node.args if not isinstance(a, ast.Starred)]

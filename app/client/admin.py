@@ -31,8 +31,8 @@ from app.client.admin_keys import (
     read_public_keys,
     write_private_key,
 )
-from app.client.assertion import ASSERTION_TYPE, make_client_assertion
 from app.oauth.constants import ADMIN_SCOPE, GRANT_CLIENT_CREDENTIALS, METADATA_PATH
+from token_broker_jose.assertion import ASSERTION_TYPE, make_client_assertion
 
 __all__ = ["ADMIN_SCOPE", "KEY_ALGS", "AdminError", "BrokerAdmin", "UsageError", "add_generated_key", "keygen",
            "load_private_jwk", "onboard", "read_public_keys"]

@@ -2,8 +2,9 @@
 
 Private keys are written with mode 0600 and never overwritten; only public keys are read for
 registration (a file holding private material is refused). A public key that names no ``alg`` gets
-the one its type implies (``app.client.credentials.default_alg``: EC P-256 → ES256, P-384 →
-ES384, Ed25519 → Ed25519, RSA → PS256), except an RSA key given as PEM, which gets RS256: a PEM
+the one its type implies (``token_broker_jose.credentials.default_alg``: EC P-256 → ES256, P-384 →
+ES384, Ed25519 → Ed25519, RSA → PS256), except an RSA key given as PEM, which gets RS256
+(``PEM_RSA_ALG``, the client library's default for an RSA PEM private key too): a PEM
 key comes from outside the broker's tooling (a certificate, a cloud console), and the library
 that signs with it almost always means RS256. Either way the broker binds it to exactly one
 algorithm. A PEM file of certificates (``-----BEGIN CERTIFICATE-----``, the key's own first) registers
@@ -27,16 +28,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from joserfc.errors import SecurityWarning
 
-from app.client.credentials import ClientKey, default_alg
-from app.keystore import generate_private_key, public_jwk, write_private
+from app.keystore import public_jwk, write_private
 from app.oauth.clients import CLIENT_ID_RE
 from app.oauth.constants import ALG_KEY_TYPES
 from app.oauth.jose import KEY_TYPES, import_jwk
+from token_broker_jose.credentials import PEM_RSA_ALG, ClientKey, default_alg, generate_key_pair
 
 #: The algorithms a generated or registered key may be for: the broker's list, in its one order.
 KEY_ALGS = tuple(ALG_KEY_TYPES)
-#: The alg of an RSA public key registered from PEM without --alg (see the module docstring).
-_PEM_RSA_ALG = "RS256"
 T = TypeVar("T")
 
 
@@ -81,10 +80,7 @@ def generate_client_key(alg: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """A new key pair: (private JWK, public JWK), both with ``kid`` = RFC 7638 thumbprint and ``alg``."""
     if alg not in KEY_ALGS:
         raise UsageError(f"--alg must be one of {', '.join(KEY_ALGS)}")
-    key = generate_private_key(alg)
-    kid = key.thumbprint()
-    private = {**key.as_dict(private=True), "kid": kid, "alg": alg, "use": "sig"}
-    return private, public_jwk(key, alg=alg, kid=kid)
+    return generate_key_pair(alg)
 
 
 def public_key_of(path: Path, alg: str | None) -> dict[str, Any]:
@@ -138,7 +134,7 @@ def _pem_public_jwk(path: Path, raw: bytes, alg: str | None) -> dict[str, Any]:
     if key is None:
         raise AdminError(f"{path}: not a PEM public key this broker supports (EC, Ed25519, RSA)")
     try:
-        jwk = public_jwk(key, alg=alg or (_PEM_RSA_ALG if key.key_type == "RSA" else default_alg(key)))
+        jwk = public_jwk(key, alg=alg or (PEM_RSA_ALG if key.key_type == "RSA" else default_alg(key)))
     except ValueError as exc:
         raise AdminError(f"{path}: {exc}") from None
     if b"-----BEGIN CERTIFICATE-----" in raw:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import math
@@ -50,12 +51,12 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from app.oauth.access_token import new_token_id
-from app.oauth.constants import ALG_KEY_TYPES, GRANT_CLIENT_CREDENTIALS
+from app.oauth.constants import ALG_KEY_TYPES, CLIENT_ID_PATTERN, GRANT_CLIENT_CREDENTIALS
 from app.oauth.errors import OAuthError
 from app.oauth.jose import ALG_SYNONYMS, KEY_TYPES, VerificationKey, certificate_thumbprints, import_jwk, verification_key
 from app.oauth.key_strength import WeakKey, check_public_key
 
-CLIENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+CLIENT_ID_RE = re.compile(CLIENT_ID_PATTERN)
 #: RFC 6749 App. A.4: scope-token = 1*NQCHAR (%x21 / %x23-5B / %x5D-7E).
 SCOPE_TOKEN = r"[\x21\x23-\x5b\x5d-\x7e]+"
 SCOPE_TOKEN_RE = re.compile(SCOPE_TOKEN)
@@ -267,7 +268,7 @@ def prepare_keys(jwks: Iterable[dict[str, Any]], now: float | None) -> tuple[dic
         material = {k: v for k, v in jwk.items() if k not in _WINDOW_MEMBERS and k != _X5C}
         prepared = verification_key(material, kid=jwk["kid"], alg=jwk["alg"])
         check_public_key(prepared.key.raw_value)  # a record stored before the check existed: WeakKey, never used
-        keys[jwk["kid"]] = msgspec.structs.replace(prepared, thumbprints=_selectors(prepared, jwk.get(_X5C)))
+        keys[jwk["kid"]] = dataclasses.replace(prepared, thumbprints=_selectors(prepared, jwk.get(_X5C)))
     return keys, refresh_at
 
 

@@ -1,139 +1,40 @@
-"""JOSE helpers shared by the assertion and access-token verifiers: keys and strict parsing.
+"""JOSE helpers of the broker: keys and strict parsing, defined once in ``token_broker_jose.jose``.
 
-``import_jwk`` is the one JWK → joserfc key conversion and ``verification_key`` the one way to
-bind a public key to the algorithm it verifies (``VerificationKey``): client keys, the broker's
-own keys and the keys a resource server fetches all go through them. ``ALG_SYNONYMS`` maps the
-other names libraries write for an algorithm the broker supports onto the broker's one name.
-
-RFC 7515 §5.2 and RFC 8725 §3.7 let a recipient refuse what stdlib ``json`` would accept:
-duplicate members, ``NaN``/``Infinity``, invalid UTF-8, non-canonical base64url. Both verifiers
-go through ``strict_object`` and ``numeric_date`` so that every parser on the path sees the same values.
+The client and resource-server libraries use the same module, so the broker and its libraries
+parse and convert keys with one definition; server-side modules import them from here.
+``import_jwk`` / ``KEY_TYPES`` stay the one JWK → joserfc key conversion.
 """
 
-from __future__ import annotations
+from token_broker_jose.jose import (
+    ALG_SYNONYMS,
+    KEY_TYPES,
+    Malformed,
+    VerificationKey,
+    b64decode,
+    b64url,
+    certificate_thumbprints,
+    clean,
+    generate_private_key,
+    import_jwk,
+    numeric_date,
+    public_jwk,
+    strict_object,
+    verification_key,
+)
 
-import base64
-import binascii
-import hashlib
-import json
-import math
-from typing import Any
-
-import msgspec
-from joserfc.jwk import ECKey, OKPKey, RSAKey
-from joserfc.jws import JWSRegistry
-
-_MAX_SAFE_INT = 2**53
-
-#: joserfc key class per JWK ``kty``: the key types the broker, its clients and verifiers use.
-KEY_TYPES = {"EC": ECKey, "RSA": RSAKey, "OKP": OKPKey}
-#: ``alg`` values some libraries write for an algorithm the broker knows by another name (joserfc's
-#: names): RFC 8037 ``EdDSA`` over an Ed25519 key is the fully specified ``Ed25519``. The key a
-#: synonym is verified with must still be one registered for the broker's name (an Ed25519 key).
-ALG_SYNONYMS = {"EdDSA": "Ed25519"}
-
-
-def import_jwk(jwk: dict[str, Any]) -> Any:
-    """The one JWK → joserfc key conversion; ``KeyError``/``ValueError`` for what it cannot import."""
-    return KEY_TYPES[jwk["kty"]].import_key(jwk)
-
-
-class VerificationKey(msgspec.Struct, frozen=True):
-    """A public key bound to the one algorithm it may verify (RFC 8725 §3.1)."""
-
-    kid: str
-    alg: str
-    verifier: Any  # joserfc JWSAlgModel for ``alg``
-    key: Any  # joserfc public key
-    #: Values an assertion's ``x5t`` / ``x5t#S256`` header may select this key by (a client's key:
-    #: its certificate's thumbprints and its RFC 7638 thumbprint, computed once when it is prepared).
-    thumbprints: frozenset[str] = frozenset()
-
-
-def verification_key(jwk: dict[str, Any], *, kid: str, alg: str) -> VerificationKey:
-    """Import ``jwk`` and bind it to ``alg``; raises for a key it cannot import or that does not fit ``alg``."""
-    key = import_jwk(jwk)
-    verifier = JWSRegistry.algorithms[alg]
-    verifier.check_key(key)
-    return VerificationKey(kid, alg, verifier, key)
-
-
-def certificate_thumbprints(der: bytes) -> tuple[str, str]:
-    """RFC 7515 §4.1.7-8: (``x5t``, ``x5t#S256``) of a DER certificate, base64url SHA-1 and SHA-256.
-
-    SHA-1 because ``x5t`` is defined with it: the value only names a key the signature must still verify with.
-    """
-    sha1 = hashlib.sha1(der, usedforsecurity=False).digest()
-    return b64url(sha1).decode(), b64url(hashlib.sha256(der).digest()).decode()
-
-
-class Malformed(ValueError):
-    """A JOSE segment or claim is malformed; ``reason`` is a stable log code."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def b64url(data: bytes) -> bytes:
-    return base64.urlsafe_b64encode(data).rstrip(b"=")
-
-
-def b64decode(segment: bytes) -> bytes | None:
-    """Decode unpadded base64url; None for anything non-canonical (stray trailing bits)."""
-    try:
-        data = base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
-        return None
-    if b64url(data) != segment:
-        return None
-    return data
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(name)
-
-
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate member")
-    return obj
-
-
-# Built once: json.loads() with hooks would build a new decoder for every segment.
-_DECODER = json.JSONDecoder(object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
-
-
-def strict_object(segment: bytes, reason: str) -> dict[str, Any]:
-    """Decode one base64url segment as a JSON object, or raise ``Malformed(reason)``."""
-    data = b64decode(segment)
-    if data is None:
-        raise Malformed(reason)
-    try:
-        obj = _DECODER.decode(data.decode("utf-8"))
-    except Exception:  # ValueError, UnicodeDecodeError, RecursionError, int-size limits
-        raise Malformed(reason) from None
-    if type(obj) is not dict:
-        raise Malformed(reason)
-    return obj
-
-
-def numeric_date(value: Any, reason: str) -> float:
-    """RFC 7519 §2 NumericDate: a finite, non-negative JSON number; booleans, strings, huge ints refused."""
-    t = type(value)
-    if t is int:
-        if 0 <= value < _MAX_SAFE_INT:
-            return value
-    elif t is float and math.isfinite(value) and value >= 0:
-        return value
-    raise Malformed(reason)
-
-
-def clean(text: str) -> bool:
-    """No lone surrogates (they break UTF-8 encoders in Redis clients and logs)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+__all__ = [
+    "ALG_SYNONYMS",
+    "KEY_TYPES",
+    "Malformed",
+    "VerificationKey",
+    "b64decode",
+    "b64url",
+    "certificate_thumbprints",
+    "clean",
+    "generate_private_key",
+    "import_jwk",
+    "numeric_date",
+    "public_jwk",
+    "strict_object",
+    "verification_key",
+]

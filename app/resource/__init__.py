@@ -1,30 +1,11 @@
-"""Resource-server side: verify broker-issued RFC 9068 access tokens, answer as RFC 6750 says.
-
-    verifier = ResourceVerifier("https://broker.example", audience="https://api.example")
-    app = BearerMiddleware(app, verifier, scopes=["read"])          # any ASGI app
-    @get("/x", middleware=[require_bearer(verifier, scopes=["read"])])  # a Litestar route
+"""Moved: the resource-server verifier is the distribution ``token-broker-resource`` (import
+``token_broker_resource``). ``from app.resource import ResourceVerifier`` (and the library's other
+public names) keeps working for one release, with a ``DeprecationWarning`` (``app.moved``).
 """
 
-import logging
+from app.moved import forwarder
 
-from app.resource.asgi import BearerMiddleware, authenticate, require_bearer
-from app.resource.bearer import BearerError, extract_bearer
-from app.resource.introspection import Introspection
-from app.resource.keys import BrokerKeys, VerifierUnavailable
-from app.resource.verifier import AccessToken, ResourceVerifier
-
-# A library adds no handler of its own (the application configures logging).
-logging.getLogger("token_broker.resource").addHandler(logging.NullHandler())
-
-__all__ = [
-    "AccessToken",
-    "BearerError",
-    "BearerMiddleware",
-    "BrokerKeys",
-    "Introspection",
-    "ResourceVerifier",
-    "VerifierUnavailable",
-    "authenticate",
-    "extract_bearer",
-    "require_bearer",
-]
+__getattr__ = forwarder("app.resource", "token_broker_resource", "token-broker-resource", (
+    "AccessToken", "BearerError", "BearerMiddleware", "BrokerKeys", "Introspection", "ResourceVerifier",
+    "VerifierUnavailable", "authenticate", "extract_bearer", "require_bearer",
+))

@@ -12,11 +12,11 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from app.client import BrokerClient, HttpSettings
 from app.keystore import public_jwk
 from scripts.processes import register_clients, start_broker
 from tests.conftest import Broker
 from tests.helpers import ISS, RS1, TestClient, new_key
+from token_broker_client import BrokerClient, HttpSettings
 
 
 class CountingTransport(httpx.BaseTransport):

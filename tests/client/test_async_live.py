@@ -7,9 +7,9 @@ import asyncio
 import httpx
 import pytest
 
-from app.client import BrokerClient, InvalidClientError
 from tests.client.conftest import LiveBroker, ResourceServer
 from tests.helpers import RS1, new_key
+from token_broker_client import BrokerClient, InvalidClientError
 
 pytestmark = pytest.mark.live
 

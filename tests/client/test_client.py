@@ -11,7 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from app.client import (
+from app.oauth.access_token import verification_keys_from_jwks, verify_access_token
+from tests.client.conftest import CountingTransport, ResourceServer
+from tests.helpers import ISS, RS1, RS2, decode_unverified, new_key
+from token_broker_client import (
     BrokerClient,
     BrokerError,
     BrokerUnavailable,
@@ -21,10 +24,7 @@ from app.client import (
     InvalidScopeError,
     RenewalPolicy,
 )
-from app.client.errors import InvalidTargetError
-from app.oauth.access_token import verification_keys_from_jwks, verify_access_token
-from tests.client.conftest import CountingTransport, ResourceServer
-from tests.helpers import ISS, RS1, RS2, decode_unverified, new_key
+from token_broker_client.errors import InvalidTargetError
 
 LIFETIME = 300  # the broker fixture's token_lifetime
 

@@ -15,7 +15,8 @@ import httpx
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.client import (
+from tests.helpers import ISS, RS1, decode_unverified, new_key
+from token_broker_client import (
     AsyncSharedTokenCache,
     BrokerClient,
     BrokerError,
@@ -29,12 +30,11 @@ from app.client import (
     RenewalPolicy,
     SharedTokenCache,
 )
-from app.client.auth import Fetch, Refused, bearer_flow
-from app.client.effects import Done, Effect, HttpCall, RedisCommand, Sleep, advance
-from app.client.flow import METADATA_PATH, TokenFlow
-from app.client.responses import token_endpoint_from, token_from
-from app.client.shared_cache import cache_slot, encode_entry
-from tests.helpers import ISS, RS1, decode_unverified, new_key
+from token_broker_client.auth import Fetch, Refused, bearer_flow
+from token_broker_client.effects import Done, Effect, HttpCall, RedisCommand, Sleep, advance
+from token_broker_client.flow import METADATA_PATH, TokenFlow
+from token_broker_client.responses import token_endpoint_from, token_from
+from token_broker_client.shared_cache import cache_slot, encode_entry
 
 T0 = 1_000_000.0
 TOKEN_URL = ISS + "/token"

@@ -12,11 +12,11 @@ import httpx
 import pytest
 from joserfc.jwk import ECKey
 
-from app.client import BrokerError, BrokerUnavailable, InvalidClientError
-from app.client.assertion import make_client_assertion
-from app.client.credentials import ClientKey
-from app.client.renewal import RenewalPolicy
-from app.client.responses import token_endpoint_from, token_from
+from token_broker_client import BrokerError, BrokerUnavailable, InvalidClientError
+from token_broker_client.renewal import RenewalPolicy
+from token_broker_client.responses import token_endpoint_from, token_from
+from token_broker_jose.assertion import make_client_assertion
+from token_broker_jose.credentials import ClientKey
 
 ISS = "https://broker.test"
 META = ISS + "/.well-known/oauth-authorization-server"

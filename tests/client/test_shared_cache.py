@@ -11,10 +11,10 @@ import pytest
 import redis
 import redis.asyncio
 
-from app.client import AsyncSharedTokenCache, BrokerClient, RenewalPolicy, SharedTokenCache
-from app.client.effects import RedisCommand
-from app.client.shared_cache import cache_slot
 from tests.client.conftest import CountingTransport, LiveBroker
+from token_broker_client import AsyncSharedTokenCache, BrokerClient, RenewalPolicy, SharedTokenCache
+from token_broker_client.effects import RedisCommand
+from token_broker_client.shared_cache import cache_slot
 
 pytestmark = pytest.mark.redis
 

@@ -34,10 +34,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from joserfc.jwk import ECKey, RSAKey
 
-from app.client import make_client_assertion
 from app.keystore import public_jwk
 from tests.helpers import RS1
 from tests.interop.conftest import InteropBroker
+from token_broker_client import make_client_assertion
 
 pytestmark = pytest.mark.live
 

@@ -22,10 +22,10 @@ from joserfc.jwk import ECKey, RSAKey
 from requests_oauth2client import InvalidClient as RocInvalidClient
 from requests_oauth2client import OAuth2Client, PrivateKeyJwt
 
-from app.client import BrokerClient
 from app.keystore import public_jwk
 from tests.helpers import RS1, RS2
 from tests.interop.conftest import INVALID_CLIENT, InteropBroker
+from token_broker_client import BrokerClient
 
 pytestmark = [
     pytest.mark.live,

@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from app.keystore import public_jwk
-from app.resource import BearerMiddleware, ResourceVerifier
 from tests.conftest import FrozenClock
 from tests.helpers import ISS, RS1, new_key, sign
+from token_broker_resource import BearerMiddleware, ResourceVerifier
 
 BROKER_KID = "broker-1"
 

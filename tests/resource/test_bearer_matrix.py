@@ -122,9 +122,9 @@ def test_alg_outside_rs_allowlist(authority: Authority, clock: Any) -> None:
 
     import httpx
 
-    from app.resource import ResourceVerifier
-    from app.resource.bearer import BearerError
     from tests.helpers import sign
+    from token_broker_resource import ResourceVerifier
+    from token_broker_resource.bearer import BearerError
 
     rsa = new_key("RS256")
     from app.keystore import public_jwk
@@ -235,7 +235,7 @@ def test_form_body_without_token_reaches_the_app(authority: Authority, verifier:
 
     import httpx
 
-    from app.resource import BearerMiddleware
+    from token_broker_resource import BearerMiddleware
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         body = (await receive())["body"]

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from app.client import BrokerClient, make_client_assertion
-from app.resource import BearerError, Introspection, ResourceVerifier, VerifierUnavailable
 from tests.client.conftest import LiveBroker
 from tests.helpers import RS1, URN
+from token_broker_client import BrokerClient, make_client_assertion
+from token_broker_resource import BearerError, Introspection, ResourceVerifier, VerifierUnavailable
 
 pytestmark = pytest.mark.live
 

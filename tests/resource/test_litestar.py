@@ -7,8 +7,8 @@ from typing import Any
 from litestar import Litestar, Request, get, post
 from litestar.testing import TestClient
 
-from app.resource import ResourceVerifier, require_bearer
 from tests.resource.conftest import Authority
+from token_broker_resource import ResourceVerifier, require_bearer
 
 
 def make_app(verifier: ResourceVerifier) -> Litestar:

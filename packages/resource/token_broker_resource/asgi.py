@@ -17,9 +17,9 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from app.oauth.constants import BODY_MAX
-from app.resource.bearer import BearerError, extract_bearer, form_has_token
-from app.resource.verifier import AccessToken, ResourceVerifier, VerifierUnavailable
+from token_broker_jose.constants import BODY_MAX
+from token_broker_resource.bearer import BearerError, extract_bearer, form_has_token
+from token_broker_resource.verifier import AccessToken, ResourceVerifier, VerifierUnavailable
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import parse_qsl
 
-from app.oauth.constants import ACCESS_TOKEN_MAX
+from token_broker_jose.constants import ACCESS_TOKEN_MAX
 
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")

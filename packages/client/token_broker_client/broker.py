@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from app.client.assertion import MAX_LIFETIME
-from app.client.auth import BrokerAuth
-from app.client.credentials import ClientKey
-from app.client.flow import TokenFlow
-from app.client.renewal import RenewalPolicy
-from app.client.shared_cache import AsyncSharedTokenCache, SharedTokenCache
-from app.client.shells import AsyncShell, HttpSettings, SyncShell
+from token_broker_client.auth import BrokerAuth
+from token_broker_client.flow import TokenFlow
+from token_broker_client.renewal import RenewalPolicy
+from token_broker_client.shared_cache import AsyncSharedTokenCache, SharedTokenCache
+from token_broker_client.shells import AsyncShell, HttpSettings, SyncShell
+from token_broker_jose.assertion import MAX_LIFETIME
+from token_broker_jose.credentials import ClientKey
 
 Scope = str | Iterable[str] | None
 
@@ -31,7 +31,8 @@ Scope = str | Iterable[str] | None
 class BrokerClient:
     """Obtain and cache access tokens for one client of the broker.
 
-    ``key`` is a private JWK (dict), a path to a JWK file, a joserfc key, or a ``ClientKey``;
+    ``key`` is a private JWK (dict), a path to a JWK or PEM file (PKCS#8, SEC1, PKCS#1), a joserfc or
+    ``cryptography`` private key, or a ``ClientKey``;
     ``alg``/``kid`` override the JWK's. ``scope``/``resource`` are the defaults for
     ``get_token()`` and ``auth()``; without them the broker applies the client's registered
     defaults. ``token_endpoint`` skips discovery. ``clock`` (a ``() -> float``, seconds since the

@@ -1,6 +1,6 @@
 """Access-token verification for resource servers: RFC 9068 §4 and RFC 6750 §3.1.
 
-The JWT checks are ``app.oauth.access_token.verify_access_token``, the same function the broker
+The JWT checks are ``token_broker_jose.access_token.verify_access_token``, the same function the broker
 uses; this module adds where the keys come from (``keys.py``), the required-scope check (403
 ``insufficient_scope``), and optionally a revocation check through the broker's introspection
 endpoint (RFC 7662). Authorisation is on ``client_id`` and ``scope``: a client-credentials token
@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import msgspec
 
-from app.oauth.access_token import InvalidToken, verify_access_token
-from app.oauth.constants import SIGNING_ALGS
-from app.resource.bearer import BearerError, insufficient_scope, invalid_token
-from app.resource.keys import BrokerKeys, VerifierUnavailable
+from token_broker_jose.access_token import InvalidToken, verify_access_token
+from token_broker_jose.constants import SIGNING_ALGS
+from token_broker_resource.bearer import BearerError, insufficient_scope, invalid_token
+from token_broker_resource.keys import BrokerKeys, VerifierUnavailable
 
 
-class AccessToken(msgspec.Struct, frozen=True):
+@dataclass(frozen=True, slots=True)
+class AccessToken:
     """A verified token: who the client is and what it may do."""
 
     client_id: str

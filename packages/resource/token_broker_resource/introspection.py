@@ -13,10 +13,10 @@ from typing import Any
 
 import httpx
 
-from app.client.assertion import make_client_assertion
-from app.client.credentials import ClientKey
-from app.oauth.constants import CLIENT_ASSERTION_TYPE
-from app.resource.keys import VerifierUnavailable
+from token_broker_jose.assertion import make_client_assertion
+from token_broker_jose.constants import CLIENT_ASSERTION_TYPE
+from token_broker_jose.credentials import ClientKey
+from token_broker_resource.keys import VerifierUnavailable
 
 
 class Introspection:

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 
 import httpx
 
-from app.client.assertion import ASSERTION_TYPE, MAX_LIFETIME, make_client_assertion
-from app.client.credentials import ClientKey
-from app.client.effects import Flow, HttpCall, Sleep
-from app.client.errors import BrokerError, BrokerUnavailable
-from app.client.renewal import CachedToken, RenewalPolicy
-from app.client.responses import token_endpoint_from, token_from
-from app.client.shared_cache import CACHE_ERRORS, SharedCacheCommands, cache_slot, decode_entry
-from app.oauth.constants import GRANT_CLIENT_CREDENTIALS, METADATA_PATH
+from token_broker_client.effects import Flow, HttpCall, Sleep
+from token_broker_client.errors import BrokerError, BrokerUnavailable
+from token_broker_client.renewal import CachedToken, RenewalPolicy
+from token_broker_client.responses import token_endpoint_from, token_from
+from token_broker_client.shared_cache import CACHE_ERRORS, SharedCacheCommands, cache_slot, decode_entry
+from token_broker_jose.assertion import ASSERTION_TYPE, MAX_LIFETIME, make_client_assertion
+from token_broker_jose.constants import GRANT_CLIENT_CREDENTIALS, METADATA_PATH
+from token_broker_jose.credentials import ClientKey
 
 log = logging.getLogger("token_broker.client")
 

@@ -23,15 +23,18 @@ import json
 import secrets
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from app.client.effects import RedisCommand
-from app.client.renewal import CachedToken
+from token_broker_client.effects import RedisCommand
+from token_broker_client.renewal import CachedToken
 
 PREFIX = "tbc"
 
-#: What a failed shared-cache command raises (a connection error is an ``OSError`` too).
-CACHE_ERRORS = (RedisError, OSError)
+try:
+    from redis.exceptions import RedisError
+except ImportError:  # no [redis] extra: no redis-py client can be handed to the cache either
+    #: What a failed shared-cache command raises (a connection error is an ``OSError`` too).
+    CACHE_ERRORS: tuple[type[Exception], ...] = (OSError,)
+else:
+    CACHE_ERRORS = (RedisError, OSError)
 
 # Delete the key only when it still holds the expected value (a lock we own, a token we saw).
 _DELETE_IF = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from app.client.effects import Done, advance
+from token_broker_client.effects import Done, advance
 
 if TYPE_CHECKING:
-    from app.client.broker import BrokerClient
+    from token_broker_client.broker import BrokerClient
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from joserfc import jwt
 
-from app.oauth.constants import CLIENT_ASSERTION_TYPE
+from token_broker_jose.constants import CLIENT_ASSERTION_TYPE
 
 ASSERTION_TYP = "client-authentication+jwt"
 #: ``client_assertion_type`` of a token request authenticated with a JWT (RFC 7523 §2.2).

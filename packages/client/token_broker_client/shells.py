@@ -19,10 +19,10 @@ from typing import Any, TypeVar
 
 import httpx
 
-from app.client.effects import Done, Effect, HttpCall, Sleep, advance
-from app.client.flow import Key, Ticket, TokenFlow
-from app.client.renewal import CachedToken
-from app.client.shared_cache import AsyncSharedTokenCache, SharedTokenCache
+from token_broker_client.effects import Done, Effect, HttpCall, Sleep, advance
+from token_broker_client.flow import Key, Ticket, TokenFlow
+from token_broker_client.renewal import CachedToken
+from token_broker_client.shared_cache import AsyncSharedTokenCache, SharedTokenCache
 
 T = TypeVar("T")
 

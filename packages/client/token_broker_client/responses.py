@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from app.client.errors import BrokerError, BrokerUnavailable, error_for
-from app.client.renewal import CachedToken, RenewalPolicy
-from app.oauth.constants import METADATA_PATH
+from token_broker_client.errors import BrokerError, BrokerUnavailable, error_for
+from token_broker_client.renewal import CachedToken, RenewalPolicy
+from token_broker_jose.constants import METADATA_PATH
 
 RESPONSE_MAX = 65536
 #: How much of a value taken from an answer an error message quotes.

@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 
-from app.oauth.access_token import verification_keys_from_jwks
-from app.oauth.constants import FETCHED_DOCUMENT_MAX, METADATA_PATH
-from app.oauth.jose import VerificationKey
+from token_broker_jose.access_token import verification_keys_from_jwks
+from token_broker_jose.constants import FETCHED_DOCUMENT_MAX, METADATA_PATH
+from token_broker_jose.jose import VerificationKey
 
 log = logging.getLogger("token_broker.resource")
 
