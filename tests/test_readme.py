@@ -32,8 +32,9 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
         assert "/tmp" not in script  # a live token stays in a shell variable, not in a shared file
         # The library's console script as the same code run by this interpreter (the installed console
         # script itself is run by tests/test_installed_libraries.py).
-        script = script.replace(".venv/bin/token-broker-client", f"{sys.executable} -m token_broker_client")
-        script = script.replace(".venv/bin/python", sys.executable)
+        # One pass: sys.executable may itself end in .venv/bin/python.
+        script = re.sub(r"(?<![\w/])\.venv/bin/(token-broker-client|python)",
+                        lambda m: sys.executable + (" -m token_broker_client" if m.group(1) != "python" else ""), script)
         work = tmp_path / "work"
         work.mkdir()
         (work / "scripts").symlink_to(ROOT / "scripts")
