@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from app.config import ConfigError, Settings
+from app.oauth.clients import CLIENT_ID_RE
 
 #: True once ``start`` has set up a tracer in this process: the one check every hook makes.
 on = False
@@ -108,8 +109,9 @@ def _exporter(mode: str) -> Any:
 
 
 def client(client_id: str | None) -> None:
-    """The client the request's assertion names (``app.service.client_auth``)."""
-    if client_id is not None:
+    """The client the request's assertion names (``app.service.client_auth``): set only when it is
+    a valid client_id, since the assertion is not verified yet (anything else is the caller's text)."""
+    if client_id is not None and CLIENT_ID_RE.fullmatch(client_id):
         _trace.get_current_span().set_attribute("oauth.client_id", client_id)
 
 

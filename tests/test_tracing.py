@@ -74,6 +74,7 @@ def test_a_token_request_is_one_span_with_client_outcome_and_cache(traced: Broke
     pytest.param("replayed", 401, "rejected", "invalid_client", "svc-b", id="replayed-assertion"),
     pytest.param("unknown-client", 401, "rejected", "invalid_client", "nobody", id="unknown-client"),
     pytest.param("no-assertion", 401, "rejected", "invalid_client", None, id="no-assertion"),
+    pytest.param("hostile-iss", 401, "rejected", "invalid_client", None, id="iss-not-a-client-id"),
 ])
 def test_a_refused_request_carries_its_error(traced: Broker, spans: InMemorySpanExporter, case: str, status: int,
                                              outcome: str, error: str, client_id: str | None) -> None:
@@ -87,6 +88,9 @@ def test_a_refused_request_carries_its_error(traced: Broker, spans: InMemorySpan
     elif case == "unknown-client":
         spans.clear()
         response = traced.get_token(TestClient("nobody", alg="ES256", kid="n-1"))
+    elif case == "hostile-iss":  # an unverified iss that is no client_id stays out of the span
+        spans.clear()
+        response = traced.get_token(TestClient("x\n\x1b[2J" + "y" * 300, alg="ES256", kid="n-1"))
     else:
         spans.clear()
         response = traced.token({"grant_type": "client_credentials"})
