@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import msgspec
 
 from app.oauth.constants import ASSERTION_ALGS, ASSERTION_MAX, BODY_MAX, JTI_MAX_LENGTH, SIGNING_ALGS
+from token_broker_jose.dpop import DPOP_ALGS
 
 
 class ConfigError(ValueError):
@@ -114,6 +115,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # A BROKER_* variable that is neither a field here nor in OTHER_VARIABLES stops the start;
     # true: it is only warned about.
     allow_unknown_settings: bool = False
+    # DPoP (RFC 9449, docs/dpop.md): proof algorithms, how old a proof's iat may be (s), and
+    # server-provided nonces (§8) shared by every replica, each valid for one lifetime window and the next.
+    dpop_algs: tuple[str, ...] = DPOP_ALGS
+    dpop_proof_max_age: int = 60
+    dpop_nonce: bool = False
+    dpop_nonce_lifetime: int = 300
 
     @property
     def token_endpoint(self) -> str:
@@ -172,15 +179,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(unknown[0].message() + more)
         return settings
 
+    @staticmethod
+    def _validate_redis_url(url: str) -> None:
+        try:  # urlsplit raises on a malformed host ("[::1" without its bracket); parse the port too
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - read for its ValueError
+        except ValueError as exc:
+            raise ConfigError(f"BROKER_REDIS_URL: not a valid URL ({exc}); write it as "
+                              "redis://[user]:PASSWORD@host:port/db (an IPv6 host in brackets)") from None
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError("BROKER_REDIS_URL must be a redis://, rediss:// or unix:// URL")
+
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first variable whose value is out of bounds."""
         self._validate_issuer()
-        if self.redis_url is not None and urlsplit(self.redis_url).scheme not in (
-            "redis",
-            "rediss",
-            "unix",
-        ):
-            raise ConfigError("BROKER_REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        if self.redis_url is not None:
+            self._validate_redis_url(self.redis_url)
         for name in ("leeway", "assertion_max_lifetime", "assertion_max_age", "clock_skew", "jti_max_length", "token_lifetime", "body_max", "assertion_max",
                      "retry_after"):
             if getattr(self, name) < (0 if name in ("leeway", "clock_skew") else 1):
@@ -233,6 +247,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         _check_request_bounds(self)
         _check_management_listener(self)
         _check_access_log(self)
+        _check_dpop(self)
 
     def _validate_issuer(self) -> None:
         parts = urlsplit(self.issuer)
@@ -282,6 +297,15 @@ def _check_access_log(settings: Settings) -> None:
         sample = -1.0
     if not 0 <= sample <= 1:
         raise ConfigError(f"BROKER_ACCESS_LOG must be off, on or a share between 0 and 1, got {settings.access_log!r}")
+
+
+def _check_dpop(settings: Settings) -> None:
+    if not settings.dpop_algs or any(a not in DPOP_ALGS for a in settings.dpop_algs):
+        raise ConfigError(f"BROKER_DPOP_ALGS must be a comma-separated subset of {','.join(DPOP_ALGS)}")
+    if not 1 <= settings.dpop_proof_max_age <= 3600:
+        raise ConfigError("BROKER_DPOP_PROOF_MAX_AGE must be between 1 and 3600 seconds")
+    if not 10 <= settings.dpop_nonce_lifetime <= 86400:
+        raise ConfigError("BROKER_DPOP_NONCE_LIFETIME must be between 10 and 86400 seconds")
 
 
 def _coerce(var: str, raw: str, typ: object) -> object:
@@ -448,6 +472,17 @@ SETTING_DOCS: dict[str, SettingDoc] = {
     "allow_unknown_settings": SettingDoc(_OPS, "A `BROKER_*` variable the broker does not know stops the start "
                                          "(a misspelt setting would otherwise be silently ignored); true: only warn.",
                                          "true or false"),
+    "dpop_algs": SettingDoc(_TOKENS, "DPoP proof algorithms accepted at `/token` (RFC 9449 §4.2), advertised as "
+                            "`dpop_signing_alg_values_supported` (docs/dpop.md).", "comma-separated subset of the default",
+                            "asymmetric only (`dpop-proof-rules`)"),
+    "dpop_proof_max_age": SettingDoc(_TOKENS, "Oldest DPoP proof accepted: the cap on `now − iat` (s); proof jtis are "
+                                     "kept this long plus twice the leeway and the clock skew.", "1-3600",
+                                     "`dpop-proof-replay`"),
+    "dpop_nonce": SettingDoc(_TOKENS, "Server-provided DPoP nonces (RFC 9449 §8): a proof without the current nonce gets "
+                             "400 `use_dpop_nonce` and a `DPoP-Nonce` header.", "true or false (on or off)",
+                             "bounds how long a proof made in advance stays usable (`dpop-proof-pre-generated`)"),
+    "dpop_nonce_lifetime": SettingDoc(_TOKENS, "How long (s) one DPoP nonce window lasts; the current and the previous "
+                                      "window's nonce are accepted.", "10-86400"),
 }
 
 #: ``BROKER_*`` variables that are not ``Settings`` fields but are read by a command: not "unknown".

@@ -2,7 +2,29 @@
 
 Events are dotted nouns and verbs (``token.issued``, ``client_auth.rejected``). Assertions,
 tokens and private keys are never passed to a logger; attacker-controlled strings are truncated
-and rendered by stdlib ``json`` (which escapes CR/LF and lone surrogates instead of raising).
+and every line is plain ASCII JSON (CR/LF, control characters, non-ASCII text and lone surrogates
+escaped, never raised on).
+
+Lines are rendered by ``msgspec`` (under 1 µs against about 4 µs for stdlib ``json``); a line that
+would not be plain ASCII (non-ASCII text, a lone surrogate, an object msgspec does not know) is
+rendered again by stdlib ``json`` with ``ensure_ascii``, so every line stays ASCII as before: no
+raw U+2028, ANSI escape or surrogate ever reaches a log reader. The fields every line gets (pid,
+request id, level, timestamp) are added by one processor; the timestamp's date and time of day
+are formatted once per second.
+
+A served process's stdout is written through ``LineBuffer``: the lines logged while a request is
+handled collect in memory and go out in one write when its answer starts (``app.web.access``),
+so every line a request logs is out before its answer (what a reader correlating answers and
+lines expects), and again when the request ends (its access line). Lines also go out at once for
+every ``error`` or ``critical`` line (with everything before it), for any line written outside a
+request or outside an event loop (start-up, background tasks, CLI commands, other threads), when
+64 KiB have collected, and 0.2 s after the first buffered line at the latest (a timer on the
+running event loop: a request still waiting on Redis does not hold the others' lines). A
+clean stop loses nothing: the served app's lifespan shutdown ends with ``flush()``
+(``app.web.listeners``; uvicorn then re-raises the SIGTERM it caught, which skips ``atexit``), and
+``atexit`` flushes every other way out. A process killed outright (SIGKILL, OOM) loses at most
+the lines of the last 0.2 s, never more than 64 KiB. An explicit ``stream`` (tests) is written
+line by line.
 
 Every line carries ``pid`` (the worker process that wrote it) and, when written while a request is
 handled, that request's ``request_id``: the value of the ``X-Request-Id`` response header, set by
@@ -19,14 +41,19 @@ request's full URL at INFO), and any URL in them loses its query string.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import json
 import logging
 import os
 import re
 import sys
+import threading
+import time
 from contextvars import ContextVar
 from typing import Any
 
+import msgspec
 import structlog
 
 _MAX_FIELD = 200
@@ -37,9 +64,20 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 REQUEST_ID: ContextVar[str | None] = ContextVar("broker_request_id", default=None)
 
 
+_IDS: list[str] = []
+
+
 def new_request_id() -> str:
-    """24 hex digits from the OS's random source: never taken from the caller (docs/operations.md)."""
-    return os.urandom(12).hex()
+    """24 hex digits from the OS's random source: never taken from the caller (docs/operations.md).
+
+    Drawn 256 at a time (one ``getrandom`` call per 256 requests instead of one each: a system call
+    costs several µs on small VMs); a forked child empties the pool it inherited (``_refresh_pid``)."""
+    try:
+        return _IDS.pop()
+    except IndexError:
+        raw = os.urandom(12 * 256).hex()
+        _IDS.extend(raw[i:i + 24] for i in range(0, len(raw), 24))
+        return _IDS.pop()
 
 
 def current_request_id() -> str:
@@ -53,6 +91,7 @@ _PID = os.getpid()
 def _refresh_pid() -> None:
     global _PID
     _PID = os.getpid()
+    _IDS.clear()  # never the parent's ids
 
 
 # uvicorn starts workers with multiprocessing "spawn" (a fresh import: _PID is right); a server that
@@ -75,8 +114,158 @@ def _truncate(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+_second = -1
+_second_text = ""
+
+
+def _timestamp() -> str:
+    """ISO 8601 UTC with microseconds (``2026-12-01T11:02:15.123456Z``); the part up to the
+    second is formatted once per second."""
+    global _second, _second_text
+    now = time.time()
+    second = int(now)
+    if second != _second:
+        _second_text, _second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)), second
+    return f"{_second_text}.{int((now - second) * 1e6):06d}Z"
+
+
+_LEVEL_NAMES = {"warn": "warning", "exception": "error"}
+
+
+def _stamp(_: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """pid, request id, level and timestamp, then long strings truncated: the broker's own
+    lines in one processor call instead of four."""
+    event["pid"] = _PID
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+    event["level"] = _LEVEL_NAMES.get(method, method)
+    event["timestamp"] = _timestamp()
+    for k, v in event.items():
+        if isinstance(v, str) and len(v) > _MAX_FIELD:
+            event[k] = v[:_MAX_FIELD] + "..."
+    return event
+
+
 def _dumps(obj: Any, **kw: Any) -> str:
     return json.dumps(obj, default=repr, ensure_ascii=True, separators=(",", ":"))
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def _render(_: Any, __: str, event: dict[str, Any]) -> str:
+    """One JSON line: msgspec when the result is plain ASCII, else stdlib ``json`` (``_dumps``)."""
+    try:
+        line = _ENCODER.encode(event)
+    except (TypeError, UnicodeEncodeError, OverflowError, ValueError):
+        return _dumps(event)
+    return line.decode("ascii") if line.isascii() else _dumps(event)
+
+
+class LineBuffer:
+    """The served process's stdout, written in batches (the flush policy is in the module
+    docstring). Thread-safe: stdlib records from other threads go through it too."""
+
+    LIMIT = 64 * 1024
+    DELAY = 0.2
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self._lines: list[str] = []
+        self._size = 0
+        self._lock = threading.Lock()
+        self._timer_loop: Any = None
+
+    def write_line(self, line: str, urgent: bool = False) -> None:
+        with self._lock:
+            self._lines.append(line)
+            self._size += len(line)
+            loop = asyncio._get_running_loop()
+            if urgent or loop is None or REQUEST_ID.get() is None or self._size >= self.LIMIT:
+                self._flush_locked()
+            elif self._timer_loop is not loop:  # one armed timer at a time, not one per line
+                self._timer_loop = loop
+                loop.call_later(self.DELAY, self._flush_later)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._lines)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_later(self) -> None:
+        self._timer_loop = None
+        try:
+            self.flush()
+        except (OSError, ValueError):  # stdout gone (closed pipe): nothing left to tell
+            pass
+
+    def _flush_locked(self) -> None:
+        if not self._lines:
+            return
+        text = "".join(self._lines)
+        self._lines.clear()
+        self._size = 0
+        self.file.write(text)
+        self.file.flush()
+
+    # The structlog logger interface: one method per level, each given the rendered line.
+    def msg(self, message: str) -> None:
+        self.write_line(message + "\n")
+
+    def error(self, message: str) -> None:
+        self.write_line(message + "\n", urgent=True)
+
+    debug = info = warning = warn = log = msg
+    critical = exception = fatal = failure = error
+
+
+class _StreamLogger:
+    """An explicit stream (tests): every line written and flushed at once."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+
+    def msg(self, message: str) -> None:
+        self.file.write(message + "\n")
+        self.file.flush()
+
+    debug = info = warning = warn = log = error = critical = exception = fatal = failure = msg
+
+
+_stdout: LineBuffer | None = None
+
+
+def stdout_buffer() -> LineBuffer:
+    """The one ``LineBuffer`` over ``sys.stdout`` of this process (flushed at exit)."""
+    global _stdout
+    if _stdout is None or _stdout.file is not sys.stdout:
+        if _stdout is not None:
+            _stdout.flush()
+        _stdout = LineBuffer(sys.stdout)
+    return _stdout
+
+
+def flush() -> None:
+    """Write out whatever the stdout buffer holds (also run at exit)."""
+    if _stdout is not None:
+        try:
+            _stdout.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def flush_request_lines() -> None:
+    """Called by ``app.web.access`` when an answer starts and when a request ends: the lines the
+    request logged go out before its answer does."""
+    if _stdout is not None and _stdout.pending:
+        _stdout.flush()
+
+
+atexit.register(flush)
 
 
 #: Loggers of other libraries: their records below WARNING are dropped.
@@ -109,15 +298,25 @@ def stdlib_formatter() -> logging.Formatter:
             _strip_url_queries,
             _truncate,
         ],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.JSONRenderer(serializer=_dumps)],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _render],
     )
+
+
+class _BufferedHandler(logging.Handler):
+    """Standard-library records into the same stdout buffer as the broker's own lines (one
+    order, one flush policy)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stdout_buffer().write_line(self.format(record) + "\n", urgent=record.levelno >= logging.ERROR)
+        except Exception:  # logging must not raise into the caller (the stdlib convention)
+            self.handleError(record)
 
 
 def process_handler() -> logging.Handler:
     """The root handler of a served process (stdout); ``warnings.warn`` output goes through it too."""
     logging.captureWarnings(True)
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _BufferedHandler()
     handler.setFormatter(stdlib_formatter())
     return handler
 
@@ -138,17 +337,12 @@ def uvicorn_log_config() -> dict[str, Any]:
 
 
 def configure(level: str = "info", stream: Any = None) -> None:
+    """Lines to ``stream`` one by one, or (None) to this process's buffered stdout."""
+    sink: Any = _StreamLogger(stream) if stream is not None else stdout_buffer()
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            _add_process_and_request,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _truncate,
-            structlog.processors.JSONRenderer(serializer=_dumps),
-        ],
+        processors=[_stamp, _render],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
+        logger_factory=lambda *_: sink,
         cache_logger_on_first_use=False,
     )
 

@@ -93,6 +93,11 @@ LEGACY_AUD_ACCEPTED = _declare("broker_client_auth_legacy_aud_accepted_total", "
                                "Assertions accepted with the token endpoint URL as aud (migration window).", "client_id")
 CLIENT_COMPAT_USED = _declare("broker_client_compat_used_total", "counter",
                               "Client assertions accepted through a feature of the client's compat profile.", "client_id", "feature")
+# -- workload identity federation (app.service.federation) ----------------------------------------
+FEDERATED_ASSERTIONS = _declare("broker_federated_assertions_total", "counter",
+                                "Workload tokens accepted as client assertions, by trusted issuer, mapped client and "
+                                "use (single_use, first, reuse: the same token presented again before its exp).",
+                                "issuer", "client_id", "use")
 # -- client registry (app.service.registry_state) -------------------------------------------------
 REGISTRY_LOST = _declare("broker_registry_lost", "gauge",
                          "1 while the client registry's marker is missing from Redis (restarted empty, flushed, "

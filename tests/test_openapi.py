@@ -30,6 +30,7 @@ ADMIN = {
     ("/admin/clients/{client_id}", "get"), ("/admin/clients/{client_id}", "patch"), ("/admin/clients/{client_id}", "delete"),
     ("/admin/clients/{client_id}/keys", "post"), ("/admin/clients/{client_id}/keys/{kid}", "delete"),
     ("/admin/clients/{client_id}/record", "put"),
+    ("/admin/trusted-issuers", "get"), ("/admin/trusted-issuers", "put"), ("/admin/trusted-issuers", "delete"),
 }
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 

@@ -93,6 +93,10 @@ CASES = [
     pytest.param({"BROKER_ADMIN_JWKS": '{"keys": []}'}, [], None,
                  'BROKER_ADMIN_JWKS: holds no key; set it to the admin client\'s public key(s) as JSON, {"keys": '
                  '[{"kty": ..., "alg": ..., ...}]} (or unset it to use keys/admin.jwk)', 2, id="admin-jwks-empty"),
+    # urlsplit's own ValueError (an unclosed IPv6 bracket) once escaped as a traceback; the password stays out.
+    pytest.param({"BROKER_REDIS_URL": "redis://:secret-pw@[::1"}, [], None,
+                 "BROKER_REDIS_URL: not a valid URL (Invalid IPv6 URL); write it as redis://[user]:PASSWORD@host:port/db "
+                 "(an IPv6 host in brackets)", 2, id="redis-url-malformed"),
     pytest.param({"BROKER_ADMIN_JWKS": '{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}'}, [], None,
                  "BROKER_ADMIN_JWKS: unsupported key type 'oct': use EC, RSA or OKP (no symmetric keys); set it to the "
                  'admin client\'s public key(s) as JSON, {"keys": [{"kty": ..., "alg": ..., ...}]} (or unset it to use '

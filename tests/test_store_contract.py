@@ -187,3 +187,44 @@ def test_jwks_uri_cache(target: dict[str, Any]) -> None:
         assert await cache.claim_refetch("c1", uri, 10_000) is False
 
     run(target, body)
+
+
+def test_trust_store(target: dict[str, Any]) -> None:
+    """Trusted issuers live with the registry: marker-checked writes that bump the epoch."""
+    from app.oauth.trust import MAX_ISSUERS, trusted_issuer
+    from app.store.base import RegistryConflict, RegistryLost
+    from app.store.trust import RedisTrustStore
+
+    def issuer(n: int) -> Any:
+        return trusted_issuer({"issuer": f"https://issuer{n}.example.test",
+                               "rules": [{"client_id": "c1", "sub": f"system:serviceaccount:ns:sa{n}"}]})
+
+    async def body(client: Any) -> None:
+        registry = RedisClientRegistry(client, **OPTS)
+        trust = RedisTrustStore(client, registry=registry, **OPTS)
+        with pytest.raises(RegistryLost):  # no registry known yet: refused, nothing written
+            await trust.put_issuer(issuer(1))
+        registry.registry_id = await registry.create("reg-1")
+        await trust.put_issuer(issuer(2))
+        await trust.put_issuer(issuer(1))
+        assert await registry.epoch() == 2
+        assert await trust.get_issuer("https://issuer1.example.test") == issuer(1)
+        assert await trust.get_issuer("https://issuer9.example.test") is None
+        assert [r.issuer for r in await trust.list_issuers()] == ["https://issuer1.example.test",
+                                                                   "https://issuer2.example.test"]
+        assert await trust.delete_issuer("https://issuer2.example.test") is True
+        assert await trust.delete_issuer("https://issuer2.example.test") is False
+        assert await registry.epoch() == 3  # a delete of nothing changes nothing
+        for n in range(2, MAX_ISSUERS + 1):
+            await trust.put_issuer(issuer(n))
+        with pytest.raises(RegistryConflict) as full:
+            await trust.put_issuer(issuer(MAX_ISSUERS + 1))
+        assert full.value.reason == "full"
+        await trust.put_issuer(issuer(1))  # replacing a stored one is not a new one
+        await client.delete("{tb:registry}:id")  # the registry is lost: writes refused
+        with pytest.raises(RegistryLost):
+            await trust.put_issuer(issuer(1))
+        with pytest.raises(RegistryLost):
+            await trust.delete_issuer("https://issuer1.example.test")
+
+    run(target, body)

@@ -136,20 +136,23 @@ class BrokerAdmin:
             headers["Content-Type"] = "application/json"
         return self._send(method, path, **kwargs)
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
+    def call(self, method: str, path: str, body: Any = None, *, hints: dict[int, str] | None = None) -> Any:
+        """The answer's JSON; ``AdminError`` saying what to do otherwise (``hints``: per status, for
+        calls that are not about clients)."""
         response = self.request(method, path, body)
         if response.status_code in (200, 201):
             return response.json()
         if response.status_code == 204:
             return None
         error = _error_text(response)
-        hint = {
+        known = {
             401: "the broker refused the admin token it issued: check that the admin client is still registered "
                  "with this admin key (BROKER_ADMIN_JWKS, or keys/admin.jwk when that is unset) and retry",
             403: "the admin client lacks the broker:admin scope",
             404: "no such client or key: run `list` or `show <client_id>`",
             409: "that client_id is already registered: pick another name or inspect it with `show`",
-        }.get(response.status_code, "fix the input named above and retry")
+        } | (hints or {})
+        hint = known.get(response.status_code, "fix the input named above and retry")
         raise self._refusal(response, f"{error} (HTTP {response.status_code}): {hint}")
 
     def _refusal(self, response: httpx.Response, message: str) -> AdminError:
@@ -242,9 +245,11 @@ def _error_text(response: httpx.Response) -> str:
 
 
 def onboard(admin: BrokerAdmin, metadata: dict[str, Any], *, keys_dir: Path, alg: str | None = None,
-            public_key_file: Path | None = None, jwks_uri: str | None = None, reuse_key: bool = False) -> dict[str, Any]:
+            public_key_file: Path | None = None, jwks_uri: str | None = None, reuse_key: bool = False,
+            no_key: bool = False) -> dict[str, Any]:
     """Register a client with its own public key (``public_key_file``), its ``jwks_uri``, or a key
-    pair kept in ``<keys_dir>/<client_id>.jwk``: generated here, or (``reuse_key``) the one already there.
+    pair kept in ``<keys_dir>/<client_id>.jwk``: generated here, or (``reuse_key``) the one already there;
+    or (``no_key``) with none: it authenticates with its platform's token (``trust add``).
 
     For a key pair kept here the broker is asked first whether the client_id is taken, so the local
     key file is looked at only for a free name. A generated private key file is created (0600, never
@@ -261,6 +266,8 @@ def onboard(admin: BrokerAdmin, metadata: dict[str, Any], *, keys_dir: Path, alg
             metadata["token_endpoint_auth_signing_alg"] = alg
     elif public_key_file is not None:
         metadata = {**metadata, "jwks": {"keys": read_public_keys(public_key_file, alg)}}
+    elif no_key:
+        metadata = {**metadata, "jwks": {"keys": []}}
     else:
         key_path = private_key_path(keys_dir, client_id)
         public = _local_public_key(admin, client_id, key_path, alg, reuse_key)

@@ -14,6 +14,11 @@ is skipped unless ``force``. Admin clients are never imported (they come from th
 configuration). One line per client (``created``, ``updated``, ``skipped``, with the reason), then
 a summary; the exit status is 1 when a client was refused, so a restore that left something out
 does not pass for a complete one.
+
+Trusted issuers (workload identity federation) are part of the registry: ``export`` adds them as
+``"trusted_issuers"`` (when there are any, in the format the clients file reads), and ``import``
+puts each back after the clients (their rules name clients) through ``PUT /admin/trusted-issuers``,
+with the same kind of line (``created``, ``updated``, ``skipped``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from typing import Any
 
 from app.client.admin import BrokerAdmin
 from app.client.admin_keys import AdminError
+from app.client.admin_trust import HINTS as TRUST_HINTS
+from app.client.admin_trust import PATH as TRUST_PATH
 
 #: What the broker leaves out of a record at its default; an export spells them out.
 _DEFAULTS = {"enabled": True, "registration_id": "", "version": 0}
@@ -34,8 +41,13 @@ _ADMIN_SKIP = ("an admin client: admin clients come from the broker's configurat
 
 
 def export_document(admin: BrokerAdmin, admin_client_id: str) -> dict[str, Any]:
-    """Every client but the bootstrap admin, whole, in the clients-file format."""
-    return {"clients": [{**_DEFAULTS, **record} for record in admin.list() if record["client_id"] != admin_client_id]}
+    """Every client but the bootstrap admin, whole, and every trusted issuer, in the clients-file format."""
+    document: dict[str, Any] = {
+        "clients": [{**_DEFAULTS, **record} for record in admin.list() if record["client_id"] != admin_client_id]}
+    issuers = admin.call("GET", TRUST_PATH, hints=TRUST_HINTS)["trusted_issuers"]
+    if issuers:
+        document["trusted_issuers"] = issuers
+    return document
 
 
 def write_export(path: Path, document: dict[str, Any]) -> None:
@@ -53,6 +65,11 @@ def write_export(path: Path, document: dict[str, Any]) -> None:
 
 def read_export(path: Path) -> list[Any]:
     """The entries of an export (or any clients file): ``{"clients": [...]}`` or a list."""
+    return _read(path)[0]
+
+
+def _read(path: Path) -> tuple[list[Any], list[Any]]:
+    """(clients, trusted issuers) of an export or any clients file."""
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -62,7 +79,10 @@ def read_export(path: Path) -> list[Any]:
     entries = data.get("clients") if isinstance(data, dict) else data
     if not isinstance(entries, list):
         raise AdminError(f"{path} holds no list of clients: expected {{\"clients\": [...]}} as `export` writes it")
-    return entries
+    issuers = data.get("trusted_issuers", []) if isinstance(data, dict) else []
+    if not isinstance(issuers, list):
+        raise AdminError(f"{path}: trusted_issuers is not a list of trusted issuers")
+    return entries, issuers
 
 
 def import_file(admin: BrokerAdmin, path: Path, *, admin_client_id: str, force: bool,
@@ -73,8 +93,10 @@ def import_file(admin: BrokerAdmin, path: Path, *, admin_client_id: str, force: 
     updated, unchanged) or is an admin client; 1 when the registry refused one."""
     counts = {"created": 0, "updated": 0, "skipped": 0}
     refused = False
-    for index, entry in enumerate(read_export(path)):
-        outcome, line, problem = _import_one(admin, entry, index, admin_client_id=admin_client_id, force=force)
+    clients, issuers = _read(path)
+    outcomes = [_import_one(admin, entry, index, admin_client_id=admin_client_id, force=force)
+                for index, entry in enumerate(clients)]
+    for outcome, line, problem in outcomes + [_import_issuer(admin, entry, index) for index, entry in enumerate(issuers)]:
         counts[outcome] += 1
         refused = refused or problem
         emit(line)
@@ -98,3 +120,17 @@ def _import_one(admin: BrokerAdmin, entry: Any, index: int, *, admin_client_id: 
         return str(result), f"{result} {client_id} (version {version})", False
     description = str(body.get("error_description") or body.get("error") or f"HTTP {status}")
     return "skipped", f"skipped {client_id}: {description.replace('force=true', '--force')}", True
+
+
+def _import_issuer(admin: BrokerAdmin, entry: Any, index: int) -> tuple[str, str, bool]:
+    """A trusted issuer put back whole (create or replace): (outcome, line, whether it was refused)."""
+    issuer = entry.get("issuer") if isinstance(entry, dict) else None
+    if not isinstance(issuer, str) or not issuer:
+        return "skipped", f"skipped trusted issuer #{index}: not a trusted-issuer record (no issuer)", True
+    response = admin.request("PUT", TRUST_PATH, entry)
+    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    if response.status_code in (200, 201):
+        result = {"created": "created", "replaced": "updated"}.get(body.get("result"), "skipped")
+        return result, f"{result} trusted issuer {issuer}" + (": unchanged" if result == "skipped" else ""), False
+    description = str(body.get("error_description") or body.get("error") or f"HTTP {response.status_code}")
+    return "skipped", f"skipped trusted issuer {issuer}: {description}", True

@@ -29,6 +29,7 @@ from app.client.admin import (
     read_public_keys,
 )
 from app.client.admin_backup import export_document, import_file, write_export
+from app.client.admin_trust import add_trust_command, build_record, trust
 from app.client.why import add_why_command, why
 
 _EPILOG = """\
@@ -46,6 +47,7 @@ examples:
   %(prog)s delete billing-api
   %(prog)s export --out clients.json           # every client, whole (a backup; a clients file)
   %(prog)s import clients.json                 # put them back: skips what is there or newer
+  %(prog)s trust list                          # workload identity federation: `trust --help`
 
 The broker URL comes from --broker or BROKER_URL (default http://127.0.0.1:8000); the admin key
 from --admin-key (default keys/admin.jwk, written by the broker on its first start when
@@ -101,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         p.add_argument("client_id")
     _backup_commands(sub)
+    add_trust_command(sub, common)
     return parser
 
 
@@ -155,6 +158,9 @@ def _register_command(sub: Any) -> None:
     src.add_argument("--public-key", type=Path, metavar="FILE",
                      help="the client's own key: a public JWK, JWK Set or PEM file (the private key stays with it)")
     src.add_argument("--jwks-uri", metavar="URL", help="the broker fetches the client's keys from this https URL")
+    src.add_argument("--no-key", action="store_true",
+                     help="no key at all: the client authenticates only with its platform's token (Kubernetes, "
+                          "SPIFFE, GitHub Actions) through a trusted issuer, see `trust add`")
     src.add_argument("--reuse-key", action="store_true",
                      help="register the key already in <keys-dir>/<client_id>.jwk (left by a deleted client) "
                           "instead of generating one")
@@ -212,6 +218,9 @@ def _metadata_options(p: argparse.ArgumentParser, *, required_audience: bool) ->
                         "endpoint URL as aud), assertion_max_lifetime=SECONDS (its own lifetime cap, 1-3600), "
                         "assertion_reuse (accept the same assertion again until its exp); 'none' clears the profile. "
                         "Given to update, it replaces the whole profile (docs/onboarding.md)")
+    p.add_argument("--dpop-bound-access-tokens", action=argparse.BooleanOptionalAction, default=None,
+                   help="require a DPoP proof (RFC 9449) with every token request of this client, so it never gets "
+                        "a bearer token; --no-dpop-bound-access-tokens lifts it (docs/dpop.md)")
 
 
 def _scopes(values: list[str] | None, option: str) -> list[str] | None:
@@ -249,7 +258,8 @@ def _metadata(args: argparse.Namespace) -> dict[str, Any]:
                         ("audiences", args.audience), ("default_audience", args.default_audience),
                         ("token_lifetime", args.token_lifetime),
                         ("legacy_token_endpoint_aud_until", args.legacy_aud_until),
-                        ("compat", _compat(args.compat))):
+                        ("compat", _compat(args.compat)),
+                        ("dpop_bound_access_tokens", args.dpop_bound_access_tokens)):
         if value is not None:
             out[name] = value
     if args.command == "register" and not out.get("scopes"):
@@ -276,8 +286,9 @@ def client_table(records: list[dict[str, Any]]) -> str:
 
 
 def _record(record: dict[str, Any]) -> dict[str, Any]:
-    # The broker omits fields at their default; ``enabled`` is what an operator looks for.
-    return {"enabled": True, **record}
+    # The broker omits fields at their default; ``enabled`` and whether DPoP is required are what
+    # an operator looks for.
+    return {"enabled": True, "dpop_bound_access_tokens": False, **record}
 
 
 def run(args: argparse.Namespace) -> Any:
@@ -286,6 +297,10 @@ def run(args: argparse.Namespace) -> Any:
         return keygen(args.out, args.alg)
     if args.command == "why":  # offline too: reads the broker's log
         return why(args)
+    if args.command == "trust":  # the record is read and checked before any broker is asked
+        record = build_record(args) if args.trust_command == "add" else None
+        with BrokerAdmin(args.broker, args.admin_key, admin_client_id=args.admin_client_id) as admin:
+            return trust(admin, args, record)
     metadata = _metadata(args) if args.command in ("register", "update") else {}
     with BrokerAdmin(args.broker, args.admin_key, admin_client_id=args.admin_client_id) as admin:
         return _call(admin, args, metadata)
@@ -295,7 +310,8 @@ def _call(admin: BrokerAdmin, args: argparse.Namespace, metadata: dict[str, Any]
     cmd = args.command
     if cmd == "register":
         return onboard(admin, {"client_id": args.client_id, **metadata}, keys_dir=args.keys_dir, alg=args.alg,
-                       public_key_file=args.public_key, jwks_uri=args.jwks_uri, reuse_key=args.reuse_key)
+                       public_key_file=args.public_key, jwks_uri=args.jwks_uri, reuse_key=args.reuse_key,
+                       no_key=args.no_key)
     if cmd == "list":
         records = [_record(r) for r in admin.list()]
         return records if args.json else client_table(records)

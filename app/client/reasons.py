@@ -195,8 +195,122 @@ _HTTP = {
                    "nothing for the client; repeated lines mean something else writes the broker's keys"),
 }
 
+_NEW_PROOF = "the client must make a new DPoP proof for every request (docs/dpop.md)"
+_PROOF_LIB = "use a DPoP client library (the project's token-broker-client does it: docs/dpop.md)"
+# DPoP proofs at /token (RFC 9449 §4.3; token.rejected with error invalid_dpop_proof or use_dpop_nonce).
+_DPOP = {
+    "dpop_multiple": _X("the token request carried more than one DPoP header (or one folded into a list).",
+                        "send exactly one DPoP header; check proxies that add or merge headers"),
+    "dpop_malformed": _X("the DPoP header is not a compact JWS, or its header segment is not JSON.", _PROOF_LIB),
+    "dpop_typ_invalid": _X("the DPoP proof's typ is not dpop+jwt.", "set typ: dpop+jwt in the proof header"),
+    "dpop_alg_not_allowed": _X("the DPoP proof's alg is not an asymmetric algorithm in BROKER_DPOP_ALGS.",
+                               "sign proofs with an algorithm the metadata lists in dpop_signing_alg_values_supported"),
+    "dpop_jwk_missing": _X("the DPoP proof header has no jwk.", "put the proof key's public JWK in the header"),
+    "dpop_jwk_private": _X("the DPoP proof's jwk holds private (or symmetric) key material.",
+                           "put only the public key in the proof header; replace the exposed key"),
+    "dpop_jwk_invalid": _X("the DPoP proof's jwk does not fit its alg or is not a usable public key.",
+                           "send the public key of the proof's signing key, of the type its alg names"),
+    "dpop_signature_invalid": _X("the DPoP proof's signature does not verify with the jwk in its header.",
+                                 "sign the proof with the private key of the jwk it carries"),
+    "dpop_claims_invalid": _X("the DPoP proof's payload is not a JSON object.", _PROOF_LIB),
+    "dpop_header_invalid": _X("the DPoP proof's header is not a JSON object.", _PROOF_LIB),
+    "dpop_iat_invalid": _X("the DPoP proof has no numeric iat.", "set iat to the time the proof is made"),
+    # f"dpop_{name}_invalid" for jti, htm, htu: the names below are the ones it produces.
+    "dpop_": _X("a DPoP proof claim (jti, htm or htu) is missing or invalid.", _PROOF_LIB),
+    "dpop_jti_invalid": _X("the DPoP proof's jti is missing, empty or too long.", _NEW_PROOF + " with a random jti"),
+    "dpop_htm_invalid": _X("the DPoP proof's htm is missing or invalid.", "set htm to POST for the token endpoint"),
+    "dpop_htu_invalid": _X("the DPoP proof's htu is missing or invalid.", "set htu to {token_endpoint}"),
+    "dpop_htm_mismatch": _X("the DPoP proof's htm is not POST.", "set htm to POST for the token endpoint"),
+    "dpop_htu_mismatch": _X("the DPoP proof's htu is not the token endpoint's URL.",
+                            "set htu to {token_endpoint} (the issuer's URL, also behind a proxy)"),
+    "dpop_nonce_invalid": _X("the DPoP proof's nonce claim is not a non-empty string.",
+                             "send the value of the last DPoP-Nonce header as nonce"),
+    "dpop_iat_too_old": _X("the DPoP proof is older than BROKER_DPOP_PROOF_MAX_AGE (plus the leeway).",
+                           _NEW_PROOF + " right before sending it; " + _CLOCK),
+    "dpop_iat_in_future": _X("the DPoP proof's iat is ahead of the broker's clock by more than the leeway.", _CLOCK),
+    "dpop_ath_mismatch": _X("the DPoP proof's ath does not match the access token (resource servers only).",
+                            "set ath to the hash of the token the request carries"),
+    "dpop_replayed": _X("this DPoP proof (its jti, for this key) was used before; nothing was recorded.",
+                        _NEW_PROOF + "; the same assertion may be sent again with a new proof"),
+    "dpop_required": _X("client {client_id} is registered with dpop_bound_access_tokens and sent no DPoP proof.",
+                        "configure the client for DPoP (docs/dpop.md), or lift the requirement "
+                        "(`broker_admin.py update {client_id} --no-dpop-bound-access-tokens`)"),
+    "dpop_nonce_required": _X("BROKER_DPOP_NONCE is on and the DPoP proof had no nonce (use_dpop_nonce).",
+                              "retry with the DPoP-Nonce header's value as the proof's nonce (DPoP client "
+                              "libraries do it once on their own)"),
+    "dpop_nonce_stale": _X("the DPoP proof's nonce is not the current or the previous one (use_dpop_nonce).",
+                           "retry with the DPoP-Nonce header's value; keep the latest nonce per server"),
+}
+
 #: A request to /token, /revoke or /introspect, and the client assertion in it.
-REQUEST: dict[str, Explanation] = {**_FORM, **_ASSERTION, **_POLICY, **_HTTP}
+REQUEST: dict[str, Explanation] = {**_FORM, **_ASSERTION, **_POLICY, **_HTTP, **_DPOP}
+
+# -- workload identity federation: a platform's workload token as the client assertion -----------
+_TRUST = "check the trusted issuer (`broker_admin.py trust show ISSUER`)"
+_WORKLOAD = "the workload's platform token"
+REQUEST.update({
+    "federation_issuer_unknown": _X("the assertion is a workload token (its iss is a URL, or it has no iss and a "
+                                    "SPIFFE ID as sub) whose issuer or SPIFFE trust domain is not trusted.",
+                                    "trust the issuer (`broker_admin.py trust add`), or fix the issuer the "
+                                    "platform writes (the federated_iss field of the log line)"),
+    "federation_keys_unavailable": _X("the trusted issuer's keys could not be fetched (the detail names why: "
+                                      "discovery, the jwks_uri, the key server).",
+                                      "see the federation.keys_fetch_failed line; the broker retries after "
+                                      "BROKER_JWKS_URI_REFETCH_COOLDOWN"),
+    "federation_alg_not_allowed": _X(_WORKLOAD + " is signed with an alg the trusted issuer does not allow (none "
+                                     "and HS* never are), or not its key's alg.", _TRUST),
+    "federation_typ_invalid": _X(_WORKLOAD + "'s typ header is neither absent nor JWT.",
+                                 "present the platform's token unchanged"),
+    "federation_key_unknown": _X(_WORKLOAD + " names a key (kid) the issuer does not publish, even after a refetch.",
+                                 "check the issuer's JWKS; a static jwks in the trust record must be updated "
+                                 "when the platform rotates its keys"),
+    "federation_signature_invalid": _X(_WORKLOAD + "'s signature does not verify with the issuer's keys.",
+                                       "present the platform's token unchanged; check the issuer's JWKS"),
+    "federation_aud_invalid": _X(_WORKLOAD + " is not for this broker: its aud is not {issuer} (or the trust "
+                                 "record's audience), or an array with other members too (the detail says which).",
+                                 "request the platform token with this broker as its audience (projected volume "
+                                 "audience, SPIRE -audience, GitHub getIDToken(audience)), or set "
+                                 "allow_other_audiences on the trusted issuer"),
+    "federation_exp_missing": _X(_WORKLOAD + " has no exp.", "platform tokens always carry exp: check the issuer"),
+    "federation_iat_missing": _X(_WORKLOAD + " has no iat.", "platform tokens always carry iat: check the issuer"),
+    "federation_exp_invalid": _X(_WORKLOAD + "'s exp is not a NumericDate.", "check the issuer"),
+    "federation_iat_invalid": _X(_WORKLOAD + "'s iat is not a NumericDate.", "check the issuer"),
+    "federation_nbf_invalid": _X(_WORKLOAD + "'s nbf is not a NumericDate.", "check the issuer"),
+    "federation_expired": _X(_WORKLOAD + " has expired.",
+                             "the workload must read its current token (the kubelet and SPIRE rotate them)"),
+    "federation_iat_in_future": _X(_WORKLOAD + " was issued in the future.", "sync the platform's clock (NTP)"),
+    "federation_not_yet_valid": _X(_WORKLOAD + "'s nbf is in the future.", "sync the platform's clock (NTP)"),
+    "federation_too_old": _X(_WORKLOAD + " was issued longer ago than the trusted issuer's max_token_age.",
+                             "shorten the platform token's lifetime, or raise max_token_age: " + _TRUST),
+    "federation_lifetime_too_long": _X(_WORKLOAD + " lives longer (exp - iat) than the trusted issuer's max_lifetime.",
+                                       "request shorter-lived tokens (projected volume expirationSeconds), or "
+                                       "raise max_lifetime: " + _TRUST),
+    "federation_sub_invalid": _X(_WORKLOAD + "'s sub is missing or too long, or a JWT-SVID's SPIFFE ID is outside "
+                                 "its trust domain.", "check the issuer"),
+    "federation_jti_invalid": _X(_WORKLOAD + "'s jti is not a string of 1 to BROKER_JTI_MAX_LENGTH characters.",
+                                 "check the issuer"),
+    "federation_jti_missing": _X("the trusted issuer is single_use but the token carries no jti.",
+                                 "turn single_use off for this issuer (reuse until exp, counted): " + _TRUST),
+    "federation_unmapped": _X("no mapping rule of the trusted issuer matches the workload (federated_sub).",
+                              "add a rule mapping it to a client: " + _TRUST),
+    "federation_ambiguous": _X("mapping rules naming different clients all match the workload: refused, never "
+                               "guessed (the detail names the clients).", "make the rules disjoint: " + _TRUST),
+    "federation_client_unknown": _X("the mapping rule names a client that is not registered.",
+                                    "register the client or fix the rule: " + _TRUST),
+    "federation_client_disabled": _X("the workload maps to a disabled client.", _CHECK_CLIENT),
+    "federation_client_admin": _X("the workload maps to an admin client: admin clients authenticate with their "
+                                  "own key only, never with a platform token.", "map the workload to another client"),
+    "federation_type_mismatch": _X("client_assertion_type was the SPIFFE one (jwt-spiffe) but the token's sub is "
+                                   "not a SPIFFE ID.", "send client_assertion_type=urn:ietf:params:oauth:"
+                                   "client-assertion-type:jwt-bearer"),
+})
+JWKS_FETCH_FEDERATION = {
+    "discovery_issuer_mismatch": _X("the trusted issuer's discovery document names another issuer.",
+                                    "fix the trust record's issuer (it must be the platform's iss exactly)"),
+    "discovery_": _X("the jwks_uri in the trusted issuer's discovery document was refused (private address, not "
+                     "https...: the rest of the code says which).", "set jwks_uri or jwks on the trusted issuer"),
+    "no_usable_keys": _X("the issuer's JWK set held no signing key for its algs.", "check the trusted issuer's algs"),
+}
 
 _TOKEN_BAD = "the access token was not issued by this broker as presented (damaged or forged)"
 #: An access token presented for introspection or revocation, or to the admin API.
@@ -229,6 +343,8 @@ ACCESS_TOKEN: dict[str, Explanation] = {
                       "nothing, unless the client should exist: " + _CHECK_CLIENT),
     "registration_gone": _X("the token's client was deleted and registered again since it was issued.",
                             "get a new token"),
+    "token_sender_constrained": _X("the access token is DPoP-bound (cnf); the admin API takes Bearer tokens only.",
+                                   "get the admin token without a DPoP header"),
 }
 
 _FETCH_HINT = "check the URL and the key server ({client_id}'s jwks_uri)"
@@ -260,7 +376,8 @@ JWKS_FETCH: dict[str, Explanation] = {
 }
 #: Events whose reason is about an access token, and those about a jwks_uri fetch.
 ACCESS_TOKEN_EVENTS = ("introspection.inactive", "revocation.ignored", "admin.")
-JWKS_FETCH_EVENTS = ("jwks_uri.",)
+JWKS_FETCH_EVENTS = ("jwks_uri.", "federation.keys_")
+JWKS_FETCH.update(JWKS_FETCH_FEDERATION)
 
 
 def explanation(event: str, reason: str) -> Explanation | None:
@@ -273,5 +390,5 @@ def explanation(event: str, reason: str) -> Explanation | None:
         table = REQUEST
     if reason in table:
         return table[reason]
-    prefix = next((p for p in ("http_error:", "key_invalid:", "http_") if reason.startswith(p)), None)
+    prefix = next((p for p in ("http_error:", "key_invalid:", "http_", "discovery_") if reason.startswith(p)), None)
     return JWKS_FETCH.get(prefix) if prefix is not None and table is JWKS_FETCH else None

@@ -20,7 +20,22 @@ from token_broker_jose.access_token import AT_TYP, InvalidToken, verification_ke
 from token_broker_jose.jose import VerificationKey
 
 
-class AccessTokenClaims(msgspec.Struct, frozen=True):
+class FederatedIdentity(msgspec.Struct, frozen=True):
+    """The workload a federated client's platform token was issued to (workload identity
+    federation, ``app.oauth.federation``): its trusted issuer and its ``sub``. An access token
+    carries it as its ``federation`` claim."""
+
+    iss: str
+    sub: str
+
+
+class Confirmation(msgspec.Struct, frozen=True):
+    """RFC 7800 ``cnf`` of a DPoP-bound token (RFC 9449 §6.1): the proof key's RFC 7638 thumbprint."""
+
+    jkt: str
+
+
+class AccessTokenClaims(msgspec.Struct, frozen=True, omit_defaults=True):
     iss: str
     sub: str
     client_id: str
@@ -29,6 +44,11 @@ class AccessTokenClaims(msgspec.Struct, frozen=True):
     jti: str
     iat: int
     exp: int
+    #: The workload whose platform token authenticated the client (workload identity federation):
+    #: ``{"iss": ..., "sub": ...}``; absent otherwise, so every other token is unchanged byte for byte.
+    federation: FederatedIdentity | None = None
+    #: Last and left out when None, so a bearer token's payload is what it was before DPoP.
+    cnf: Confirmation | None = None
 
 
 def new_token_id() -> str:
@@ -56,5 +76,6 @@ class TokenSigner:
         return (signing_input + b"." + b64url(signature)).decode("ascii")
 
 
-__all__ = ["AT_TYP", "AccessTokenClaims", "InvalidToken", "TokenSigner", "VerificationKey", "new_token_id", "verification_keys_from_jwks",
+__all__ = ["AT_TYP", "AccessTokenClaims", "Confirmation", "FederatedIdentity", "InvalidToken", "TokenSigner", "VerificationKey",
+           "new_token_id", "verification_keys_from_jwks",
            "verify_access_token"]

@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -103,6 +104,9 @@ class ParsedAssertion(msgspec.Struct, frozen=True):
     client_id: str
     #: The header's ``alg`` under the broker's name for it (``ALG_SYNONYMS``).
     alg: str
+    #: A workload token to verify against this trusted issuer's rules instead (``route``); then
+    #: ``client_id`` is empty and nothing but the syntax (steps 1-2 without ``alg``/``typ``) is checked.
+    route: str | None = None
 
 
 class VerifiedAssertion(msgspec.Struct, frozen=True):
@@ -116,8 +120,13 @@ class VerifiedAssertion(msgspec.Struct, frozen=True):
     compat: tuple[str, ...] = ()
 
 
-def parse_assertion(value: str, policy: AssertionPolicy) -> ParsedAssertion:
-    """Steps 1-3: everything that can be checked before knowing the client."""
+def parse_assertion(value: str, policy: AssertionPolicy, route: Callable[[dict[str, Any]], str | None] | None = None,
+                    ) -> ParsedAssertion:
+    """Steps 1-3: everything that can be checked before knowing the client.
+
+    ``route`` (workload identity federation, ``app.oauth.federation.route``): when it names an
+    issuer for the claims, the assertion comes back unchecked past the syntax, ``route`` set. Every
+    other assertion gets exactly the refusals it got without it."""
     if len(value) > policy.assertion_max:
         raise InvalidClient("assertion_too_large")
     if not value.isascii():
@@ -136,17 +145,28 @@ def parse_assertion(value: str, policy: AssertionPolicy) -> ParsedAssertion:
         raise InvalidClient("header_invalid")
     alg = header.get("alg")
     alg = ALG_SYNONYMS.get(alg, alg)
-    if alg is None or alg not in policy.algs:
-        raise InvalidClient("alg_not_allowed")
-    typ = header.get("typ")
-    if typ is not None:
-        t = typ.lower()
-        if t.startswith("application/"):
-            t = t[12:]
-        if t not in _ALLOWED_TYP:
-            raise InvalidClient("typ_invalid")
+    refusal: InvalidClient | None = None
+    if route is None:
+        _check_header(alg, header.get("typ"), policy)
+    else:  # a workload token is held to its issuer's algs instead: decided once the claims name it
+        try:
+            _check_header(alg, header.get("typ"), policy)
+        except InvalidClient as exc:
+            refusal = exc
 
-    claims = _strict_object(p64, "claims_invalid")
+    try:
+        claims = strict_object(p64, "claims_invalid")
+    except Malformed as exc:  # a header refusal comes first, as it always did
+        raise refusal or InvalidClient(exc.reason) from None
+    if route is not None:
+        issuer = route(claims)
+        if issuer is not None:
+            signature = b64decode(s64)
+            if signature is None:
+                raise InvalidClient("assertion_malformed")
+            return ParsedAssertion(header, claims, h64 + b"." + p64, signature, "", alg or "", issuer)
+        if refusal is not None:
+            raise refusal
     iss, sub = claims.get("iss"), claims.get("sub")
     if type(iss) is not str or type(sub) is not str or not iss or not clean(iss):
         raise InvalidClient("iss_sub_invalid")
@@ -156,6 +176,17 @@ def parse_assertion(value: str, policy: AssertionPolicy) -> ParsedAssertion:
     if signature is None:
         raise InvalidClient("assertion_malformed")
     return ParsedAssertion(header, claims, h64 + b"." + p64, signature, iss, alg)
+
+
+def _check_header(alg: str | None, typ: str | None, policy: AssertionPolicy) -> None:
+    if alg is None or alg not in policy.algs:
+        raise InvalidClient("alg_not_allowed")
+    if typ is not None:
+        t = typ.lower()
+        if t.startswith("application/"):
+            t = t[12:]
+        if t not in _ALLOWED_TYP:
+            raise InvalidClient("typ_invalid")
 
 
 class SignedAssertionRefused(InvalidClient):
@@ -204,7 +235,7 @@ def verify_assertion(parsed: ParsedAssertion, client: Client, policy: AssertionP
         if decoys is not None:
             decoys.spend(parsed)
         raise InvalidClient(keys)
-    key = _verifying_key(keys, parsed)
+    key = verifying_key(keys, parsed)
     if key is None:
         raise InvalidClient("signature_invalid")
     record = client.record
@@ -235,14 +266,20 @@ def _client_keys(parsed: ParsedAssertion, client: Client) -> tuple[VerificationK
     key; without it an ``x5t#S256`` or ``x5t`` header narrows several keys down to those it names
     (ignored for a client with one key); each candidate must be bound to the assertion's ``alg``.
     """
+    return candidate_keys(parsed, client.keys)
+
+
+def candidate_keys(parsed: ParsedAssertion, published: Mapping[str, VerificationKey]
+                   ) -> tuple[VerificationKey, ...] | str:
+    """``_client_keys`` over any key set (a trusted issuer's too): ``kid``, else ``x5t``, else all."""
     kid = parsed.header.get("kid")
     if kid is not None:
-        key = client.keys.get(kid)
+        key = published.get(kid)
         if key is None:
             return "kid_unknown"
         return (key,) if key.alg == parsed.alg else "alg_not_allowed"
-    keys: Any = client.keys.values()
-    if len(client.keys) > 1:
+    keys: Any = published.values()
+    if len(published) > 1:
         thumbprint = parsed.header.get("x5t#S256") or parsed.header.get("x5t")
         if thumbprint is not None:
             thumbprint = thumbprint.rstrip("=")  # MSAL pads it (urlsafe_b64encode); RFC 7515 does not
@@ -255,7 +292,7 @@ def _client_keys(parsed: ParsedAssertion, client: Client) -> tuple[VerificationK
     return fitting
 
 
-def _verifying_key(keys: tuple[VerificationKey, ...], parsed: ParsedAssertion) -> VerificationKey | None:
+def verifying_key(keys: tuple[VerificationKey, ...], parsed: ParsedAssertion) -> VerificationKey | None:
     """The first key whose signature check passes (one check per key tried)."""
     for key in keys:
         if _signature_ok(key, parsed):

@@ -167,6 +167,9 @@ class ClientRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     allow_shared_key: bool = False
     #: The operator's relaxations for this client (None: the strict rules, the default).
     compat: CompatProfile | None = None
+    #: RFC 9449 §5.2: every token request of this client must carry a DPoP proof (its tokens are
+    #: always DPoP-bound); a request without one is refused with ``invalid_dpop_proof``.
+    dpop_bound_access_tokens: bool = False
 
 
 _record_decoder = msgspec.json.Decoder(ClientRecord)

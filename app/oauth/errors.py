@@ -119,6 +119,22 @@ class ServerError(OAuthError):
     description = "The server encountered an unexpected condition."
 
 
+class InvalidDPoPProof(OAuthError):
+    """RFC 9449 §5: the token request's DPoP proof is missing (the client's registration requires
+    one), malformed or fails a check; the description is the check's fixed text
+    (``token_broker_jose.dpop``). Only an authenticated client ever gets it (``app.service.token``)."""
+
+    error = "invalid_dpop_proof"
+    description = "The DPoP proof is invalid."
+
+
+class UseDPoPNonce(OAuthError):
+    """RFC 9449 §8: the proof lacks the server's current nonce; the answer carries it in ``DPoP-Nonce``."""
+
+    error = "use_dpop_nonce"
+    description = "Authorization server requires nonce in DPoP proof"
+
+
 class _ErrorBody(msgspec.Struct):
     error: str
     error_description: str

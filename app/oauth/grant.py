@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from app.oauth.access_token import FederatedIdentity
 from app.oauth.clients import SCOPE_TOKEN, Client
 from app.oauth.constants import GRANT_CLIENT_CREDENTIALS, URI_MAX
 from app.oauth.errors import InvalidRequest, InvalidScope, InvalidTarget, UnauthorizedClient
@@ -30,6 +31,8 @@ class Grant(msgspec.Struct, frozen=True):
     lifetime: int
     #: The client's registration (``ClientRecord.registration_id``): the token's jti names it.
     registration_id: str = ""
+    #: The workload a federated client authenticated as (the token's ``federation`` claim), or None.
+    federation: FederatedIdentity | None = None
 
     @property
     def scope(self) -> str:

@@ -45,6 +45,8 @@ def server_metadata(settings: Settings, *, signing_algs: list[str]) -> dict[str,
         "introspection_endpoint": settings.introspection_endpoint,
         "introspection_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_signing_alg_values_supported": assertion_algs,
+        # RFC 9449 §5.1: DPoP proofs are accepted at the token endpoint with these algorithms.
+        "dpop_signing_alg_values_supported": list(settings.dpop_algs),
     }
 
 

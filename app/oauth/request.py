@@ -30,6 +30,7 @@ import msgspec
 
 from app.oauth.constants import CLIENT_ASSERTION_TYPE, GRANT_CLIENT_CREDENTIALS
 from app.oauth.errors import InvalidClient, InvalidRequest, InvalidTarget, UnsupportedGrantType
+from app.oauth.federation import SPIFFE_ASSERTION_TYPE
 
 _KNOWN = frozenset(
     {"grant_type", "client_assertion_type", "client_assertion", "client_id", "scope", "resource"}
@@ -55,6 +56,8 @@ class TokenRequest(msgspec.Struct, frozen=True):
     client_id: str | None
     scope: str | None
     resource: str | None
+    #: ``CLIENT_ASSERTION_TYPE``, or ``SPIFFE_ASSERTION_TYPE`` for a SPIFFE JWT-SVID.
+    assertion_type: str = CLIENT_ASSERTION_TYPE
 
 
 def parse_token_request(body: bytes, content_type: str | None, *, has_authorization: bool) -> TokenRequest:
@@ -70,15 +73,18 @@ def parse_token_request(body: bytes, content_type: str | None, *, has_authorizat
     if grant_type != GRANT_CLIENT_CREDENTIALS:
         raise UnsupportedGrantType("grant_type_unsupported")
 
-    assertion, client_id = client_auth_params(params, has_authorization=has_authorization)
+    assertion, client_id, assertion_type = client_auth_params(params, has_authorization=has_authorization)
 
     if len(resources) > 1:
         raise InvalidTarget("resource_multiple")
-    return TokenRequest(assertion, client_id, params.get("scope"), resources[0] if resources else None)
+    return TokenRequest(assertion, client_id, params.get("scope"), resources[0] if resources else None, assertion_type)
 
 
-def client_auth_params(params: dict[str, str], *, has_authorization: bool) -> tuple[str, str | None]:
-    """RFC 7523 §2.2 client authentication parameters: (client_assertion, client_id or None).
+def client_auth_params(params: dict[str, str], *, has_authorization: bool) -> tuple[str, str | None, str]:
+    """RFC 7523 §2.2 client authentication parameters: (client_assertion, client_id or None,
+    client_assertion_type). The type is ``CLIENT_ASSERTION_TYPE``, or the SPIFFE one of
+    draft-ietf-oauth-spiffe-client-auth (``SPIFFE_ASSERTION_TYPE``: a JWT-SVID, checked as a
+    workload token of a trusted issuer, ``app.service.federation``).
 
     Shared by every client-authenticated endpoint (token, RFC 7009 revocation, RFC 7662
     introspection) so each refuses a second method and a bad assertion type identically.
@@ -94,11 +100,11 @@ def client_auth_params(params: dict[str, str], *, has_authorization: bool) -> tu
         if assertion is not None:
             raise InvalidRequest("assertion_type_missing")
         raise InvalidClient("client_auth_missing")
-    if assertion_type != CLIENT_ASSERTION_TYPE:
+    if assertion_type != CLIENT_ASSERTION_TYPE and assertion_type != SPIFFE_ASSERTION_TYPE:
         raise InvalidClient("assertion_type_unsupported")
     if assertion is None:
         raise InvalidClient("assertion_missing")
-    return assertion, client_id
+    return assertion, client_id, assertion_type
 
 
 def parse_form(body: bytes, content_type: str | None, known: frozenset[str]) -> dict[str, str]:

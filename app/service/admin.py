@@ -24,7 +24,8 @@ one.
 Every admin call carries a broker-issued access token (RFC 6750 Bearer) whose audience is
 ``<issuer>/admin`` and whose scope holds ``broker:admin``, issued to an admin client's current
 registration; the admin client got it from ``/token`` with private_key_jwt like any other
-client. There is no unauthenticated admin operation.
+client. A DPoP-bound token (``cnf``) is refused: the admin API checks no DPoP proof, so accepting
+one as Bearer would make its binding worthless. There is no unauthenticated admin operation.
 """
 
 from __future__ import annotations
@@ -127,6 +128,8 @@ class AdminService:
             token.strip(), self._keys(), issuer=self._settings.issuer, audience=self._settings.admin_audience,
             now=self._clock(), leeway=self._settings.leeway,
         )
+        if "cnf" in claims:  # sender-constrained (DPoP, RFC 9449 §7.2): its proof is not checked here
+            raise InvalidToken("token_sender_constrained")
         if ADMIN_SCOPE not in claims["scope"].split(" "):
             raise InsufficientScope(ADMIN_SCOPE)
         client = await self._directory.get(claims["client_id"])

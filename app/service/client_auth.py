@@ -57,7 +57,9 @@ from app.oauth.assertion import (
 )
 from app.oauth.clients import Client
 from app.oauth.errors import InvalidClient, OAuthError, TemporarilyUnavailable
+from app.oauth.federation import FederatedIdentity, replay_jti, route
 from app.service.directory import ClientDirectory
+from app.service.federation import FederationService, federation_log_fields
 from app.service.ratelimit import FailureLimiter, KeyHolderFailure
 from app.store.base import REPLAYED, REUSED, ReplayGuard, StoreUnavailable
 
@@ -71,6 +73,8 @@ class EndpointRequest(msgspec.Struct, frozen=True):
     request_id: str
     #: The peer's address: the rate limiter's per-source key.
     source: str | None
+    #: The values of the request's ``DPoP`` headers (RFC 9449 §4.1), in order; the token endpoint reads them.
+    dpop: tuple[str, ...] = ()
 
 
 def assertion_policy(settings: Settings) -> AssertionPolicy:
@@ -97,6 +101,8 @@ class Authenticated(msgspec.Struct, frozen=True):
     #: SHA-256 (hex) of the whole assertion when the client may re-send it (compat
     #: ``assertion_reuse``) and it has not expired; the jti is then recorded with it.
     reuse: str | None = None
+    #: The workload whose token authenticated the client (workload identity federation), or None.
+    federation: FederatedIdentity | None = None
 
     @property
     def client_id(self) -> str:
@@ -124,6 +130,9 @@ class _Form(Protocol):
 
     @property
     def client_id(self) -> str | None: ...
+
+    @property
+    def assertion_type(self) -> str: ...
 
 
 class _Verdict(Protocol):
@@ -164,8 +173,11 @@ class ClientAuthenticator:
         limiter: FailureLimiter,
         log: Any,
         clock: Callable[[], float] = time.time,
+        federation: FederationService | None = None,
     ) -> None:
         self._policy = assertion_policy(settings)
+        self._federation = federation
+        self._route = route if federation is not None else None
         # Built once (key generation is slow); used only on refusals.
         self._decoys = DecoyKeys(self._policy.algs)
         self._directory = directory
@@ -183,35 +195,71 @@ class ClientAuthenticator:
         request_id = request.request_id
         client_id: str | None = None  # for the logs and the per-client limit, once the assertion names it
         digest: str | None = None
+        federated: dict[str, str] = {}  # a workload token's issuer and sub, for the logs
         try:
             self._limiter.check_address(request.source)
             now = self._clock()
             form = endpoint.parse(request.body, request.content_type, has_authorization=request.has_authorization)
-            parsed = parse_assertion(form.client_assertion, self._policy)
-            client_id = parsed.client_id
-            if tracing.on:
-                tracing.client(client_id)
-            auth = await self._verify(parsed, form.client_id, now, request_id)
+            parsed = parse_assertion(form.client_assertion, self._policy, self._route)
+            auth = None
+            if parsed.route is not None:
+                federated = federation_log_fields(parsed)
+                auth = await self._federated(parsed, form, now)
+                if auth is None:  # not a trusted issuer's, iss == sub: the private_key_jwt rules decide
+                    federated = {}
+                    parsed = parse_assertion(form.client_assertion, self._policy)
+            if auth is None:
+                client_id = parsed.client_id
+                if tracing.on:
+                    tracing.client(client_id)
+                auth = await self._verify(parsed, form.client_id, now, request_id)
+            client_id = auth.client_id
             digest = auth.jti_hash
             recorded = await endpoint.record(auth, form, request_id)
             if not recorded.first_use:
                 self._log.warning("replay.rejected", request_id=request_id, client_id=client_id, jti_hash=digest,
-                                  reason="jti_replayed", source=request.source)
+                                  reason="jti_replayed", source=request.source, **federated)
                 raise InvalidClient("jti_replayed")
-            if auth.reuse is not None and recorded.reused:
+            if auth.federation is not None:
+                self._count_federated(auth, recorded.reused)
+            elif auth.reuse is not None and recorded.reused:
                 self._directory.compat_used(client_id, ASSERTION_REUSE, request_id, jti_hash=digest)
             return await endpoint.answer(auth, form, recorded, now, request_id)
         except StoreUnavailable as exc:
             self._log.error(endpoint.event + ".store_unavailable", request_id=request_id, client_id=client_id,
-                            error=str(exc))
+                            error=str(exc), **federated)
             raise TemporarilyUnavailable("store_unavailable", headers={"Retry-After": self._retry_after}) from None
         except OAuthError as exc:
             self._log.info(endpoint.event + ".rejected", request_id=request_id, client_id=client_id, jti_hash=digest,
-                           error=exc.error, reason=exc.reason, source=request.source,
+                           error=exc.error, reason=exc.reason, source=request.source, **federated,
                            **({"detail": exc.log_detail} if exc.log_detail is not None else {}))
             if isinstance(exc, InvalidClient):
                 await self._limiter.failed(request.source, request_id, self._key_holder_failure(exc, client_id))
             raise
+
+    async def _federated(self, parsed: ParsedAssertion, form: _Form, now: float) -> Authenticated | None:
+        """A workload token (``app.service.federation``): verified, mapped, and its replay record
+        chosen by its issuer's policy: the token's own jti once, or the token itself until exp."""
+        assert self._federation is not None
+        found = await self._federation.authenticate(parsed, form.client_id, form.assertion_type, now)
+        if found is None:
+            return None
+        verified, issuer = found.verified, found.issuer
+        client_id = verified.client_id
+        self._limiter.check_client(client_id)
+        if tracing.on:
+            tracing.client(client_id)
+        jti = replay_jti(issuer.issuer, verified, issuer.single_use)
+        # The record outlives the token (leeway + skew), never longer than the issuer's lifetime cap.
+        ttl = min(max(verified.exp + self._ttl_pad - now, 1.0), issuer.max_lifetime + self._ttl_pad)
+        return Authenticated(found.client, VerifiedAssertion(client_id, jti, verified.exp, verified.kid),
+                             jti_hash(client_id, jti), int(ttl * 1000),
+                             None if issuer.single_use else verified.digest, verified.identity)
+
+    def _count_federated(self, auth: Authenticated, reused: bool) -> None:
+        assert self._federation is not None and auth.federation is not None
+        use = "single_use" if auth.reuse is None else "reuse" if reused else "first"
+        self._federation.counted(auth.federation.iss, auth.client_id, use)
 
     def _key_holder_failure(self, exc: InvalidClient, client_id: str | None) -> KeyHolderFailure | None:
         """What the limiter counts toward the client: only a refusal of an assertion the client's

@@ -1,4 +1,5 @@
-"""Client metadata (shaped after RFC 7591 §2) → a validated ``ClientRecord``; the clients file.
+"""Client metadata (shaped after RFC 7591 §2) → a validated ``ClientRecord``; the clients file
+(its clients and its trusted issuers, ``validate_trusted_issuer``).
 
 ``build_record`` is the one gate every registration passes (admin API, clients file, bootstrap):
 each field is checked for its type and value, and the finished record is read back through the
@@ -41,6 +42,7 @@ from app.oauth.clients import (
 from app.oauth.constants import ALG_KEY_TYPES, GRANT_CLIENT_CREDENTIALS, INTROSPECT_SCOPE
 from app.oauth.errors import InvalidTarget
 from app.oauth.grant import check_resource
+from app.oauth.trust import TrustedIssuer, trusted_issuer
 from app.service.jwks_fetch import check_jwks_uri
 
 LEGACY_AUD_MAX_WINDOW = 366 * 86400
@@ -113,6 +115,7 @@ def _build(settings: Settings, metadata: Any, *, existing: ClientRecord | None, 
         admin=admin,
         allow_shared_key=_flag(metadata, "allow_shared_key", False),
         compat=compat_profile(metadata.get("compat")),
+        dpop_bound_access_tokens=_flag(metadata, "dpop_bound_access_tokens", False),
     )
 
 
@@ -125,6 +128,10 @@ def _client_keys(settings: Settings, metadata: dict[str, Any],
         raise InvalidClientMetadata("jwks_and_jwks_uri", "give jwks or jwks_uri, not both (RFC 7591 §2)")
     if jwks_uri is not None:
         return check_jwks_uri(jwks_uri, allow_http_loopback=settings.jwks_uri_allow_http_loopback), {}
+    if isinstance(jwks, dict) and jwks == {"keys": []}:
+        # Said explicitly: no key of its own. The client authenticates only with its platform's
+        # token through a trusted issuer (workload identity federation, app.oauth.trust).
+        return None, {"keys": []}
     if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
         raise InvalidClientMetadata("jwks_missing", "give jwks (a JWK Set with at least one public key) or a jwks_uri")
     return None, validate_client_jwks(jwks["keys"], default_alg=signing_alg)
@@ -263,6 +270,8 @@ class ClientsDocument(msgspec.Struct, frozen=True):
     #: ``"restore_lost_registry": true`` at the top: the file lists every client that matters, so a
     #: lost registry may be re-created from it without the operator (``app.service.clients_file``).
     restore_lost_registry: bool = False
+    #: ``"trusted_issuers": [...]`` at the top: workload identity federation (``app.oauth.trust``).
+    trusted_issuers: list[TrustedIssuer] = []
 
 
 def read_clients_file(settings: Settings, path: str, *, now: float) -> list[ClientRecord]:
@@ -291,7 +300,8 @@ def read_clients_document(settings: Settings, path: str, *, now: float) -> Clien
     restore = data.get("restore_lost_registry", False) if isinstance(data, dict) else False
     if type(restore) is not bool:
         raise ConfigError(f"BROKER_CLIENTS_FILE={path}: restore_lost_registry must be true or false")
-    return ClientsDocument(_file_entries(settings, path, entries, now), restore)
+    issuers = data.get("trusted_issuers", []) if isinstance(data, dict) else []
+    return ClientsDocument(_file_entries(settings, path, entries, now), restore, _file_issuers(settings, path, issuers))
 
 
 def _file_entries(settings: Settings, path: str, entries: list[Any], now: float) -> list[ClientRecord]:
@@ -321,3 +331,31 @@ def _file_entry(settings: Settings, metadata: Any, earlier: list[ClientRecord], 
             raise InvalidClientMetadata("jwk_shared", f"a public key is also listed for {other.client_id!r} "
                                         "(set allow_shared_key on both to share it)")
     return record
+
+
+def validate_trusted_issuer(settings: Settings, value: Any) -> TrustedIssuer:
+    """A trusted issuer from untrusted JSON (admin API, clients file): ``app.oauth.trust.trusted_issuer``,
+    and never the broker itself (its access tokens are not client assertions)."""
+    record = trusted_issuer(value, allow_http_loopback=settings.jwks_uri_allow_http_loopback)
+    if record.issuer.rstrip("/") == settings.issuer.rstrip("/"):
+        raise InvalidClientMetadata("trust_issuer_self", "the broker's own issuer cannot be a trusted issuer: "
+                                    "its access tokens are not client assertions")
+    return record
+
+
+def _file_issuers(settings: Settings, path: str, entries: Any) -> list[TrustedIssuer]:
+    if not isinstance(entries, list):
+        raise ConfigError(f"BROKER_CLIENTS_FILE={path}: trusted_issuers must be a list of trusted issuers")
+    records: list[TrustedIssuer] = []
+    for index, value in enumerate(entries):
+        name = value.get("issuer") if isinstance(value, dict) else None
+        try:
+            record = validate_trusted_issuer(settings, value)
+        except InvalidClientMetadata as exc:
+            raise ConfigError(f"BROKER_CLIENTS_FILE={path}: trusted issuer #{index} ({str(name)[:80]!r}): "
+                              f"{exc.detail}") from None
+        if any(r.issuer == record.issuer for r in records):
+            raise ConfigError(f"BROKER_CLIENTS_FILE={path}: trusted issuer #{index} ({record.issuer[:80]!r}) "
+                              "appears twice in the file")
+        records.append(record)
+    return records

@@ -17,6 +17,15 @@ ConfigMap). Each replica:
   ``clients_file.drift`` with the client_ids, and counted (``broker_clients_file_drift_total``).
   Clients the file does not list are left alone; removing an entry does not delete the client.
 
+The file may also list trusted issuers of workload identity federation (``"trusted_issuers":
+[...]``, records as ``app.oauth.trust.trusted_issuer`` accepts them, docs/workload-identity.md).
+They follow the same rules, applied after the clients (a mapping rule may name a client the file
+lists) through ``TrustAdmin.assert_issuer``: the file wins for the issuers it lists (drift is
+logged with ``trusted_issuers``), an issuer dropped from the file stays stored, an entry the
+registry refuses (a rule naming a client that is not registered) stops the start and is logged
+once as ``clients_file.issuer_refused`` later, and they are re-asserted with the clients when a lost
+registry is restored or re-created from the file.
+
 Every write is ``AdminService.assert_record``: a compare-and-set that writes only what differs, so
 replicas applying the same file write each change once and never undo each other. (Replicas that
 see *different* versions, during a rollout of the file, each put back their own until they agree.)
@@ -41,13 +50,18 @@ from typing import Any
 from app.config import ConfigError, Settings
 from app.metrics import CLIENTS_FILE_DRIFT, CLIENTS_FILE_ERRORS, Metrics
 from app.oauth.clients import InvalidClientMetadata
+from app.oauth.trust import TrustedIssuer
 from app.service.admin import AdminService
 from app.service.client_metadata import ClientsDocument, read_clients_document, same_registration
 from app.service.registry_state import RegistryWatch
+from app.service.trust_admin import TrustAdmin
 from app.store.base import ClientRegistry, StoreUnavailable
 
 #: How often each replica looks at the file (seconds).
 POLL_INTERVAL = 2.0
+#: Marks a trusted issuer among the client_ids of the pending, refused and drifted sets (a
+#: client_id cannot contain a space).
+TRUST = "trusted issuer "
 
 
 class ClientsFile:
@@ -55,7 +69,7 @@ class ClientsFile:
 
     def __init__(self, path: str, *, settings: Settings, admin: AdminService, registry: ClientRegistry,
                  watch: RegistryWatch, log: Any, metrics: Metrics, clock: Callable[[], float],
-                 interval: float = POLL_INTERVAL) -> None:
+                 interval: float = POLL_INTERVAL, trust: TrustAdmin | None = None) -> None:
         self.path = path
         self._settings = settings
         self._admin = admin
@@ -65,11 +79,13 @@ class ClientsFile:
         self._metrics = metrics
         self._clock = clock
         self._interval = interval
+        self._trust = trust
         #: The version in force (the last one that validated).
         self._document: ClientsDocument | None = None
         #: (inode, size, mtime) of the last version read, valid or not.
         self._seen: tuple[int, int, int] | None = None
-        #: Entries that changed in the file and are not applied yet (their writes are not drift).
+        #: Entries that changed in the file and are not applied yet (their writes are not drift):
+        #: client_ids, and ``TRUST`` + issuer for trusted issuers.
         self._pending: set[str] = set()
         #: The registry epoch the file was last applied at (None: apply at the next check).
         self._epoch: int | None = None
@@ -124,7 +140,18 @@ class ClientsFile:
                 raise ConfigError(f"BROKER_CLIENTS_FILE={self.path}: client {record.client_id!r}: {exc.detail}") from None
             written += 1
             self._log.info("admin.client_loaded", source="clients_file", client_id=record.client_id)
-        self._log.info("admin.clients_file_loaded", path=self.path, clients=len(document.clients), changed=written)
+        for issuer in document.trusted_issuers:
+            try:
+                written += await self._assert_issuer(issuer)
+            except InvalidClientMetadata as exc:  # e.g. a rule naming a client that is not registered
+                raise ConfigError(f"BROKER_CLIENTS_FILE={self.path}: trusted issuer {issuer.issuer!r}: {exc.detail}") from None
+        self._log.info("admin.clients_file_loaded", path=self.path, clients=len(document.clients), changed=written,
+                       trusted_issuers=len(document.trusted_issuers))
+
+    async def _assert_issuer(self, record: TrustedIssuer) -> bool:
+        if self._trust is None:
+            raise ConfigError("trusted issuers in the clients file need the trusted-issuer store")
+        return await self._trust.assert_issuer(record, source="clients_file")
 
     # -- while running --------------------------------------------------------------------------
 
@@ -160,6 +187,8 @@ class ClientsFile:
         before = {r.client_id: r for r in self._document.clients} if self._document is not None else {}
         self._pending |= {r.client_id for r in document.clients
                           if r.client_id not in before or not same_registration(before[r.client_id], r)}
+        issuers_before = self._document.trusted_issuers if self._document is not None else []
+        self._pending |= {TRUST + r.issuer for r in document.trusted_issuers if r not in issuers_before}
         self._document, self._refused = document, set()
         self._log.info("clients_file.changed", path=self.path, clients=len(document.clients),
                        changed=sorted(self._pending))
@@ -178,17 +207,37 @@ class ClientsFile:
                 self._log.info("admin.client_loaded", source="clients_file", client_id=record.client_id)
                 if record.client_id not in self._pending:
                     drift.append(record.client_id)
+        issuers = await self._reconcile_issuers()
         self._pending = set()
-        if drift:
+        if drift or issuers:
             self._log.warning("clients_file.drift", path=self.path, client_ids=drift,
+                              **({"trusted_issuers": issuers} if issuers else {}),
                               note="changed outside the clients file (admin API, import) and put back to what the "
                                    "file says: the file wins for the clients it lists; change them there")
-            self._metrics.inc(CLIENTS_FILE_DRIFT, len(drift))
+            self._metrics.inc(CLIENTS_FILE_DRIFT, len(drift) + len(issuers))
+
+    async def _reconcile_issuers(self) -> list[str]:
+        """Apply the file's trusted issuers. Returns: the issuers put back (drift)."""
+        assert self._document is not None
+        drift: list[str] = []
+        for record in self._document.trusted_issuers:
+            try:
+                wrote = await self._assert_issuer(record)
+            except (InvalidClientMetadata, ConfigError) as exc:
+                self._refuse(TRUST + record.issuer, getattr(exc, "detail", str(exc)))
+                continue
+            if wrote and TRUST + record.issuer not in self._pending:
+                drift.append(record.issuer)
+        return drift
 
     def _refuse(self, client_id: str, detail: str) -> None:
         if client_id not in self._refused:
             self._refused.add(client_id)
-            self._log.error("clients_file.client_refused", path=self.path, client_id=client_id, error=detail[:300])
+            if client_id.startswith(TRUST):
+                self._log.error("clients_file.issuer_refused", path=self.path, issuer=client_id[len(TRUST):],
+                                error=detail[:300])
+            else:
+                self._log.error("clients_file.client_refused", path=self.path, client_id=client_id, error=detail[:300])
             self._metrics.inc(CLIENTS_FILE_ERRORS)
 
     async def _reseed(self) -> None:

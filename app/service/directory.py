@@ -311,6 +311,12 @@ class ClientDirectory:
 
     # -- invalidation ------------------------------------------------------------------------
 
+    @property
+    def generation(self) -> int:
+        """Moves whenever the cached clients are dropped (the registry epoch moved, or Redis did not
+        answer the poll): other per-process caches of registry data (trusted issuers) follow it."""
+        return self._generation
+
     def invalidate(self) -> None:
         self._generation += 1
         self._cache.clear()

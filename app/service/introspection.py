@@ -7,7 +7,8 @@ introspected (a resource server asks about its callers' tokens). The answer is
 ``{"active": false}`` and nothing more for a token that is malformed, not signed by one of the
 broker's keys, from another issuer, expired, revoked, or whose client is unknown or disabled,
 or issued to an earlier registration of its client_id (deleted since, then registered again);
-otherwise the token's claims (§2.2). When the store cannot tell whether the token is revoked, the
+otherwise the token's claims (§2.2), and for a DPoP-bound token its ``cnf`` and ``token_type``
+``DPoP`` (RFC 9449 §6.2; ``app.oauth.token_ops``). When the store cannot tell whether the token is revoked, the
 answer is 503 (no answer rather than a wrong one).
 """
 

@@ -2,8 +2,10 @@
 
 RFC 6749 §5.1 lets the server answer a request with any token that fits it; RFC 9068 tokens carry
 no per-request data, so two requests that agree on (client_id, sorted unique scopes, audience,
-client registration id and version, signing kid) can share one token: one cache entry, named by
-``TokenStore.cache_id``. The cache:
+client registration id and version, signing kid, the federated workload of a client
+authenticated by a workload token, and for a DPoP-bound token the proof key's thumbprint ``jkt``)
+can share one token: one cache entry, named by ``TokenStore.cache_id``. A token bound to one key is
+never served to another key, nor to a bearer request, nor a bearer token to a DPoP request. The cache:
 
 - never runs before the client is fully authenticated and its jti consumed: the token service
   hands in the entry read by the same atomic store call that recorded the jti
@@ -11,7 +13,7 @@ client registration id and version, signing kid) can share one token: one cache 
 - serves an entry only when it decodes strictly, is not expired, still has at least
   ``cache_min_remaining_share`` of its lifetime left, and its token is byte for byte the one this
   broker would have signed for this request: header (alg, current kid) and payload (iss, sub,
-  client_id, aud, scope, jti, iat, exp) are rebuilt and compared, and the jti must name the
+  client_id, aud, scope, jti, iat, exp, federation, and ``cnf`` with the request's ``jkt``) are rebuilt and compared, and the jti must name the
   client's current registration, so an entry planted under another grant's id (another client,
   scope set, audience or registration) is a miss. The signature is not re-verified: writing to
   Redis lets one break the cache, not forge a signature;
@@ -43,7 +45,7 @@ from app.metrics import CACHE_MISSES as MISSES
 from app.metrics import CACHE_STAMPEDE_WAITS as STAMPEDE_WAITS
 from app.metrics import TOKENS_MINTED as MINTED
 from app.metrics import TOKENS_REVOKED as REVOKED
-from app.oauth.access_token import AccessTokenClaims, TokenSigner
+from app.oauth.access_token import AccessTokenClaims, Confirmation, TokenSigner
 from app.oauth.clients import jti_registration, registration_jti
 from app.oauth.grant import Grant
 from app.store.base import LOCK_MS, CacheLookup, StoreUnavailable, TokenStore
@@ -77,15 +79,16 @@ class TokenCache:
         self._log = log
         self._inflight: dict[str, asyncio.Task[tuple[CacheEntry, str]]] = {}
 
-    def cache_id(self, grant: Grant, version: int, signer: TokenSigner) -> str:
-        """The id of the entry for this grant (its registration), registration ``version`` and signing key."""
+    def cache_id(self, grant: Grant, version: int, signer: TokenSigner, jkt: str | None = None) -> str:
+        """The id of the entry for this grant (its registration), registration ``version``, signing
+        key and DPoP proof key (``jkt``, None for a bearer token)."""
         return self.store.cache_id(grant.client_id, grant.scopes, grant.audience, grant.registration_id, version,
-                                   signer.kid)
+                                   signer.kid, grant.federation, jkt)
 
     async def issue(self, grant: Grant, signer: TokenSigner, cache_id: str, lookup: CacheLookup, now: float,
-                    request_id: str) -> tuple[CacheEntry, str]:
+                    request_id: str, jkt: str | None = None) -> tuple[CacheEntry, str]:
         """The token to answer with and how it was found: ``hit``, ``wait`` or ``mint``."""
-        entry, reason = self.check(lookup.entry, grant, signer, now)
+        entry, reason = self.check(lookup.entry, grant, signer, now, jkt)
         if entry is not None:
             self._metrics.inc(HITS)
             return entry, "hit"
@@ -107,16 +110,17 @@ class TokenCache:
             try:
                 entry, _ = await asyncio.wait_for(asyncio.shield(task), self._wait + LOCK_MS / 1000)
             except Exception:  # the leader failed or is stuck: do not make this request fail too
-                return self._mint(grant, signer, int(now)), "mint"
+                return self._mint(grant, signer, int(now), jkt), "mint"
             return entry, "wait"
         # The fill runs as its own task so a leader whose client goes away cannot strand the others.
-        task = asyncio.ensure_future(self._fill(grant, signer, cache_id, now, request_id, lookup.locked))
+        task = asyncio.ensure_future(self._fill(grant, signer, cache_id, now, request_id, lookup.locked, jkt))
         self._inflight[cache_id] = task  # the lock holder's fill replaces a polling one: later misses join it
         task.add_done_callback(lambda t: self._inflight.pop(cache_id) if self._inflight.get(cache_id) is t else None)
         return await asyncio.shield(task)
 
-    def check(self, raw: bytes | None, grant: Grant, signer: TokenSigner, now: float) -> tuple[CacheEntry | None, str]:
-        """A servable entry, or None and the miss reason."""
+    def check(self, raw: bytes | None, grant: Grant, signer: TokenSigner, now: float,
+              jkt: str | None = None) -> tuple[CacheEntry | None, str]:
+        """A servable entry, or None and the miss reason (``jkt``: the proof key of a DPoP request)."""
         if raw is None:
             return None, "absent"
         try:
@@ -133,7 +137,8 @@ class TokenCache:
             return None, "mismatch"
         claims = AccessTokenClaims(
             iss=self._issuer, sub=grant.client_id, client_id=grant.client_id, aud=grant.audience,
-            scope=grant.scope, jti=entry.jti, iat=entry.iat, exp=entry.exp,
+            scope=grant.scope, jti=entry.jti, iat=entry.iat, exp=entry.exp, federation=grant.federation,
+            cnf=None if jkt is None else Confirmation(jkt),
         )
         token = entry.access_token
         try:
@@ -145,7 +150,7 @@ class TokenCache:
         return entry, "hit"
 
     async def _fill(self, grant: Grant, signer: TokenSigner, cache_id: str, now: float,
-                    request_id: str, prelocked: bool) -> tuple[CacheEntry, str]:
+                    request_id: str, prelocked: bool, jkt: str | None) -> tuple[CacheEntry, str]:
         client_id = grant.client_id
         if prelocked:  # the lookup found no entry and took the lock in the same atomic step
             locked, raw = True, None
@@ -155,7 +160,7 @@ class TokenCache:
             except StoreUnavailable as exc:
                 self._log.warning("token_cache.lock_failed", request_id=request_id, client_id=client_id, error=str(exc))
                 locked, raw = True, None  # fail open: mint
-        entry, _ = self.check(raw, grant, signer, now)
+        entry, _ = self.check(raw, grant, signer, now, jkt)
         if entry is not None:  # written by another request since this one's first read
             self._metrics.inc(STAMPEDE_WAITS, via="replica")
             if locked:
@@ -173,18 +178,18 @@ class TokenCache:
                     raw = await self.store.read(client_id, cache_id)
                 except StoreUnavailable:
                     break
-                entry, _ = self.check(raw, grant, signer, now)
+                entry, _ = self.check(raw, grant, signer, now, jkt)
                 if entry is not None:
                     return entry, "wait"
             self._log.info("token_cache.stampede_timeout", request_id=request_id, client_id=client_id)
-        entry = self._mint(grant, signer, int(now))
+        entry = self._mint(grant, signer, int(now), jkt)
         try:
             await self.store.write(client_id, cache_id, entry.jti, _encode(entry), max(1, int((entry.exp - now) * 1000)))
         except StoreUnavailable as exc:
             self._log.warning("token_cache.write_failed", request_id=request_id, client_id=client_id, error=str(exc))
         return entry, "mint"
 
-    def _mint(self, grant: Grant, signer: TokenSigner, now: int) -> CacheEntry:
+    def _mint(self, grant: Grant, signer: TokenSigner, now: int, jkt: str | None) -> CacheEntry:
         claims = AccessTokenClaims(
             iss=self._issuer,
             sub=grant.client_id,
@@ -194,6 +199,8 @@ class TokenCache:
             jti=registration_jti(grant.registration_id),
             iat=now,
             exp=now + grant.lifetime,
+            federation=grant.federation,
+            cnf=None if jkt is None else Confirmation(jkt),  # RFC 9449 §6.1
         )
         token = signer.sign(claims)
         self._metrics.inc(MINTED)  # logged as the request's token.issued line (cache: mint)

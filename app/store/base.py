@@ -12,7 +12,9 @@ from typing import Protocol
 
 import msgspec
 
+from app.oauth.access_token import FederatedIdentity
 from app.oauth.clients import ClientRecord
+from app.oauth.trust import TrustedIssuer
 
 #: How long a request may hold the right to mint one cache entry (a mint normally takes a few ms).
 LOCK_MS = 2000
@@ -164,6 +166,35 @@ class ClientRegistry(Protocol):
         ...
 
 
+class TrustStore(Protocol):
+    """Trusted issuers of workload identity federation (``app.oauth.trust``), stored with the
+    client registry: each write is one atomic script that checks the registry's marker (refused
+    with ``RegistryLost`` like a client write) and bumps the registry epoch, so every replica
+    drops what it cached of the issuers on its next poll, as it does for clients."""
+
+    async def get_issuer(self, issuer: str) -> TrustedIssuer | None:
+        """Returns: the record of this ``issuer`` (a token's ``iss``, or a SPIFFE trust domain
+        ``spiffe://<domain>``), or None. Raises: ``RecordUnreadable``."""
+        ...
+
+    async def put_issuer(self, record: TrustedIssuer) -> None:
+        """Create or replace the record of ``record.issuer`` and bump the epoch, atomically.
+
+        Raises:
+            RegistryLost; RegistryConflict (``full``): ``MAX_ISSUERS`` records are stored and this
+            is not one of them (nothing is written then).
+        """
+        ...
+
+    async def delete_issuer(self, issuer: str) -> bool:
+        """Remove the record, bump the epoch. Returns: whether it existed. Raises: ``RegistryLost``."""
+        ...
+
+    async def list_issuers(self) -> list[TrustedIssuer]:
+        """Returns: every stored record that decodes, sorted by issuer."""
+        ...
+
+
 class JwksUriCache(Protocol):
     """Key sets fetched from clients' ``jwks_uri``, shared by replicas (RFC 7591 §2)."""
 
@@ -178,6 +209,14 @@ class JwksUriCache(Protocol):
     async def claim_refetch(self, client_id: str, jwks_uri: str, cooldown_ms: int) -> bool:
         """Returns: True for the one caller (on any replica) allowed to refetch in this interval."""
         ...
+
+
+class ProofRecord(msgspec.Struct, frozen=True):
+    """A DPoP proof's jti to record with the assertion's (RFC 9449 §11.1): unique per proof key."""
+
+    jkt: str
+    jti: str
+    ttl_ms: int
 
 
 class CacheLookup(msgspec.Struct, frozen=True):
@@ -195,6 +234,9 @@ class CacheLookup(msgspec.Struct, frozen=True):
     #: ``first_use`` is True because the jti was recorded with this same assertion's digest
     #: (``consume_and_lookup`` with ``reuse``): a client's allowed assertion reuse.
     reused: bool = False
+    #: The DPoP proof's jti was recorded before: nothing was recorded (``first_use`` is False, the
+    #: assertion is not spent).
+    proof_replayed: bool = False
 
 
 #: ``ReplayGuard.record_reusable`` verdicts.
@@ -215,7 +257,7 @@ class TokenStore(Protocol):
     """
 
     def cache_id(self, client_id: str, scopes: tuple[str, ...], audience: str, registration_id: str, version: int,
-                 kid: str) -> str:
+                 kid: str, federation: FederatedIdentity | None = None, jkt: str | None = None) -> str:
         """The id of the one cache entry shared by every request these fields describe.
 
         Two requests that agree on all of them may be answered with the same token. Computing it
@@ -228,6 +270,9 @@ class TokenStore(Protocol):
             registration_id: The client's registration (new when a client_id is registered again).
             version: The registration's version (bumped by every admin change).
             kid: The signing key the token is (or would be) signed with.
+            federation: The workload a federated client authenticated as: two workloads mapped to
+                one client never share a token (each token names its workload).
+            jkt: The DPoP proof key a bound token is for (RFC 9449 §6.1); None for a bearer token.
 
         Returns:
             An opaque string, unambiguous for any field values.
@@ -236,7 +281,7 @@ class TokenStore(Protocol):
 
     async def consume_and_lookup(
         self, client_id: str, jti: str, request_id: str, ttl_ms: int, cache_id: str | None, lock_ms: int = LOCK_MS,
-        reuse: str | None = None,
+        reuse: str | None = None, proof: ProofRecord | None = None,
     ) -> CacheLookup:
         """Record the assertion's jti and look the cache entry up, in one atomic call.
 
@@ -246,6 +291,8 @@ class TokenStore(Protocol):
             lock_ms: When the entry is absent, take the mint lock for this long.
             reuse: The assertion's digest when its client may re-send it (``record_reusable``):
                 the same digest again is accepted (``CacheLookup.reused``).
+            proof: The request's DPoP proof jti, recorded in the same call; one recorded before
+                (``CacheLookup.proof_replayed``) records nothing, not even the assertion's jti.
 
         Returns:
             The replay verdict, the entry if present, whether the lock was taken.
@@ -288,6 +335,13 @@ class TokenStore(Protocol):
 
     async def is_revoked(self, client_id: str, token_jti: str) -> bool:
         """Returns: whether ``revoke`` marked this token and the mark has not expired."""
+        ...
+
+
+class NonceSecretStore(Protocol):
+    async def nonce_secret(self, candidate: bytes) -> bytes:
+        """The DPoP nonce secret shared by every replica: the stored one, or ``candidate`` stored
+        now when there is none (atomically: concurrent first callers all get the same one)."""
         ...
 
 

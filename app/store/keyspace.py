@@ -29,6 +29,9 @@ REGISTRY_MARKER = "{tb:registry}:id"
 REGISTRY_KEY_HOLDERS = "{tb:registry}:key_holders"
 #: The other direction: client_id -> JSON array of the thumbprints its record holds.
 REGISTRY_CLIENT_KEYS = "{tb:registry}:client_keys"
+#: Trusted issuers of workload identity federation: issuer -> JSON record (``app.oauth.trust``).
+#: In the registry's hash tag: a write checks the marker and bumps the epoch in one script.
+REGISTRY_ISSUERS = "{tb:registry}:issuers"
 
 
 def client(client_id: str) -> str:
@@ -69,15 +72,24 @@ def _token_tag(client_id: str) -> str:
 
 
 def token_cache_id(client_id: str, scopes: tuple[str, ...], audience: str, registration_id: str, version: int,
-                   kid: str) -> str:
+                   kid: str, federation: tuple[str, str] | None = None, jkt: str | None = None) -> str:
     """SHA-256 of the canonical JSON of everything that makes two tokens interchangeable.
 
     JSON, not a string join: client ``a:b`` + scope ``c`` never equals client ``a`` + scope ``b:c``
     (no entry can be planted under another grant's id). ``scopes`` must already be sorted and
     unique (``Grant.scopes`` is). The registration id keeps a client_id registered again after a
-    delete (whose version starts over) away from the deleted registration's tokens.
+    delete (whose version starts over) away from the deleted registration's tokens. ``federation``
+    (a federated workload's issuer and sub, a JSON array) and a DPoP-bound token's ``jkt`` (a JSON
+    string) are appended only when set: every other id is what it was before them, a token bound to
+    one key is never served to another key or to a bearer request, and two workloads mapped to one
+    client never share a token.
     """
-    canonical = json.dumps([client_id, list(scopes), audience, registration_id, version, kid], separators=(",", ":"))
+    fields: list[object] = [client_id, list(scopes), audience, registration_id, version, kid]
+    if federation is not None:
+        fields.append(list(federation))
+    if jkt is not None:
+        fields.append(jkt)
+    canonical = json.dumps(fields, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
@@ -104,6 +116,16 @@ def token_quota(client_id: str) -> str:
     shares the client's hash tag: the token endpoint's one script call counts it with the replay
     record, in one Redis Cluster slot."""
     return f"{_token_tag(client_id)}:quota"
+
+
+def dpop_proof(client_id: str, jkt: str, jti: str) -> str:
+    """The record of a DPoP proof's jti (RFC 9449 §11.1), unique per proof key (``jkt``). It has the
+    client's hash tag: the token endpoint's one script call records it with the assertion's jti."""
+    return f"{_token_tag(client_id)}:dpop:" + hashlib.sha256(json.dumps([jkt, jti]).encode("ascii")).hexdigest()
+
+
+#: The secret every replica derives the DPoP server nonces from (``app.oauth.dpop_nonce``); set once.
+DPOP_NONCE_SECRET = f"{PREFIX}:dpop_nonce_secret"
 
 
 def failures(kind: str, subject: str) -> str:

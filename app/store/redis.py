@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry  # the sync Retry never retries a coroutine
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -22,6 +23,7 @@ from app import tracing
 from app.metrics import REDIS_ERRORS, REDIS_SECONDS, Metrics
 from app.oauth.clients import ClientRecord, decode_record, encode_record, record_thumbprints
 from app.store import keyspace
+from app.store.autopipeline import AutoPipeline
 from app.store.base import ANY, KeyShared, RecordUnreadable, RegistryConflict, RegistryLost, RegistryPoll, StoreUnavailable
 
 _STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError, UnicodeError)
@@ -42,6 +44,7 @@ def connect(url: str | None, *, timeout: float, retries: int, cluster: bool = Fa
         "health_check_interval": 0,
         "max_connections": 256,
     }
+    pipelined = {"timeout": timeout, "retries": retries}
     if sentinels:
         from redis.asyncio.sentinel import Sentinel
 
@@ -53,19 +56,50 @@ def connect(url: str | None, *, timeout: float, retries: int, cluster: bool = Fa
         opts.pop("max_connections")
         master = sentinel.master_for(sentinel_master, redis_class=_SentinelMaster, **opts)
         master.sentinel = sentinel
+        master.scripts = AutoPipeline(master, **pipelined)
         return master
     if url is None:
         from fakeredis.aioredis import FakeRedis
 
         return FakeRedis()
     if cluster:
-        from redis.asyncio.cluster import RedisCluster
+        client = _Cluster.from_url(url, **opts)
+        client.scripts = AutoPipeline(client, cluster=True, **pipelined)
+        return client
+    client = _Redis.from_url(url, **opts)
+    client.scripts = AutoPipeline(client, **pipelined)
+    return client
 
-        return RedisCluster.from_url(url, **opts)
-    return Redis.from_url(url, **opts)
+
+class _PipelinedScripts:
+    """A redis-py client whose Lua scripts run auto-pipelined (``app.store.autopipeline``); every
+    other command goes through redis-py's pool as before."""
+
+    scripts: AutoPipeline | None = None
+
+    def register_script(self, script: str) -> Any:
+        if self.scripts is None:
+            return super().register_script(script)  # type: ignore[misc]
+        return self.scripts.script(script)
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        if self.scripts is not None:
+            await self.scripts.aclose()
+        await super().aclose(close_connection_pool)  # type: ignore[misc]
 
 
-class _SentinelMaster(Redis):
+class _Redis(_PipelinedScripts, Redis):
+    pass
+
+
+class _Cluster(_PipelinedScripts, RedisCluster):
+    async def aclose(self, *args: Any, **kwargs: Any) -> None:  # RedisCluster.aclose takes no pool flag
+        if self.scripts is not None:
+            await self.scripts.aclose()
+        await RedisCluster.aclose(self, *args, **kwargs)
+
+
+class _SentinelMaster(_PipelinedScripts, Redis):
     """The master named by the Sentinels; closing it also closes the connections to the Sentinels."""
 
     sentinel: Any = None

@@ -29,6 +29,13 @@ the request id, and a record holding that same digest answers "reused" (accepted
 caller) instead of "replay". Another assertion with the same jti has another digest: a replay. A
 reuse writes nothing (the record keeps the first use's expiry) and does not count toward the quota.
 
+A token request with a DPoP proof (RFC 9449) gets the same calls with the proof's jti recorded in
+them too (``keyspace.dpop_proof``: per proof key, kept for the proof's acceptance window), still
+one round trip: the proof record is read before anything is written, so a replayed proof records
+nothing and does not spend the assertion; it is written right after the assertion's record, so a
+replayed assertion records no proof. Each combination of quota, reuse and proof is a script of its
+own (``_script``), so a request without a proof runs exactly the scripts described above.
+
 Entries, pointers and revocation markers all expire with the token they describe, so memory is
 bounded by the tokens alive at once; a stampede lock lives ``LOCK_MS`` (2 s) at most.
 """
@@ -39,8 +46,9 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from app.oauth.access_token import FederatedIdentity
 from app.store import keyspace
-from app.store.base import LOCK_MS, CacheLookup, QuotaExceeded, StoreUnavailable, reuse_verdict
+from app.store.base import LOCK_MS, CacheLookup, ProofRecord, QuotaExceeded, StoreUnavailable, reuse_verdict
 from app.store.redis import RedisReplayGuard
 
 # The token endpoint's script, in parts: with the request quota off it is _REPLAY + _LOOKUP, with
@@ -121,11 +129,44 @@ _REUSE_CONSUME_AND_LOOKUP = _REPLAY_REUSE + _LOOKUP
 _REUSE_QUOTA_CONSUME_AND_LOOKUP = _QUOTA_CHECK + _REPLAY_REUSE + _QUOTA_COUNT + _LOOKUP
 # The reuse variant of the plain replay record (no quota, no cache read): /revoke, /introspect and
 # a refused grant of such a client.
-_REUSE_ONLY = _REPLAY_REUSE + """
+_RECORD_ONLY = """
 return {ok, false, 0}
 """
-#: The script's code for an allowed reuse of the same assertion (a fresh record is 1).
+_REUSE_ONLY = _REPLAY_REUSE + _RECORD_ONLY
+# DPoP (RFC 9449 §11.1): the proof's jti record is the last KEYS entry and its ttl the last ARGV
+# entry; _PROOF_CHECK takes both off first, so the rest of the script sees the KEYS and ARGV it
+# always did. A proof recorded by another request stops the call before anything is written, so
+# the assertion is not spent ({5}); an assertion replay stops it before the proof is recorded
+# ({0}); only then is the proof recorded. (Redis runs the script atomically: the GET and the
+# later SET cannot be split by another request.) Our own retried call finds its own request id.
+_PROOF_CHECK = """
+local proof_ttl = table.remove(ARGV)
+local proof = table.remove(KEYS)
+local seen = redis.call('GET', proof)
+if seen and seen ~= ARGV[1] then
+  return {5}
+end
+"""
+_PROOF_RECORD = """
+redis.call('SET', proof, ARGV[1], 'PX', proof_ttl)
+"""
+#: The script's code for an allowed reuse of the same assertion (a fresh record is 1), and for a
+#: replayed DPoP proof.
 _REUSED = 4
+_PROOF_REPLAYED = 5
+
+
+def _script(*, quota: bool, reuse: bool, proof: bool, lookup: bool) -> str:
+    """The token endpoint's script for one combination of options, from the parts above. Without a
+    proof it is exactly one of the scripts above (the quota ones read the cache only when given
+    its keys). With one: the check first, the record right after the replay record."""
+    replay = _REPLAY_REUSE if reuse else _REPLAY
+    parts = [_PROOF_CHECK if proof else "", _QUOTA_CHECK if quota else "", replay, _PROOF_RECORD if proof else ""]
+    if quota:
+        parts += [_QUOTA_COUNT, _LOOKUP]
+    else:
+        parts.append(_LOOKUP if lookup else _RECORD_ONLY)
+    return "".join(parts)
 
 # KEYS: cache entry, revocation pointer, mint lock. ARGV: entry, ttl (ms).
 _WRITE = """
@@ -144,46 +185,47 @@ class RedisTokenStore(RedisReplayGuard):
     def __init__(self, redis: Any, *, quota: int = 0, quota_window: int = 60, **options: Any) -> None:
         """``quota``: first uses per client per ``quota_window`` seconds; 0 = no quota."""
         super().__init__(redis, **options)
-        self._consume = redis.register_script(_CONSUME_AND_LOOKUP)
         self._write = redis.register_script(_WRITE)
         self._quota = quota
-        # Registering costs no round trip (redis-py sends EVALSHA, and the script once if Redis lacks it).
-        self._reuse_only = redis.register_script(_REUSE_ONLY)
-        self._consume_reuse = redis.register_script(_REUSE_CONSUME_AND_LOOKUP)
+        # Every variant this store can run, by (reuse, proof, lookup); the quota decides for all.
+        # Registering costs no round trip (redis-py sends EVALSHA, and the script once if Redis
+        # lacks it). Without a quota, a plain refused grant needs no script (``first_use``).
+        self._scripts = {
+            (reuse, proof, lookup): redis.register_script(_script(quota=bool(quota), reuse=reuse, proof=proof,
+                                                                  lookup=lookup))
+            for reuse in (False, True) for proof in (False, True) for lookup in ((True,) if quota else (False, True))
+            if quota or lookup or reuse or proof
+        }
         if quota:
-            self._consume_counted = redis.register_script(_QUOTA_CONSUME_AND_LOOKUP)
-            self._consume_counted_reuse = redis.register_script(_REUSE_QUOTA_CONSUME_AND_LOOKUP)
             self._quota_args = [str(quota).encode(), str(quota_window * 1000).encode()]  # encoded once, not per call
 
     def cache_id(self, client_id: str, scopes: tuple[str, ...], audience: str, registration_id: str, version: int,
-                 kid: str) -> str:
-        return keyspace.token_cache_id(client_id, scopes, audience, registration_id, version, kid)
+                 kid: str, federation: FederatedIdentity | None = None, jkt: str | None = None) -> str:
+        return keyspace.token_cache_id(client_id, scopes, audience, registration_id, version, kid,
+                                       None if federation is None else (federation.iss, federation.sub), jkt)
 
     async def consume_and_lookup(
         self, client_id: str, jti: str, request_id: str, ttl_ms: int, cache_id: str | None, lock_ms: int = LOCK_MS,
-        reuse: str | None = None,
+        reuse: str | None = None, proof: ProofRecord | None = None,
     ) -> CacheLookup:
         replay = keyspace.replay(client_id, jti)
+        if cache_id is None and not self._quota and reuse is None and proof is None:
+            # The grant was refused: only the replay record matters.
+            return CacheLookup(await self.first_use(client_id, jti, request_id, ttl_ms), None)
+        # The refused-grant path of the quota script is counted too: only the entry read is left out.
+        names = [replay] if cache_id is None else [
+            replay, keyspace.token_entry(client_id, cache_id), keyspace.token_lock(client_id, cache_id)]
+        args: list[Any] = [request_id, ttl_ms, lock_ms]
         if self._quota:
-            # The refused-grant path is counted too: only the entry read is left out.
-            names = [replay] if cache_id is None else [
-                replay, keyspace.token_entry(client_id, cache_id), keyspace.token_lock(client_id, cache_id)]
             names.append(keyspace.token_quota(client_id))
-            if reuse is None:
-                call = self._consume_counted(keys=names, args=[request_id, ttl_ms, lock_ms, *self._quota_args])
-            else:
-                call = self._consume_counted_reuse(keys=names, args=[request_id, ttl_ms, lock_ms, *self._quota_args,
-                                                                     reuse])
-        elif cache_id is None:  # the grant was refused: only the replay record matters
-            if reuse is None:
-                return CacheLookup(await self.first_use(client_id, jti, request_id, ttl_ms), None)
-            call = self._reuse_only(keys=[replay], args=[request_id, ttl_ms, lock_ms, reuse])
-        else:
-            names = [replay, keyspace.token_entry(client_id, cache_id), keyspace.token_lock(client_id, cache_id)]
-            if reuse is None:
-                call = self._consume(keys=names, args=[request_id, ttl_ms, lock_ms])
-            else:
-                call = self._consume_reuse(keys=names, args=[request_id, ttl_ms, lock_ms, reuse])
+            args += self._quota_args
+        if reuse is not None:
+            args.append(reuse)  # always the last but the proof's ttl
+        if proof is not None:  # always last: _PROOF_CHECK takes them off first
+            names.append(keyspace.dpop_proof(client_id, proof.jkt, proof.jti))
+            args.append(proof.ttl_ms)
+        call = self._scripts[reuse is not None, proof is not None, cache_id is not None or bool(self._quota)](
+            keys=names, args=args)
         try:
             # Labelled "replay": this is the token endpoint's replay round trip (the cache rides along).
             reply = await self._run(call, op="replay")
@@ -192,11 +234,19 @@ class RedisTokenStore(RedisReplayGuard):
                 raise  # no answer at all: the replay is unconfirmed (fail closed)
             # Redis refused the script as a whole, or a command of it failed (an ACL that denies the
             # cache or quota keys, a key of the wrong type, OOM, READONLY...): the plain replay
-            # record alone decides; the cache and the quota fail open, and an allowed reuse is
+            # records alone decide; the cache and the quota fail open, and an allowed reuse is
             # refused as a replay (fails closed).
-            first = await self.first_use(client_id, jti, request_id, ttl_ms)
-            return CacheLookup(first, None, type(exc.__cause__).__name__)
+            return await self._fallback(client_id, jti, request_id, ttl_ms, proof, type(exc.__cause__).__name__)
         return self._lookup(reply)
+
+    async def _fallback(self, client_id: str, jti: str, request_id: str, ttl_ms: int, proof: ProofRecord | None,
+                        error: str) -> CacheLookup:
+        if proof is not None:  # the proof first: a replayed one must not spend the assertion
+            previous = await self._run(self.redis.set(keyspace.dpop_proof(client_id, proof.jkt, proof.jti), request_id,
+                                                      nx=True, px=proof.ttl_ms, get=True), op="replay")
+            if previous is not None and previous != request_id.encode():
+                return CacheLookup(False, None, error, proof_replayed=True)
+        return CacheLookup(await self.first_use(client_id, jti, request_id, ttl_ms), None, error)
 
     async def record_reusable(self, client_id: str, jti: str, request_id: str, ttl_ms: int, digest: str) -> str:
         lookup = await self.consume_and_lookup(client_id, jti, request_id, ttl_ms, None, reuse=digest)
@@ -206,6 +256,8 @@ class RedisTokenStore(RedisReplayGuard):
         code = reply[0]
         if code == 0:
             return CacheLookup(False, None)
+        if code == _PROOF_REPLAYED:
+            return CacheLookup(False, None, proof_replayed=True)
         if code == 2:  # the entry read failed (an error reply: WRONGTYPE...): mint instead
             self._count_error(self.metric_op, "ResponseError")
             return CacheLookup(True, None, "cache_read_error", reused=reply[2] == _REUSED)

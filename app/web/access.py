@@ -12,6 +12,8 @@ handlers' answers included. Per request it:
   assertion look like a retry of the first request, and a caller-chosen id in the logs could
   be made to look like another request's;
 - counts the request as in flight (``InFlight``: the ``broker.stopping`` line reports it);
+- writes out the log lines buffered for it (``app.log.flush_request_lines``) when its answer
+  starts, so they are out before the answer is, and again when it ends;
 - with ``BROKER_ACCESS_LOG`` on (or a sample rate), writes one ``http.access`` line once the
   answer is sent: method, the route template as path (the raw path when no route matched; never
   the query string), status, duration, source address, user agent.
@@ -26,7 +28,7 @@ from random import random
 from time import perf_counter
 from typing import Any
 
-from app.log import REQUEST_ID, new_request_id
+from app.log import REQUEST_ID, flush_request_lines, new_request_id
 
 #: Bytes of the User-Agent header an access line keeps.
 USER_AGENT_MAX = 100
@@ -59,6 +61,7 @@ def request_context(app: Any, *, log: Any, access_sample: float, in_flight: InFl
         async def send_with_id(message: Any) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
+                flush_request_lines()
                 status = message["status"]
                 headers = message.get("headers")
                 if type(headers) is list:  # Litestar and the token route build a new list per answer
@@ -75,6 +78,7 @@ def request_context(app: Any, *, log: Any, access_sample: float, in_flight: InFl
             in_flight.count -= 1
             if access_sample and (access_sample >= 1.0 or random() < access_sample):
                 _access_line(log, scope, status, perf_counter() - start)
+            flush_request_lines()
 
     return handle
 

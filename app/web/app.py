@@ -33,6 +33,8 @@ from app.service.admin import AdminService
 from app.service.client_auth import ClientAuthenticator
 from app.service.clients_file import ClientsFile
 from app.service.directory import ClientDirectory, JwksUriPolicy
+from app.service.dpop import ProofChecker
+from app.service.federation import FederationService, federation_service
 from app.service.introspection import IntrospectionService
 from app.service.quota import CountedReplayGuard
 from app.service.ratelimit import FailureLimiter
@@ -42,10 +44,13 @@ from app.service.revocation import RevocationService
 from app.service.signing_keys import SigningKeyReloader, SigningKeys
 from app.service.token import TokenService
 from app.service.token_cache import TokenCache
+from app.service.trust_admin import TrustAdmin
+from app.store.dpop import RedisNonceSecret
 from app.store.memory import RedisMemoryProbe
 from app.store.ratelimit import RedisFailureCounter
 from app.store.redis import RedisClientRegistry, RedisJwksUriCache, connect
 from app.store.token_cache import RedisTokenStore
+from app.store.trust import RedisTrustStore
 from app.web.access import InFlight, request_context
 from app.web.drain import Drain
 from app.web.management import management_app
@@ -113,27 +118,28 @@ def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], flo
     watch = RegistryWatch(registry, record, log=log, metrics=metrics)
     directory = ClientDirectory(
         registry, poll_interval=settings.registry_poll_interval, log=log, clock=clock, metrics=metrics, watch=watch,
-        jwks_cache=RedisJwksUriCache(client, **store_opts), jwks_policy=JwksUriPolicy(
-            allow_http_loopback=settings.jwks_uri_allow_http_loopback, cache_ttl=settings.jwks_uri_cache_ttl,
-            refetch_cooldown=settings.jwks_uri_refetch_cooldown, timeout=settings.jwks_uri_timeout),
-    )
+        jwks_cache=RedisJwksUriCache(client, **store_opts), jwks_policy=_jwks_policy(settings))
+    trust, federation = _federation(settings, client, store_opts, registry=registry, directory=directory, watch=watch,
+                                    log=log, metrics=metrics, clock=clock)
     keys = SigningKeys(ensure_signing_keys(settings.keys_dir, settings.signing_alg))
     limiter = FailureLimiter(RedisFailureCounter(client, **store_opts), limit=settings.ratelimit_failures,
                              window=settings.ratelimit_window, mode=settings.ratelimit_mode, log=log)
     # RFC 7009 / RFC 7662 authenticate their callers exactly as /token does (and count toward the quota).
     replay = CountedReplayGuard(tokens) if settings.client_quota else tokens
-    auth = ClientAuthenticator(settings, directory=directory, replay=replay, limiter=limiter, log=log, clock=clock)
+    auth = ClientAuthenticator(settings, directory=directory, replay=replay, limiter=limiter, log=log, clock=clock,
+                               federation=federation)
     cache = TokenCache(settings, store=tokens, metrics=metrics, log=log)
     admin = AdminService(settings, registry=registry, directory=directory, tokens=tokens,
                          verification_keys=keys.verification_keys, log=log, clock=clock)
-    if settings.clients_file:  # applied at start (admin.start_registrations) and on every change
-        admin.clients_file = ClientsFile(settings.clients_file, settings=settings, admin=admin, registry=registry,
-                                         watch=watch, log=log, metrics=metrics, clock=clock)
+    trust_admin = TrustAdmin(settings, store=trust, registry=registry, log=log)  # admin API and clients file
+    admin.clients_file = ClientsFile(settings.clients_file, settings=settings, admin=admin, registry=registry, watch=watch,
+                                     log=log, metrics=metrics, clock=clock, trust=trust_admin) if settings.clients_file else None
     return {
         "settings": settings,
         "log": log,
         "metrics": metrics,
-        "token_service": TokenService(settings, authenticator=auth, tokens=tokens, cache=cache, signer=keys.signer, log=log),
+        "token_service": TokenService(settings, authenticator=auth, tokens=tokens, cache=cache, signer=keys.signer,
+                                      proofs=_proof_checker(settings, client, store_opts, log), log=log, clock=clock),
         "revocation_service": RevocationService(settings, authenticator=auth, cache=cache,
                                                 verification_keys=keys.verification_keys, log=log),
         "introspection_service": IntrospectionService(settings, authenticator=auth, directory=directory, tokens=tokens,
@@ -143,6 +149,8 @@ def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], flo
         "token_cache": cache,
         "health": registry,
         "registry": registry,
+        "trust_store": trust,
+        "trust_admin": trust_admin,
         "registry_record": record,
         "registry_watch": watch,
         "directory": directory,
@@ -158,6 +166,26 @@ def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], flo
         "openid_configuration": _metadata(settings, keys, openid=True),
         "openapi": msgspec.json.encode(openapi_document(settings)),
     }
+
+
+def _jwks_policy(settings: Settings) -> JwksUriPolicy:
+    return JwksUriPolicy(allow_http_loopback=settings.jwks_uri_allow_http_loopback, cache_ttl=settings.jwks_uri_cache_ttl,
+                         refetch_cooldown=settings.jwks_uri_refetch_cooldown, timeout=settings.jwks_uri_timeout)
+
+
+def _federation(settings: Settings, client: Any, store_opts: dict[str, Any], *, registry: RedisClientRegistry,
+                directory: ClientDirectory, watch: RegistryWatch, log: Any, metrics: Metrics,
+                clock: Callable[[], float]) -> tuple[RedisTrustStore, FederationService]:
+    """Workload identity federation: trusted issuers live in the registry (its marker, its epoch);
+    their keys are fetched like jwks_uri clients' (the same SSRF guard, shared cache and settings)."""
+    trust = RedisTrustStore(client, registry=registry, **store_opts)
+    return trust, federation_service(settings, trust=trust, directory=directory, watch=watch, log=log, metrics=metrics,
+                                     jwks_cache=RedisJwksUriCache(client, **store_opts), clock=clock)
+
+
+def _proof_checker(settings: Settings, client: Any, store_opts: dict[str, Any], log: Any) -> ProofChecker:
+    """The token endpoint's DPoP step, with the store of the nonce secret every replica shares."""
+    return ProofChecker(settings, secrets_store=RedisNonceSecret(client, **store_opts), log=log)
 
 
 def _metadata(settings: Settings, keys: SigningKeys, *, openid: bool) -> Callable[[], bytes]:
@@ -182,6 +210,7 @@ def _lifespan(settings: Settings, state: dict[str, Any], log: Any,
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await _open_registry(settings, state, log)
+        await state["token_service"].proofs.preload()  # the DPoP nonce secret, when nonces are on
         await directory.refresh()
         _freeze_startup_objects()
         poller = asyncio.create_task(directory.run())

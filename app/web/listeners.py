@@ -167,7 +167,12 @@ class ManagementLifespan:
                 await self._task
             except Exception as exc:  # the app's shutdown still runs
                 broker_log.get_logger().error("management.listener_failed", error=type(exc).__name__)
-        await self._app.shutdown()
+        try:
+            await self._app.shutdown()
+        finally:
+            # The last step of a clean stop: uvicorn then re-raises the SIGTERM it caught, which
+            # ends the process without running atexit, so the buffered lines go out here.
+            broker_log.flush()
 
 
 class _ManagementServer(uvicorn.Server):

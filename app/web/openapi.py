@@ -12,6 +12,7 @@ from typing import Any
 
 from app.config import Settings
 from app.oauth.constants import CLIENT_ASSERTION_TYPE, METADATA_PATH
+from app.oauth.federation import SPIFFE_ASSERTION_TYPE
 from app.web import openapi_admin
 
 _ERROR = {
@@ -23,9 +24,12 @@ _ERROR = {
     },
 }
 _CLIENT_AUTH = {
-    "client_assertion_type": {"type": "string", "const": CLIENT_ASSERTION_TYPE},
-    "client_assertion": {"type": "string", "description": "JWT signed with the client's private key (RFC 7523 §3; aud = issuer)"},
-    "client_id": {"type": "string", "description": "optional; must name the assertion's client"},
+    "client_assertion_type": {"type": "string", "enum": [CLIENT_ASSERTION_TYPE, SPIFFE_ASSERTION_TYPE],
+                              "description": "jwt-spiffe (draft-ietf-oauth-spiffe-client-auth) for a SPIFFE JWT-SVID"},
+    "client_assertion": {"type": "string", "description": "JWT signed with the client's private key (RFC 7523 §3; aud = "
+                                                          "issuer), or a workload token of a trusted issuer"},
+    "client_id": {"type": "string", "description": "optional; must name the assertion's client (for a workload token: "
+                                                   "the mapped client, or its SPIFFE ID)"},
 }
 
 
@@ -102,6 +106,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "responses": {"200": {"description": "JWK Set",
                                       "content": {"application/jwk-set+json": {"schema": plain}}}}}},
             **openapi_admin.admin_paths(),
+            **openapi_admin.trust_paths(),
         },
         "components": {
             "schemas": {"Error": _ERROR, **openapi_admin.SCHEMAS},

@@ -1,4 +1,5 @@
-"""The admin API's part of the OpenAPI document: paths under /admin/clients, the Bearer scheme
+"""The admin API's part of the OpenAPI document: paths under /admin/clients and
+/admin/trusted-issuers (``trust_paths``), the Bearer scheme
 (scope ``broker:admin``), the client metadata sent and the record returned, the error answers.
 
 By hand, like the public part (``app.web.openapi``): the routes read raw JSON and validate it in
@@ -10,7 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.oauth.constants import ADMIN_SCOPE, ALG_KEY_TYPES
+from app.oauth.constants import ADMIN_SCOPE, ALG_KEY_TYPES, ASSERTION_ALGS
+from app.oauth.trust import (
+    DEFAULT_MAX_LIFETIME,
+    DEFAULT_MAX_TOKEN_AGE,
+    MAX_CLAIM_CONDITIONS,
+    MAX_LIFETIME_CAP,
+    MAX_RULES,
+    MAX_TOKEN_AGE_CAP,
+)
 
 SECURITY_SCHEME = "adminBearer"
 
@@ -50,8 +59,9 @@ _COMPAT = {
 _METADATA_PROPERTIES: dict[str, Any] = {
     "client_id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"},
     "jwks": {"type": "object", "required": ["keys"],
-             "properties": {"keys": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Jwk"}}},
-             "description": "the client's public keys; give jwks or jwks_uri, not both"},
+             "properties": {"keys": {"type": "array", "items": {"$ref": "#/components/schemas/Jwk"}}},
+             "description": "the client's public keys; give jwks or jwks_uri, not both. {\"keys\": []}: no key of "
+                            "its own (it authenticates only with its platform's token, through a trusted issuer)"},
     "jwks_uri": {"type": "string", "format": "uri", "description": "https URL the broker fetches the keys from"},
     "token_endpoint_auth_signing_alg": {"type": "string", "enum": list(ALG_KEY_TYPES)},
     "scopes": {**_SCOPES, "description": "every scope the client may ask for"},
@@ -69,6 +79,8 @@ _METADATA_PROPERTIES: dict[str, Any] = {
     "allow_shared_key": {"type": "boolean", "default": False,
                          "description": "share public keys with other registrations that allow it too"},
     "compat": {"$ref": "#/components/schemas/Compat"},
+    "dpop_bound_access_tokens": {"type": "boolean", "default": False,
+                                 "description": "RFC 9449 §5.2: every token request must carry a DPoP proof"},
 }
 _IDENTITY_PROPERTIES = {
     "registration_id": {"type": "string", "description": "this registration; new after a delete and register again"},
@@ -189,3 +201,77 @@ def admin_paths() -> dict[str, Any]:
                         **_CONFLICT}, "ClientExport", operationId="importClient", parameters=[force]),
         },
     }
+
+
+# -- trusted issuers (workload identity federation: app.oauth.trust, app.service.trust_admin) ------
+
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 512}
+_RULE = {
+    "type": "object", "required": ["client_id"], "additionalProperties": False,
+    "description": "Maps a token to a registered (non-admin) client when every condition it sets holds; it sets at "
+                   "least one.",
+    "properties": {
+        "client_id": {"type": "string"},
+        "sub": {**_TEXT, "description": "the token's sub, exactly"},
+        "sub_pattern": {**_TEXT, "description": "the token's sub: * one or more characters other than / and :, ** "
+                                                "one or more of any character"},
+        "claims": {"type": "object", "maxProperties": MAX_CLAIM_CONDITIONS, "additionalProperties": _TEXT,
+                   "description": "claim path (segments separated by '.', the longest member name at each level: "
+                                  "kubernetes.io.namespace) -> exact string value"},
+    },
+}
+_ISSUER = {
+    "type": "object", "required": ["issuer"], "additionalProperties": False,
+    "description": "A trusted issuer. Keys: jwks, jwks_uri, or neither (OIDC discovery below the issuer). Members at "
+                   "their default are omitted from answers.",
+    "properties": {
+        "issuer": {"type": "string", "description": "the tokens' iss (an https URL), or spiffe://<trust domain>"},
+        "jwks": {"type": "object", "required": ["keys"], "description": "a static JWKS (1-20 public keys)"},
+        "jwks_uri": {"type": "string", "format": "uri"},
+        "audience": {**_TEXT, "description": "the aud a token must carry (default: the broker's issuer)"},
+        "allow_other_audiences": {"type": "boolean", "default": False,
+                                  "description": "accept an aud array holding other members next to the audience"},
+        "algs": {"type": "array", "minItems": 1, "items": {"enum": list(ASSERTION_ALGS)}},
+        "max_token_age": {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN_AGE_CAP,
+                          "default": DEFAULT_MAX_TOKEN_AGE, "description": "seconds: the oldest iat accepted"},
+        "max_lifetime": {"type": "integer", "minimum": 1, "maximum": MAX_LIFETIME_CAP,
+                         "default": DEFAULT_MAX_LIFETIME, "description": "seconds: the longest exp - iat accepted"},
+        "single_use": {"type": "boolean", "default": False,
+                       "description": "a token must carry a jti and is accepted once (otherwise: reuse until exp)"},
+        "rules": {"type": "array", "maxItems": MAX_RULES, "items": {"$ref": "#/components/schemas/MappingRule"}},
+    },
+}
+SCHEMAS |= {
+    "MappingRule": _RULE,
+    "TrustedIssuer": _ISSUER,
+    "TrustedIssuerList": {"type": "object", "required": ["trusted_issuers"], "properties": {
+        "trusted_issuers": {"type": "array", "items": {"$ref": "#/components/schemas/TrustedIssuer"}}}},
+    "TrustedIssuerListOrOne": {"oneOf": [{"$ref": "#/components/schemas/TrustedIssuerList"},
+                                         {"$ref": "#/components/schemas/TrustedIssuer"}]},
+    "TrustedIssuerPut": {"type": "object", "required": ["result", "trusted_issuer"], "properties": {
+        "result": {"type": "string", "enum": ["created", "replaced", "unchanged"]},
+        "trusted_issuer": {"$ref": "#/components/schemas/TrustedIssuer"}}},
+}
+
+
+def trust_paths() -> dict[str, Any]:
+    """One path: an issuer identifier is a URL, so it is a query parameter, never a path segment."""
+    def issuer(required: bool) -> dict[str, Any]:
+        return {"name": "issuer", "in": "query", "required": required, "schema": {"type": "string"},
+                "description": "the trusted issuer's identifier, URL-encoded" + ("" if required else
+                                                                                 ": show that one instead of listing")}
+
+    unknown = {"404": _answer("not_found: no such trusted issuer", "Error"),
+               "409": _answer("invalid_client_metadata: the stored record cannot be read", "Error")}
+    return {"/admin/trusted-issuers": {
+        "get": _op("List the trusted issuers, or show one (?issuer=)",
+                   {"200": _answer("every readable record (TrustedIssuerList), or the one named",
+                                   "TrustedIssuerListOrOne"), **unknown, **_INVALID},
+                   operationId="listOrShowTrustedIssuers", parameters=[issuer(False)]),
+        "put": _op("Create or replace the trusted issuer the body names (its mapping rules must name registered, "
+                   "non-admin clients)", {"201": _answer("created", "TrustedIssuerPut"),
+                                          "200": _answer("replaced or unchanged", "TrustedIssuerPut")},
+                   "TrustedIssuer", operationId="putTrustedIssuer"),
+        "delete": _op("Remove a trusted issuer", {"204": {"description": "removed"}, **unknown, **_INVALID},
+                      operationId="removeTrustedIssuer", parameters=[issuer(True)]),
+    }}

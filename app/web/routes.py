@@ -27,6 +27,7 @@ from app.oauth.errors import (
 )
 from app.service.admin import AdminService, Conflict, InsufficientScope, NotFound
 from app.service.client_auth import EndpointRequest
+from app.service.trust_admin import IssuerNotFound, TrustAdmin
 from app.store.base import RecordUnreadable, StoreUnavailable
 from app.web.metrics import record_token_outcome
 from app.web.responses import JSON, NO_STORE, bearer_error, json_response, oauth_error
@@ -43,13 +44,17 @@ def _endpoint_request(scope: Any, body: bytes) -> EndpointRequest:
     (the plain-ASGI /token handler and the Litestar handlers share it)."""
     content_type: str | None = None
     has_authorization = False
+    dpop: tuple[str, ...] = ()
     for name, value in scope["headers"]:
         if name == b"content-type":
             content_type = value.decode("latin-1")
         elif name == b"authorization":
             has_authorization = True
+        elif name == b"dpop":  # RFC 9449 §4.1; more than one is refused (app.oauth.dpop)
+            dpop += (value.decode("latin-1"),)
     client = scope.get("client")  # after BROKER_TRUSTED_PROXIES (uvicorn's proxy headers middleware)
-    return EndpointRequest(body, content_type, has_authorization, current_request_id(), client[0] if client else None)
+    return EndpointRequest(body, content_type, has_authorization, current_request_id(), client[0] if client else None,
+                           dpop)
 
 
 @asgi("/token", copy_scope=False)
@@ -66,7 +71,8 @@ async def token(scope: Any, receive: Any, send: Any) -> None:
         return
     try:
         body = await _read_body(receive, state.settings.body_max)
-        result = await state.token_service.token(_endpoint_request(scope, body))
+        request = _endpoint_request(scope, body)
+        result = await state.token_service.token(request)
     except OAuthError as exc:
         record_token_outcome(state.metrics, exc)
         await _send_error(send, exc)
@@ -78,8 +84,10 @@ async def token(scope: Any, receive: Any, send: Any) -> None:
         await _send_error(send, error)
         return
     record_token_outcome(state.metrics, None)
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [*_JSON_NO_STORE, (b"content-length", str(len(result)).encode())]})
+    headers = [*_JSON_NO_STORE, (b"content-length", str(len(result)).encode())]
+    if request.dpop and (nonce := state.token_service.dpop_nonce()) is not None:  # RFC 9449 §8
+        headers.append((b"dpop-nonce", nonce.encode("ascii")))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": result})
 
 
@@ -334,3 +342,63 @@ ROUTES = [
     admin_remove_key,
     admin_import,
 ]
+
+
+# -- admin API: trusted issuers (workload identity federation, app.service.trust_admin) -----------
+# An issuer identifier is a URL (or spiffe://<trust domain>): it is named by the ``issuer`` query
+# parameter, never a path segment (an encoded "/" in a path is decoded or refused by proxies).
+
+
+async def _trust_call(request: Request[Any, Any, Any], op: Any) -> Response[bytes]:
+    """``_admin_call`` for the trusted-issuer routes: their 404 and unreadable record say "issuer"."""
+    async def guarded(svc: AdminService, admin: str) -> Any:
+        try:
+            return await op(request.app.state.trust_admin, admin)
+        except (IssuerNotFound, RecordUnreadable) as exc:
+            found = isinstance(exc, IssuerNotFound)
+            error, reason = ("not_found", "not_found") if found else ("invalid_client_metadata", "record_unreadable")
+            _log_admin_refusal(request, admin, 404 if found else 409, error, reason)
+            return json_response({"error": error, "error_description": "No such trusted issuer." if found else
+                                  "the stored trusted issuer cannot be read; remove it and add it again"},
+                                 404 if found else 409)
+
+    return await _admin_call(request, guarded)
+
+
+def _issuer_param(request: Request[Any, Any, Any], *, required: bool) -> str | None:
+    given = request.query_params.getall("issuer", [])
+    if len(given) > 1 or (required and not given):
+        raise InvalidClientMetadata("issuer_param_invalid", "name one trusted issuer: ?issuer=<its issuer "
+                                    "identifier, URL-encoded>")
+    return given[0] if given else None
+
+
+@get("/admin/trusted-issuers")
+async def admin_trust_list_or_show(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Every trusted issuer; with ``?issuer=``, that one."""
+    async def op(svc: TrustAdmin, admin: str) -> Any:
+        issuer = _issuer_param(request, required=False)
+        return {"trusted_issuers": await svc.list()} if issuer is None else await svc.get(issuer)
+
+    return await _trust_call(request, op)
+
+
+@put("/admin/trusted-issuers")
+async def admin_trust_put(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Create (201) or replace (200) the trusted issuer the body names."""
+    async def op(svc: TrustAdmin, admin: str) -> Any:
+        done = await svc.put(admin, await _json_body(request))
+        return json_response(msgspec.to_builtins(done), 201 if done.result == "created" else 200)
+
+    return await _trust_call(request, op)
+
+
+@delete("/admin/trusted-issuers", status_code=200)
+async def admin_trust_remove(request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def op(svc: TrustAdmin, admin: str) -> Any:
+        await svc.remove(admin, str(_issuer_param(request, required=True)))
+
+    return await _trust_call(request, op)
+
+
+ROUTES += [admin_trust_list_or_show, admin_trust_put, admin_trust_remove]

@@ -15,10 +15,20 @@ from typing import Any
 import scripts.bench
 from scripts.bench.ceiling import measure_ceiling, measure_redis_memory
 from scripts.bench.profile import profile_runs, summarize_profile
+from scripts.bench.redis_clients import measure_redis_clients
 from scripts.bench.report import table
 from scripts.bench.results import Ceiling
-from scripts.bench.runner import broker_settings, detect_cache, http_scenarios, rss_long_run, scaling, warm_up
-from scripts.bench.scenarios import ALL_SCENARIOS, HTTP_SCENARIOS
+from scripts.bench.runner import (
+    broker_settings,
+    detect_cache,
+    http_scenarios,
+    other_settings_scenarios,
+    rss_long_run,
+    scaling,
+    warm_up,
+)
+from scripts.bench.scenarios import ALL_SCENARIOS, HTTP_SCENARIOS, REJECTION_SCENARIOS
+from scripts.bench.servers import granian_scenarios
 from scripts.bench.system import Pinning, loadavg, log, machine, rss_kib
 from scripts.bench.workload import Workload
 from scripts.processes import ROOT, BrokerProcess, RedisServer, register_clients, start_broker
@@ -39,10 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expect-rps", type=float, default=4000.0, help="sizes the pre-generated assertion pools")
     p.add_argument("--min-bodies", type=int, default=2000)
     p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads when not pinned")
-    p.add_argument("--log-level", default="warning", help="BROKER_LOG_LEVEL for the broker (default warning)")
-    p.add_argument("--ratelimit-mode", default="observe", choices=("observe", "enforce", "off"),
-                   help="BROKER_RATELIMIT_MODE (default observe: every rejection pays full verification plus the "
-                        "failure count in Redis, and one source address can send the whole flood)")
+    p.add_argument("--log-level", default="info",
+                   help="BROKER_LOG_LEVEL for the headline rows (default info, what a deployment runs: one audit line "
+                        "per token)")
+    p.add_argument("--compare-log-level", default="warning",
+                   help="also run miss and hit on a broker at this log level, in labelled rows, so the audit log's cost "
+                        "shows (default warning; 'none' skips it)")
+    p.add_argument("--compare-server", default="none", choices=("none", "granian"),
+                   help="also run miss and hit with the broker app under this HTTP server (granian: measurement "
+                        "only, pip install granian==2.8.7), labelled rows")
+    p.add_argument("--ratelimit-mode", default="enforce", choices=("observe", "enforce", "off"),
+                   help="BROKER_RATELIMIT_MODE for the headline rows (default enforce, the deployment default). With "
+                        "enforce the rejection scenarios run on a second broker in observe mode (labelled): enforce "
+                        "would answer one source address's flood with cheap 429s after 20 failures")
     p.add_argument("--no-pin", action="store_true")
     p.add_argument("--profile", metavar="SECONDS", type=float, default=0.0,
                    help="py-spy the broker during an extra run of this length per --profile-scenarios; "
@@ -105,7 +124,7 @@ def run(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
         log("ceiling: measuring on the broker's core (broker idle)")
         ceiling = measure_ceiling(work, redis.url, pin, args.ceiling_n, 3 if args.smoke else 5)
         results["ceiling"] = ceiling.to_json()
-        log(f"ceiling: verify {ceiling.verify_us} µs, sign {ceiling.sign_us} µs, redis {ceiling.redis_set_nx_get_us} µs")
+        log(f"ceiling: verify {ceiling.verify_us} µs, sign {ceiling.sign_us} µs, redis script {ceiling.redis_script_us} µs")
         measure(args, names, results, redis, broker, work, pin, ceiling, workdir)
     finally:
         if broker is not None:
@@ -120,9 +139,21 @@ def measure(args: argparse.Namespace, names: list[str], results: dict[str, Any],
     """The scenarios, in order: HTTP load, then the in-process and memory figures, profiles, workers."""
     scenarios = results["scenarios"]
     rss_before = rss_kib(broker.proc.pid)
-    http = http_scenarios(args, broker, work, pin, ceiling, workdir, [n for n in names if n in HTTP_SCENARIOS], pin.other())
-    scenarios.update({name: r.to_json() for name, r in http.items()})
+    # Rejections under enforce would turn into 429s after 20 failures from 127.0.0.1: they run on
+    # a broker in observe mode instead (labelled), every other row at the headline settings.
+    apart = REJECTION_SCENARIOS if args.ratelimit_mode == "enforce" else ()
+    headline = [n for n in names if n in HTTP_SCENARIOS and n not in apart]
+    http = http_scenarios(args, broker, work, pin, ceiling, workdir, headline, pin.other())
+    scenarios.update({name: {**r.to_json(), "settings": broker_settings(args)} for name, r in http.items()})
     rss_after = rss_kib(broker.proc.pid)
+    rejections = [n for n in names if n in apart]
+    if rejections:
+        observe = {"BROKER_RATELIMIT_MODE": "observe"}
+        scenarios.update(other_settings_scenarios(args, redis, work, pin, ceiling, workdir, rejections, observe))
+    if args.compare_log_level not in ("", "none", args.log_level):
+        quieter = {"BROKER_LOG_LEVEL": args.compare_log_level}
+        results["other_settings"] = other_settings_scenarios(
+            args, redis, work, pin, ceiling, workdir, [n for n in ("miss", "hit") if n in names], quieter)
     if "rs_verify" in names:
         scenarios["rs_verify"] = {
             "tokens_per_s": ceiling.ceiling_rps["rs_verify"], "us_per_token": ceiling.rs_verify_us,
@@ -130,6 +161,12 @@ def measure(args: argparse.Namespace, names: list[str], results: dict[str, Any],
             "how": "app.oauth.access_token.verify_access_token in a tight loop on the broker core (ES256); "
                    "tokens_per_s from CPU time, tokens_per_s_wall from wall time",
         }
+    if args.compare_server == "granian":
+        results["http_servers"] = granian_scenarios(args, redis, work, pin, ceiling, workdir,
+                                                    [n for n in ("miss", "hit") if n in names])
+    if "redis_clients" in names:
+        scenarios["redis_clients"] = measure_redis_clients(redis.url, pin, args.ceiling_n * 2, 3 if args.smoke else 5,
+                                                           1 if args.smoke else 3)
     if "redis_memory" in names:
         scenarios["redis_memory"] = measure_redis_memory(redis, args.redis_jtis).to_json()
         log(f"redis memory per jti: {scenarios['redis_memory']['bytes_per_jti']} bytes")

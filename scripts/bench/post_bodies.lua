@@ -20,13 +20,20 @@ function init(args)
   local prefix, mode_arg = args[1], args[2]
   mode = mode_arg or "once"
   bodies = {}
+  proofs = {}  -- the dpop scenario: a line is "<body>\t<DPoP proof>"
   for line in io.lines(prefix .. "." .. tid .. ".txt") do
+    local tab = string.find(line, "\t", 1, true)
+    if tab then
+      proofs[#bodies + 1] = string.sub(line, tab + 1)
+      line = string.sub(line, 1, tab - 1)
+    end
     bodies[#bodies + 1] = line
   end
   idx = 0
   exhausted = 0
   statuses = {}
   headers = { ["Content-Type"] = "application/x-www-form-urlencoded" }
+  dpop_headers = { ["Content-Type"] = "application/x-www-form-urlencoded" }
   idle = wrk.format("GET", "/jwks.json")  -- a cheap public GET (health is on the management port)
 end
 
@@ -40,6 +47,11 @@ function request()
       wrk.thread:stop()
       return idle
     end
+  end
+  local proof = proofs[idx]
+  if proof then
+    dpop_headers["DPoP"] = proof
+    return wrk.format("POST", "/token", dpop_headers, bodies[idx])
   end
   return wrk.format("POST", "/token", headers, bodies[idx])
 end

@@ -114,6 +114,7 @@ EXCLUSIVE_AREAS: list[tuple[str, tuple[tuple[str, str], ...]]] = [
     ("logging (structlog, jti fingerprint)", (("", "/structlog/"), ("", "/app/log.py"))),
     ("token cache (app/service + app/store token_cache.py)", (("", "/app/service/token_cache.py"), ("", "/app/store/token_cache.py"))),
     ("failure rate limiter (app/*/ratelimit.py)", (("", "/app/service/ratelimit.py"), ("", "/app/store/ratelimit.py"))),
+    ("Redis auto-pipeline (app/store/autopipeline.py)", (("", "/app/store/autopipeline.py"),)),
     ("Redis store glue (app/store: key hashing, asyncio.timeout per call)", (("", "/app/store/"),)),
     ("assertion parse + claim checks (app/oauth/assertion.py, jose.py)", (("", "/app/oauth/assertion.py"), ("", "/app/oauth/jose.py"))),
     ("form parse (app/oauth/request.py)", (("", "/app/oauth/request.py"),)),

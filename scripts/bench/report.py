@@ -20,16 +20,20 @@ def _header(results: dict[str, Any]) -> list[str]:
     c = results.get("ceiling")
     if c:
         lines.append(f"ceiling (CPU µs/op on the broker core): assertion verify {c['verify_us']}, token sign {c['sign_us']}, "
-                     f"redis-py SET NX PX GET {c['redis_set_nx_get_us']}")
+                     f"Redis script call (broker's client) {c.get('redis_script_us')} "
+                     f"(redis-py pooled SET NX PX GET {c['redis_set_nx_get_us']})")
         lines.append("")
     return lines
 
 
-def _http_rows(scenarios: dict[str, Any]) -> list[str]:
+def _http_rows(scenarios: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    headline = results.get("settings", {})
     lines = [
         "req/s and share: wall clock; /cpu-s and share: requests per broker CPU-second (robust to other "
         "processes on the core); ceiling: 1e6 / CPU µs of the unavoidable work",
-        f"{'scenario':<16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'ceiling':>9}{'share':>7}{'/cpu-s':>8}{'share':>7}"
+        f"settings of the rows: log level {headline.get('log_level')}, rate limiter {headline.get('ratelimit_mode')}, "
+        "token cache on; rows marked [..] ran on a second broker with the settings named there",
+        f"{'scenario':<30}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'ceiling':>9}{'share':>7}{'/cpu-s':>8}{'share':>7}"
         f"{'unexpected':>12}  generator",
     ]
     for name in HTTP_SCENARIOS:
@@ -38,9 +42,11 @@ def _http_rows(scenarios: dict[str, Any]) -> list[str]:
             continue
         rps = r.get("rps", r.get("achieved_rps"))
         label = name if name != "fixed_rate" else f"fixed {r['offered_rps']:.0f}/s"
+        if r.get("label"):
+            label = f"{label} [{r['label']}]"
         per_cpu = r.get("rps_per_broker_cpu_s")
         per_cpu_s = f"{per_cpu:>8.0f}{r['ceiling_share_per_cpu_s']:>7.0%}" if per_cpu else f"{'-':>8}{'-':>7}"
-        lines.append(f"{label:<16}{rps:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['ceiling_rps']:>9}{r['ceiling_share']:>7.0%}"
+        lines.append(f"{label:<30}{rps:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['ceiling_rps']:>9}{r['ceiling_share']:>7.0%}"
                      f"{per_cpu_s}{r['unexpected']:>12}  {r['generator']} (broker cpu {r.get('broker_cpu_share', '-')}, "
                      f"gen cpu {r.get('generator_cpu_share', '-')})")
     return lines
@@ -52,6 +58,10 @@ def _other_rows(scenarios: dict[str, Any]) -> list[str]:
     if rs:
         lines.append(f"{'rs_verify':<16}{rs['tokens_per_s']:>9} tokens/s per CPU-second ({rs['us_per_token']} µs each, "
                      f"in-process; {rs['tokens_per_s_wall']}/s wall)")
+    rc = scenarios.get("redis_clients")
+    if rc:
+        lines.append(f"redis clients on the token endpoint's script call ({rc['callers']} callers, client CPU µs per call): "
+                     + ", ".join(f"{name} {c['cpu_us']}" for name, c in rc["candidates"].items()))
     rm = scenarios.get("redis_memory")
     if rm:
         lines.append(f"redis memory per recorded jti: {rm['bytes_per_jti']} bytes ({rm['keys']} keys)")
@@ -94,5 +104,7 @@ def _profile_rows(profiles: dict[str, Any]) -> list[str]:
 
 def table(results: dict[str, Any]) -> str:
     scenarios = results["scenarios"]
-    return "\n".join([*_header(results), *_http_rows(scenarios), *_other_rows(scenarios),
+    return "\n".join([*_header(results), *_http_rows(scenarios, results), *_http_rows(results.get("other_settings") or {}, results)[3:],
+                      *_http_rows(results.get("http_servers") or {}, results)[3:],
+                      *_other_rows(scenarios),
                       *_worker_rows(results.get("workers")), *_profile_rows(results.get("profile") or {})])

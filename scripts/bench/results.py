@@ -77,6 +77,7 @@ class ScenarioResult(msgspec.Struct):
 class Ceiling(msgspec.Struct, kw_only=True):
     verify_us: float
     sign_us: float
+    redis_script_us: float
     redis_set_nx_get_us: float
     rs_verify_us: float
     wall_us: dict[str, float]

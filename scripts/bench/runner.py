@@ -137,7 +137,31 @@ def scaling(args: argparse.Namespace, redis: RedisServer, keys_dir: Path, work: 
 
 
 def broker_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The headline rows' settings: the deployment defaults unless the flags say otherwise (the
+    token cache is always on: it has no switch)."""
     return {"BROKER_LOG_LEVEL": args.log_level, "BROKER_RATELIMIT_MODE": args.ratelimit_mode}
+
+
+_SHORT = {"BROKER_LOG_LEVEL": "log", "BROKER_RATELIMIT_MODE": "limiter"}
+
+
+def other_settings_scenarios(args: argparse.Namespace, redis: RedisServer, work: Workload, pin: Pinning,
+                             ceiling: Ceiling, workdir: Path, names: list[str],
+                             change: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """``names`` against a second broker (same pinning, same Redis and clients) whose settings
+    differ from the headline's by ``change``; each row carries the settings it ran with."""
+    settings = {**broker_settings(args), **change}
+    label = ", ".join(f"{_SHORT.get(k, k)} {v}" for k, v in change.items())
+    log(f"other settings ({label}): starting a second broker for {', '.join(names)}")
+    broker = start_broker(workdir / "keys", workdir / f"broker-{len(change)}-{names[0]}.log", redis_url=redis.url,
+                          prefix=pin.broker(), env=settings)
+    try:
+        there = work.for_issuer(broker.url)
+        warm_up(broker, there)
+        res = http_scenarios(args, broker, there, pin, ceiling, workdir, names, pin.other(), label=f"[{label}] ")
+    finally:
+        broker.stop()
+    return {name: {**r.to_json(), "settings": settings, "label": label} for name, r in res.items()}
 
 
 def rss_long_run(args: argparse.Namespace, broker: BrokerProcess, work: Workload, pin: Pinning,

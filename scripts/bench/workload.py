@@ -119,10 +119,31 @@ class Workload:
         now = int(time.time())
         return [form(self.hit_clients[i % N_HIT_CLIENTS].assertion(self.issuer, now), "read") for i in range(n)]
 
+    def dpop_bodies(self, n: int) -> list[str]:
+        """The dpop scenario: miss bodies, each line "<body>\t<its own DPoP proof>" (a tab never
+        occurs in a urlencoded body; post_bodies.lua sends the proof as the DPoP header). One proof
+        key for the whole run, as a client keeps one key."""
+        from joserfc.jwk import ECKey
+
+        key = ECKey.generate_key("P-256")
+        jwk = {k: v for k, v in key.as_dict(private=False).items() if k in ("crv", "kty", "x", "y")}
+        header = b64url(json.dumps({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk}, separators=(",", ":")).encode())
+        now = int(time.time())
+        return [body + "\t" + dpop_proof(key.private_key, header, self.issuer + "/token", now)
+                for body in self.miss_bodies(n)]
+
     def bad_signature_bodies(self, n: int) -> list[str]:
         now = int(time.time())
         return [form(self.hit_clients[i % N_HIT_CLIENTS].assertion(self.issuer, now, key=self.wrong_key), "read")
                 for i in range(n)]
+
+
+def dpop_proof(private: Any, header: str, htu: str, now: int) -> str:
+    """A DPoP proof (RFC 9449 §4.2) for ``POST htu``, signed with raw ``cryptography`` like the assertions."""
+    claims = {"jti": secrets.token_urlsafe(16), "htm": "POST", "htu": htu, "iat": now}
+    signing_input = header + "." + b64url(json.dumps(claims, separators=(",", ":")).encode())
+    r, s = decode_dss_signature(private.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+    return signing_input + "." + b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
 
 
 def write_bodies(prefix: Path, bodies: list[str], threads: int) -> None:

@@ -57,7 +57,7 @@ def _requirements(distribution: str) -> tuple[set[str], set[str]]:
 
 REQUIREMENTS = {
     "token-broker-jose": ({"joserfc", "cryptography"}, set()),
-    "token-broker-client": ({"token-broker-jose", "httpx", "joserfc"}, {"redis"}),
+    "token-broker-client": ({"token-broker-jose", "httpx", "joserfc"}, {"redis", "spiffe"}),
     "token-broker-resource": ({"token-broker-jose", "httpx", "joserfc"}, {"litestar"}),
 }
 

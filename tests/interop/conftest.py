@@ -176,11 +176,11 @@ class NodeClients:
     def __init__(self, node: str) -> None:
         self.node = node
 
-    def run(self, config: dict[str, Any], workdir: Path) -> dict[str, Any]:
-        """Run ``client.mjs`` with ``config``; its JSON answer."""
+    def run(self, config: dict[str, Any], workdir: Path, script: str = "client.mjs") -> dict[str, Any]:
+        """Run ``script`` (``client.mjs``, or ``dpop.mjs`` for the DPoP tests) with ``config``; its JSON answer."""
         path = workdir / "node-config.json"
         path.write_text(json.dumps(config))
-        done = subprocess.run([self.node, str(NODE_DIR / "client.mjs"), str(path)], cwd=NODE_DIR,
+        done = subprocess.run([self.node, str(NODE_DIR / script), str(path)], cwd=NODE_DIR,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)

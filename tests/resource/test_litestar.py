@@ -48,3 +48,32 @@ def test_litestar_route_middleware(authority: Authority, verifier: ResourceVerif
         assert (written.status_code, written.json()) == (200, {"body": "x=1"})
 
         assert client.get("/public").json() == {"ok": "yes"}
+
+
+def test_litestar_route_middleware_with_dpop(authority: Authority, clock: Any) -> None:
+    """The same ``require_bearer`` on a verifier with a ``DPoPPolicy``: DPoP-bound tokens with their proofs."""
+    import httpx
+
+    from tests.helpers import ISS, RS1, new_key
+    from token_broker_jose.dpop import create_proof, jwk_thumbprint
+    from token_broker_resource import DPoPPolicy
+
+    verifier = ResourceVerifier(ISS, RS1, clock=clock, dpop=DPoPPolicy(external_url=RS1),
+                                http=httpx.AsyncClient(transport=httpx.MockTransport(authority.handler)))
+    key = new_key("ES256")
+    token = authority.token(cnf={"jkt": jwk_thumbprint(key.as_dict(private=False))}, scope="read")
+
+    def proof(htu: str = RS1 + "/data") -> str:
+        return create_proof(key, alg="ES256", htm="GET", htu=htu, access_token=token, now=clock.now)
+
+    with TestClient(make_app(verifier)) as client:
+        ok = client.get("/data", headers={"Authorization": "DPoP " + token, "DPoP": proof()})
+        assert (ok.status_code, ok.json()) == (200, {"client_id": "c1", "scopes": ["read"]})
+
+        as_bearer = client.get("/data", headers={"Authorization": "Bearer " + token})
+        assert (as_bearer.status_code, as_bearer.json()["error"]) == (401, "invalid_token")
+
+        wrong_htu = client.get("/data", headers={"Authorization": "DPoP " + token, "DPoP": proof(RS1 + "/write")})
+        assert (wrong_htu.status_code, wrong_htu.headers.get_list("www-authenticate")[1]) == (401, (
+            'DPoP realm="api", error="invalid_dpop_proof", error_description="the DPoP proof\'s htu does not match '
+            'the URL of this request", algs="ES256 ES384 PS256 RS256 Ed25519"'))

@@ -6,6 +6,11 @@ request is sent once more. Whatever the second answer is, it is returned: the fl
 
 ``bearer_flow`` is that logic without I/O: it yields the requests for httpx to send and the
 token steps (``Fetch``, ``Refused``) that the sync and async shells below perform.
+
+With DPoP on (a ``DPoPSession``), each request goes as ``Authorization: DPoP <token>`` with a fresh
+proof of its own ``htm``/``htu`` carrying ``ath`` (RFC 9449 §7.1). A 401 ``use_dpop_nonce``
+challenge with a new ``DPoP-Nonce`` (§9) is answered once with a proof carrying that nonce, before
+and apart from the one re-authentication: the token was fine, the proof lacked the nonce.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from token_broker_client.dpop import DPoPSession
 from token_broker_client.effects import Done, advance
+from token_broker_jose.dpop import HEADER as DPOP_HEADER
 
 if TYPE_CHECKING:
     from token_broker_client.broker import BrokerClient
@@ -38,14 +45,25 @@ class Refused:
 Step = httpx.Request | Fetch | Refused
 
 
-def bearer_flow(request: httpx.Request) -> Generator[Step, Any, None]:
+def bearer_flow(request: httpx.Request, dpop: DPoPSession | None = None) -> Generator[Step, Any, None]:
     token = yield Fetch()
-    request.headers["Authorization"] = "Bearer " + token
-    response = yield request
+    response = yield _authorize(request, token, dpop)
+    if dpop is not None and dpop.retry_resource_request(request.url, response):
+        response = yield _authorize(request, token, dpop)
     if response.status_code == 401:
         yield Refused(token, response)
-        request.headers["Authorization"] = "Bearer " + (yield Fetch())
-        yield request
+        response = yield _authorize(request, (yield Fetch()), dpop)
+    if dpop is not None:
+        dpop.observe(request.url, response)  # the nonce for the next request to this server
+
+
+def _authorize(request: httpx.Request, token: str, dpop: DPoPSession | None) -> httpx.Request:
+    if dpop is None:
+        request.headers["Authorization"] = "Bearer " + token
+    else:
+        request.headers["Authorization"] = "DPoP " + token
+        request.headers[DPOP_HEADER] = dpop.proof(request.method, request.url, access_token=token)
+    return request
 
 
 class BrokerAuth(httpx.Auth):
@@ -59,14 +77,14 @@ class BrokerAuth(httpx.Auth):
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         request.read()
-        flow = bearer_flow(request)
+        flow = bearer_flow(request, self._client.dpop)
         step = advance(flow)
         while not isinstance(step, Done):
             step = advance(flow, (yield step) if isinstance(step, httpx.Request) else self._perform(step))
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         await request.aread()
-        flow = bearer_flow(request)
+        flow = bearer_flow(request, self._client.dpop)
         step = advance(flow)
         while not isinstance(step, Done):
             step = advance(flow, (yield step) if isinstance(step, httpx.Request) else await self._aperform(step))

@@ -23,6 +23,7 @@ class HttpCall:
     method: str
     url: str
     form: dict[str, str] | None = None
+    headers: dict[str, str] | None = None  # a DPoP proof (RFC 9449 §4.1)
 
 
 @dataclass(frozen=True)

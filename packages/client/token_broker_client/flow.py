@@ -19,11 +19,13 @@ from dataclasses import dataclass
 
 import httpx
 
+from token_broker_client.dpop import DPoPSession
 from token_broker_client.effects import Flow, HttpCall, Sleep
 from token_broker_client.errors import BrokerError, BrokerUnavailable
 from token_broker_client.renewal import CachedToken, RenewalPolicy
 from token_broker_client.responses import token_endpoint_from, token_from
 from token_broker_client.shared_cache import CACHE_ERRORS, SharedCacheCommands, cache_slot, decode_entry
+from token_broker_client.workload import AssertionSource
 from token_broker_jose.assertion import ASSERTION_TYPE, MAX_LIFETIME, make_client_assertion
 from token_broker_jose.constants import GRANT_CLIENT_CREDENTIALS, METADATA_PATH
 from token_broker_jose.credentials import ClientKey
@@ -51,10 +53,10 @@ class Ticket:
 class TokenFlow:
     """The tokens of one client of the broker, as flows over effects."""
 
-    def __init__(self, issuer: str, client_id: str, key: ClientKey, *, scope: str | Iterable[str] | None = None,
+    def __init__(self, issuer: str, client_id: str, key: ClientKey | AssertionSource, *, scope: str | Iterable[str] | None = None,
                  resource: str | None = None, token_endpoint: str | None = None, renewal: RenewalPolicy | None = None,
                  clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
-                 assertion_lifetime: int = MAX_LIFETIME) -> None:
+                 assertion_lifetime: int = MAX_LIFETIME, dpop: DPoPSession | None = None) -> None:
         self.issuer = issuer
         self.client_id = client_id
         self.key = key
@@ -69,6 +71,9 @@ class TokenFlow:
         self._attempts: dict[Key, int] = {}  # token requests finished, per key
         self._errors: dict[Key, BrokerError] = {}  # the last attempt's error, until one succeeds
         self._guard = threading.Lock()  # makes invalidate's compare-and-delete atomic across threads
+        self.dpop = dpop
+        # A DPoP-bound token is bound to this client's key: replicas share it only if they share the key.
+        self._slot_key = dpop.key.jkt if dpop is not None else ""
 
     # -- the in-memory cache, outside any flow ----------------------------------------------------
 
@@ -115,7 +120,7 @@ class TokenFlow:
             del self._tokens[key]
         if cache is not None:
             try:
-                yield cache.discard(cache_slot(self.client_id, *key), dropped)
+                yield cache.discard(cache_slot(self.client_id, *key, self._slot_key), dropped)
             except CACHE_ERRORS:
                 pass
 
@@ -130,7 +135,8 @@ class TokenFlow:
         raise exc
 
     def _request(self, key: Key) -> Flow[CachedToken]:
-        """One token request with a new assertion; whatever the answer, it is never sent again."""
+        """One token request with a new assertion; whatever the answer, it is never sent again (the
+        one ``use_dpop_nonce`` retry is a new request: new assertion, new proof)."""
         url = self.issuer + METADATA_PATH
         try:
             if self.token_endpoint is None:
@@ -138,18 +144,32 @@ class TokenFlow:
                 self.token_endpoint = token_endpoint_from(metadata, self.issuer)
             url = self.token_endpoint
             started = self.clock()
-            response = yield HttpCall("POST", url, self._form(key))
+            response = yield self._token_call(url, key)
+            if self.dpop is not None and self.dpop.retry_token_request(url, response):
+                # RFC 9449 §8: once, with the nonce the broker just sent (a new assertion and proof).
+                response = yield self._token_call(url, key)
+                self.dpop.observe(url, response)
         except httpx.HTTPError as exc:
             raise BrokerUnavailable("unreachable", description=f"could not reach {url}: {type(exc).__name__}") from None
-        return token_from(response, client_id=self.client_id, scope=key[0], started=started, policy=self.renewal)
+        return token_from(response, client_id=self.client_id, scope=key[0], started=started, policy=self.renewal,
+                          token_type="Bearer" if self.dpop is None else self.dpop.token_type)
+
+    def _token_call(self, url: str, key: Key) -> HttpCall:
+        """A token request; with DPoP on, a fresh proof for it (RFC 9449 §4.1)."""
+        return HttpCall("POST", url, self._form(key), None if self.dpop is None else self.dpop.headers("POST", url))
 
     def _form(self, key: Key) -> dict[str, str]:
         """The token request body (RFC 6749 §4.4.2, RFC 7523 §2.2, RFC 8707 §2)."""
-        assertion = make_client_assertion(
-            self.key.key, client_id=self.client_id, issuer=self.issuer, alg=self.key.alg, kid=self.key.kid,
-            lifetime=self._assertion_lifetime, now=self.clock(),
-        )
-        form = {"grant_type": GRANT_CLIENT_CREDENTIALS, "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}
+        if isinstance(self.key, AssertionSource):  # the platform's token (workload.py), with our client_id
+            form = {"grant_type": GRANT_CLIENT_CREDENTIALS, "client_assertion_type": self.key.assertion_type,
+                    "client_assertion": self.key.client_assertion(self.clock()), "client_id": self.client_id}
+        else:
+            assertion = make_client_assertion(
+                self.key.key, client_id=self.client_id, issuer=self.issuer, alg=self.key.alg, kid=self.key.kid,
+                lifetime=self._assertion_lifetime, now=self.clock(),
+            )
+            form = {"grant_type": GRANT_CLIENT_CREDENTIALS, "client_assertion_type": ASSERTION_TYPE,
+                    "client_assertion": assertion}
         if key[0]:
             form["scope"] = key[0]
         if key[1]:
@@ -161,7 +181,7 @@ class TokenFlow:
     def _through_cache(self, key: Key, cache: SharedCacheCommands) -> Flow[CachedToken]:
         """Adopt the token another replica stored, or ask the broker as the lock holder; ask it
         directly when the holder is slow or gone, or Redis fails."""
-        slot = cache_slot(self.client_id, *key)
+        slot = cache_slot(self.client_id, *key, self._slot_key)
         try:
             turn = yield from self._wait_turn(cache, slot)
         except CACHE_ERRORS:

@@ -52,12 +52,20 @@ def token_endpoint_from(response: httpx.Response, issuer: str) -> str:
 
 
 def token_from(response: httpx.Response, *, client_id: str, scope: str, started: float,
-               policy: RenewalPolicy) -> CachedToken:
-    """The token to cache from a token response to a request for ``scope`` sent at ``started``."""
+               policy: RenewalPolicy, token_type: str = "Bearer") -> CachedToken:
+    """The token to cache from a token response to a request for ``scope`` sent at ``started``;
+    ``token_type`` is the one asked for: ``DPoP`` with a proof (RFC 9449 §5), else ``Bearer``."""
     body = _json(response)
     if response.status_code != 200:
         raise _refusal(response, body, client_id)
-    problem = _not_a_token(response, body)
+    if token_type != "Bearer" and isinstance(body, dict) and str(body.get("token_type", "")).lower() == "bearer":
+        # RFC 9449 §5: a broker without DPoP answers a proof with a bearer token. The client asked
+        # for a sender-constrained token: it refuses the downgrade rather than use a bearer token.
+        raise BrokerError("dpop_not_supported", status_code=200, description=(
+            f"{_url(response)} answered a DPoP token request with token_type Bearer: the broker does not bind "
+            "tokens to the client's DPoP key (DPoP off at the broker?); the client refuses a bearer token while "
+            "DPoP is on"))
+    problem = _not_a_token(response, body, token_type)
     if problem is not None:
         raise BrokerUnavailable("invalid_response", status_code=200, description=(
             f"{_url(response)} answered HTTP 200 but not with a token: {problem}"))
@@ -67,14 +75,14 @@ def token_from(response: httpx.Response, *, client_id: str, scope: str, started:
     return policy.token(body["access_token"], granted, started, body["expires_in"])
 
 
-def _not_a_token(response: httpx.Response, body: Any) -> str | None:
+def _not_a_token(response: httpx.Response, body: Any, token_type: str) -> str | None:
     """What makes a 200 answer unusable as an RFC 6749 §5.1 token response (expected vs found), or None."""
     if not isinstance(body, dict):
         return f"expected a JSON object, found {_kind(response, body)}"
     if not (isinstance(body.get("access_token"), str) and body["access_token"]):
         return f"expected a non-empty access_token string, found {_quote(body.get('access_token'))}"
-    if str(body.get("token_type", "")).lower() != "bearer":
-        return f"expected token_type Bearer, found {_quote(body.get('token_type'))}"
+    if str(body.get("token_type", "")).lower() != token_type.lower():
+        return f"expected token_type {token_type}, found {_quote(body.get('token_type'))}"
     if not (type(body.get("expires_in")) is int and body["expires_in"] > 0):
         return f"expected expires_in as a positive whole number of seconds, found {_quote(body.get('expires_in'))}"
     return None

@@ -11,6 +11,9 @@ Key names (the hash tag keeps the pair on one cluster slot)::
     tbc:{<client_id>:<sha256(client_id, scope, resource)[:32]>}:token   JSON entry, TTL = until exp
     tbc:{<client_id>:<sha256(client_id, scope, resource)[:32]>}:lock    lock, PX = lock_ttl
 
+With DPoP on, the DPoP key's thumbprint joins the hashed values: a DPoP-bound token is only of use
+to the replicas holding the same DPoP key (loaded from one file), so only they share it.
+
 The Redis holds live bearer tokens: it must be the client service's private Redis, not the
 broker's and not one shared with other services. Any Redis error falls back to the process's own
 cache and a direct token request (the shared cache is an optimisation, never a dependency).
@@ -40,8 +43,9 @@ else:
 _DELETE_IF = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
-def cache_slot(client_id: str, scope: str, resource: str) -> str:
-    digest = hashlib.sha256(json.dumps([client_id, scope, resource]).encode()).hexdigest()[:32]
+def cache_slot(client_id: str, scope: str, resource: str, jkt: str = "") -> str:
+    """The slot of a token; ``jkt`` (a DPoP key's thumbprint) keeps DPoP-bound tokens per key."""
+    digest = hashlib.sha256(json.dumps([client_id, scope, resource, *([jkt] if jkt else [])]).encode()).hexdigest()[:32]
     return f"{PREFIX}:{{{client_id}:{digest}}}"
 
 

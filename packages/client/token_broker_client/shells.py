@@ -79,9 +79,10 @@ class SyncShell:
 
     def _send(self, call: HttpCall) -> httpx.Response:
         if self._http.client is not None:
-            return self._http.client.request(call.method, call.url, data=call.form, timeout=self._http.timeout)
+            return self._http.client.request(call.method, call.url, data=call.form, headers=call.headers,
+                                             timeout=self._http.timeout)
         with httpx.Client(timeout=self._http.timeout) as http:
-            return http.request(call.method, call.url, data=call.form)
+            return http.request(call.method, call.url, data=call.form, headers=call.headers)
 
 
 class AsyncShell:
@@ -121,6 +122,7 @@ class AsyncShell:
 
     async def _send(self, call: HttpCall) -> httpx.Response:
         if self._http.async_client is not None:
-            return await self._http.async_client.request(call.method, call.url, data=call.form, timeout=self._http.timeout)
+            return await self._http.async_client.request(call.method, call.url, data=call.form, headers=call.headers,
+                                                         timeout=self._http.timeout)
         async with httpx.AsyncClient(timeout=self._http.timeout) as http:
-            return await http.request(call.method, call.url, data=call.form)
+            return await http.request(call.method, call.url, data=call.form, headers=call.headers)

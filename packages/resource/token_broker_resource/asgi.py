@@ -4,6 +4,10 @@
 with the ``AccessToken`` at ``scope["auth"]`` (Litestar's ``request.auth``). ``authenticate`` is
 the same check as a plain function for code that wants to render its own answers.
 
+DPoP (RFC 9449 §7.1) is the verifier's option (``ResourceVerifier(..., dpop=DPoPPolicy(...))``):
+the same middleware and ``require_bearer`` then accept ``Authorization: DPoP`` with its ``DPoP``
+proof header as well (or only, with ``DPoPPolicy(required=True)``) and challenge both schemes.
+
 Litestar, per route or per app::
 
     @get("/data", middleware=[require_bearer(verifier, scopes=["read"])])
@@ -18,7 +22,8 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from token_broker_jose.constants import BODY_MAX
-from token_broker_resource.bearer import BearerError, extract_bearer, form_has_token
+from token_broker_jose.dpop import HEADER as DPOP_HEADER
+from token_broker_resource.bearer import DPOP, BearerError, extract_token, form_has_token
 from token_broker_resource.verifier import AccessToken, ResourceVerifier, VerifierUnavailable
 
 Scope = MutableMapping[str, Any]
@@ -35,8 +40,9 @@ class _BodyTooLarge(Exception):
 async def authenticate(
     verifier: ResourceVerifier, scope: Scope, receive: Receive, *, scopes: Iterable[str] = (), body_max: int = BODY_MAX
 ) -> tuple[AccessToken, Receive]:
-    """Verify the request's Bearer token. Returns the token and a ``receive`` that replays any
-    body read to look for a form-encoded token. Raises ``BearerError`` or ``VerifierUnavailable``."""
+    """Verify the request's Bearer token (or DPoP token and proof, when the verifier accepts DPoP).
+    Returns the token and a ``receive`` that replays any body read to look for a form-encoded token.
+    Raises ``BearerError`` or ``VerifierUnavailable``."""
     headers = scope.get("headers", ())
     authorization = [v.decode("latin-1") for k, v in headers if k == b"authorization"]
     content_type = next((v.decode("latin-1") for k, v in headers if k == b"content-type"), None)
@@ -45,7 +51,13 @@ async def authenticate(
     if content_type and content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
         body, replay = await _buffer(receive, body_max)
         form_token = form_has_token(content_type, body)
-    token = extract_bearer(authorization, query_string=scope.get("query_string", b""), form_token=form_token)
+    scheme, token = extract_token(authorization, query_string=scope.get("query_string", b""), form_token=form_token,
+                                  schemes=verifier.schemes)
+    if scheme == DPOP and verifier.dpop is not None:
+        proof_name = DPOP_HEADER.lower().encode()
+        proofs = [v.decode("latin-1") for k, v in headers if k == proof_name]
+        return await verifier.verify_dpop(token, proofs, method=scope["method"], url=verifier.dpop.request_url(scope),
+                                          scopes=scopes), replay
     return await verifier.verify(token, scopes), replay
 
 
@@ -90,7 +102,7 @@ class BearerMiddleware:
         try:
             token, receive = await authenticate(self.verifier, scope, receive, scopes=self.scopes, body_max=self.body_max)
         except BearerError as exc:
-            await _respond(send, exc.status, exc.headers(self.realm), exc.body())
+            await _respond(send, exc.status, exc.headers(self.realm, **self.verifier.challenge_options()), exc.body())
             return
         except VerifierUnavailable:
             body = {"error": "temporarily_unavailable", "error_description": "The token cannot be checked right now."}
@@ -102,12 +114,24 @@ class BearerMiddleware:
                            b'{"error":"invalid_request"}')
             return
         scope["auth"] = token
-        await self.app(scope, receive, send)
+        nonces = self.verifier.dpop.nonces if self.verifier.dpop is not None else None
+        await self.app(scope, receive, send if nonces is None else _with_nonce(send, nonces.current()))
 
 
 def require_bearer(verifier: ResourceVerifier, *, scopes: Iterable[str] = (), realm: str = "api") -> Callable[..., ASGIApp]:
     """A middleware factory: ``factory(app=...)`` as Litestar's ``middleware=[...]`` expects."""
     return functools.partial(BearerMiddleware, verifier=verifier, scopes=tuple(scopes), realm=realm)
+
+
+def _with_nonce(send: Send, nonce: str) -> Send:
+    """RFC 9449 §9: the app's answer carries the current nonce for the client's next proof."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (b"dpop-nonce", nonce.encode())]}
+        await send(message)
+
+    return sending
 
 
 async def _respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
