@@ -331,6 +331,29 @@ def test_removed_issuer_is_refused_after_the_epoch_poll(platforms: Platforms) ->
     assert (resp.status_code, platforms.rejected()["reason"]) == (401, "federation_issuer_unknown")
 
 
+def test_spiffe_assertion_type_is_refused_for_a_private_key_jwt_assertion(broker: Broker, c1: TestClient) -> None:
+    """The jwt-spiffe type says "this is a JWT-SVID"; a client's own assertion keeps the jwt-bearer
+    type (before: accepted as if it were jwt-bearer)."""
+    resp = broker.get_token(c1, client_assertion_type=SPIFFE_ASSERTION_TYPE)
+    rejected = [e for e in broker.logs() if e.get("event") == "token.rejected"][-1]
+    assert (resp.status_code, resp.json(), rejected["reason"]) == (401, INVALID_CLIENT, "federation_type_mismatch")
+
+
+@pytest.mark.parametrize("sub", [
+    pytest.param("system:serviceaccount:payments:api\n2026-12-02 INFO forged log line", id="newline"),
+    pytest.param("system:serviceaccount:payments:api\x1b[2J", id="escape"),
+    pytest.param("system:serviceaccount:payments:api\x00", id="nul"),
+    pytest.param("system:serviceaccount:payments:api\u0085", id="c1-next-line"),
+    pytest.param("system:serviceaccount:payments:api\u2028", id="line-separator"),
+])
+def test_sub_with_control_characters_is_refused(platforms: Platforms, sub: str) -> None:
+    """The federated sub is copied into the access token and the logs of every resource server:
+    printable only, even when a rule would map it (the claim conditions here match)."""
+    resp = platforms.post(k8s_token(platforms, sub=sub))
+    assert (resp.status_code, resp.json(), platforms.rejected()["reason"]) == (401, INVALID_CLIENT,
+                                                                               "federation_sub_invalid")
+
+
 def test_private_key_jwt_tokens_carry_no_federation_claim(broker: Broker, clock: FrozenClock, c1: TestClient) -> None:
     resp = broker.get_token(c1)
     assert resp.status_code == 200

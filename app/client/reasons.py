@@ -285,8 +285,8 @@ REQUEST.update({
     "federation_lifetime_too_long": _X(_WORKLOAD + " lives longer (exp - iat) than the trusted issuer's max_lifetime.",
                                        "request shorter-lived tokens (projected volume expirationSeconds), or "
                                        "raise max_lifetime: " + _TRUST),
-    "federation_sub_invalid": _X(_WORKLOAD + "'s sub is missing or too long, or a JWT-SVID's SPIFFE ID is outside "
-                                 "its trust domain.", "check the issuer"),
+    "federation_sub_invalid": _X(_WORKLOAD + "'s sub is missing, too long or holds control characters, or a "
+                                 "JWT-SVID's SPIFFE ID is outside its trust domain.", "check the issuer"),
     "federation_jti_invalid": _X(_WORKLOAD + "'s jti is not a string of 1 to BROKER_JTI_MAX_LENGTH characters.",
                                  "check the issuer"),
     "federation_jti_missing": _X("the trusted issuer is single_use but the token carries no jti.",
@@ -300,8 +300,8 @@ REQUEST.update({
     "federation_client_disabled": _X("the workload maps to a disabled client.", _CHECK_CLIENT),
     "federation_client_admin": _X("the workload maps to an admin client: admin clients authenticate with their "
                                   "own key only, never with a platform token.", "map the workload to another client"),
-    "federation_type_mismatch": _X("client_assertion_type was the SPIFFE one (jwt-spiffe) but the token's sub is "
-                                   "not a SPIFFE ID.", "send client_assertion_type=urn:ietf:params:oauth:"
+    "federation_type_mismatch": _X("client_assertion_type was the SPIFFE one (jwt-spiffe) but the assertion is not "
+                                   "a JWT-SVID (its sub is not a SPIFFE ID, e.g. a private_key_jwt assertion).", "send client_assertion_type=urn:ietf:params:oauth:"
                                    "client-assertion-type:jwt-bearer"),
 })
 JWKS_FETCH_FEDERATION = {

@@ -21,7 +21,7 @@ issuer up; an issuer it does not trust is refused (``federation_issuer_unknown``
 5. ``exp`` and ``iat`` required, ``nbf`` honoured when present (SPIRE writes none), each with
    ``leeway``: not expired, not issued in the future, ``now - iat`` within ``max_token_age`` and
    ``exp - iat`` within ``max_lifetime``;
-6. ``sub`` a non-empty string; a ``single_use`` issuer's token carries a ``jti``;
+6. ``sub`` a non-empty printable string (no control characters) of at most 1024 characters; a ``single_use`` issuer's token carries a ``jti``;
 7. the mapping rules: no match ``federation_unmapped``, rules naming two clients
    ``federation_ambiguous`` (``app.oauth.trust.match_rules``).
 
@@ -112,7 +112,9 @@ def verify_federated(parsed: ParsedAssertion, issuer: TrustedIssuer, keys: Mappi
         raise InvalidClient("federation_signature_invalid")
     _check_aud(claims.get("aud"), issuer.audience or policy.issuer, issuer.allow_other_audiences)
     exp = _check_times(claims, issuer, policy, now)
-    if type(sub) is not str or not 1 <= len(sub) <= _SUB_MAX or not clean(sub):
+    # Printable only: it is copied into the access token, the audit log and a resource server's logs
+    # (no control characters, no lone surrogates; str.isprintable refuses both).
+    if type(sub) is not str or not 1 <= len(sub) <= _SUB_MAX or not sub.isprintable():
         raise InvalidClient("federation_sub_invalid")
     jti = claims.get("jti")
     if jti is not None and (type(jti) is not str or not 1 <= len(jti) <= policy.jti_max_length or not clean(jti)):

@@ -57,7 +57,7 @@ from app.oauth.assertion import (
 )
 from app.oauth.clients import Client
 from app.oauth.errors import InvalidClient, OAuthError, TemporarilyUnavailable
-from app.oauth.federation import FederatedIdentity, replay_jti, route
+from app.oauth.federation import SPIFFE_ASSERTION_TYPE, FederatedIdentity, replay_jti, route
 from app.service.directory import ClientDirectory
 from app.service.federation import FederationService, federation_log_fields
 from app.service.ratelimit import FailureLimiter, KeyHolderFailure
@@ -209,6 +209,8 @@ class ClientAuthenticator:
                     federated = {}
                     parsed = parse_assertion(form.client_assertion, self._policy)
             if auth is None:
+                if form.assertion_type == SPIFFE_ASSERTION_TYPE:  # a private_key_jwt assertion is no JWT-SVID
+                    raise InvalidClient("federation_type_mismatch")
                 client_id = parsed.client_id
                 if tracing.on:
                     tracing.client(client_id)

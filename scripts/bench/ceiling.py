@@ -62,6 +62,19 @@ def _verify_cost(work: Workload, settings: Any, n: int, rounds: int) -> tuple[fl
     return per_op_us(verify, assertions, rounds)
 
 
+def _dpop_cost(work: Workload, settings: Any, n: int, rounds: int) -> tuple[float, float]:
+    """The broker's own DPoP proof check at /token, on proofs shaped as the dpop scenario sends."""
+    from app.oauth.dpop import proof_policy, verify_token_proof
+
+    policy = proof_policy(settings)
+    proofs = work.dpop_proofs(n)
+
+    def check(proof: str) -> None:
+        verify_token_proof((proof,), policy, time.time())
+
+    return per_op_us(check, proofs, rounds)
+
+
 def _sign_and_rs_costs(issuer: str, n: int, rounds: int) -> tuple[tuple[float, float], tuple[float, float]]:
     """Access-token sign, then resource-server verification (RFC 9068 §4) of broker-shaped tokens."""
     from joserfc.jwk import ECKey
@@ -118,15 +131,17 @@ def measure_ceiling(work: Workload, redis_url: str, pin: Pinning, n: int, rounds
     settings = Settings(issuer=work.issuer, redis_url=redis_url)
     with pin.run_on(pin.broker_core):
         verify_wall, verify_us = _verify_cost(work, settings, n, rounds)
+        dpop_wall, dpop_us = _dpop_cost(work, settings, n, rounds)
         (sign_wall, sign_us), (rs_wall, rs_us) = _sign_and_rs_costs(work.issuer, n, rounds)
         redis_wall, redis_us = run_async(_redis_cost(settings, n, rounds))
         client = connect(settings.redis_url, timeout=settings.redis_timeout, retries=settings.redis_retries)
         script_wall, script_us = run_async(store_call_us(client, n, rounds))
     return Ceiling(
         verify_us=verify_us, sign_us=sign_us, redis_script_us=script_us, redis_set_nx_get_us=redis_us, rs_verify_us=rs_us,
-        wall_us={"verify": verify_wall, "sign": sign_wall, "redis_script": script_wall, "redis_set_nx_get": redis_wall,
+        dpop_proof_us=dpop_us,
+        wall_us={"verify": verify_wall, "dpop_proof": dpop_wall, "sign": sign_wall, "redis_script": script_wall, "redis_set_nx_get": redis_wall,
                  "rs_verify": rs_wall},
-        ceiling_rps=ceiling_rps(Costs(verify=verify_us, sign=sign_us, redis=script_us), rs_us),
+        ceiling_rps=ceiling_rps(Costs(verify=verify_us, sign=sign_us, redis=script_us, dpop=dpop_us), rs_us),
         note=NOTE,
     )
 

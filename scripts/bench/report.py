@@ -21,7 +21,8 @@ def _header(results: dict[str, Any]) -> list[str]:
     if c:
         lines.append(f"ceiling (CPU µs/op on the broker core): assertion verify {c['verify_us']}, token sign {c['sign_us']}, "
                      f"Redis script call (broker's client) {c.get('redis_script_us')} "
-                     f"(redis-py pooled SET NX PX GET {c['redis_set_nx_get_us']})")
+                     f"(redis-py pooled SET NX PX GET {c['redis_set_nx_get_us']}), "
+                     f"DPoP proof check {c.get('dpop_proof_us', '-')}")
         lines.append("")
     return lines
 
@@ -50,6 +51,18 @@ def _http_rows(scenarios: dict[str, Any], results: dict[str, Any]) -> list[str]:
                      f"{per_cpu_s}{r['unexpected']:>12}  {r['generator']} (broker cpu {r.get('broker_cpu_share', '-')}, "
                      f"gen cpu {r.get('generator_cpu_share', '-')})")
     return lines
+
+
+def _dpop_cost(scenarios: dict[str, Any], ceiling: dict[str, Any] | None) -> list[str]:
+    """What DPoP adds to a token request: broker CPU per request of dpop minus that of miss (the
+    same run, the same broker), beside the proof check measured alone with the broker idle."""
+    miss, dpop = scenarios.get("miss") or {}, scenarios.get("dpop") or {}
+    if not (miss.get("rps_per_broker_cpu_s") and dpop.get("rps_per_broker_cpu_s")):
+        return []
+    added = 1e6 / dpop["rps_per_broker_cpu_s"] - 1e6 / miss["rps_per_broker_cpu_s"]
+    ratio = dpop["rps_per_broker_cpu_s"] / miss["rps_per_broker_cpu_s"]
+    alone = f"; the proof check alone {ceiling['dpop_proof_us']} µs" if ceiling and "dpop_proof_us" in ceiling else ""
+    return [f"DPoP cost: {added:+.0f} broker CPU µs per token request (dpop/miss per CPU-second {ratio:.2f}){alone}"]
 
 
 def _other_rows(scenarios: dict[str, Any]) -> list[str]:
@@ -106,5 +119,6 @@ def table(results: dict[str, Any]) -> str:
     scenarios = results["scenarios"]
     return "\n".join([*_header(results), *_http_rows(scenarios, results), *_http_rows(results.get("other_settings") or {}, results)[3:],
                       *_http_rows(results.get("http_servers") or {}, results)[3:],
+                      *_dpop_cost(scenarios, results.get("ceiling")),
                       *_other_rows(scenarios),
                       *_worker_rows(results.get("workers")), *_profile_rows(results.get("profile") or {})])

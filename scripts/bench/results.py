@@ -80,6 +80,8 @@ class Ceiling(msgspec.Struct, kw_only=True):
     redis_script_us: float
     redis_set_nx_get_us: float
     rs_verify_us: float
+    #: The broker's DPoP proof check per token request (``app.oauth.dpop.verify_token_proof``).
+    dpop_proof_us: float
     wall_us: dict[str, float]
     ceiling_rps: dict[str, int]
     note: str

@@ -121,16 +121,19 @@ class Workload:
 
     def dpop_bodies(self, n: int) -> list[str]:
         """The dpop scenario: miss bodies, each line "<body>\t<its own DPoP proof>" (a tab never
-        occurs in a urlencoded body; post_bodies.lua sends the proof as the DPoP header). One proof
-        key for the whole run, as a client keeps one key."""
+        occurs in a urlencoded body; post_bodies.lua sends the proof as the DPoP header)."""
+        return [body + "\t" + proof for body, proof in zip(self.miss_bodies(n), self.dpop_proofs(n), strict=True)]
+
+    def dpop_proofs(self, n: int) -> list[str]:
+        """``n`` fresh ES256 proofs for ``POST <issuer>/token``, one proof key for the whole run, as
+        a client keeps one key."""
         from joserfc.jwk import ECKey
 
         key = ECKey.generate_key("P-256")
         jwk = {k: v for k, v in key.as_dict(private=False).items() if k in ("crv", "kty", "x", "y")}
         header = b64url(json.dumps({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk}, separators=(",", ":")).encode())
         now = int(time.time())
-        return [body + "\t" + dpop_proof(key.private_key, header, self.issuer + "/token", now)
-                for body in self.miss_bodies(n)]
+        return [dpop_proof(key.private_key, header, self.issuer + "/token", now) for _ in range(n)]
 
     def bad_signature_bodies(self, n: int) -> list[str]:
         now = int(time.time())
