@@ -17,7 +17,7 @@ import functools
 import hashlib
 import json
 
-from app.oauth.assertion import jti_hash
+from app.oauth.assertion import jti_hash, pair_hash
 
 PREFIX = "tb"
 REGISTRY_EPOCH = "{tb:registry}:epoch"
@@ -121,7 +121,7 @@ def token_quota(client_id: str) -> str:
 def dpop_proof(client_id: str, jkt: str, jti: str) -> str:
     """The record of a DPoP proof's jti (RFC 9449 §11.1), unique per proof key (``jkt``). It has the
     client's hash tag: the token endpoint's one script call records it with the assertion's jti."""
-    return f"{_token_tag(client_id)}:dpop:" + hashlib.sha256(json.dumps([jkt, jti]).encode("ascii")).hexdigest()
+    return f"{_token_tag(client_id)}:dpop:" + pair_hash(jkt, jti)
 
 
 #: The secret every replica derives the DPoP server nonces from (``app.oauth.dpop_nonce``); set once.
