@@ -81,6 +81,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwks_uri_allow_http_loopback: bool = False
     jwks_uri_cache_ttl: int = 300
     jwks_uri_refetch_cooldown: float = 10.0
+    jwks_uri_max_stale: int = 3600
     jwks_uri_timeout: float = 2.0
     clients_file: str | None = None
     reserved_client_id_prefixes: tuple[str, ...] = ()
@@ -215,6 +216,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("BROKER_JWKS_URI_CACHE_TTL must be between 1 and 86400 seconds")
         if not 0.1 <= self.jwks_uri_refetch_cooldown <= 3600:
             raise ConfigError("BROKER_JWKS_URI_REFETCH_COOLDOWN must be between 0.1 and 3600 seconds")
+        if not self.jwks_uri_cache_ttl <= self.jwks_uri_max_stale <= 604800:
+            raise ConfigError("BROKER_JWKS_URI_MAX_STALE must be between BROKER_JWKS_URI_CACHE_TTL and 604800 seconds")
         if not 0.1 <= self.jwks_uri_timeout <= 10:
             raise ConfigError("BROKER_JWKS_URI_TIMEOUT must be between 0.1 and 10 seconds")
         if not 0 < self.cache_min_remaining_share <= 1:
@@ -434,6 +437,10 @@ SETTING_DOCS: dict[str, SettingDoc] = {
                                      "`client-key-rotation-and-jwks-uri`"),
     "jwks_uri_refetch_cooldown": SettingDoc(_CLIENTS, "Least time (s) between two fetches of one `jwks_uri` prompted "
                                             "by an unknown kid.", "0.1-3600", "bounds what unknown kids can make the broker fetch"),
+    "jwks_uri_max_stale": SettingDoc(_CLIENTS, "How long (s) after its last successful fetch a `jwks_uri` (or trusted "
+                                     "issuer's) key set is still used while fetches fail; after that its tokens are "
+                                     "refused until a fetch succeeds.", "`BROKER_JWKS_URI_CACHE_TTL`-604800",
+                                     "bounds how long a withdrawn key works when its fetch can be blocked"),
     "jwks_uri_timeout": SettingDoc(_CLIENTS, "Timeout (s) of one `jwks_uri` fetch.", "0.1-10"),
     "clients_file": SettingDoc(_CLIENTS, "A declarative clients file (JSON), applied at start and whenever it changes "
                                "(docs/onboarding.md).", "a readable JSON file"),

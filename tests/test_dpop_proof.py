@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jws
 from joserfc.jwk import RSAKey
 
+from tests.helpers import raw
 from token_broker_jose import dpop
 from token_broker_jose.jose import generate_private_key
 
@@ -140,6 +141,41 @@ def _rsa_exponent_3(_key: Any) -> str:
     return proof(rsa_key, {"alg": "PS256"})
 
 
+def _padded(member: str) -> str:
+    """A base64url integer one octet longer: a leading zero (the same number, another string)."""
+    return b64u(b"\x00" + base64.urlsafe_b64decode(member + "=="))
+
+
+def _stray_bits(member: str) -> str:
+    """The same octets with the unused low bits of the last base64url character set (a 32-octet
+    coordinate has 43 characters: the last one carries 2 unused bits). Lenient decoders read the
+    same key; the string, and so the thumbprint, differ."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(member[-1])
+    return member[:-1] + alphabet[last | 0b11 if last & 0b11 != 0b11 else last & ~0b11]
+
+
+def _by_hand(key: Any, header: dict[str, Any]) -> str:
+    """A proof with extra header members joserfc would refuse to write (an unknown ``crit``)."""
+    head = {"typ": "dpop+jwt", "alg": "ES256", "jwk": public(key), **header}
+    body = {"jti": "j-1", "htm": "POST", "htu": HTU, "iat": NOW}
+    return raw(json.dumps(head), json.dumps(body), key, "ES256")
+
+
+def _rsa_padded_n(_key: Any) -> str:
+    rsa_key = generate_private_key("PS256")
+    jwk = public(rsa_key)
+    return proof(rsa_key, {"alg": "PS256", "jwk": {**jwk, "n": _padded(jwk["n"])}})
+
+
+def test_create_proof_leaves_the_userinfo_out_of_htu(key) -> None:
+    """A URL with credentials in it: the proof names the URL without them (servers refuse userinfo
+    in htu, and a signed proof that servers may log is no place for a password)."""
+    text = dpop.create_proof(key, alg="ES256", htm="GET", htu="https://alice:s3cret@api.example/x?q=1", now=NOW)
+    claims = json.loads(base64.urlsafe_b64decode(text.split(".")[1] + "=="))
+    assert claims["htu"] == "https://api.example/x"
+
+
 # (id, build(key) -> proof, verify options, reason)
 REFUSALS: list[Any] = [
     ("jwk-rsa-huge-exponent", _rsa_jwk_proof(3072, secrets.randbits(3071) | 1 | (1 << 3070)), {}, "dpop_jwk_invalid"),
@@ -159,6 +195,15 @@ REFUSALS: list[Any] = [
     ("jwk-symmetric", lambda k: proof(k, {"jwk": {"kty": "oct", "k": "c2VjcmV0"}}), {}, "dpop_jwk_private"),
     ("jwk-wrong-type", lambda k: proof(k, {"jwk": public(generate_private_key("RS256"))}), {}, "dpop_jwk_invalid"),
     ("jwk-bad-point", lambda k: proof(k, {"jwk": {**public(k), "x": b64u(b"\x01" * 32)}}), {}, "dpop_jwk_invalid"),
+    ("jwk-ec-x-leading-zero", lambda k: proof(k, {"jwk": {**public(k), "x": _padded(public(k)["x"])}}), {},
+     "dpop_jwk_invalid"),
+    ("jwk-ec-y-leading-zero", lambda k: proof(k, {"jwk": {**public(k), "y": _padded(public(k)["y"])}}), {},
+     "dpop_jwk_invalid"),
+    ("jwk-rsa-n-leading-zero", _rsa_padded_n, {}, "dpop_jwk_invalid"),
+    ("jwk-base64-stray-bits", lambda k: proof(k, {"jwk": {**public(k), "x": _stray_bits(public(k)["x"])}}), {},
+     "dpop_jwk_invalid"),
+    ("crit", lambda k: _by_hand(k, {"crit": ["x-unknown"], "x-unknown": 1}), {}, "dpop_crit"),
+    ("crit-b64", lambda k: _by_hand(k, {"crit": ["b64"], "b64": True}), {}, "dpop_crit"),
     ("signature-other-key", _other_key_signed, {}, "dpop_signature_invalid"),
     ("signature-tampered", lambda k: _tamper_signature(proof(k)), {}, "dpop_signature_invalid"),
     ("duplicate-claim", _duplicate_member, {}, "dpop_signature_invalid"),

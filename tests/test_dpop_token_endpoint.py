@@ -6,6 +6,7 @@ In process on fakeredis with a frozen clock; the real-Redis and two-process runs
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from typing import Any
@@ -184,6 +185,8 @@ ROWS: list[tuple[str, Make, str, str]] = [
      "the DPoP proof's typ must be dpop+jwt"),
     ("step4-typ-jwt", lambda k, n: proof(k, n, header={"typ": "JWT"}), "dpop_typ_invalid",
      "the DPoP proof's typ must be dpop+jwt"),
+    ("step4-crit", lambda k, n: proof(k, n, header={"crit": ["x-unknown"], "x-unknown": 1}), "dpop_crit",
+     "the DPoP proof header must not list critical extensions (crit)"),
     ("step5-alg-none", lambda k, n: b64u(json.dumps({"typ": "dpop+jwt", "alg": "none", "jwk": public(k)})) + "."
      + proof(k, n).split(".")[1] + ".AAAA", "dpop_alg_not_allowed", "the DPoP proof's alg is not accepted here"),
     ("step5-alg-hs256", lambda k, n: proof(k, n, header={"alg": "HS256"}), "dpop_alg_not_allowed",
@@ -207,6 +210,10 @@ ROWS: list[tuple[str, Make, str, str]] = [
      "dpop_jwk_invalid", "the DPoP proof's jwk does not fit its alg"),
     ("step7-jwk-not-on-curve", lambda k, n: proof(k, n, header={"jwk": {**public(k), "y": public(_OTHER)["y"]}}),
      "dpop_jwk_invalid", "the DPoP proof's jwk is not a usable public key"),
+    # The same key with a leading zero octet on x: it would bind the token to another thumbprint.
+    ("step7-jwk-not-canonical", lambda k, n: proof(k, n, header={"jwk": {**public(k), "x": b64u(
+        b"\x00" + base64.urlsafe_b64decode(public(k)["x"] + "=="))}}),
+     "dpop_jwk_invalid", "the DPoP proof's jwk is not in its canonical form"),
     ("step8-htm-get", lambda k, n: proof(k, n, htm="GET"), "dpop_htm_mismatch", "the DPoP proof's htm must be POST"),
     ("step8-htm-lowercase", lambda k, n: proof(k, n, htm="post"), "dpop_htm_mismatch", "the DPoP proof's htm must be POST"),
     ("step9-htu-other-path", lambda k, n: proof(k, n, htu=ISS + "/introspect"), "dpop_htu_mismatch",

@@ -33,9 +33,12 @@ SPIFFE_TD = "spiffe://example.org"
 
 @pytest.fixture
 def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
-    """``request.param``: a client request quota (``BROKER_CLIENT_QUOTA``), 0 by default."""
+    """``request.param``: a client request quota (``BROKER_CLIENT_QUOTA``, 0 by default), or a dict
+    of other settings."""
+    param = getattr(request, "param", 0)
+    extra = param if isinstance(param, dict) else {"client_quota": param}
     return Settings(issuer=ISS, keys_dir=tmp_path / "keys", token_lifetime=300, jwks_uri_allow_http_loopback=True,
-                    client_quota=getattr(request, "param", 0))
+                    **extra)
 
 
 class Platforms:
@@ -288,6 +291,62 @@ def test_single_use_issuer_refuses_a_replay(platforms: Platforms) -> None:
     metrics = platforms.broker.app.state.metrics
     assert metrics.value("broker_federated_assertions_total", issuer=platforms.github.url, client_id="deployer",
                          use="single_use") == 2
+
+
+@pytest.mark.parametrize("settings", [pytest.param({"clock_skew": 0, "leeway": 10}, id="one-replica-no-skew")],
+                         indirect=True)
+def test_single_use_record_outlives_a_token_issued_ahead(platforms: Platforms) -> None:
+    """A token whose iat is up to the leeway ahead of the broker's clock is accepted until exp +
+    leeway; its single-use record must last that long too (it was capped at max_lifetime + leeway +
+    skew from now, 10 s short here: a replay window)."""
+    p = platforms
+    p.trust({"issuer": p.github.url, "single_use": True, "max_lifetime": 600, "max_token_age": 600, "rules": [
+        {"client_id": "deployer", "claims": {"repository": "octo-org/payments"}}]})
+    now = int(p.now)
+    token = p.github.github_token(now + 10, audience=ISS, exp=now + 10 + 600, nbf=now)
+    assert p.post(token).status_code == 200
+    redis = p.broker.app.state.registry.redis
+    replay_keys = [k for k in p.broker.call(redis.keys, "*") if b":replay:" in k]
+    ttl_ms = [p.broker.call(redis.pttl, k) for k in replay_keys]
+    accepted_for_ms = (now + 10 + 600 + 10 - now) * 1000  # exp + leeway
+    assert len(ttl_ms) == 1 and ttl_ms[0] >= accepted_for_ms - 1000, (ttl_ms, accepted_for_ms)
+
+
+def test_withdrawn_keys_are_not_kept(platforms: Platforms) -> None:
+    """An issuer that answers with a key set holding no usable key has withdrawn its keys (a
+    compromised one removed): a token signed with the old key is refused from the next fetch on
+    (before: kept as if the fetch had failed, for ever)."""
+    p = platforms
+    old = p.github.keys[0]
+    assert p.post(github_token(p)).status_code == 200
+    p.github.keys = []
+    p.broker.clock.advance(301)  # the fetched set's cache TTL
+    resp = p.post(github_token(p, key=old))
+    line = p.rejected()
+    assert (resp.status_code, line["reason"], line.get("detail")) == (401, "federation_keys_unavailable", "no_usable_keys")
+    failed = [e for e in p.broker.logs() if e.get("event") == "federation.keys_fetch_failed"][-1]
+    assert (failed["kept"], failed["withdrawn"]) == ([], [old.kid])
+
+
+def test_kept_keys_expire_after_max_stale(platforms: Platforms) -> None:
+    """While the issuer's fetches fail, the keys held are used until BROKER_JWKS_URI_MAX_STALE (1 h)
+    after they were fetched, then refused: whoever can block the broker's fetches cannot keep a
+    withdrawn key working for ever."""
+    p = platforms
+    kid = p.github.keys[0].kid
+    assert p.post(github_token(p)).status_code == 200
+    p.github.discovery = {"issuer": "https://elsewhere.example", "jwks_uri": p.github.jwks_uri}  # every fetch fails
+    p.broker.clock.advance(301)
+    assert p.post(github_token(p)).status_code == 200  # kept: the issuer is only unreachable
+    failed = [e for e in p.broker.logs() if e.get("event") == "federation.keys_fetch_failed"][-1]
+    assert (failed["reason"], failed["kept"]) == ("discovery_issuer_mismatch", [kid])
+    p.broker.clock.advance(3600 - 301)
+    resp = p.post(github_token(p))
+    line = p.rejected()
+    assert (resp.status_code, line["reason"], line.get("detail")) == (401, "federation_keys_unavailable",
+                                                                     "discovery_issuer_mismatch")
+    expired = [e for e in p.broker.logs() if e.get("event") == "federation.keys_expired"]
+    assert [e["kids"] for e in expired] == [[kid]]
 
 
 def test_single_use_issuer_requires_a_jti(platforms: Platforms) -> None:

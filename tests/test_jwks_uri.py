@@ -88,6 +88,38 @@ def test_rotation_on_the_key_server(jb, server):
     assert server.count == 3
 
 
+def test_an_empty_key_set_withdraws_the_keys(jb, server):
+    """The client's key server answers with no signing key: its keys are withdrawn (a compromised
+    key removed), not unreachable; the old key is refused from the next fetch on (before: kept)."""
+    c = TestClient("remote")
+    server.keys = [c.public_jwk()]
+    register_uri_client(jb, c, server.url)
+    assert_token(jb.get_token(c))
+    server.keys = []
+    jb.clock.advance(TTL)
+    assert_invalid_client(jb.get_token(c))
+    assert [e["kids"] for e in jb.logs() if e["event"] == "jwks_uri.keys_withdrawn"] == [["remote-1"]]
+
+
+def test_kept_keys_expire_after_max_stale(jb, server):
+    """While fetches fail, the keys held are used up to BROKER_JWKS_URI_MAX_STALE (1 h) after they
+    were fetched, then refused until a fetch succeeds: whoever can block the broker's fetches
+    cannot keep a withdrawn key working for ever."""
+    c = TestClient("remote")
+    server.keys = [c.public_jwk()]
+    register_uri_client(jb, c, server.url)
+    assert_token(jb.get_token(c))
+    server.mode = "status500"
+    jb.clock.advance(TTL)
+    assert_token(jb.get_token(c))  # kept: the key server is only failing
+    jb.clock.advance(3600 - TTL)
+    assert_invalid_client(jb.get_token(c))
+    assert [e["kids"] for e in jb.logs() if e["event"] == "jwks_uri.keys_expired"] == [["remote-1"]]
+    server.mode = "ok"
+    cooldown_passes(jb)
+    assert_token(jb.get_token(c))  # a successful fetch brings the keys back
+
+
 def test_flood_of_unknown_kids_costs_one_refetch_per_cooldown(jb, server):
     c = TestClient("remote")
     server.keys = [c.public_jwk()]

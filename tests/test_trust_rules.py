@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from app.oauth.clients import InvalidClientMetadata
+from app.oauth.federation import issuer_keys
 from app.oauth.trust import (
     AmbiguousMapping,
     TrustedIssuer,
@@ -138,6 +139,13 @@ REFUSED = [
     ("rule-without-condition", {"issuer": K8S, "rules": [{"client_id": "a"}]}, "trust_rule_invalid"),
     ("rule-only-wildcards", {"issuer": K8S, "rules": [{"client_id": "a", "sub_pattern": "**"}]},
      "trust_rule_invalid"),
+    # Backtracking: "repo:**/**/**/**:environment:prod" took 6.5 s on a 1024-character sub.
+    ("rule-two-double-stars", {"issuer": K8S, "rules": [{"client_id": "a", "sub_pattern": "repo:**/**:env:prod"}]},
+     "trust_rule_invalid"),
+    ("rule-two-stars-in-a-segment", {"issuer": K8S, "rules": [{"client_id": "a", "sub_pattern": "repo:a*b*:ref:x"}]},
+     "trust_rule_invalid"),
+    ("rule-pattern-with-nul", {"issuer": K8S, "rules": [{"client_id": "a", "sub_pattern": "repo:\x00:ref:x"}]},
+     "trust_rule_invalid"),
     ("rule-bad-client-id", {"issuer": K8S, "rules": [{"client_id": "a/b", "sub": "x"}]}, "trust_rule_invalid"),
     ("rule-unknown-field", {"issuer": K8S, "rules": [{"client_id": "a", "sub": "x", "regex": ".*"}]},
      "trust_rule_invalid"),
@@ -150,6 +158,31 @@ def test_refused_records(value, reason) -> None:
     with pytest.raises(InvalidClientMetadata) as caught:
         trusted_issuer(value)
     assert caught.value.reason == reason
+
+
+@pytest.mark.parametrize("pattern", [
+    pytest.param("repo:**:ref:*", id="double-star-and-star"),
+    pytest.param("**a*", id="double-star-then-star-in-one-segment"),
+    pytest.param("*/*/*/*/*/*/*/*/**/*/*/*z", id="a-star-per-segment"),
+])
+def test_allowed_patterns_match_a_long_sub_quickly(pattern: str) -> None:
+    """The patterns the rules allow: every match of a 1024-character sub is at most quadratic (the
+    worst of these takes milliseconds); measured as the regex engine's steps would be flaky, so the
+    test bounds the work with a sub that made the refused shapes take seconds."""
+    rule = record({"client_id": "pay", "sub_pattern": pattern}).rules[0]
+    assert rule.sub_pattern == pattern
+    for sub in ("repo:" + "a/" * 509, "a" * 1024, "a:" * 512, "ab/" * 341):
+        match_rules(record({"client_id": "pay", "sub_pattern": pattern}), {"sub": sub})
+
+
+def test_rsa_key_without_alg_is_checked_as_rs256() -> None:
+    """Kubernetes, SPIRE and cloud issuers sign RS256; a JWKS key without alg was bound to PS256
+    (the first RSA alg of the defaults) and every token of such an issuer was refused."""
+    _, pub = generate_key_pair("RS256")
+    jwk = {k: v for k, v in pub.items() if k != "alg"}
+    rec = record({"client_id": "pay", "sub": "s"}, jwks={"keys": [jwk]})
+    keys, refused = issuer_keys(rec.jwks, rec)
+    assert ([k["alg"] for k in keys], refused) == (["RS256"], [])
 
 
 def test_http_loopback_issuer_only_when_allowed() -> None:

@@ -202,6 +202,7 @@ _DPOP = {
     "dpop_multiple": _X("the token request carried more than one DPoP header (or one folded into a list).",
                         "send exactly one DPoP header; check proxies that add or merge headers"),
     "dpop_malformed": _X("the DPoP header is not a compact JWS, or its header segment is not JSON.", _PROOF_LIB),
+    "dpop_crit": _X("the DPoP proof header has a crit member (no JWS extension is understood here).", _PROOF_LIB),
     "dpop_typ_invalid": _X("the DPoP proof's typ is not dpop+jwt.", "set typ: dpop+jwt in the proof header"),
     "dpop_alg_not_allowed": _X("the DPoP proof's alg is not an asymmetric algorithm in BROKER_DPOP_ALGS.",
                                "sign proofs with an algorithm the metadata lists in dpop_signing_alg_values_supported"),

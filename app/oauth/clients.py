@@ -245,6 +245,8 @@ class Client(msgspec.Struct, frozen=True):
     scopes: frozenset[str]
     #: When the usable key set next changes (a key's nbf or exp, or a fetched set's expiry).
     refresh_at: float = math.inf
+    #: When a ``jwks_uri`` client's keys were fetched (None: registered keys, never stale).
+    fetched_at: float | None = None
 
     @property
     def client_id(self) -> str:
@@ -293,9 +295,10 @@ def prepare_client(record: ClientRecord, now: float | None = None) -> Client:
     return Client(record, keys, frozenset(record.scopes), refresh_at)
 
 
-def with_keys(client: Client, jwks: Iterable[dict[str, Any]], now: float, fetched_until: float) -> Client:
+def with_keys(client: Client, jwks: Iterable[dict[str, Any]], now: float, fetched_until: float,
+              fetched_at: float) -> Client:
     keys, refresh_at = prepare_keys(jwks, now)
-    return Client(client.record, keys, client.scopes, min(refresh_at, fetched_until))
+    return Client(client.record, keys, client.scopes, min(refresh_at, fetched_until), fetched_at)
 
 
 def client_id_reserved(client_id: str, prefixes: Iterable[str]) -> bool:

@@ -190,7 +190,7 @@ def issuer_keys(jwks: Any, issuer: TrustedIssuer) -> tuple[list[dict[str, Any]],
     """The usable signing keys of a JWKS an issuer publishes, validated like a client's keys, and
     the reasons of the keys left out. A SPIFFE bundle's ``use: jwt-svid`` keys are signing keys;
     its ``x509-svid`` keys and any ``enc`` key are skipped; a key without ``alg`` is bound to the
-    first of the issuer's algs its type fits."""
+    first of the issuer's algs its type fits, RS256 first for RSA (``app.oauth.trust._default_alg``)."""
     members = jwks.get("keys") if isinstance(jwks, dict) else None
     if not isinstance(members, list):
         return [], ["not_jwks"]

@@ -151,6 +151,9 @@ def _check_rule(value: Any) -> MappingRule:
             raise InvalidClientMetadata("trust_rule_invalid", "sub and sub_pattern must be 1-512 characters")
     if rule.sub_pattern is not None and rule.sub_pattern.strip("*/:") == "":
         raise InvalidClientMetadata("trust_rule_invalid", "sub_pattern must have a literal part")
+    if rule.sub_pattern is not None and not _pattern_is_linear(rule.sub_pattern):
+        raise InvalidClientMetadata("trust_rule_invalid", "sub_pattern may hold one ** and one * per segment between "
+                                                          "/ and : (more would make matching a long sub slow)")
     if len(rule.claims) > MAX_CLAIM_CONDITIONS:
         raise InvalidClientMetadata("trust_rule_invalid", f"at most {MAX_CLAIM_CONDITIONS} claim conditions per rule")
     for path, expected in rule.claims.items():
@@ -198,11 +201,12 @@ def trusted_issuer(value: Any, *, allow_http_loopback: bool = False) -> TrustedI
 
 
 def _default_alg(jwk: Any, algs: tuple[str, ...]) -> str | None:
-    """The alg a published key without ``alg`` is checked for: the first of the issuer's algs its type fits."""
+    """The alg a published key without ``alg`` is checked for: the first of the issuer's algs its type
+    fits, RS256 first for an RSA key (what Kubernetes, SPIRE and the cloud issuers sign with)."""
     if not isinstance(jwk, dict) or "alg" in jwk:
         return None
     kty, crv = jwk.get("kty"), jwk.get("crv")
-    for alg in algs:  # an EC or OKP key by its curve too: a P-384 key is ES384's, never ES256's
+    for alg in sorted(algs, key=lambda a: a != "RS256"):  # an EC or OKP key by its curve too: a P-384 key is ES384's, never ES256's
         want_kty, want_crv = ALG_KEY_TYPES[alg]
         if kty == want_kty and (want_crv is None or crv == want_crv):
             return alg
@@ -218,6 +222,17 @@ def spiffe_trust_domain(sub: Any) -> str | None:
 
 
 _pattern_cache: dict[str, re.Pattern[str]] = {}
+
+
+def _pattern_is_linear(text: str) -> bool:
+    """Whether matching ``text`` (``_pattern``) stays cheap on any ``sub`` of up to 1024 characters:
+    several ``**`` (``.+``), or two ``*`` (``[^/:]+``) in one segment, let a backtracking match of a
+    crafted ``sub`` take seconds to minutes on the event loop, for anyone who can get a token with a
+    valid signature (a GitHub Actions token: anyone; its ``sub`` holds their branch name)."""
+    rest = text.replace("**", "\0")  # NUL stands for "**" (a pattern holding a NUL is refused)
+    if "\0" in text or rest.count("\0") > 1:
+        return False
+    return all(segment.count("*") <= 1 for segment in re.split(r"[/:]", rest))
 
 
 def _pattern(text: str) -> re.Pattern[str]:

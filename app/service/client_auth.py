@@ -188,6 +188,7 @@ class ClientAuthenticator:
         self._retry_after = str(settings.retry_after)
         # Replay records outlive the assertion by leeway + skew, never less than 1 s.
         self._ttl_pad = settings.leeway + settings.clock_skew
+        self._leeway = settings.leeway
         self._ttl_max = settings.assertion_max_lifetime + self._ttl_pad
 
     async def run(self, endpoint: Endpoint[F, R, T], request: EndpointRequest) -> T:
@@ -252,8 +253,10 @@ class ClientAuthenticator:
         if tracing.on:
             tracing.client(client_id)
         jti = replay_jti(issuer.issuer, verified, issuer.single_use)
-        # The record outlives the token (leeway + skew), never longer than the issuer's lifetime cap.
-        ttl = min(max(verified.exp + self._ttl_pad - now, 1.0), issuer.max_lifetime + self._ttl_pad)
+        # The record outlives the token (leeway + skew). Capped only by what the checks allow: exp -
+        # iat <= max_lifetime with iat up to leeway ahead, so exp - now <= max_lifetime + leeway
+        # (without that leeway, a token issued ahead outlived its record: a single_use replay).
+        ttl = min(max(verified.exp + self._ttl_pad - now, 1.0), issuer.max_lifetime + self._leeway + self._ttl_pad)
         return Authenticated(found.client, VerifiedAssertion(client_id, jti, verified.exp, verified.kid),
                              jti_hash(client_id, jti), int(ttl * 1000),
                              None if issuer.single_use else verified.digest, verified.identity)

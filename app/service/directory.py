@@ -35,6 +35,7 @@ from typing import Any
 
 import msgspec
 
+from app.config import Settings
 from app.metrics import CLIENT_COMPAT_USED
 from app.metrics import LEGACY_AUD_ACCEPTED as LEGACY_AUD_METRIC
 from app.oauth.clients import Client, ClientRecord, key_thumbprint, prepare_client, with_keys
@@ -66,6 +67,15 @@ class JwksUriPolicy(msgspec.Struct, frozen=True, kw_only=True):
     cache_ttl: int = 300
     refetch_cooldown: float = 10.0
     timeout: float = 2.0
+    #: How long after its last successful fetch a key set is still used while fetches fail.
+    max_stale: float = 3600.0
+
+
+def jwks_uri_policy(settings: Settings) -> JwksUriPolicy:
+    """The ``BROKER_JWKS_URI_*`` settings, for client ``jwks_uri`` sets and trusted issuers' keys."""
+    return JwksUriPolicy(allow_http_loopback=settings.jwks_uri_allow_http_loopback, cache_ttl=settings.jwks_uri_cache_ttl,
+                         refetch_cooldown=settings.jwks_uri_refetch_cooldown, timeout=settings.jwks_uri_timeout,
+                         max_stale=settings.jwks_uri_max_stale)
 
 
 class ClientDirectory:
@@ -221,7 +231,8 @@ class ClientDirectory:
                     cached = _set_decoder.decode(raw)
                     # Redis expires the entry too; this also covers replicas whose clocks differ.
                     if cached.fetched_at + self._policy.cache_ttl > now:
-                        return with_keys(client, cached.keys, now, cached.fetched_at + self._policy.cache_ttl)
+                        return with_keys(client, cached.keys, now, cached.fetched_at + self._policy.cache_ttl,
+                                         cached.fetched_at)
                 except Exception as exc:
                     self._log.error("jwks_uri.cache_unusable", client_id=cid, error=type(exc).__name__)
             if not fetch_on_miss:
@@ -231,7 +242,7 @@ class ClientDirectory:
             # request into another fetch.
             last = self._last_refetch.get(cid)
             if last is not None and self._clock() - last < self._policy.refetch_cooldown:
-                return Client(client.record, client.keys, client.scopes, last + self._policy.refetch_cooldown)
+                return self._kept(client, self._clock(), last + self._policy.refetch_cooldown)
         # Single flight: concurrent misses for one client in this process share one fetch.
         pending = self._inflight.get(cid)
         if pending is None:
@@ -253,11 +264,15 @@ class ClientDirectory:
         except JwksFetchError as exc:
             self._log.warning("jwks_uri.fetch_failed", client_id=cid, reason=exc.reason)
             self._last_refetch[cid] = now
-            # Keep the keys we had (if any); try again after one cooldown, not on every request.
-            return Client(record, client.keys, client.scopes, now + self._policy.refetch_cooldown)
+            if exc.reason == "no_signing_keys":  # a JWK Set that answers "no keys": withdrawn, not failed
+                self._log.warning("jwks_uri.keys_withdrawn", client_id=cid, kids=sorted(client.keys))
+                return Client(record, {}, client.scopes, now + self._policy.refetch_cooldown, now)
+            # Keep the keys we had (if any, up to BROKER_JWKS_URI_MAX_STALE); try again after one
+            # cooldown, not on every request.
+            return self._kept(client, now, now + self._policy.refetch_cooldown)
         except Exception as exc:  # never let a fetch failure become a 500
             self._log.error("jwks_uri.fetch_failed", client_id=cid, reason="unexpected", error=type(exc).__name__)
-            return Client(record, client.keys, client.scopes, now + self._policy.refetch_cooldown)
+            return self._kept(client, now, now + self._policy.refetch_cooldown)
         self._log.info("jwks_uri.fetched", client_id=cid, kids=[k["kid"] for k in keys])
         if self._jwks_cache is not None:
             try:
@@ -265,10 +280,20 @@ class ClientDirectory:
             except StoreUnavailable:
                 pass  # this replica still uses what it fetched
         try:
-            return with_keys(client, keys, now, now + self._policy.cache_ttl)
+            return with_keys(client, keys, now, now + self._policy.cache_ttl, now)
         except Exception as exc:
             self._log.error("jwks_uri.keys_unusable", client_id=cid, error=type(exc).__name__)
-            return Client(record, {}, client.scopes, now + self._policy.refetch_cooldown)
+            return Client(record, {}, client.scopes, now + self._policy.refetch_cooldown, now)
+
+    def _kept(self, client: Client, now: float, refresh_at: float) -> Client:
+        """``client`` with the keys it had, while fetches fail, until ``max_stale`` after they were
+        fetched: then none (its assertions are refused until a fetch succeeds). An attacker who can
+        block the broker's fetches must not keep a withdrawn key working."""
+        if client.fetched_at is not None and now - client.fetched_at >= self._policy.max_stale and client.keys:
+            self._log.warning("jwks_uri.keys_expired", client_id=client.client_id, kids=sorted(client.keys),
+                              fetched_at=int(client.fetched_at))
+            return Client(client.record, {}, client.scopes, refresh_at, client.fetched_at)
+        return Client(client.record, client.keys, client.scopes, refresh_at, client.fetched_at)
 
     async def _own_keys(self, record: ClientRecord, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The fetched keys minus any registered for another client (one key, one client, unless

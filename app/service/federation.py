@@ -45,7 +45,7 @@ from app.oauth.federation import (
     verify_federated,
 )
 from app.oauth.trust import TrustedIssuer, spiffe_trust_domain
-from app.service.directory import ClientDirectory, JwksUriPolicy
+from app.service.directory import ClientDirectory, jwks_uri_policy
 from app.service.federation_keys import IssuerKeys
 from app.service.registry_state import RegistryWatch
 from app.store.base import RecordUnreadable, RegistryLost, TrustStore
@@ -152,9 +152,6 @@ def federation_service(settings: Settings, *, trust: TrustStore, directory: Clie
                        clock: Callable[[], float]) -> FederationService:
     """The composition root's one call: the issuer key fetcher over the shared ``jwks_uri`` cache,
     under the ``BROKER_JWKS_URI_*`` settings."""
-    policy = JwksUriPolicy(allow_http_loopback=settings.jwks_uri_allow_http_loopback,
-                           cache_ttl=settings.jwks_uri_cache_ttl, refetch_cooldown=settings.jwks_uri_refetch_cooldown,
-                           timeout=settings.jwks_uri_timeout)
-    keys = IssuerKeys(cache=jwks_cache, policy=policy, log=log, clock=clock)
+    keys = IssuerKeys(cache=jwks_cache, policy=jwks_uri_policy(settings), log=log, clock=clock)
     return FederationService(settings, trust=trust, directory=directory, keys=keys, log=log, metrics=metrics,
                              watch=watch)

@@ -15,8 +15,10 @@ A fetched set is validated key by key (``app.oauth.federation.issuer_keys``) and
 the set lacks triggers one refetch, at most once per ``BROKER_JWKS_URI_REFETCH_COOLDOWN`` per issuer
 across replicas (in-process marker, then the shared ``SET NX PX`` claim); concurrent misses of one
 process share one fetch. So an issuer's key rotation is picked up without a restart. A failed fetch
-keeps the keys held before (if any), is logged (``federation.keys_fetch_failed`` with its reason)
-and is not retried before one cooldown; a token that finds no key then is refused
+keeps the keys held before (if any, for at most ``BROKER_JWKS_URI_MAX_STALE`` after they were
+fetched: whoever can block the fetches must not keep a withdrawn key working), is logged
+(``federation.keys_fetch_failed`` with its reason) and is not retried before one cooldown; a set
+that answers with no usable key withdraws the keys at once. A token that finds no key is refused
 (``federation_keys_unavailable``, 401 ``invalid_client``), as a ``jwks_uri`` client whose fetch
 failed is refused.
 """
@@ -57,6 +59,8 @@ class _Entry(msgspec.Struct):
     refresh_at: float
     #: Why the last fetch failed, while its cooldown runs (None after a success).
     failure: str | None = None
+    #: When ``keys`` were fetched (None: a static ``jwks``, never stale).
+    fetched_at: float | None = None
 
 
 class IssuerKeys:
@@ -146,7 +150,7 @@ class IssuerKeys:
         except Exception as exc:  # written by something else: fetch instead
             self._log.error("federation.keys_cache_unusable", issuer=record.issuer, error=type(exc).__name__)
             return None
-        return self._keep(_Entry(record, keys, min(refresh_at, until)))
+        return self._keep(_Entry(record, keys, min(refresh_at, until), fetched_at=cached.fetched_at))
 
     async def _remote(self, record: TrustedIssuer, *, refetch: bool) -> _Entry:
         if not refetch:
@@ -163,14 +167,21 @@ class IssuerKeys:
     async def _fetch_and_store(self, record: TrustedIssuer) -> _Entry:
         now = self._clock()
         held = self._entries.get(record.issuer)
-        old = held.keys if held is not None and held.record == record else {}
+        held = held if held is not None and held.record == record else None
         try:
             keys = await self._fetch(record)
             prepared, refresh_at = prepare_keys(keys, now)
         except JwksFetchError as exc:
-            return self._failed(record, old, exc, now)
+            if exc.reason != "no_usable_keys":
+                return self._failed(record, held, exc, now)
+            # The issuer answered with a set holding no key we can use: its keys are withdrawn (a
+            # compromised key removed), not unreachable. Nothing is kept; looked at again soon.
+            self._log.warning("federation.keys_fetch_failed", issuer=record.issuer, reason=exc.reason, kept=[],
+                              withdrawn=sorted(held.keys) if held is not None else [])
+            self._last_refetch[record.issuer] = now
+            return self._keep(_Entry(record, {}, now + self._policy.refetch_cooldown, exc.reason, fetched_at=now))
         except Exception as exc:  # never let a fetch turn into a 500
-            return self._failed(record, old, JwksFetchError("unexpected"), now, error=type(exc).__name__)
+            return self._failed(record, held, JwksFetchError("unexpected"), now, error=type(exc).__name__)
         self._log.info("federation.keys_fetched", issuer=record.issuer, kids=sorted(prepared))
         if self._cache is not None:
             try:
@@ -178,15 +189,21 @@ class IssuerKeys:
                                       self._policy.cache_ttl)
             except StoreUnavailable:
                 pass  # this replica still uses what it fetched
-        return self._keep(_Entry(record, prepared, min(refresh_at, now + self._policy.cache_ttl)))
+        return self._keep(_Entry(record, prepared, min(refresh_at, now + self._policy.cache_ttl), fetched_at=now))
 
-    def _failed(self, record: TrustedIssuer, old: dict[str, VerificationKey], exc: JwksFetchError, now: float,
+    def _failed(self, record: TrustedIssuer, held: _Entry | None, exc: JwksFetchError, now: float,
                 **error: str) -> _Entry:
+        # Keep the keys held before, up to BROKER_JWKS_URI_MAX_STALE after they were fetched (an
+        # attacker who can block the fetches must not keep a withdrawn key working); try again
+        # after one cooldown, not on every request.
+        old, fetched_at = ({}, None) if held is None else (held.keys, held.fetched_at)
+        if old and fetched_at is not None and now - fetched_at >= self._policy.max_stale:
+            self._log.warning("federation.keys_expired", issuer=record.issuer, kids=sorted(old), fetched_at=int(fetched_at))
+            old = {}
         self._log.warning("federation.keys_fetch_failed", issuer=record.issuer, reason=exc.reason, kept=sorted(old),
                           **error)
         self._last_refetch[record.issuer] = now
-        # Keep the keys held before; try again after one cooldown, not on every request.
-        return self._keep(_Entry(record, old, now + self._policy.refetch_cooldown, exc.reason))
+        return self._keep(_Entry(record, old, now + self._policy.refetch_cooldown, exc.reason, fetched_at=fetched_at))
 
     async def _fetch(self, record: TrustedIssuer) -> list[dict[str, Any]]:
         uri = record.jwks_uri

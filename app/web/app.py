@@ -32,7 +32,7 @@ from app.oauth.errors import InvalidRequest, OAuthError, ServerError
 from app.service.admin import AdminService
 from app.service.client_auth import ClientAuthenticator
 from app.service.clients_file import ClientsFile
-from app.service.directory import ClientDirectory, JwksUriPolicy
+from app.service.directory import ClientDirectory, jwks_uri_policy
 from app.service.dpop import ProofChecker
 from app.service.federation import FederationService, federation_service
 from app.service.introspection import IntrospectionService
@@ -118,7 +118,7 @@ def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], flo
     watch = RegistryWatch(registry, record, log=log, metrics=metrics)
     directory = ClientDirectory(
         registry, poll_interval=settings.registry_poll_interval, log=log, clock=clock, metrics=metrics, watch=watch,
-        jwks_cache=RedisJwksUriCache(client, **store_opts), jwks_policy=_jwks_policy(settings))
+        jwks_cache=RedisJwksUriCache(client, **store_opts), jwks_policy=jwks_uri_policy(settings))
     trust, federation = _federation(settings, client, store_opts, registry=registry, directory=directory, watch=watch,
                                     log=log, metrics=metrics, clock=clock)
     keys = SigningKeys(ensure_signing_keys(settings.keys_dir, settings.signing_alg))
@@ -166,11 +166,6 @@ def _build(settings: Settings, client: Any, *, log: Any, clock: Callable[[], flo
         "openid_configuration": _metadata(settings, keys, openid=True),
         "openapi": msgspec.json.encode(openapi_document(settings)),
     }
-
-
-def _jwks_policy(settings: Settings) -> JwksUriPolicy:
-    return JwksUriPolicy(allow_http_loopback=settings.jwks_uri_allow_http_loopback, cache_ttl=settings.jwks_uri_cache_ttl,
-                         refetch_cooldown=settings.jwks_uri_refetch_cooldown, timeout=settings.jwks_uri_timeout)
 
 
 def _federation(settings: Settings, client: Any, store_opts: dict[str, Any], *, registry: RedisClientRegistry,

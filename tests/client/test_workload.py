@@ -263,3 +263,18 @@ def test_the_token_is_never_in_a_repr_or_a_log_line(tmp_path: Path, endpoint: To
         assert signature_free not in text and token.split(".")[1] not in text
     assert repr(projected_token(path)) == (f"TokenFile({str(path)!r}, assertion_type="
                                            "'urn:ietf:params:oauth:client-assertion-type:jwt-bearer')")
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param("/var/run/secrets/kubernetes.io/serviceaccount/token", id="text"),
+    pytest.param(Path("/var/run/secrets/kubernetes.io/serviceaccount/token"), id="path"),
+    pytest.param("/var/run/secrets/kubernetes.io//serviceaccount/./token", id="same-path-spelled-otherwise"),
+])
+def test_the_api_server_token_is_never_a_source(path: str | Path) -> None:
+    """The pod's default token is for the Kubernetes API server: the broker refuses it, and sending
+    it with every renewal would hand the pod's API credential to a third party. There is no default
+    path: the projected volume's is always named."""
+    with pytest.raises(ValueError, match="the pod's token for the Kubernetes API server"):
+        projected_token(path)
+    with pytest.raises(TypeError):
+        projected_token()  # type: ignore[call-arg]

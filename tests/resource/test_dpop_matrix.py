@@ -9,6 +9,7 @@ for what it would never produce.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Callable
 from typing import Any
@@ -157,6 +158,13 @@ def _other_token_ath(h: Holder) -> str:
     return h.proof(token=h.authority.token(cnf={"jkt": h.jkt}))
 
 
+def _padded_x(key: Any) -> dict[str, Any]:
+    """The same EC public key with ``x`` one octet longer (a leading zero): it imports as the same
+    key, but its RFC 7638 thumbprint would differ from the key's."""
+    jwk = key.as_dict(private=False)
+    return {**jwk, "x": b64u(b"\x00" + base64.urlsafe_b64decode(jwk["x"] + "=="))}
+
+
 REFUSED = [
     ("no-proof", lambda h: h.headers(None), proof_refused("exactly one DPoP proof header is required")),
     ("two-proofs", lambda h: h.headers([h.proof(), h.proof()]), proof_refused("exactly one DPoP proof header is required")),
@@ -166,6 +174,16 @@ REFUSED = [
      proof_refused("the DPoP proof's htu does not match the URL of this request")),
     ("wrong-htu-path", lambda h: h.headers(h.proof(htu=RS1 + "/other")),
      proof_refused("the DPoP proof's htu does not match the URL of this request")),
+    # uvicorn (httptools) passes such a Host through: it must not move the URL to another host and path.
+    ("host-header-with-a-path", lambda h: [*h.headers(h.proof(htu="https://other-svc.example/v2/data")),
+                                           ("Host", "other-svc.example/v2")],
+     proof_refused("the DPoP proof's htu does not match the URL of this request")),
+    ("host-header-with-userinfo", lambda h: [*h.headers(h.proof()), ("Host", "evil@api.example.test")],
+     proof_refused("the DPoP proof's htu does not match the URL of this request")),
+    ("crit-header", lambda h: h.headers(h.hand({"crit": ["x-unknown"], "x-unknown": 1})),
+     proof_refused("the DPoP proof header must not list critical extensions (crit)")),
+    ("jwk-coordinate-with-a-leading-zero", lambda h: h.headers(h.hand({"jwk": _padded_x(h.key)})),
+     proof_refused("the DPoP proof's jwk is not in its canonical form")),
     ("wrong-htu-scheme", lambda h: h.headers(h.proof(htu="http://api.example.test/data")),
      proof_refused("the DPoP proof's htu does not match the URL of this request")),
     ("wrong-htm", lambda h: h.headers(h.proof("POST")),
@@ -222,6 +240,21 @@ def test_replayed_proof_is_refused(holder: Holder, dpop_call: Any) -> None:
     assert answer(dpop_call(headers=holder.headers(proof))) == ok()
     assert answer(dpop_call(headers=holder.headers(proof))) == proof_refused("the DPoP proof has been used before")
     assert answer(dpop_call(headers=holder.headers(holder.proof()))) == ok()  # a fresh proof is fine
+
+
+def test_a_replica_whose_clock_is_behind_still_refuses_the_replay(holder: Holder, authority: Authority,
+                                                                  clock: FrozenClock) -> None:
+    """Two replicas share one replay cache; B's clock is 3 s behind A's. A proof made 5 s ahead of
+    A (within the leeway) is accepted by A; 70.5 s later it is still young enough for B. Its record
+    must outlive that: the window counts ``clock_skew`` (before: max_age + 2 x leeway = 70 s)."""
+    replay = MemoryReplayCache(clock=clock)
+    a = dpop_verifier(authority, clock, replay=replay)
+    b = dpop_verifier(authority, lambda: clock() - 3, replay=replay)  # type: ignore[arg-type]
+    proof = holder.proof(iat_offset=5)
+    assert answer(send(a, headers=holder.headers(proof))) == ok()
+    clock.advance(70.5)
+    assert answer(send(b, headers=holder.headers(proof))) == proof_refused("the DPoP proof has been used before")
+    assert DPoPPolicy().window == 60 + 2 * 5 + 5
 
 
 def test_insufficient_scope_in_the_dpop_challenge(holder: Holder, dpop_call: Any) -> None:

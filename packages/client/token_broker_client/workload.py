@@ -118,8 +118,18 @@ class TokenFile(AssertionSource):
         return checked(data.decode("ascii", errors="replace").strip(), now, str(self.path))
 
 
-def projected_token(path: str | Path = KUBERNETES_DEFAULT_PATH) -> TokenFile:
-    """A Kubernetes projected service-account token file, sent as a jwt-bearer assertion."""
+def projected_token(path: str | Path) -> TokenFile:
+    """A Kubernetes projected service-account token file, sent as a jwt-bearer assertion.
+
+    ``path`` is the file of a ``serviceAccountToken`` projection whose ``audience`` is the broker's
+    issuer (docs/workload-identity.md). The default service-account token
+    (``KUBERNETES_DEFAULT_PATH``) is refused with ``ValueError``: its audience is the API server, so
+    the broker refuses it, and sending it would hand the pod's Kubernetes API credential to a third
+    party with every renewal."""
+    if Path(path) == Path(KUBERNETES_DEFAULT_PATH):
+        raise ValueError(f"{KUBERNETES_DEFAULT_PATH} is the pod's token for the Kubernetes API server, not for the "
+                         "broker: mount a projected serviceAccountToken volume with the broker's issuer as audience "
+                         "and pass its path")
     return TokenFile(path, assertion_type=CLIENT_ASSERTION_TYPE)
 
 

@@ -165,7 +165,8 @@ def create_proof(
     claims: dict[str, Any] = {
         "jti": jti or secrets.token_urlsafe(16),
         "htm": htm,
-        "htu": urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
+        # Never the URL's userinfo: verifiers refuse it, and a proof is no place for a password.
+        "htu": urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", "")),
         "iat": int(time.time() if now is None else now),
     }
     if nonce is not None:
@@ -192,6 +193,8 @@ def _header(h64: bytes, algs: Collection[str]) -> _Header:
         raise InvalidDPoPProof("dpop_malformed", "the DPoP proof header is not a JSON object") from None
     if header.get("typ") != DPOP_TYP:
         raise InvalidDPoPProof("dpop_typ_invalid", "the DPoP proof's typ must be dpop+jwt")
+    if "crit" in header:  # RFC 7515 §4.1.11: no extension is understood here, so none may be critical
+        raise InvalidDPoPProof("dpop_crit", "the DPoP proof header must not list critical extensions (crit)")
     alg = header.get("alg")
     # Only a string is looked up: a JSON array or object is unhashable (a set's ``in`` would raise).
     if type(alg) is not str or (alg := ALG_SYNONYMS.get(alg, alg)) not in algs or alg not in ALG_KEY_TYPES:
@@ -210,13 +213,32 @@ def _header(h64: bytes, algs: Collection[str]) -> _Header:
         JWSRegistry.algorithms[alg].check_key(key)
         if kty == "RSA":
             _check_rsa(key.raw_value.public_numbers())
+        canonical = _canonical_members(kty, key.raw_value)
     except Exception:  # whatever joserfc or cryptography raise for a key they cannot use
         raise InvalidDPoPProof("dpop_jwk_invalid", "the DPoP proof's jwk is not a usable public key") from None
+    if any(jwk[name] != value for name, value in canonical.items()):
+        # One key, one thumbprint: a coordinate with a leading zero octet or a base64url form with
+        # stray bits imports as the same key but would bind the token to another jkt (RFC 7638 §3.3).
+        raise InvalidDPoPProof("dpop_jwk_invalid", "the DPoP proof's jwk is not in its canonical form")
     parsed = _Header(alg, key, jkt)
     if len(_header_cache) >= _HEADER_CACHE_MAX:
         _header_cache.clear()  # bounded: a flood of distinct keys costs re-imports, never memory
     _header_cache[h64] = parsed
     return parsed
+
+
+def _canonical_members(kty: str, public: Any) -> dict[str, str]:
+    """The key-value members of ``public`` (a cryptography public key) as RFC 7518 §6 writes them:
+    EC coordinates at the curve's full length, RSA integers in the fewest octets, OKP raw bytes."""
+    if kty == "EC":
+        numbers = public.public_numbers()
+        size = (public.curve.key_size + 7) // 8
+        return {"x": b64url(numbers.x.to_bytes(size, "big")).decode(), "y": b64url(numbers.y.to_bytes(size, "big")).decode()}
+    if kty == "RSA":
+        numbers = public.public_numbers()
+        return {name: b64url(v.to_bytes((v.bit_length() + 7) // 8, "big")).decode()
+                for name, v in (("n", numbers.n), ("e", numbers.e))}
+    return {"x": b64url(public.public_bytes_raw()).decode()}
 
 
 def check_proof_key(key: Any) -> None:

@@ -30,6 +30,7 @@ import base64
 import hashlib
 import hmac
 import inspect
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -134,17 +135,27 @@ class ResourceNonces:
         return any(hmac.compare_digest(nonce.encode(), self._for(w).encode()) for w in (window, window - 1))
 
 
+#: What a ``Host`` header may be when ``htu`` is built from it: a DNS name or IPv4 address, or a
+#: bracketed IPv6 address, and an optional port (RFC 9110 §7.2, RFC 3986 §3.2.2). Anything else (a
+#: ``/``, ``@``, ``?``, ``#``, spaces: servers such as uvicorn pass them through) could move the URL
+#: the proof is compared with to another host or path, so it matches no proof.
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
 @dataclass(frozen=True)
 class DPoPPolicy:
     """DPoP at a ``ResourceVerifier`` (module docstring): ``required`` refuses Bearer tokens; ``algs``
     the proof algorithms accepted (advertised in ``WWW-Authenticate: DPoP algs=...``); a proof's ``iat``
-    at most ``max_age`` seconds old and ``leeway`` ahead; ``external_url`` the service's URL as clients
-    see it; ``replay`` where proof jti values are remembered; ``nonces`` server nonces (optional)."""
+    at most ``max_age`` seconds old and ``leeway`` ahead; ``clock_skew`` the largest clock difference
+    between the replicas sharing ``replay`` (it pads how long a proof jti is remembered);
+    ``external_url`` the service's URL as clients see it; ``replay`` where proof jti values are
+    remembered; ``nonces`` server nonces (optional)."""
 
     required: bool = False
     algs: tuple[str, ...] = DPOP_ALGS
     max_age: int = 60
     leeway: int = 5
+    clock_skew: int = 5
     external_url: str | None = None
     replay: ReplayCache = field(default_factory=MemoryReplayCache)
     nonces: ResourceNonces | None = None
@@ -153,11 +164,15 @@ class DPoPPolicy:
         unknown = set(self.algs) - set(DPOP_ALGS)
         if not self.algs or unknown:
             raise ValueError(f"DPoPPolicy.algs must be some of {', '.join(DPOP_ALGS)}")
+        if self.clock_skew < 0:
+            raise ValueError("DPoPPolicy.clock_skew must be 0 or more")
 
     @property
     def window(self) -> float:
-        """How long a proof can be accepted for: how long its jti is remembered."""
-        return self.max_age + 2 * self.leeway
+        """How long its jti is remembered: a proof's whole acceptance window (``iat`` from ``max_age +
+        leeway`` ago to ``leeway`` ahead), plus ``clock_skew`` for a replica whose clock is behind
+        the one that recorded it (RFC 9449 §11.1)."""
+        return self.max_age + 2 * self.leeway + self.clock_skew
 
     def request_url(self, scope: MutableMapping[str, Any]) -> str:
         """The URL of an ASGI request as ``htu`` names it (before ``normalize_htu``)."""
@@ -170,4 +185,6 @@ class DPoPPolicy:
         if host is None:
             server = scope.get("server") or ("localhost", None)
             host = server[0] if server[1] is None else f"{server[0]}:{server[1]}"
+        elif not _HOST.fullmatch(host):
+            return ""  # no URL: ``normalize_htu`` gives None, and the proof is refused (dpop_htu_mismatch)
         return f"{scope.get('scheme', 'http')}://{host}{path}"
