@@ -302,8 +302,8 @@ REQUEST.update({
     "federation_client_admin": _X("the workload maps to an admin client: admin clients authenticate with their "
                                   "own key only, never with a platform token.", "map the workload to another client"),
     "federation_type_mismatch": _X("client_assertion_type was the SPIFFE one (jwt-spiffe) but the assertion is not "
-                                   "a JWT-SVID (its sub is not a SPIFFE ID, e.g. a private_key_jwt assertion).", "send client_assertion_type=urn:ietf:params:oauth:"
-                                   "client-assertion-type:jwt-bearer"),
+                                   "a JWT-SVID (its sub is not a SPIFFE ID, e.g. a private_key_jwt assertion).",
+                                   "send client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
 })
 JWKS_FETCH_FEDERATION = {
     "discovery_issuer_mismatch": _X("the trusted issuer's discovery document names another issuer.",

@@ -21,7 +21,8 @@ issuer up; an issuer it does not trust is refused (``federation_issuer_unknown``
 5. ``exp`` and ``iat`` required, ``nbf`` honoured when present (SPIRE writes none), each with
    ``leeway``: not expired, not issued in the future, ``now - iat`` within ``max_token_age`` and
    ``exp - iat`` within ``max_lifetime``;
-6. ``sub`` a non-empty printable string (no control characters) of at most 1024 characters; a ``single_use`` issuer's token carries a ``jti``;
+6. ``sub`` a printable string (no control characters) of 1-1024 characters; a ``single_use``
+   issuer's token carries a ``jti``;
 7. the mapping rules: no match ``federation_unmapped``, rules naming two clients
    ``federation_ambiguous`` (``app.oauth.trust.match_rules``).
 
@@ -32,14 +33,13 @@ caller's (``app.service.federation``).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
 from app.oauth.access_token import FederatedIdentity
-from app.oauth.assertion import ParsedAssertion, candidate_keys, verifying_key
+from app.oauth.assertion import ParsedAssertion, candidate_keys, pair_hash, verifying_key
 from app.oauth.clients import InvalidClientMetadata, validate_client_jwk
 from app.oauth.errors import InvalidClient
 from app.oauth.jose import Malformed, VerificationKey, clean, numeric_date
@@ -182,7 +182,7 @@ def replay_jti(issuer: str, verified: VerifiedFederation, single_use: bool) -> s
     the token's digest otherwise (a reusable token is recorded once, ``app.service.federation``)."""
     if single_use:
         assert verified.jti is not None
-        return "federated:" + hashlib.sha256(json.dumps([issuer, verified.jti]).encode("ascii")).hexdigest()
+        return "federated:" + pair_hash(issuer, verified.jti)
     return "federated-token:" + verified.digest
 
 

@@ -70,6 +70,11 @@ class JwksUriPolicy(msgspec.Struct, frozen=True, kw_only=True):
     #: How long after its last successful fetch a key set is still used while fetches fail.
     max_stale: float = 3600.0
 
+    def expired(self, fetched_at: float | None, now: float) -> bool:
+        """Whether keys fetched at ``fetched_at`` (None: not fetched, never stale) may no longer be kept
+        while fetches fail: whoever can block the broker's fetches must not keep a withdrawn key working."""
+        return fetched_at is not None and now - fetched_at >= self.max_stale
+
 
 def jwks_uri_policy(settings: Settings) -> JwksUriPolicy:
     """The ``BROKER_JWKS_URI_*`` settings, for client ``jwks_uri`` sets and trusted issuers' keys."""
@@ -287,11 +292,10 @@ class ClientDirectory:
 
     def _kept(self, client: Client, now: float, refresh_at: float) -> Client:
         """``client`` with the keys it had, while fetches fail, until ``max_stale`` after they were
-        fetched: then none (its assertions are refused until a fetch succeeds). An attacker who can
-        block the broker's fetches must not keep a withdrawn key working."""
-        if client.fetched_at is not None and now - client.fetched_at >= self._policy.max_stale and client.keys:
+        fetched (``JwksUriPolicy.expired``): then none, its assertions refused until a fetch succeeds."""
+        if client.keys and self._policy.expired(client.fetched_at, now):
             self._log.warning("jwks_uri.keys_expired", client_id=client.client_id, kids=sorted(client.keys),
-                              fetched_at=int(client.fetched_at))
+                              fetched_at=int(client.fetched_at or 0))
             return Client(client.record, {}, client.scopes, refresh_at, client.fetched_at)
         return Client(client.record, client.keys, client.scopes, refresh_at, client.fetched_at)
 

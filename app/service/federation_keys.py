@@ -193,12 +193,11 @@ class IssuerKeys:
 
     def _failed(self, record: TrustedIssuer, held: _Entry | None, exc: JwksFetchError, now: float,
                 **error: str) -> _Entry:
-        # Keep the keys held before, up to BROKER_JWKS_URI_MAX_STALE after they were fetched (an
-        # attacker who can block the fetches must not keep a withdrawn key working); try again
-        # after one cooldown, not on every request.
+        # Keep the keys held before, up to BROKER_JWKS_URI_MAX_STALE after they were fetched
+        # (``JwksUriPolicy.expired``); try again after one cooldown, not on every request.
         old, fetched_at = ({}, None) if held is None else (held.keys, held.fetched_at)
-        if old and fetched_at is not None and now - fetched_at >= self._policy.max_stale:
-            self._log.warning("federation.keys_expired", issuer=record.issuer, kids=sorted(old), fetched_at=int(fetched_at))
+        if old and self._policy.expired(fetched_at, now):
+            self._log.warning("federation.keys_expired", issuer=record.issuer, kids=sorted(old), fetched_at=int(fetched_at or 0))
             old = {}
         self._log.warning("federation.keys_fetch_failed", issuer=record.issuer, reason=exc.reason, kept=sorted(old),
                           **error)

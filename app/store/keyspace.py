@@ -47,7 +47,7 @@ def replay(client_id: str, jti: str) -> str:
 
 def _jwks_uri_id(client_id: str, jwks_uri: str) -> str:
     # Keyed by the URI too: re-registering a client with another jwks_uri never reads the old set.
-    return hashlib.sha256(json.dumps([client_id, jwks_uri]).encode("ascii")).hexdigest()
+    return pair_hash(client_id, jwks_uri)
 
 
 def jwks_uri_cache(client_id: str, jwks_uri: str) -> str:

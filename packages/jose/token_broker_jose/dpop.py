@@ -233,7 +233,7 @@ def _canonical_members(kty: str, public: Any) -> dict[str, str]:
     if kty == "EC":
         numbers = public.public_numbers()
         size = (public.curve.key_size + 7) // 8
-        return {"x": b64url(numbers.x.to_bytes(size, "big")).decode(), "y": b64url(numbers.y.to_bytes(size, "big")).decode()}
+        return {name: b64url(v.to_bytes(size, "big")).decode() for name, v in (("x", numbers.x), ("y", numbers.y))}
     if kty == "RSA":
         numbers = public.public_numbers()
         return {name: b64url(v.to_bytes((v.bit_length() + 7) // 8, "big")).decode()
