@@ -51,3 +51,25 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert {"nproc", "cpu_model", "python"} <= set(results["machine"])
     assert results["pinning"] and results["date"]
     assert "scenario" in proc.stdout and "ceiling" in proc.stdout  # the printed table
+
+
+@pytest.mark.timeout(180)
+def test_bench_floor_smoke(tmp_path: Path) -> None:
+    """``--compare-server floor``: the floor (the ceiling's work alone, behind uvicorn and on the raw
+    protocol) answers every miss and hit request of the workload with a 200, in labelled rows."""
+    _require("redis-server")
+    _require("wrk")
+    out = tmp_path / "latest.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--smoke", "--scenarios", "miss,hit", "--compare-log-level",
+         "none", "--compare-server", "floor", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=170,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for kind, label in (("floor", "floor"), ("floor_raw", "floor raw")):
+        assert set(results[kind]) == {"miss", "hit"}, kind
+        for name, r in results[kind].items():
+            assert r["label"] == label
+            assert r["unexpected"] == 0 and set(r["statuses"]) == {"200"} and r["requests"] > 0, (kind, name, r["statuses"])
+    assert "broker / floor per CPU-second: miss" in proc.stdout and "broker / raw floor per CPU-second" in proc.stdout

@@ -8,8 +8,9 @@ revocation, introspection and the resource-server library share; it is re-export
 
 from __future__ import annotations
 
+import base64
 import json
-import secrets
+import os
 from typing import Any
 
 import msgspec
@@ -51,9 +52,29 @@ class AccessTokenClaims(msgspec.Struct, frozen=True, omit_defaults=True):
     cnf: Confirmation | None = None
 
 
+_IDS: list[str] = []
+
+
 def new_token_id() -> str:
-    """128 random bits (FAPI 2.0 §5.4.1 asks for at least that much entropy)."""
-    return secrets.token_urlsafe(16)
+    """128 random bits from the OS's random source, URL-safe base64 without padding (22
+    characters; FAPI 2.0 §5.4.1 asks for at least that much entropy).
+
+    Drawn 256 at a time (one ``getrandom`` call per 256 tokens instead of one each, as the request
+    ids in ``app.log``); a forked child empties the pool it inherited, so no two processes ever
+    hand out the same id."""
+    try:
+        return _IDS.pop()
+    except IndexError:
+        raw = os.urandom(16 * 256)
+        _IDS.extend(base64.urlsafe_b64encode(raw[i:i + 16])[:22].decode() for i in range(0, len(raw), 16))
+        return _IDS.pop()
+
+
+def _empty_pool() -> None:
+    _IDS.clear()  # never the parent's ids
+
+
+os.register_at_fork(after_in_child=_empty_pool)
 
 
 class TokenSigner:

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from app import tracing
 from app.metrics import REDIS_ERRORS, REDIS_SECONDS, Metrics
 from app.oauth.clients import ClientRecord, decode_record, encode_record, record_thumbprints
-from app.store import keyspace
+from app.store import deadline, keyspace
 from app.store.autopipeline import AutoPipeline
 from app.store.base import ANY, KeyShared, RecordUnreadable, RegistryConflict, RegistryLost, RegistryPoll, StoreUnavailable
 
@@ -127,13 +127,23 @@ class RedisStore:
         if tracing.on:  # BROKER_TRACING: one span per store call (app.tracing)
             coro = tracing.redis_call(coro, op)
         start = perf_counter()
+        deadlines = deadline.for_loop()
+        call: deadline.Call | None = deadlines.enter(self._deadline)  # the whole call, retries included
         try:
-            async with asyncio.timeout(self._deadline):
-                return await coro
+            return await coro
+        except asyncio.CancelledError:
+            assert call is not None
+            expired, call = deadlines.leave(call, cancelled=True), None
+            if not expired:
+                raise  # somebody else's cancellation
+            self._count_error(op, "TimeoutError")
+            raise StoreUnavailable("TimeoutError") from None
         except _STORE_ERRORS as exc:
             self._count_error(op, type(exc).__name__)
             raise StoreUnavailable(type(exc).__name__) from exc
         finally:
+            if call is not None:
+                deadlines.leave(call, cancelled=False)
             if self._metrics is not None:
                 self._metrics.observe(REDIS_SECONDS, perf_counter() - start, op=op)
 

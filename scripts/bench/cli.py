@@ -28,10 +28,17 @@ from scripts.bench.runner import (
     warm_up,
 )
 from scripts.bench.scenarios import ALL_SCENARIOS, HTTP_SCENARIOS, REJECTION_SCENARIOS
-from scripts.bench.servers import granian_scenarios
+from scripts.bench.servers import floor_scenarios, granian_scenarios
 from scripts.bench.system import Pinning, loadavg, log, machine, rss_kib
 from scripts.bench.workload import Workload
 from scripts.processes import ROOT, BrokerProcess, RedisServer, register_clients, start_broker
+
+
+def _servers(value: str) -> list[str]:
+    names = frozenset(v for v in value.split(",") if v and v != "none")
+    if names - {"granian", "floor"}:
+        raise argparse.ArgumentTypeError(f"unknown server(s): {', '.join(sorted(names - {'granian', 'floor'}))}")
+    return sorted(names)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,9 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-log-level", default="warning",
                    help="also run miss and hit on a broker at this log level, in labelled rows, so the audit log's cost "
                         "shows (default warning; 'none' skips it)")
-    p.add_argument("--compare-server", default="none", choices=("none", "granian"),
-                   help="also run miss and hit with the broker app under this HTTP server (granian: measurement "
-                        "only, pip install granian==2.8.7), labelled rows")
+    p.add_argument("--compare-server", default="none", type=_servers,
+                   help="comma list: also run miss and hit, in labelled rows, with the broker app under granian "
+                        "(measurement only, pip install granian==2.8.7) and/or against 'floor' (scripts/bench/floor.py: "
+                        "the ceiling's work alone as a bare ASGI app under uvicorn)")
     p.add_argument("--ratelimit-mode", default="enforce", choices=("observe", "enforce", "off"),
                    help="BROKER_RATELIMIT_MODE for the headline rows (default enforce, the deployment default). With "
                         "enforce the rejection scenarios run on a second broker in observe mode (labelled): enforce "
@@ -162,9 +170,14 @@ def measure(args: argparse.Namespace, names: list[str], results: dict[str, Any],
             "how": "app.oauth.access_token.verify_access_token in a tight loop on the broker core (ES256); "
                    "tokens_per_s from CPU time, tokens_per_s_wall from wall time",
         }
-    if args.compare_server == "granian":
+    if "granian" in args.compare_server:
         results["http_servers"] = granian_scenarios(args, redis, work, pin, ceiling, workdir,
                                                     [n for n in ("miss", "hit") if n in names])
+    if "floor" in args.compare_server:
+        results["floor"] = floor_scenarios(args, redis, work, pin, ceiling, workdir,
+                                           [n for n in ("miss", "hit") if n in names])
+        results["floor_raw"] = floor_scenarios(args, redis, work, pin, ceiling, workdir,
+                                               [n for n in ("miss", "hit") if n in names], raw=True)
     if "redis_clients" in names:
         scenarios["redis_clients"] = measure_redis_clients(redis.url, pin, args.ceiling_n * 2, 3 if args.smoke else 5,
                                                            1 if args.smoke else 3)

@@ -65,6 +65,16 @@ def _dpop_cost(scenarios: dict[str, Any], ceiling: dict[str, Any] | None) -> lis
     return [f"DPoP cost: {added:+.0f} broker CPU µs per token request (dpop/miss per CPU-second {ratio:.2f}){alone}"]
 
 
+def _floor_share(scenarios: dict[str, Any], floor: dict[str, Any] | None, what: str) -> list[str]:
+    """The broker against the floor (the ceiling's work alone behind the same HTTP server), per CPU-second."""
+    parts = []
+    for name in ("miss", "hit"):
+        b, f = (scenarios.get(name) or {}).get("rps_per_broker_cpu_s"), ((floor or {}).get(name) or {}).get("rps_per_broker_cpu_s")
+        if b and f:
+            parts.append(f"{name} {b / f:.0%} ({what} {f / ((floor or {})[name]['ceiling_rps']):.0%} of the ceiling)")
+    return [f"broker / {what} per CPU-second: {', '.join(parts)}"] if parts else []
+
+
 def _other_rows(scenarios: dict[str, Any]) -> list[str]:
     lines = []
     rs = scenarios.get("rs_verify")
@@ -119,6 +129,10 @@ def table(results: dict[str, Any]) -> str:
     scenarios = results["scenarios"]
     return "\n".join([*_header(results), *_http_rows(scenarios, results), *_http_rows(results.get("other_settings") or {}, results)[3:],
                       *_http_rows(results.get("http_servers") or {}, results)[3:],
+                      *_http_rows(results.get("floor") or {}, results)[3:],
+                      *_http_rows(results.get("floor_raw") or {}, results)[3:],
+                      *_floor_share(scenarios, results.get("floor"), "floor"),
+                      *_floor_share(scenarios, results.get("floor_raw"), "raw floor"),
                       *_dpop_cost(scenarios, results.get("ceiling")),
                       *_other_rows(scenarios),
                       *_worker_rows(results.get("workers")), *_profile_rows(results.get("profile") or {})])
