@@ -41,7 +41,6 @@ request's full URL at INFO), and any URL in them loses its query string.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import json
 import logging
@@ -55,6 +54,8 @@ from typing import Any
 
 import msgspec
 import structlog
+
+from app.aio import running_loop_or_none
 
 _MAX_FIELD = 200
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -181,7 +182,7 @@ class LineBuffer:
         with self._lock:
             self._lines.append(line)
             self._size += len(line)
-            loop = asyncio._get_running_loop()
+            loop = running_loop_or_none()
             if urgent or loop is None or REQUEST_ID.get() is None or self._size >= self.LIMIT:
                 self._flush_locked()
             elif self._timer_loop is not loop:  # one armed timer at a time, not one per line

@@ -39,6 +39,7 @@ from typing import Any
 
 import msgspec
 
+from app.aio import running_loop
 from app.config import Settings
 from app.metrics import CACHE_HITS as HITS
 from app.metrics import CACHE_MISSES as MISSES
@@ -113,7 +114,7 @@ class TokenCache:
                 return self._mint(grant, signer, int(now), jkt), "mint"
             return entry, "wait"
         # The fill runs as its own task so a leader whose client goes away cannot strand the others.
-        task = asyncio.ensure_future(self._fill(grant, signer, cache_id, now, request_id, lookup.locked, jkt))
+        task = running_loop().create_task(self._fill(grant, signer, cache_id, now, request_id, lookup.locked, jkt))
         self._inflight[cache_id] = task  # the lock holder's fill replaces a polling one: later misses join it
         task.add_done_callback(lambda t: self._inflight.pop(cache_id) if self._inflight.get(cache_id) is t else None)
         return await asyncio.shield(task)

@@ -40,6 +40,8 @@ from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptErr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app.aio import running_loop
+
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 _REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError)
 
@@ -182,7 +184,7 @@ class AutoPipeline:
     async def _link(self, where: str, make: Any) -> _Link:
         link = self._links.get(where)
         if link is not None and not link.closed:
-            if link.loop is asyncio.get_running_loop():
+            if link.loop is running_loop():
                 return link
             link.closed = True  # made in an event loop that has ended (a CLI's earlier asyncio.run)
         pending = self._connecting.get(where)

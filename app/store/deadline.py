@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from app.aio import running_loop
+
 #: Seconds between two looks at the calls in flight (only while there are some).
 TICK = 0.01
 
@@ -73,10 +75,10 @@ _BY_LOOP: dict[int, Deadlines] = {}
 
 def for_loop() -> Deadlines:
     """The running loop's ``Deadlines`` (a test suite runs many loops one after another)."""
-    loop = asyncio.get_running_loop()
+    loop = running_loop()
     found = _BY_LOOP.get(id(loop))
     if found is None or found._loop is not loop:
-        if len(_BY_LOOP) > 64:  # loops that have gone: keep the table small
+        if len(_BY_LOOP) > 64:  # loops that have ended: keep the table small
             _BY_LOOP.clear()
         found = _BY_LOOP[id(loop)] = Deadlines(loop)
     return found
