@@ -16,12 +16,14 @@ Configured by one JSON file named in ``FLOOR_CONFIG``: issuer, redis_url, hit_sc
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
 from typing import Any
 from urllib.parse import unquote_plus
 
+import httptools
 import msgspec
 from joserfc.jwk import ECKey
 
@@ -105,15 +107,15 @@ class _RawProtocol:
     """HTTP/1.1 keep-alive over httptools' parser straight to ``_Floor.token``: no ASGI server."""
 
     def __init__(self) -> None:
-        import httptools
-
         self.parser = httptools.HttpRequestParser(self)
         self.transport: Any = None
+        self.loop: Any = None
         self.body: list[bytes] = []
         self.url = b""
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.loop = asyncio.get_running_loop()  # once per connection, not per request (a getpid each)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -138,9 +140,7 @@ class _RawProtocol:
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        import asyncio
-
-        asyncio.get_running_loop().create_task(self._answer(self.url, b"".join(self.body)))
+        self.loop.create_task(self._answer(self.url, b"".join(self.body)))
 
     async def _answer(self, url: bytes, body: bytes) -> None:
         assert _floor is not None
@@ -155,8 +155,6 @@ class _RawProtocol:
 
 def serve_raw(port: int) -> None:
     """``python -m scripts.bench.floor PORT``: the floor on the raw protocol (uvloop)."""
-    import asyncio
-
     import uvloop
 
     async def main() -> None:
