@@ -22,6 +22,7 @@ from app.oauth.errors import OAuthError
 from app.service.client_auth import EndpointRequest
 from app.service.ratelimit import FailureLimiter, KeyHolderFailure
 from app.store.base import StoreUnavailable
+from app.store.ratelimit import RedisFailureCounter
 from tests.conftest import Broker, FrozenClock, RedisServer
 from tests.helpers import ISS, TestClient, form
 
@@ -182,7 +183,8 @@ def test_replicas_share_the_count(tmp_path: Path, clock: FrozenClock) -> None:
 
 
 class _DownCounter:
-    async def hit(self, subjects: list[tuple[str, str]], window_ms: int) -> list[tuple[int, int]]:
+    async def hit(self, subjects: list[tuple[str, str, str | None]], window_ms: int,
+                  amounts: list[int] | None = None) -> list[tuple[int, int]]:
         raise StoreUnavailable("ConnectionError")
 
 
@@ -205,7 +207,8 @@ def test_counting_failure_never_changes_the_answer() -> None:
 
 def test_block_table_is_bounded() -> None:
     class Over:
-        async def hit(self, subjects: list[tuple[str, str, str | None]], window_ms: int) -> list[tuple[int, int]]:
+        async def hit(self, subjects: list[tuple[str, str, str | None]], window_ms: int,
+                      amounts: list[int] | None = None) -> list[tuple[int, int]]:
             return [(5, 60_000) for _ in subjects]
 
     limiter = FailureLimiter(Over(), limit=1, window=60, mode="enforce", log=_NullLog(), max_blocked=50)
@@ -221,6 +224,89 @@ def test_block_table_is_bounded() -> None:
         limiter.check_address("10.0.1.243")  # the newest entries are kept
     with pytest.raises(OAuthError):
         limiter.check_client("c1")  # a flood of addresses does not evict a client's block
+
+
+class _Recording:
+    """The broker's Redis failure counter (on fakeredis), with the calls it was given recorded."""
+
+    def __init__(self) -> None:
+        self.counter = RedisFailureCounter(FakeRedis(), timeout=1.0, retries=1)
+        self.calls: list[tuple[list[tuple[str, str, str | None]], list[int] | None]] = []
+
+    async def hit(self, subjects: list[tuple[str, str, str | None]], window_ms: int,
+                  amounts: list[int] | None = None) -> list[tuple[int, int]]:
+        self.calls.append((list(subjects), None if amounts is None else list(amounts)))
+        return await self.counter.hit(subjects, window_ms, amounts)
+
+
+def test_failures_of_one_loop_pass_share_one_counter_call() -> None:
+    counter, log = _Recording(), _NullLog()
+    limiter = FailureLimiter(counter, limit=10, window=60, mode="enforce", log=log)
+    signed = KeyHolderFailure("c1", "a" * 64, None)
+
+    async def flood() -> None:
+        # 12 refusals at once, half of them of one signed assertion: one call, the address up by
+        # 12, the client by one (a signed content counts once)
+        await asyncio.gather(*(limiter.failed("192.0.2.1", f"r{i}", signed if i % 2 else None) for i in range(12)))
+        await limiter.failed("192.0.2.1", "r12")  # alone: its own call
+
+    asyncio.run(flood())
+    assert counter.calls == [
+        ([("addr", "192.0.2.1", None), ("client", "c1", "a" * 64)], [12, 1]),
+        ([("addr", "192.0.2.1", None)], [1]),
+    ]
+    # the call that crossed the limit logs it once, naming the first request of the batch
+    assert log.events == [("ratelimit.exceeded", {"request_id": "r0", "mode": "enforce", "kind": "addr",
+                                                  "source": "192.0.2.1", "failures": 12, "window": 60})]
+    with pytest.raises(OAuthError):
+        limiter.check_address("192.0.2.1")
+    limiter.check_client("c1")  # one failure of ten
+
+
+def test_a_request_that_goes_away_does_not_cancel_the_others_count() -> None:
+    counter, log = _Recording(), _NullLog()
+    limiter = FailureLimiter(counter, limit=3, window=60, mode="enforce", log=log)
+
+    async def scenario() -> list[Any]:
+        tasks = [asyncio.ensure_future(limiter.failed("192.0.2.9", f"r{i}")) for i in range(3)]
+        await asyncio.sleep(0)  # all three are waiting for the one call, which has not run yet
+        tasks[0].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+    assert isinstance(outcomes[0], asyncio.CancelledError) and outcomes[1:] == [None, None]
+    assert counter.calls == [([("addr", "192.0.2.9", None)], [3])]
+    with pytest.raises(OAuthError):
+        limiter.check_address("192.0.2.9")
+
+
+@pytest.mark.redis
+def test_concurrent_refusals_are_counted_exactly(real_redis: RedisServer, tmp_path: Path, clock: FrozenClock) -> None:
+    """30 refusals handled at once on real Redis go up by exactly 30: the 31st failure blocks."""
+    settings = make_settings(tmp_path, redis_url=real_redis.url, ratelimit_failures=31)
+    with Broker(settings, clock) as broker:
+        c1 = TestClient("c1")
+        broker.register(c1)
+        service = broker.app.state.token_service
+
+        async def one(i: int) -> int:
+            body = httpx.QueryParams(bad(c1, clock.now)).__str__().encode()
+            try:
+                await service.token(EndpointRequest(body, "application/x-www-form-urlencoded", False, f"r{i}",
+                                                    "192.0.2.44"))
+            except OAuthError as exc:
+                return exc.status_code
+            return 200
+
+        async def flood() -> list[int]:
+            return list(await asyncio.gather(*(one(i) for i in range(30))))
+
+        assert broker.call(flood) == [401] * 30
+        assert call(broker, form(c1.assertion(clock.now)), "192.0.2.44")[0] == 200  # 30 of 31
+        assert call(broker, bad(c1, clock.now), "192.0.2.44")[0] == 401  # the 31st
+        assert call(broker, form(c1.assertion(clock.now)), "192.0.2.44")[:2] == (429, SLOW_DOWN)
+        exceeded = [e for e in broker.logs() if e["event"] == "ratelimit.exceeded"]
+        assert [(e["source"], e["failures"]) for e in exceeded] == [("192.0.2.44", 31)]
 
 
 @pytest.mark.redis

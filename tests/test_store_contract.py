@@ -171,6 +171,10 @@ def test_failure_counter(target: dict[str, Any]) -> None:
         assert second == [(2, second[0][1]), (0, 0)]
         assert [count for count, _ in third] == [3, 2]
         assert all(0 < ttl <= 60_000 for _, ttl in third)
+        # Several requests' failures in one call: the address by its amount, a signed content by one.
+        fourth = await counter.hit([("addr", "x", None), ("client", "y", "signed-3")], 60_000, [5, 7])
+        assert [count for count, _ in fourth] == [8, 3]
+        assert all(0 < ttl <= 60_000 for _, ttl in fourth)
 
     run(target, body)
 

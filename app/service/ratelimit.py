@@ -22,8 +22,11 @@ against it.
 
 The design keeps the success path free of Redis round trips:
 
-- only a failure counts: one Lua script call (INCR + PEXPIRE NX + PTTL per subject, SET NX PX of
-  the marker first for a client) on counters shared by all replicas (``FailureCounter``);
+- only a failure counts: one Lua script call (INCRBY + PEXPIRE NX + PTTL per subject, SET NX PX of
+  the marker first for a client) on counters shared by all replicas (``FailureCounter``). The
+  failures of every request refused in one pass of the event loop go in one call (``_Batch``):
+  a flood of bad assertions or replays from one address costs one call per loop pass, not one per
+  request. Each refused request still waits for that call before its answer leaves;
 - when a count reaches the limit, the replica that saw it learns "blocked until T" from the reply
   and keeps it in a small in-process table (one per kind, each bounded, expired entries dropped;
   the client table only ever holds registered clients whose key signed, so no caller-chosen
@@ -39,12 +42,14 @@ and never changes the answer.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Any
 
 import msgspec
 
+from app.aio import running_loop
 from app.oauth.errors import SlowDown
 from app.store.base import FailureCounter, StoreUnavailable
 
@@ -60,6 +65,35 @@ class KeyHolderFailure(msgspec.Struct, frozen=True):
     signed_hash: str
     #: Seconds since the assertion's ``exp`` (negative: not yet expired); None without a valid ``exp``.
     expired_for: float | None
+
+
+class _Batch:
+    """The failures counted in one call: every request refused in one pass of the event loop
+    (under a flood, many; a request alone, just its own). A subject refused several times goes up
+    by that many in the one call; a signed content counts once (``once``) however often it came."""
+
+    __slots__ = ("loop", "done", "subjects", "amounts", "request_ids", "_index")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        #: Set when counted: None, or the exception the counter raised.
+        self.done: asyncio.Future[BaseException | None] = loop.create_future()
+        self.subjects: list[tuple[str, str, str | None]] = []
+        self.amounts: list[int] = []
+        #: The first request that named each subject: the one a ``ratelimit.exceeded`` line names.
+        self.request_ids: list[str] = []
+        self._index: dict[tuple[str, str, str | None], int] = {}
+
+    def add(self, kind: str, value: str, once: str | None, request_id: str) -> None:
+        subject = (kind, value, once)
+        i = self._index.get(subject)
+        if i is None:
+            self._index[subject] = len(self.subjects)
+            self.subjects.append(subject)
+            self.amounts.append(1)
+            self.request_ids.append(request_id)
+        elif once is None:
+            self.amounts[i] += 1
 
 
 class FailureLimiter:
@@ -86,6 +120,7 @@ class FailureLimiter:
         self._addresses: dict[str, float] = {}
         self._clients: dict[str, float] = {}
         self._tables = {"addr": self._addresses, "client": self._clients}
+        self._batch: _Batch | None = None
 
     def check_address(self, address: str | None) -> None:
         if address is not None:
@@ -108,26 +143,53 @@ class FailureLimiter:
 
     async def failed(self, address: str | None, request_id: str, signed: KeyHolderFailure | None = None) -> None:
         """Count one failed authentication toward the address, and toward the client when
-        ``signed`` says its key holder caused it (module docstring); learn any block that follows."""
+        ``signed`` says its key holder caused it (module docstring); learn any block that follows.
+
+        Returns once the failure is counted (or the count failed): a request's refusal never
+        leaves before its failure is in the shared count."""
         if self._mode == "off":
             return
-        subjects: list[tuple[str, str, str | None]] = []
+        if signed is not None and signed.expired_for is not None and signed.expired_for >= self._window:
+            signed = None  # expired for longer than a window: it counts toward the address only
+        if address is None and signed is None:
+            return
+        batch = self._batch
+        loop = running_loop()
+        if batch is None or batch.loop is not loop:
+            batch = self._batch = _Batch(loop)
+            loop.create_task(self._count(batch))  # its first step runs after this loop pass
         if address is not None:
-            subjects.append(("addr", address, None))
-        if signed is not None and (signed.expired_for is None or signed.expired_for < self._window):
-            subjects.append(("client", signed.client_id, signed.signed_hash))
-        if not subjects:
-            return
+            batch.add("addr", address, None, request_id)
+        if signed is not None:
+            batch.add("client", signed.client_id, signed.signed_hash, request_id)
+        # shield: a request that goes away does not cancel the count the others wait for
+        error = await asyncio.shield(batch.done)
+        if error is not None:
+            if not isinstance(error, StoreUnavailable):
+                raise error
+            self._log.warning("ratelimit.count_failed", request_id=request_id, error=str(error))
+
+    async def _count(self, batch: _Batch) -> None:
+        """One counter call for every failure of one loop pass (``_Batch``); sets ``batch.done``."""
+        if self._batch is batch:
+            self._batch = None  # failures from now on make the next batch
+        error: BaseException | None = None
         try:
-            results = await self._counter.hit(subjects, self._window_ms)
-        except StoreUnavailable as exc:
-            self._log.warning("ratelimit.count_failed", request_id=request_id, error=str(exc))
-            return
+            if batch.subjects:
+                self._learn(batch, await self._counter.hit(batch.subjects, self._window_ms, batch.amounts))
+        except Exception as exc:  # StoreUnavailable is logged by each request; anything else raised there
+            error = exc
+        finally:
+            if not batch.done.done():
+                batch.done.set_result(error)
+
+    def _learn(self, batch: _Batch, results: list[tuple[int, int]]) -> None:
         now = time.monotonic()
-        for (kind, value, _), (count, ms_left) in zip(subjects, results, strict=True):
+        for (kind, value, _), amount, request_id, (count, ms_left) in zip(
+                batch.subjects, batch.amounts, batch.request_ids, results, strict=True):
             if count < self._limit:
                 continue
-            if count == self._limit:  # once per window and key, on whichever replica crossed it
+            if count - amount < self._limit:  # this call crossed it: once per window and key, on one replica
                 self._log.warning(
                     "ratelimit.exceeded",
                     request_id=request_id,

@@ -366,8 +366,10 @@ class MemoryProbe(Protocol):
 
 
 class FailureCounter(Protocol):
-    async def hit(self, subjects: Sequence[tuple[str, str, str | None]], window_ms: int) -> list[tuple[int, int]]:
-        """Count one failure against each subject, atomically.
+    async def hit(self, subjects: Sequence[tuple[str, str, str | None]], window_ms: int,
+                  amounts: Sequence[int] | None = None) -> list[tuple[int, int]]:
+        """Count failures against each subject, atomically: one each, or ``amounts[i]`` toward
+        subject ``i`` (the failures of several requests at once).
 
         A subject's window starts at its first failure and is never extended by later ones; every
         replica shares the counts.
@@ -375,8 +377,10 @@ class FailureCounter(Protocol):
         Args:
             subjects: ``(kind, value, once)``, e.g. ``("addr", "192.0.2.1", None)``,
                 ``("client", "c1", signed_hash)``. With ``once`` set, the subject's count goes up
-                only if that same ``once`` was not counted toward it within ``window_ms``.
+                by one (whatever its amount), and only if that same ``once`` was not counted
+                toward it within ``window_ms``.
             window_ms: The window length.
+            amounts: How much each subject without ``once`` goes up (default: one each).
 
         Returns:
             ``(count, ms_left)`` per subject, in order: failures in the current window and the

@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", metavar="SECONDS", type=float, default=0.0,
                    help="py-spy the broker during an extra run of this length per --profile-scenarios; "
                         "writes bench-results/profile-<scenario>.txt (collapsed stacks) and .json (summary)")
-    p.add_argument("--profile-scenarios", default="miss", help="comma list of miss, hit, bad_signature")
+    p.add_argument("--profile-scenarios", default="miss",
+                   help="comma list of miss, hit, bad_signature, replay (profile the refusals with "
+                        "--ratelimit-mode observe: enforce answers one address's flood with 429s)")
     p.add_argument("--summarize", metavar="RAW", help="only print the summary of a saved py-spy raw profile and exit")
     p.add_argument("--smoke", action="store_true", help="seconds-long run for CI: tiny pools, 1 s per scenario")
     p.add_argument("--out", default=str(ROOT / "bench-results" / "latest.json"))

@@ -32,6 +32,18 @@ def request(broker: BrokerProcess, method: str, path: str, body: bytes | None = 
         conn.close()
 
 
+def redis_calls(broker: BrokerProcess, op: str) -> int:
+    """``broker_redis_duration_seconds_count{op=...}`` from the broker's management ``/metrics``."""
+    conn = http.client.HTTPConnection("127.0.0.1", broker.management_port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    prefix = f'broker_redis_duration_seconds_count{{op="{op}"}} '
+    return next((int(float(line[len(prefix):])) for line in text.splitlines() if line.startswith(prefix)), 0)
+
+
 def post_token(broker: BrokerProcess, body: str) -> tuple[int, dict[str, str], dict[str, Any]]:
     status, headers, raw = request(broker, "POST", "/token", body.encode(),
                                    {"Content-Type": "application/x-www-form-urlencoded"})

@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scripts.bench.load import run_wrk
+from scripts.bench.load import post_token, run_wrk
 from scripts.bench.scenarios import BY_NAME
 from scripts.bench.system import Pinning, log
 from scripts.bench.workload import Workload
 from scripts.processes import BrokerProcess
 
-PROFILABLE = ("miss", "hit", "bad_signature")
+PROFILABLE = ("miss", "hit", "bad_signature", "replay")
 
 
 def profile_runs(args: argparse.Namespace, broker: BrokerProcess, work: Workload, pin: Pinning,
@@ -42,6 +42,9 @@ def _profile_one(args: argparse.Namespace, broker: BrokerProcess, work: Workload
     scenario = BY_NAME[name]
     n = scenario.fixed_pool or max(args.min_bodies, int(args.profile * args.expect_rps * 1.6) + 500)
     bodies = getattr(work, scenario.bodies)(n)
+    if scenario.spend_first:  # replay: every body used once before the window
+        for body in bodies:
+            post_token(broker, body)
     raw = out_dir / f"profile-{name}.txt"
     raw.unlink(missing_ok=True)
     log(f"profiling {name} with py-spy for {args.profile} s")

@@ -65,6 +65,13 @@ def _dpop_cost(scenarios: dict[str, Any], ceiling: dict[str, Any] | None) -> lis
     return [f"DPoP cost: {added:+.0f} broker CPU µs per token request (dpop/miss per CPU-second {ratio:.2f}){alone}"]
 
 
+def _refusal_calls(scenarios: dict[str, Any]) -> list[str]:
+    """Failure-counter Redis calls per refused request: the limiter counts a loop pass's refusals in one call."""
+    parts = [f"{name} {r['ratelimit_calls_per_request']:.2f}" for name in ("bad_signature", "replay")
+             if (r := scenarios.get(name)) and r.get("ratelimit_calls_per_request") is not None]
+    return [f"failure-counter Redis calls per refused request: {', '.join(parts)}"] if parts else []
+
+
 def _floor_share(scenarios: dict[str, Any], floor: dict[str, Any] | None, what: str) -> list[str]:
     """The broker against the floor (the ceiling's work alone behind the same HTTP server), per CPU-second."""
     parts = []
@@ -133,6 +140,6 @@ def table(results: dict[str, Any]) -> str:
                       *_http_rows(results.get("floor_raw") or {}, results)[3:],
                       *_floor_share(scenarios, results.get("floor"), "floor"),
                       *_floor_share(scenarios, results.get("floor_raw"), "raw floor"),
-                      *_dpop_cost(scenarios, results.get("ceiling")),
+                      *_dpop_cost(scenarios, results.get("ceiling")), *_refusal_calls(scenarios),
                       *_other_rows(scenarios),
                       *_worker_rows(results.get("workers")), *_profile_rows(results.get("profile") or {})])

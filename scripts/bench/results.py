@@ -28,6 +28,9 @@ class WrkRun(msgspec.Struct, kw_only=True):
     generator_cpu_share: float
     connections: int
     generator: str
+    #: Refusal scenarios: the broker's failure-counter Redis calls per request in the window
+    #: (``broker_redis_duration_seconds_count{op="ratelimit"}``); 1.0 = one call per refusal.
+    ratelimit_calls_per_request: float | None = None
 
     @property
     def rate(self) -> float:

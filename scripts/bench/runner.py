@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scripts.bench.load import post_token, run_fixed_rate, run_wrk
+from scripts.bench.load import post_token, redis_calls, run_fixed_rate, run_wrk
 from scripts.bench.results import Ceiling, FixedRateRun, ScenarioResult, Verdict, WrkRun
 from scripts.bench.scenarios import BY_NAME, Scenario
 from scripts.bench.system import Pinning, log, rss_kib
@@ -67,8 +67,14 @@ def run_scenario(args: argparse.Namespace, scenario: Scenario, broker: BrokerPro
     bodies = make(scenario.fixed_pool or pool_size(args, guess * scenario.pool_factor))
     if scenario.spend_first:
         spend(broker, bodies)
-    return run_wrk(broker, bodies, scenario.send, duration=args.duration, connections=args.connections,
-                   threads=threads, pin_cmd=gen_pin, workdir=workdir, name=scenario.name)
+    refusals = scenario.expected_status == 401
+    calls = redis_calls(broker, "ratelimit") if refusals else 0
+    run = run_wrk(broker, bodies, scenario.send, duration=args.duration, connections=args.connections,
+                  threads=threads, pin_cmd=gen_pin, workdir=workdir, name=scenario.name)
+    if refusals and run.requests:
+        # wrk's count ends with the window; requests still in flight then may add a few calls
+        run.ratelimit_calls_per_request = round((redis_calls(broker, "ratelimit") - calls) / run.requests, 3)
+    return run
 
 
 def http_scenarios(args: argparse.Namespace, broker: BrokerProcess, work: Workload, pin: Pinning, ceiling: Ceiling,
