@@ -47,6 +47,10 @@ def test_bench_smoke(tmp_path: Path) -> None:
     for name in ("bad_signature", "replay"):  # failure counting measured (wrk's in-flight tail adds a few calls)
         assert 0 < results["scenarios"][name]["ratelimit_calls_per_request"] < 2, results["scenarios"][name]
     assert "failure-counter Redis calls per refused request: bad_signature" in proc.stdout
+    fixed = results["scenarios"]["fixed_rate"]  # its latency split: the generator alone, the broker's own time
+    assert fixed["generator_alone"]["p99_ms"] > 0 and fixed["generator_alone"]["achieved_rps"] > 0, fixed
+    assert fixed["in_broker"]["share_at_most_ms"]["inf"] == 1.0 and fixed["in_broker"]["p99_at_most_ms"] > 0, fixed
+    assert "the generator alone (no-op server" in proc.stdout and "inside the broker (its /token histogram)" in proc.stdout
     assert results["scenarios"]["redis_memory"]["bytes_per_jti"] > 0
     assert results["scenarios"]["memory"]["rss_kib_after"] > 0
     for part in ("verify_us", "sign_us", "redis_set_nx_get_us", "dpop_proof_us"):
@@ -76,3 +80,4 @@ def test_bench_floor_smoke(tmp_path: Path) -> None:
             assert r["label"] == label
             assert r["unexpected"] == 0 and set(r["statuses"]) == {"200"} and r["requests"] > 0, (kind, name, r["statuses"])
     assert "broker / floor per CPU-second: miss" in proc.stdout and "broker / raw floor per CPU-second" in proc.stdout
+

@@ -7,8 +7,12 @@ import asyncio
 import collections
 import http.client
 import json
+import math
+import re
 import resource
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,9 +20,10 @@ from typing import Any
 from scripts.bench.results import FixedRateRun, WrkRun
 from scripts.bench.system import Pinning, cpu_seconds, run_async
 from scripts.bench.workload import remove_bodies, write_bodies
-from scripts.processes import BrokerProcess
+from scripts.processes import BrokerProcess, free_port, wait_until
 
 LUA = Path(__file__).resolve().parent / "post_bodies.lua"
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 def request(broker: BrokerProcess, method: str, path: str, body: bytes | None = None,
@@ -32,16 +37,51 @@ def request(broker: BrokerProcess, method: str, path: str, body: bytes | None = 
         conn.close()
 
 
-def redis_calls(broker: BrokerProcess, op: str) -> int:
-    """``broker_redis_duration_seconds_count{op=...}`` from the broker's management ``/metrics``."""
+def _metrics(broker: BrokerProcess) -> list[str]:
+    """The lines of the broker's management ``/metrics``."""
     conn = http.client.HTTPConnection("127.0.0.1", broker.management_port, timeout=10)
     try:
         conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
+        return conn.getresponse().read().decode().splitlines()
     finally:
         conn.close()
+
+
+def redis_calls(broker: BrokerProcess, op: str) -> int:
+    """``broker_redis_duration_seconds_count{op=...}`` from the broker's management ``/metrics``."""
     prefix = f'broker_redis_duration_seconds_count{{op="{op}"}} '
-    return next((int(float(line[len(prefix):])) for line in text.splitlines() if line.startswith(prefix)), 0)
+    return next((int(float(line[len(prefix):])) for line in _metrics(broker) if line.startswith(prefix)), 0)
+
+
+_BUCKET = re.compile(r'^broker_http_request_duration_seconds_bucket\{(?P<labels>[^}]*)\} (?P<count>\S+)$')
+_LE = re.compile(r'le="(?P<le>[^"]+)"')
+
+
+def token_latency_buckets(broker: BrokerProcess) -> dict[float, float]:
+    """The broker's own time per successful ``/token`` request so far (its latency histogram,
+    cumulative counts by upper bound in seconds; ``inf`` is the total)."""
+    out: dict[float, float] = {}
+    for line in _metrics(broker):
+        m = _BUCKET.match(line)
+        if m and 'endpoint="/token"' in m["labels"] and 'outcome="ok"' in m["labels"]:
+            le = _LE.search(m["labels"])
+            if le:
+                out[float(le["le"].replace("+Inf", "inf"))] = float(m["count"])
+    return out
+
+
+def in_broker_latency(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """From two histogram snapshots: the smallest bucket bound that holds 99% of the requests in
+    between (ms), and the share of them over 5 ms, both as the broker itself timed them."""
+    diff = {le: after.get(le, 0.0) - before.get(le, 0.0) for le in sorted(after)}
+    total = diff.get(math.inf, 0.0)
+    if total <= 0:
+        return {"p99_at_most_ms": None, "share_over_5ms": None}
+    p99 = next((le for le, n in diff.items() if n >= 0.99 * total), math.inf)
+    return {"p99_at_most_ms": None if p99 == math.inf else round(p99 * 1000, 2),
+            "share_over_5ms": round(1 - diff.get(0.005, 0.0) / total, 4),
+            "share_at_most_ms": {("inf" if le == math.inf else f"{le * 1000:g}"): round(n / total, 4)
+                                 for le, n in diff.items()}}
 
 
 def post_token(broker: BrokerProcess, body: str) -> tuple[int, dict[str, str], dict[str, Any]]:
@@ -140,9 +180,9 @@ class _OpenLoop:
         return round(lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1000, 2) if lat else 0.0
 
 
-def run_fixed_rate(broker: BrokerProcess, bodies: list[str], rate: float, conns: int, pin: Pinning) -> FixedRateRun:
+def run_fixed_rate(port: int, bodies: list[str], rate: float, conns: int, pin: Pinning) -> FixedRateRun:
     async def main() -> tuple[_OpenLoop, float]:
-        loop = _OpenLoop(broker.port, conns)
+        loop = _OpenLoop(port, conns)
         return loop, await loop.run([b.encode() for b in bodies], rate)
 
     with pin.run_on(pin.other_core):
@@ -154,3 +194,29 @@ def run_fixed_rate(broker: BrokerProcess, bodies: list[str], rate: float, conns:
         max_ms=client.percentile(100), statuses=dict(client.statuses), socket_errors={"io": client.errors},
         connections=conns, generator="asyncio open-loop client (uvloop)",
     )
+
+
+def _accepts(port: int, proc: subprocess.Popen[bytes]) -> bool:
+    if proc.poll() is not None:
+        raise RuntimeError(f"the no-op server exited with code {proc.returncode}")
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def generator_alone(bodies: list[str], rate: float, conns: int, pin: Pinning) -> dict[str, float]:
+    """The fixed-rate generator at the same rate, connections and pinning against
+    ``scripts/bench/noop.py`` on the broker's core (the broker idle): its own latency figures."""
+    port = free_port()
+    proc = subprocess.Popen([*pin.broker(), sys.executable, "-m", "scripts.bench.noop", str(port)], cwd=_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _accepts(port, proc), 30, what="the no-op server to accept")
+        run = run_fixed_rate(port, bodies, rate, conns, pin)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return {"p50_ms": run.p50_ms, "p90_ms": run.p90_ms, "p99_ms": run.p99_ms, "max_ms": run.max_ms,
+            "achieved_rps": run.achieved_rps}

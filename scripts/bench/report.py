@@ -72,6 +72,20 @@ def _refusal_calls(scenarios: dict[str, Any]) -> list[str]:
     return [f"failure-counter Redis calls per refused request: {', '.join(parts)}"] if parts else []
 
 
+def _fixed_rate_parts(scenarios: dict[str, Any]) -> list[str]:
+    """The fixed-rate row's latency, split: the generator against a server that answers at once,
+    and the broker's own time per request (its histogram)."""
+    r = scenarios.get("fixed_rate") or {}
+    lines = []
+    if alone := r.get("generator_alone"):
+        lines.append(f"fixed {r['offered_rps']:.0f}/s, the generator alone (no-op server on the broker's core, same rate): "
+                     f"p50 {alone['p50_ms']} ms, p99 {alone['p99_ms']} ms (broker row: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms)")
+    if (inside := r.get("in_broker")) and inside.get("p99_at_most_ms") is not None:
+        lines.append(f"fixed {r['offered_rps']:.0f}/s, inside the broker (its /token histogram): p99 <= {inside['p99_at_most_ms']} ms, "
+                     f"{inside['share_over_5ms']:.2%} of requests over 5 ms")
+    return lines
+
+
 def _floor_share(scenarios: dict[str, Any], floor: dict[str, Any] | None, what: str) -> list[str]:
     """The broker against the floor (the ceiling's work alone behind the same HTTP server), per CPU-second."""
     parts = []
@@ -141,5 +155,6 @@ def table(results: dict[str, Any]) -> str:
                       *_floor_share(scenarios, results.get("floor"), "floor"),
                       *_floor_share(scenarios, results.get("floor_raw"), "raw floor"),
                       *_dpop_cost(scenarios, results.get("ceiling")), *_refusal_calls(scenarios),
+                      *_fixed_rate_parts(scenarios),
                       *_other_rows(scenarios),
                       *_worker_rows(results.get("workers")), *_profile_rows(results.get("profile") or {})])

@@ -51,6 +51,12 @@ class FixedRateRun(msgspec.Struct, kw_only=True):
     socket_errors: dict[str, int]
     connections: int
     generator: str
+    #: The broker's own time per request in the window (its ``/token`` latency histogram):
+    #: ``p99_at_most_ms`` (a bucket bound) and ``share_over_5ms``.
+    in_broker: dict[str, Any] | None = None
+    #: The same generator, rate and pinning against a server that answers at once
+    #: (``scripts/bench/noop.py``): what the generator itself adds.
+    generator_alone: dict[str, float] | None = None
 
     @property
     def rate(self) -> float:

@@ -8,7 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scripts.bench.load import post_token, redis_calls, run_fixed_rate, run_wrk
+from scripts.bench.load import (
+    generator_alone,
+    in_broker_latency,
+    post_token,
+    redis_calls,
+    run_fixed_rate,
+    run_wrk,
+    token_latency_buckets,
+)
 from scripts.bench.results import Ceiling, FixedRateRun, ScenarioResult, Verdict, WrkRun
 from scripts.bench.scenarios import BY_NAME, Scenario
 from scripts.bench.system import Pinning, log, rss_kib
@@ -63,7 +71,12 @@ def run_scenario(args: argparse.Namespace, scenario: Scenario, broker: BrokerPro
     make = getattr(work, scenario.bodies)
     if scenario.send == "open-loop":
         rate = resolve_rate(args, done)
-        return run_fixed_rate(broker, make(max(10, int(rate * args.duration))), rate, args.connections, pin)
+        bodies = make(max(10, int(rate * args.duration)))
+        before = token_latency_buckets(broker)
+        run = run_fixed_rate(broker.port, bodies, rate, args.connections, pin)
+        run.in_broker = in_broker_latency(before, token_latency_buckets(broker))
+        run.generator_alone = generator_alone(bodies, rate, args.connections, pin)
+        return run
     bodies = make(scenario.fixed_pool or pool_size(args, guess * scenario.pool_factor))
     if scenario.spend_first:
         spend(broker, bodies)
