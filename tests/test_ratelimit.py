@@ -269,15 +269,33 @@ def test_a_request_that_goes_away_does_not_cancel_the_others_count() -> None:
 
     async def scenario() -> list[Any]:
         tasks = [asyncio.ensure_future(limiter.failed("192.0.2.9", f"r{i}")) for i in range(3)]
-        await asyncio.sleep(0)  # all three are waiting for the one call, which has not run yet
-        tasks[0].cancel()
+        await asyncio.sleep(0)  # all three joined; the first one counts for all, its call not made yet
+        tasks[1].cancel()
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     outcomes = asyncio.run(scenario())
-    assert isinstance(outcomes[0], asyncio.CancelledError) and outcomes[1:] == [None, None]
+    assert outcomes[0] is None and isinstance(outcomes[1], asyncio.CancelledError) and outcomes[2] is None
     assert counter.calls == [([("addr", "192.0.2.9", None)], [3])]
     with pytest.raises(OAuthError):
         limiter.check_address("192.0.2.9")
+
+
+def test_the_others_are_not_left_waiting_when_the_counting_request_is_cancelled() -> None:
+    counter, log = _Recording(), _NullLog()
+    limiter = FailureLimiter(counter, limit=3, window=60, mode="enforce", log=log)
+
+    async def scenario() -> list[Any]:
+        tasks = [asyncio.ensure_future(limiter.failed("192.0.2.9", f"r{i}")) for i in range(3)]
+        await asyncio.sleep(0)
+        tasks[0].cancel()  # the one that counts for all (a forced stop cancels request tasks)
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+
+    outcomes = asyncio.run(scenario())
+    assert isinstance(outcomes[0], asyncio.CancelledError) and outcomes[1:] == [None, None]
+    assert counter.calls == []
+    assert log.events == [("ratelimit.count_failed", {"request_id": "r1", "error": "cancelled"}),
+                          ("ratelimit.count_failed", {"request_id": "r2", "error": "cancelled"})]
+    limiter.check_address("192.0.2.9")  # not counted, not blocked
 
 
 @pytest.mark.redis
