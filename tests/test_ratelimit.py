@@ -280,22 +280,23 @@ def test_a_request_that_goes_away_does_not_cancel_the_others_count() -> None:
         limiter.check_address("192.0.2.9")
 
 
-def test_the_others_are_not_left_waiting_when_the_counting_request_is_cancelled() -> None:
+def test_the_first_request_going_away_does_not_cancel_the_count() -> None:
     counter, log = _Recording(), _NullLog()
     limiter = FailureLimiter(counter, limit=3, window=60, mode="enforce", log=log)
 
     async def scenario() -> list[Any]:
         tasks = [asyncio.ensure_future(limiter.failed("192.0.2.9", f"r{i}")) for i in range(3)]
         await asyncio.sleep(0)
-        tasks[0].cancel()  # the one that counts for all (a forced stop cancels request tasks)
+        tasks[0].cancel()  # the request whose refusal started the batch
         return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
 
     outcomes = asyncio.run(scenario())
     assert isinstance(outcomes[0], asyncio.CancelledError) and outcomes[1:] == [None, None]
-    assert counter.calls == []
-    assert log.events == [("ratelimit.count_failed", {"request_id": "r1", "error": "cancelled"}),
-                          ("ratelimit.count_failed", {"request_id": "r2", "error": "cancelled"})]
-    limiter.check_address("192.0.2.9")  # not counted, not blocked
+    assert counter.calls == [([("addr", "192.0.2.9", None)], [3])]
+    assert log.events == [("ratelimit.exceeded", {"request_id": "r0", "mode": "enforce", "kind": "addr",
+                                                  "source": "192.0.2.9", "failures": 3, "window": 60})]
+    with pytest.raises(OAuthError):
+        limiter.check_address("192.0.2.9")
 
 
 @pytest.mark.redis

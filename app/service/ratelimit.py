@@ -25,9 +25,10 @@ The design keeps the success path free of Redis round trips:
 - only a failure counts: one Lua script call (INCRBY + PEXPIRE NX + PTTL per subject, SET NX PX of
   the marker first for a client) on counters shared by all replicas (``FailureCounter``). The
   failures of every request refused in one pass of the event loop go in one call (``_Batch``),
-  made by the first of them: a flood of bad assertions or replays from one address costs one
-  call per loop pass, not one per request. Each refused request still waits for that call before
-  its answer leaves;
+  made by a task of its own: a flood of bad assertions or replays from one address costs one call
+  per loop pass, not one per request, and a refused request that goes away (even the first)
+  cancels nobody's count. Each refused request still waits for that call before its answer
+  leaves;
 - when a count reaches the limit, the replica that saw it learns "blocked until T" from the reply
   and keeps it in a small in-process table (one per kind, each bounded, expired entries dropped;
   the client table only ever holds registered clients whose key signed, so no caller-chosen
@@ -156,44 +157,33 @@ class FailureLimiter:
             return
         batch = self._batch
         loop = running_loop()
-        leader = batch is None or batch.loop is not loop
-        if leader:
+        if batch is None or batch.loop is not loop:
             batch = self._batch = _Batch(loop)
-        assert batch is not None
+            loop.create_task(self._count(batch))  # its first step runs after this loop pass
         if address is not None:
             batch.add("addr", address, None, request_id)
         if signed is not None:
             batch.add("client", signed.client_id, signed.signed_hash, request_id)
-        if leader:
-            error = await self._count(batch)
-        else:  # shield: a request that goes away does not cancel the count the others wait for
-            error = await asyncio.shield(batch.done)
+        # shield: a request that goes away does not cancel the count the others wait for
+        error = await asyncio.shield(batch.done)
         if error is not None:
             if not isinstance(error, StoreUnavailable):
                 raise error
             self._log.warning("ratelimit.count_failed", request_id=request_id, error=str(error))
 
-    async def _count(self, batch: _Batch) -> BaseException | None:
-        """Run by the first refusal of a loop pass, in its own request's task, for all of them
-        (``_Batch``): it lets the others join first, makes one counter call and sets
-        ``batch.done`` whatever happens (if it is cancelled, the others are told the count
-        failed; a follower that goes away cancels nothing)."""
+    async def _count(self, batch: _Batch) -> None:
+        """One counter call for every failure of one loop pass (``_Batch``); sets ``batch.done``."""
+        if self._batch is batch:
+            self._batch = None  # failures from now on make the next batch
         error: BaseException | None = None
         try:
-            await asyncio.sleep(0)  # the refusals already due in this loop pass run first and join
-            if self._batch is batch:
-                self._batch = None  # failures from now on make the next batch
-            self._learn(batch, await self._counter.hit(batch.subjects, self._window_ms, batch.amounts))
+            if batch.subjects:
+                self._learn(batch, await self._counter.hit(batch.subjects, self._window_ms, batch.amounts))
         except Exception as exc:  # StoreUnavailable is logged by each request; anything else raised there
             error = exc
-        except BaseException:
-            error = StoreUnavailable("cancelled")
-            raise
         finally:
-            if self._batch is batch:
-                self._batch = None
-            batch.done.set_result(error)
-        return error
+            if not batch.done.done():
+                batch.done.set_result(error)
 
     def _learn(self, batch: _Batch, results: list[tuple[int, int]]) -> None:
         now = time.monotonic()
