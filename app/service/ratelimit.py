@@ -74,12 +74,13 @@ class _Batch:
     (under a flood, many; a request alone, just its own). A subject refused several times goes up
     by that many in the one call; a signed content counts once (``once``) however often it came."""
 
-    __slots__ = ("loop", "done", "subjects", "amounts", "request_ids", "_index")
+    __slots__ = ("loop", "done", "task", "subjects", "amounts", "request_ids", "_index")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         #: Set when counted: None, or the exception the counter raised.
         self.done: asyncio.Future[BaseException | None] = loop.create_future()
+        self.task: asyncio.Task[None] | None = None
         self.subjects: list[tuple[str, str, str | None]] = []
         self.amounts: list[int] = []
         #: The first request that named each subject: the one a ``ratelimit.exceeded`` line names.
@@ -159,7 +160,9 @@ class FailureLimiter:
         loop = running_loop()
         if batch is None or batch.loop is not loop:
             batch = self._batch = _Batch(loop)
-            loop.create_task(self._count(batch))  # its first step runs after this loop pass
+            # its first step runs after this loop pass; the batch, which every waiting request
+            # holds, keeps a strong reference to it (the loop's own is weak)
+            batch.task = loop.create_task(self._count(batch))
         if address is not None:
             batch.add("addr", address, None, request_id)
         if signed is not None:
