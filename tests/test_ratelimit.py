@@ -23,7 +23,7 @@ from app.service.client_auth import EndpointRequest
 from app.service.ratelimit import FailureLimiter, KeyHolderFailure
 from app.store.base import StoreUnavailable
 from app.store.ratelimit import RedisFailureCounter
-from tests.conftest import Broker, FrozenClock, RedisServer
+from tests.conftest import Broker, FrozenClock, RedisServer, wait_until
 from tests.helpers import ISS, TestClient, form
 
 SLOW_DOWN = {"error": "slow_down", "error_description": "Too many requests; retry later."}
@@ -326,6 +326,48 @@ def test_concurrent_refusals_are_counted_exactly(real_redis: RedisServer, tmp_pa
         assert call(broker, form(c1.assertion(clock.now)), "192.0.2.44")[:2] == (429, SLOW_DOWN)
         exceeded = [e for e in broker.logs() if e["event"] == "ratelimit.exceeded"]
         assert [(e["source"], e["failures"]) for e in exceeded] == [("192.0.2.44", 31)]
+
+
+@pytest.mark.redis
+def test_refusals_while_redis_hangs_are_answered_and_counting_resumes(real_redis: RedisServer, tmp_path: Path,
+                                                                       clock: FrozenClock) -> None:
+    """A flood of refusals while Redis hangs (SIGSTOP): every one still a 401, each with its own
+    ``ratelimit.count_failed`` line, none stuck behind the batch; after Redis is back, counting works."""
+    settings = make_settings(tmp_path, redis_url=real_redis.url, ratelimit_failures=1000)
+    with Broker(settings, clock) as broker:
+        c1 = TestClient("c1")
+        broker.register(c1)
+        assert broker.get_token(c1).status_code == 200  # client cached: bad signatures need no Redis read
+        service = broker.app.state.token_service
+
+        async def one(i: int) -> int:
+            body = httpx.QueryParams(bad(c1, clock.now)).__str__().encode()
+            try:
+                await service.token(EndpointRequest(body, "application/x-www-form-urlencoded", False, f"hung-{i}",
+                                                    "192.0.2.55"))
+            except OAuthError as exc:
+                return exc.status_code
+            return 200
+
+        async def flood() -> list[int]:
+            return list(await asyncio.gather(*(one(i) for i in range(10))))
+
+        real_redis.pause()
+        try:
+            assert broker.call(flood) == [401] * 10
+        finally:
+            real_redis.resume()
+        failed = [e for e in broker.logs() if e["event"] == "ratelimit.count_failed"]
+        assert sorted(e["request_id"] for e in failed) == [f"hung-{i}" for i in range(10)]
+        assert all(e["error"] == "TimeoutError" for e in failed), failed
+
+        def count_resumed() -> bool:  # a refusal after the outage is counted again (no count_failed line)
+            before = len([e for e in broker.logs() if e["event"] == "ratelimit.count_failed"])
+            status, body, _ = call(broker, bad(c1, clock.now), "192.0.2.55")
+            assert (status, body) == (401, INVALID_CLIENT)
+            return len([e for e in broker.logs() if e["event"] == "ratelimit.count_failed"]) == before
+
+        wait_until(count_resumed, 10, what="a refusal counted after Redis is back", interval=0.1)
 
 
 @pytest.mark.redis
