@@ -22,6 +22,7 @@ from app.oauth.grant import Grant
 from app.service.client_auth import EndpointRequest
 from app.service.token_cache import HITS, LOCK_MS, MINTED, MISSES, STAMPEDE_WAITS, CacheEntry, TokenCache
 from app.store import keyspace
+from app.store.base import CacheLookup
 from tests.conftest import Broker
 from tests.expect import assert_error, assert_invalid_client, assert_token
 from tests.helpers import ISS, RS1, RS2, TestClient, decode_unverified, form
@@ -243,6 +244,44 @@ def test_signing_key_change_is_a_miss(broker, c1):
     entry = msgspec.json.encode(CacheEntry(old.sign(claims), claims.jti, now, now + LIFETIME))
     assert cache.check(entry, _grant(), old, now)[1] == "hit"
     assert cache.check(entry, _grant(), new, now) == (None, "mismatch")
+
+
+class _CountingSigner(TokenSigner):
+    """The broker's signer, counting how often a token's signing input is rebuilt (the cache check)."""
+
+    def __init__(self, signer: TokenSigner) -> None:
+        super().__init__(signer._key, signer.kid, signer.alg)
+        self.rebuilt = 0
+
+    def signing_input(self, claims: AccessTokenClaims) -> bytes:
+        self.rebuilt += 1
+        return super().signing_input(claims)
+
+
+def test_checked_entry_bytes_are_not_rebuilt_but_their_times_are_checked(broker, c1):
+    """The same entry bytes read again under the same id: served without rebuilding the token,
+    but no longer once stale; under another id (another grant) the same bytes are checked in full."""
+    cache = broker.app.state.token_cache
+    signer = _CountingSigner(broker.app.state.signer())
+    now = int(broker.clock.now)
+    claims = AccessTokenClaims(ISS, "c1", "c1", RS1, "read", "j" * 22, now, now + LIFETIME)
+    raw = msgspec.json.encode(CacheEntry(signer.sign(claims), claims.jti, now, now + LIFETIME))
+    grant = _grant()
+    cache_id = cache.cache_id(grant, 1, signer)
+    lookup = CacheLookup(True, raw)
+
+    def issue(g: Grant, cid: str, at: float) -> tuple[CacheEntry, str]:
+        return broker.call(cache.issue, g, signer, cid, lookup, at, "rid")
+
+    signer.rebuilt = 0
+    assert issue(grant, cache_id, now)[1] == "hit"
+    assert issue(grant, cache_id, now + 10)[1] == "hit"
+    assert signer.rebuilt == 1
+    # past half its lifetime: not served from memory either (a new token is minted)
+    assert issue(grant, cache_id, now + LIFETIME * 0.6)[1] == "mint"
+    # the same bytes under another grant's id: checked in full, a mismatch
+    other = msgspec.structs.replace(grant, scopes=("read", "write"))
+    assert issue(other, cache.cache_id(other, 1, signer), now)[1] == "mint"
 
 
 # -- corrupt or poisoned entries and cache faults (attack matrix: `cache-poisoned-entry`, `cache-store-fails-open`) ---

@@ -16,7 +16,9 @@ never served to another key, nor to a bearer request, nor a bearer token to a DP
   client_id, aud, scope, jti, iat, exp, federation, and ``cnf`` with the request's ``jkt``) are rebuilt and compared, and the jti must name the
   client's current registration, so an entry planted under another grant's id (another client,
   scope set, audience or registration) is a miss. The signature is not re-verified: writing to
-  Redis lets one break the cache, not forge a signature;
+  Redis lets one break the cache, not forge a signature. Bytes that passed under an id are
+  remembered with it (up to 4,096 pairs per process): read again under the same id, only their
+  times are checked;
 - on a miss, mints once per entry across every replica: an in-process single flight (one task per
   entry; other requests in the process await it) in front of a short Redis lock (``SET NX PX``);
   a replica that loses the lock polls the entry for up to ``cache_stampede_wait`` seconds, then
@@ -52,6 +54,8 @@ from app.oauth.grant import Grant
 from app.store.base import LOCK_MS, CacheLookup, StoreUnavailable, TokenStore
 
 _POLL_INTERVAL = 0.02
+#: Entries remembered as checked (``TokenCache._checked``); all forgotten at once past it.
+_CHECKED_MAX = 4096
 _SIGNATURE = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -79,6 +83,11 @@ class TokenCache:
         self._metrics = metrics
         self._log = log
         self._inflight: dict[str, asyncio.Task[tuple[CacheEntry, str]]] = {}
+        # (cache id, entry bytes) -> the entry those bytes decoded to when they passed ``check``
+        # for that id: the id names everything the check compares (client, scopes, audience,
+        # registration and version, kid, federation, jkt; the issuer is the process's), so the
+        # same bytes under the same id pass again and only their times are checked anew.
+        self._checked: dict[tuple[str, bytes], CacheEntry] = {}
 
     def cache_id(self, grant: Grant, version: int, signer: TokenSigner, jkt: str | None = None) -> str:
         """The id of the entry for this grant (its registration), registration ``version``, signing
@@ -89,8 +98,17 @@ class TokenCache:
     async def issue(self, grant: Grant, signer: TokenSigner, cache_id: str, lookup: CacheLookup, now: float,
                     request_id: str, jkt: str | None = None) -> tuple[CacheEntry, str]:
         """The token to answer with and how it was found: ``hit``, ``wait`` or ``mint``."""
-        entry, reason = self.check(lookup.entry, grant, signer, now, jkt)
+        raw = lookup.entry
+        known = None if raw is None else self._checked.get((cache_id, raw))
+        if known is not None and self._fresh(known, now) is None:  # these bytes passed check() for this id
+            self._metrics.inc(HITS)
+            return known, "hit"
+        entry, reason = self.check(raw, grant, signer, now, jkt)
         if entry is not None:
+            assert raw is not None
+            if len(self._checked) >= _CHECKED_MAX:
+                self._checked.clear()
+            self._checked[(cache_id, raw)] = entry
             self._metrics.inc(HITS)
             return entry, "hit"
         if lookup.cache_error is not None:
@@ -128,12 +146,8 @@ class TokenCache:
             entry = _decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return None, "corrupt"
-        lifetime = entry.exp - entry.iat
-        if lifetime <= 0 or entry.iat > now + self._future_tolerance:
-            return None, "corrupt"
-        remaining = entry.exp - now
-        if remaining <= 0 or remaining < self._share * lifetime:
-            return None, "stale"
+        if (late := self._fresh(entry, now)) is not None:
+            return None, late
         if jti_registration(entry.jti) != grant.registration_id:  # another registration's token
             return None, "mismatch"
         claims = AccessTokenClaims(
@@ -149,6 +163,16 @@ class TokenCache:
         if not token.isascii() or not token.startswith(prefix.decode("ascii")) or not _SIGNATURE.fullmatch(token, len(prefix)):
             return None, "mismatch"
         return entry, "hit"
+
+    def _fresh(self, entry: CacheEntry, now: float) -> str | None:
+        """None if the entry's times allow serving it ``now``, else the miss reason."""
+        lifetime = entry.exp - entry.iat
+        if lifetime <= 0 or entry.iat > now + self._future_tolerance:
+            return "corrupt"
+        remaining = entry.exp - now
+        if remaining <= 0 or remaining < self._share * lifetime:
+            return "stale"
+        return None
 
     async def _fill(self, grant: Grant, signer: TokenSigner, cache_id: str, now: float,
                     request_id: str, prelocked: bool, jkt: str | None) -> tuple[CacheEntry, str]:
