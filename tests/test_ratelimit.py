@@ -46,6 +46,26 @@ def call(broker: Broker, data: dict[str, str], source: str | None) -> tuple[int,
     return 200, json.loads(out), {}
 
 
+def refused_at_once(broker: Broker, client: TestClient, n: int, source: str, id_prefix: str) -> list[int]:
+    """``n`` bad-signature requests for ``client`` from ``source``, handled concurrently in one
+    pass of the broker's event loop (request ids ``<id_prefix><i>``); their statuses in order."""
+    service = broker.app.state.token_service
+
+    async def one(i: int) -> int:
+        body = httpx.QueryParams(bad(client, broker.clock.now)).__str__().encode()
+        try:
+            await service.token(EndpointRequest(body, "application/x-www-form-urlencoded", False, f"{id_prefix}{i}",
+                                                source))
+        except OAuthError as exc:
+            return exc.status_code
+        return 200
+
+    async def flood() -> list[int]:
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+    return broker.call(flood)
+
+
 @pytest.fixture
 def limited(tmp_path: Path, clock: FrozenClock) -> Iterator[Broker]:
     with Broker(make_settings(tmp_path), clock) as b:
@@ -306,21 +326,7 @@ def test_concurrent_refusals_are_counted_exactly(real_redis: RedisServer, tmp_pa
     with Broker(settings, clock) as broker:
         c1 = TestClient("c1")
         broker.register(c1)
-        service = broker.app.state.token_service
-
-        async def one(i: int) -> int:
-            body = httpx.QueryParams(bad(c1, clock.now)).__str__().encode()
-            try:
-                await service.token(EndpointRequest(body, "application/x-www-form-urlencoded", False, f"r{i}",
-                                                    "192.0.2.44"))
-            except OAuthError as exc:
-                return exc.status_code
-            return 200
-
-        async def flood() -> list[int]:
-            return list(await asyncio.gather(*(one(i) for i in range(30))))
-
-        assert broker.call(flood) == [401] * 30
+        assert refused_at_once(broker, c1, 30, "192.0.2.44", "r") == [401] * 30
         assert call(broker, form(c1.assertion(clock.now)), "192.0.2.44")[0] == 200  # 30 of 31
         assert call(broker, bad(c1, clock.now), "192.0.2.44")[0] == 401  # the 31st
         assert call(broker, form(c1.assertion(clock.now)), "192.0.2.44")[:2] == (429, SLOW_DOWN)
@@ -338,23 +344,9 @@ def test_refusals_while_redis_hangs_are_answered_and_counting_resumes(real_redis
         c1 = TestClient("c1")
         broker.register(c1)
         assert broker.get_token(c1).status_code == 200  # client cached: bad signatures need no Redis read
-        service = broker.app.state.token_service
-
-        async def one(i: int) -> int:
-            body = httpx.QueryParams(bad(c1, clock.now)).__str__().encode()
-            try:
-                await service.token(EndpointRequest(body, "application/x-www-form-urlencoded", False, f"hung-{i}",
-                                                    "192.0.2.55"))
-            except OAuthError as exc:
-                return exc.status_code
-            return 200
-
-        async def flood() -> list[int]:
-            return list(await asyncio.gather(*(one(i) for i in range(10))))
-
         real_redis.pause()
         try:
-            assert broker.call(flood) == [401] * 10
+            assert refused_at_once(broker, c1, 10, "192.0.2.55", "hung-") == [401] * 10
         finally:
             real_redis.resume()
         failed = [e for e in broker.logs() if e["event"] == "ratelimit.count_failed"]
