@@ -349,15 +349,18 @@ def test_refusals_while_redis_hangs_are_answered_and_counting_resumes(real_redis
             assert refused_at_once(broker, c1, 10, "192.0.2.55", "hung-") == [401] * 10
         finally:
             real_redis.resume()
-        failed = [e for e in broker.logs() if e["event"] == "ratelimit.count_failed"]
+        def count_failed() -> list[dict[str, Any]]:
+            return [e for e in broker.logs() if e["event"] == "ratelimit.count_failed"]
+
+        failed = count_failed()
         assert sorted(e["request_id"] for e in failed) == [f"hung-{i}" for i in range(10)]
         assert all(e["error"] == "TimeoutError" for e in failed), failed
 
         def count_resumed() -> bool:  # a refusal after the outage is counted again (no count_failed line)
-            before = len([e for e in broker.logs() if e["event"] == "ratelimit.count_failed"])
+            before = len(count_failed())
             status, body, _ = call(broker, bad(c1, clock.now), "192.0.2.55")
             assert (status, body) == (401, INVALID_CLIENT)
-            return len([e for e in broker.logs() if e["event"] == "ratelimit.count_failed"]) == before
+            return len(count_failed()) == before
 
         wait_until(count_resumed, 10, what="a refusal counted after Redis is back", interval=0.1)
 

@@ -179,14 +179,12 @@ class FailureLimiter:
         if self._batch is batch:
             self._batch = None  # failures from now on make the next batch
         error: BaseException | None = None
-        try:
-            if batch.subjects:
-                self._learn(batch, await self._counter.hit(batch.subjects, self._window_ms, batch.amounts))
+        try:  # the batch is never empty: the request that made it added its subjects at once
+            self._learn(batch, await self._counter.hit(batch.subjects, self._window_ms, batch.amounts))
         except Exception as exc:  # StoreUnavailable is logged by each request; anything else raised there
             error = exc
-        finally:
-            if not batch.done.done():
-                batch.done.set_result(error)
+        finally:  # only here, once: cancelled too, the waiting requests go on
+            batch.done.set_result(error)
 
     def _learn(self, batch: _Batch, results: list[tuple[int, int]]) -> None:
         now = time.monotonic()
