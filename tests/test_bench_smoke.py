@@ -47,6 +47,10 @@ def test_bench_smoke(tmp_path: Path) -> None:
     for name in ("bad_signature", "replay"):  # failure counting measured (wrk's in-flight tail adds a few calls)
         assert 0 < results["scenarios"][name]["ratelimit_calls_per_request"] < 2, results["scenarios"][name]
     assert "failure-counter Redis calls per refused request: bad_signature" in proc.stdout
+    for name in ("miss", "hit", "bad_signature", "replay"):  # each answer is a write of its own, each request a read
+        r = results["scenarios"][name]
+        assert r["broker_reads_per_request"] >= 1 and r["broker_writes_per_request"] >= 1, (name, r)
+    assert "broker read / write system calls per request: miss" in proc.stdout
     fixed = results["scenarios"]["fixed_rate"]  # its latency split: the generator alone, the broker's own time
     assert fixed["generator_alone"]["p99_ms"] > 0 and fixed["generator_alone"]["achieved_rps"] > 0, fixed
     assert fixed["in_broker"]["share_at_most_ms"]["inf"] == 1.0 and fixed["in_broker"]["p99_at_most_ms"] > 0, fixed

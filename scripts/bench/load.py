@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.bench.results import FixedRateRun, WrkRun
-from scripts.bench.system import Pinning, cpu_seconds, run_async
+from scripts.bench.system import Pinning, cpu_seconds, io_calls, run_async
 from scripts.bench.workload import remove_bodies, write_bodies
 from scripts.processes import BrokerProcess, free_port, wait_until
 
@@ -98,10 +98,12 @@ def run_wrk(broker: BrokerProcess, bodies: list[str], mode: str, *, duration: fl
     cmd = pin_cmd + ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s",
                      "--timeout", "5s", "-s", str(LUA), broker.url, "--", str(prefix), mode]
     before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    io0 = io_calls(broker.proc.pid)
     cpu0, t0 = cpu_seconds(broker.proc.pid), time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     wall = time.monotonic() - t0
     broker_cpu = cpu_seconds(broker.proc.pid) - cpu0
+    io1 = io_calls(broker.proc.pid)
     after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     remove_bodies(prefix, threads)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
@@ -121,6 +123,8 @@ def run_wrk(broker: BrokerProcess, bodies: list[str], mode: str, *, duration: fl
         rps_per_broker_cpu_s=round(res["requests"] / broker_cpu, 1) if broker_cpu > 0 else None,
         generator_cpu_share=round(gen_cpu / wall, 2), connections=connections,
         generator=f"wrk -t{threads} -c{connections}",
+        broker_reads_per_request=round((io1[0] - io0[0]) / res["requests"], 2) if res["requests"] else None,
+        broker_writes_per_request=round((io1[1] - io0[1]) / res["requests"], 2) if res["requests"] else None,
     )
 
 

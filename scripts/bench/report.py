@@ -72,6 +72,17 @@ def _refusal_calls(scenarios: dict[str, Any]) -> list[str]:
     return [f"failure-counter Redis calls per refused request: {', '.join(parts)}"] if parts else []
 
 
+def _syscalls(scenarios: dict[str, Any]) -> list[str]:
+    """The broker's read / write system calls per request (a request's own socket read and answer
+    write are 1 / 1; the rest is its share of the Redis calls and of the log writes)."""
+    parts = []
+    for name, r in scenarios.items():
+        if isinstance(r, dict) and r.get("broker_writes_per_request") is not None:
+            label = f"{name} [{r['label']}]" if r.get("label") else name
+            parts.append(f"{label} {r['broker_reads_per_request']:.2f} / {r['broker_writes_per_request']:.2f}")
+    return [f"broker read / write system calls per request: {', '.join(parts)}"] if parts else []
+
+
 def _fixed_rate_parts(scenarios: dict[str, Any]) -> list[str]:
     """The fixed-rate row's latency, split: the generator against a server that answers at once,
     and the broker's own time per request (its histogram)."""
@@ -154,7 +165,7 @@ def table(results: dict[str, Any]) -> str:
                       *_http_rows(results.get("floor_raw") or {}, results)[3:],
                       *_floor_share(scenarios, results.get("floor"), "floor"),
                       *_floor_share(scenarios, results.get("floor_raw"), "raw floor"),
-                      *_dpop_cost(scenarios, results.get("ceiling")), *_refusal_calls(scenarios),
+                      *_dpop_cost(scenarios, results.get("ceiling")), *_refusal_calls(scenarios), *_syscalls(scenarios),
                       *_fixed_rate_parts(scenarios),
                       *_other_rows(scenarios),
                       *_worker_rows(results.get("workers")), *_profile_rows(results.get("profile") or {})])

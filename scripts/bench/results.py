@@ -31,6 +31,11 @@ class WrkRun(msgspec.Struct, kw_only=True):
     #: Refusal scenarios: the broker's failure-counter Redis calls per request in the window
     #: (``broker_redis_duration_seconds_count{op="ratelimit"}``); 1.0 = one call per refusal.
     ratelimit_calls_per_request: float | None = None
+    #: The broker's read and write system calls per request in the window (``/proc/<pid>/io``:
+    #: the request's socket read and answer write, its share of the Redis reads and writes, the log
+    #: writes; the counts include the rare /metrics and start-up work of the window).
+    broker_reads_per_request: float | None = None
+    broker_writes_per_request: float | None = None
 
     @property
     def rate(self) -> float:

@@ -43,6 +43,21 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def io_calls(pid: int) -> tuple[int, int]:
+    """(read, write) system calls so far, summed over the process tree (``/proc/<pid>/io``
+    ``syscr`` / ``syscw``: read/readv/pread and write/writev/pwrite, which is what uvloop uses
+    on sockets; ``epoll_wait`` and ``sendmsg`` are not counted)."""
+    reads = writes = 0
+    for p in process_tree(pid):
+        try:
+            fields = dict(line.split(": ", 1) for line in Path(f"/proc/{p}/io").read_text().splitlines())
+            reads += int(fields["syscr"])
+            writes += int(fields["syscw"])
+        except (OSError, KeyError, ValueError):
+            pass
+    return reads, writes
+
+
 def loadavg() -> list[str] | None:
     try:
         return Path("/proc/loadavg").read_text().split()[:3]
