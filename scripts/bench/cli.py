@@ -161,10 +161,10 @@ def measure(args: argparse.Namespace, names: list[str], results: dict[str, Any],
     if rejections:
         observe = {"BROKER_RATELIMIT_MODE": "observe"}
         scenarios.update(other_settings_scenarios(args, redis, work, pin, ceiling, workdir, rejections, observe))
-    if args.compare_log_level not in ("", "none", args.log_level):
+    compared = [n for n in ("miss", "hit") if n in names]
+    if compared and args.compare_log_level not in ("", "none", args.log_level):
         quieter = {"BROKER_LOG_LEVEL": args.compare_log_level}
-        results["other_settings"] = other_settings_scenarios(
-            args, redis, work, pin, ceiling, workdir, [n for n in ("miss", "hit") if n in names], quieter)
+        results["other_settings"] = other_settings_scenarios(args, redis, work, pin, ceiling, workdir, compared, quieter)
     if "rs_verify" in names:
         scenarios["rs_verify"] = {
             "tokens_per_s": ceiling.ceiling_rps["rs_verify"], "us_per_token": ceiling.rs_verify_us,
