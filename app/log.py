@@ -13,9 +13,13 @@ request id, level, timestamp) are added by one processor; the timestamp's date a
 are formatted once per second.
 
 A served process's stdout is written through ``LineBuffer``: the lines logged while a request is
-handled collect in memory and go out in one write when its answer starts (``app.web.access``),
-so every line a request logs is out before its answer (what a reader correlating answers and
-lines expects), and again when the request ends (its access line). Lines also go out at once for
+handled collect in memory and are written before its answer (what a reader correlating answers
+and lines expects, and an audit line's promise), and again when the request ends (its access
+line): ``flush_request_lines`` (``app.web.access``, when the answer starts and when the request
+ends). Under the HTTP server (``app.web.server._AnswerWriter``) that is one write per pass of the
+event loop: the answers ready in the same pass wait for the end of the pass, where every line
+goes out in one write, then the answers. Elsewhere (tests driving the app directly) the lines go
+out at once. Lines also go out at once for
 every ``error`` or ``critical`` line (with everything before it), for any line written outside a
 request or outside an event loop (start-up, background tasks, CLI commands, other threads), when
 64 KiB have collected, and 0.2 s after the first buffered line at the latest (a timer on the
@@ -49,6 +53,8 @@ import re
 import sys
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -259,10 +265,39 @@ def flush() -> None:
             pass
 
 
+#: Per event loop, registered by the HTTP server (``app.web.server``): what ``flush_request_lines``
+#: calls instead of writing at once. The server then writes every line of the loop's pass in one
+#: write before it writes any answer of that pass.
+_PASS_FLUSHERS: weakref.WeakKeyDictionary[Any, Callable[[], None]] = weakref.WeakKeyDictionary()
+
+
+def flush_before_answers(loop: Any, flusher: Callable[[], None]) -> None:
+    """On ``loop``, ``flush_request_lines`` calls ``flusher`` (which must write the lines before
+    the next answer leaves) instead of writing the lines itself."""
+    _PASS_FLUSHERS[loop] = flusher
+
+
 def flush_request_lines() -> None:
     """Called by ``app.web.access`` when an answer starts and when a request ends: the lines the
-    request logged go out before its answer does."""
+    request logged go out before its answer does (at once, or through the loop's pass flusher)."""
     if _stdout is not None and _stdout.pending:
+        loop = running_loop_or_none()
+        later = _PASS_FLUSHERS.get(loop) if loop is not None else None
+        if later is None:
+            _stdout.flush()
+        else:
+            later()
+
+
+def lines_pending() -> bool:
+    """Lines are waiting in the stdout buffer."""
+    return _stdout is not None and _stdout.pending
+
+
+def flush_or_raise() -> None:
+    """``flush`` that lets an ``OSError`` / ``ValueError`` of stdout through (the HTTP server
+    writes no answer whose lines could not be written)."""
+    if _stdout is not None:
         _stdout.flush()
 
 

@@ -115,6 +115,44 @@ def test_sigterm_lines_count_the_requests_in_flight(spawn_broker: Any) -> None:
 
 
 @pytest.mark.live
+def test_every_answer_finds_its_lines_already_written(spawn_broker: Any) -> None:
+    """Concurrent token requests (misses, hits, replays): when an answer arrives, the lines its
+    request logged are already in the broker's stdout, read at once with no waiting. Under load
+    the server writes the lines of several answers in one write (``app.web.server._AnswerWriter``);
+    this is the promise that batching must keep."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.test_replay import _admin_register
+
+    bp = spawn_broker()
+    clients = [TestClient(f"lines-{n}") for n in range(4)]
+    for client in clients:
+        _admin_register(bp.url, spawn_broker.keys_dir, client)
+
+    def run(client: TestClient) -> list[tuple[int, str, set[str]]]:
+        seen = []
+        with httpx.Client(base_url=bp.url) as http:
+            for n in range(15):
+                assertion = client.assertion()
+                for _ in range(2 if n % 5 == 0 else 1):  # every fifth assertion sent twice: a replay
+                    answer = http.post("/token", data=form(assertion))
+                    request_id = answer.headers["x-request-id"]
+                    logged = bp.log_path.read_text()  # at once: no wait_until
+                    events = {json.loads(line)["event"] for line in logged.splitlines() if request_id in line}
+                    seen.append((answer.status_code, request_id, events))
+        return seen
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        seen = [row for rows in pool.map(run, clients) for row in rows]
+    assert len(seen) == 4 * 18
+    statuses = sorted(status for status, _, _ in seen)
+    assert statuses == [200] * 60 + [401] * 12
+    for status, request_id, events in seen:
+        expected = {"token.issued"} if status == 200 else {"replay.rejected", "token.rejected"}
+        assert events == expected, (status, request_id, events)
+
+
+@pytest.mark.live
 def test_no_started_line_when_the_public_port_is_taken(tmp_path: Path) -> None:
     """``broker.started`` is written once the public port listens, not when the app is ready."""
     with socket.socket() as taken:

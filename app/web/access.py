@@ -13,7 +13,8 @@ handlers' answers included. Per request it:
   be made to look like another request's;
 - counts the request as in flight (``InFlight``: the ``broker.stopping`` line reports it);
 - writes out the log lines buffered for it (``app.log.flush_request_lines``) when its answer
-  starts, so they are out before the answer is, and again when it ends;
+  starts, so they are out before the answer is, and again when it ends (under the HTTP server,
+  in one write for the loop pass's answers: ``app.web.server._AnswerWriter``);
 - with ``BROKER_ACCESS_LOG`` on (or a sample rate), writes one ``http.access`` line once the
   answer is sent: method, the route template as path (the raw path when no route matched; never
   the query string), status, duration, source address, user agent.

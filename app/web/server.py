@@ -17,9 +17,11 @@ parses in pure Python on every request. This subclass keeps httptools and adds:
 - an answer's status line + headers and its body in one ``write`` (uvicorn writes each as it
   comes: two ``send`` system calls per answer, ≈ 3-5% of a token request's CPU on small VMs):
   ``_OneWrite`` holds the head until the body's first write (or the connection's close) and
-  writes them together.
+  writes them together;
+- one write of the log lines per pass of the event loop, not one per answer (``_AnswerWriter``):
+  the answers ready in the same pass go out after one write of every line logged before them.
 
-These answers are written before the app runs; each carries an ``X-Request-Id`` of its own, and
+The 400/431/408 answers are written before the app runs; each carries an ``X-Request-Id`` of its own, and
 the 431/408 ones are logged (``http.request_refused``) with it. (The 503 of the connection cap is
 uvicorn's own answer, without one.)
 
@@ -86,6 +88,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._deadline = self.loop.time() + self._limits.header_timeout
+        self._answers = _answer_writer(self.loop)
         _sweeper(self).watch()
 
     def data_received(self, data: bytes) -> None:
@@ -120,15 +123,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline = None
         _on_headers_complete(self)
         cycle = self.cycle
-        # A new cycle (not an upgrade), for an answer that will have a body write.
-        if cycle is not None and cycle.transport is self.transport and self.scope["method"] != "HEAD":
-            cycle.transport = _OneWrite(self.transport)
+        # A new cycle (not an upgrade): its answer goes through the loop's answer writer, its head
+        # held for the body's first write unless no body follows (HEAD).
+        if cycle is not None and cycle.transport is self.transport:
+            cycle.transport = _OneWrite(self.transport, self._answers, self.scope["method"] != "HEAD")
 
     def on_message_complete(self) -> None:
         self._budget = self._limits.header_max
         self._deadline = None
         self._in_request = False
         _on_message_complete(self)
+
+    def shutdown(self) -> None:
+        """uvicorn closes the idle kept-alive connections: the answers of this pass go out first."""
+        self._answers.write_pass()
+        super().shutdown()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn calls this on a parse error (it has logged a warning): same answer, JSON body."""
@@ -176,16 +185,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 class _OneWrite:
     """The transport as one request's cycle sees it: the answer's head (the cycle's first write
     other than an interim ``100 Continue``) is held and written with the next write, the body's
-    first part; ``close`` writes a held head first. Everything else is the real transport's.
+    first part (not for ``HEAD``: uvicorn writes no body for it); ``close`` writes a held head
+    first. Every write and the close go through the loop's ``_AnswerWriter``; everything else is
+    the real transport's.
 
-    Only the cycle refers to it and it refers only to the transport: no reference cycle, so a
-    request's objects are still freed by reference counting, not left to the garbage collector.
-    Not used for ``HEAD`` (uvicorn writes no body for it)."""
+    Only the cycle refers to it and it refers only to the transport and the loop's writer: no
+    reference cycle, so a request's objects are still freed by reference counting, not left to
+    the garbage collector."""
 
-    __slots__ = ("transport", "head", "started")
+    __slots__ = ("transport", "answers", "hold", "head", "started")
 
-    def __init__(self, transport: Any) -> None:
+    def __init__(self, transport: Any, answers: _AnswerWriter, hold: bool) -> None:
         self.transport = transport
+        self.answers = answers
+        self.hold = hold
         self.head: bytes | None = None
         self.started = False
 
@@ -194,18 +207,87 @@ class _OneWrite:
             data, self.head = self.head + data, None
         elif not self.started and not data.startswith(b"HTTP/1.1 100 "):
             self.started = True
-            self.head = data
-            return
-        self.transport.write(data)
+            if self.hold:
+                self.head = data
+                return
+        self.answers.write(self.transport, data)
 
     def close(self) -> None:
         if self.head is not None:
             head, self.head = self.head, None
-            self.transport.write(head)
-        self.transport.close()
+            self.answers.write(self.transport, head)
+        self.answers.close(self.transport)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.transport, name)
+
+
+class _AnswerWriter:
+    """One per event loop: the answers of one pass of the loop go out after **one** write of the
+    log lines (``app.log``) instead of one write per answer.
+
+    A request's lines must be out before its answer. Writing them when each answer starts costs a
+    ``write`` system call per answer; under load the answers of several requests are ready in the
+    same pass (their Redis replies arrive in one read). So when an answer is written while lines
+    are waiting, it is queued, and a callback at the end of the pass writes all the lines, then
+    every queued answer and close, in the order they came. With no lines waiting and nothing
+    queued an answer is written at once. A queued answer to a connection that closed meanwhile is
+    dropped; a shutdown writes the pass first. If stdout cannot be written, the queued answers are
+    not sent (no token without its audit line): their connections are closed."""
+
+    __slots__ = ("loop", "queue", "scheduled", "__weakref__")
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = weakref.ref(loop)  # the two per-loop tables hold the writer; it must not hold the loop
+        self.queue: list[tuple[Any, bytes | None]] = []
+        self.scheduled = False
+        broker_log.flush_before_answers(loop, self.flush_soon)
+
+    def write(self, transport: Any, data: bytes) -> None:
+        if self.scheduled:
+            self.queue.append((transport, data))
+        elif broker_log.lines_pending():
+            self.flush_soon()
+            self.queue.append((transport, data))
+        else:
+            transport.write(data)
+
+    def close(self, transport: Any) -> None:
+        if self.scheduled:
+            self.queue.append((transport, None))
+        else:
+            transport.close()
+
+    def flush_soon(self) -> None:
+        loop = self.loop()
+        if not self.scheduled and loop is not None:
+            self.scheduled = True
+            loop.call_soon(self.write_pass)
+
+    def write_pass(self) -> None:
+        self.scheduled = False
+        queue, self.queue = self.queue, []
+        try:
+            broker_log.flush_or_raise()
+        except (OSError, ValueError):
+            for transport, _ in queue:
+                transport.close()
+            return
+        for transport, data in queue:
+            if data is None:
+                transport.close()
+            elif not transport.is_closing():
+                transport.write(data)
+
+
+_WRITERS: weakref.WeakKeyDictionary[Any, _AnswerWriter] = weakref.WeakKeyDictionary()
+
+
+def _answer_writer(loop: Any) -> _AnswerWriter:
+    writer = _WRITERS.get(loop)
+    if writer is None:
+        writer = _WRITERS[loop] = _AnswerWriter(loop)
+    return writer
 
 
 _data_received = HttpToolsProtocol.data_received
