@@ -14,7 +14,13 @@ Candidates:
   (``app.store.autopipeline``: one redis-py connection shared by every caller, the commands issued
   in one event-loop turn written at once, one reader task handing the replies out in order);
 - ``coredis``: ``Script.__call__`` under the same ``asyncio.timeout`` (skipped when coredis is
-  not installed: ``pip install coredis==6.9.0``).
+  not installed: ``pip install coredis==6.9.0``);
+- ``valkey-glide``: ``GlideClient.invoke_script`` (``EVALSHA``, ``SCRIPT LOAD`` and a retry on
+  ``NOSCRIPT``) under the same ``asyncio.timeout``, its own 250 ms ``request_timeout`` set too (skipped
+  when valkey-glide is not installed: ``pip install valkey-glide==2.6.0``). Its client work runs partly
+  in Rust (tokio) threads in this process; process CPU time counts them.
+
+The extra clients are for this measurement only, not dependencies of the broker.
 """
 
 from __future__ import annotations
@@ -92,6 +98,40 @@ async def _coredis_candidate(url: str, n: int, rounds: int) -> tuple[float, floa
         return await _per_call_us(call, n, rounds)
 
 
+async def _glide_candidate(url: str, n: int, rounds: int) -> tuple[float, float]:
+    """valkey-glide's asyncio client (one multiplexed connection, the protocol work in its Rust
+    core). That core runs on tokio threads inside this process and hands replies back through a
+    pipe the event loop reads: ``time.process_time`` counts every thread of the process, so the
+    Rust threads' CPU is in the figure, as it would be on the broker's core. The client starts
+    those threads when it is created, inside ``measure_redis_clients``'s ``pin.run_on``, so they
+    inherit the broker core's affinity."""
+    from urllib.parse import urlsplit
+
+    from glide import GlideClient, GlideClientConfiguration, NodeAddress, Script
+
+    from app.store import keyspace
+    from app.store.token_cache import _CONSUME_AND_LOOKUP
+
+    where = urlsplit(url)
+    config = GlideClientConfiguration([NodeAddress(where.hostname or "127.0.0.1", where.port or 6379)],
+                                      database_id=int(where.path.lstrip("/") or 0), request_timeout=250)
+    client = await GlideClient.create(config)
+    script = Script(_CONSUME_AND_LOOKUP)
+    run = secrets.token_hex(4)
+    rid = os.urandom(12).hex()
+    try:
+        async def call(i: int) -> None:
+            cid, jti, cache_id = f"bench-{i % 24}", f"{run}-{i}", f"{run}{i}"
+            names = [keyspace.replay(cid, jti), keyspace.token_entry(cid, cache_id), keyspace.token_lock(cid, cache_id)]
+            async with asyncio.timeout(0.55):
+                reply: Any = await client.invoke_script(script, keys=names, args=[rid, "60000", "2000"])
+            assert reply[0] == 1
+
+        return await _per_call_us(call, n, rounds)
+    finally:
+        await client.close()
+
+
 def _candidates(url: str) -> dict[str, Callable[[int, int], Awaitable[tuple[float, float]]]]:
     from app.store.redis import connect
 
@@ -111,6 +151,12 @@ def _candidates(url: str) -> dict[str, Callable[[int, int], Awaitable[tuple[floa
         log("redis clients: coredis not installed, skipped")
     else:
         out["coredis"] = lambda n, r: _coredis_candidate(url, n, r)
+    try:
+        import glide  # noqa: F401
+    except ImportError:
+        log("redis clients: valkey-glide not installed, skipped")
+    else:
+        out["valkey-glide"] = lambda n, r: _glide_candidate(url, n, r)
     return out
 
 
