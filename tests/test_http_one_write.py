@@ -234,6 +234,16 @@ def test_a_close_after_a_queued_answer_comes_after_it(stdout: RecordingStdout) -
     assert [kind for kind, _ in events] == ["log", "write 0", "close 0", "write 1"]
 
 
+def test_pipelined_requests_are_answered_in_order_each_after_its_lines(stdout: RecordingStdout) -> None:
+    """Two requests in one read of one connection: uvicorn runs the second once the first is
+    answered; the first answer, queued, still leaves first, and each after its own line."""
+    events = asyncio.run(_answer_together(_logging_app(stdout), [GET + GET], stdout))
+    assert [kind for kind, _ in events] == ["log", "write 0", "log", "write 0"]
+    first, second = _body_ids(events)
+    assert first != second
+    assert (events[0][1], events[2][1]) == (f"line {first}\n".encode(), f"line {second}\n".encode())
+
+
 def test_no_answer_is_sent_when_its_lines_cannot_be_written(stdout: RecordingStdout) -> None:
     """No token without its audit line: stdout failing, the pass's connections close unanswered."""
     stdout.broken = True
