@@ -215,12 +215,13 @@ def _commandstats(server: RedisServer) -> dict[str, int]:
 
 @pytest.mark.redis
 def test_quota_is_shared_by_two_instances_and_counted_in_the_one_script_call(real_redis, tmp_path, clock) -> None:
-    settings = quota_settings(tmp_path, BROKER_REDIS_URL=real_redis.url, BROKER_CLIENT_QUOTA="6")
+    settings = quota_settings(tmp_path, BROKER_REDIS_URL=real_redis.url, BROKER_CLIENT_QUOTA="7")
     client = TestClient("c1")
     with Broker(settings, clock) as one, Broker(settings, clock) as two:
         one.register(client)
-        assert_token(one.get_token(client))  # a miss: the lookup script, then the cache write script
-        assert_token(two.get_token(client))  # a hit; both processes have loaded their scripts
+        assert_token(one.get_token(client))  # a miss: the lookup script stores the token signed ahead
+        assert_token(two.get_token(client))  # a hit (``two`` signed ahead: it had served no token)
+        assert_token(one.get_token(client))  # a hit with nothing signed ahead: that script loaded too
         real_redis.command("CONFIG", "RESETSTAT")
         statuses = [(one if i % 2 else two).get_token(client).status_code for i in range(6)]
         stats = _commandstats(real_redis)
@@ -232,8 +233,8 @@ def test_quota_is_shared_by_two_instances_and_counted_in_the_one_script_call(rea
     assert stats.get("set") == 4
     assert not {"eval", "multi", "exec", "incrby", "script|load"} & set(stats)
     names = [n for n in real_redis.command("KEYS", "*:quota")]
-    assert len(names) == 1 and real_redis.command("GET", names[0]) == b"6"
-    assert len(real_redis.command("KEYS", "*:replay:*")) == 6
+    assert len(names) == 1 and real_redis.command("GET", names[0]) == b"7"
+    assert len(real_redis.command("KEYS", "*:replay:*")) == 7
 
 
 def _gauges(b: Broker) -> dict[str, float]:

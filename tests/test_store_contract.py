@@ -160,6 +160,54 @@ def test_token_store(target: dict[str, Any]) -> None:
     run(target, body)
 
 
+@pytest.mark.parametrize("quota", [0, 5], ids=["no quota", "quota"])
+@pytest.mark.parametrize("reuse", [None, "digest-1"], ids=["plain", "reuse"])
+@pytest.mark.parametrize("proof", [False, True], ids=["bearer", "dpop"])
+def test_token_store_with_a_token_signed_ahead(target: dict[str, Any], quota: int, reuse: str | None,
+                                               proof: bool) -> None:
+    """``consume_and_lookup`` with ``new``: stored with its revocation pointer when the entry is
+    absent and no lock is held, in every variant of the script (quota, reuse, DPoP proof);
+    nothing of it written when the entry exists, the lock is held, or the jti or proof is replayed."""
+    from app.store.base import NewEntry, ProofRecord
+
+    def record(n: int) -> ProofRecord | None:
+        return ProofRecord("jkt-1", f"proof-{n}", 60_000) if proof else None
+
+    async def body(client: Any) -> None:
+        store = RedisTokenStore(client, quota=quota, **OPTS)
+        ahead = NewEntry(b"entry-a", "tok-a", 60_000)
+        stored = await store.consume_and_lookup("c1", "j1", "req-a", 60_000, "cache-1", reuse=reuse, proof=record(1),
+                                                new=ahead)
+        assert (stored.first_use, stored.entry, stored.locked, stored.stored) == (True, None, False, True)
+        assert await store.read("c1", "cache-1") == b"entry-a"
+        # The entry exists: it comes back, the new one is not written.
+        found = await store.consume_and_lookup("c1", "j2", "req-b", 60_000, "cache-1", reuse=reuse, proof=record(2),
+                                               new=NewEntry(b"entry-b", "tok-b", 60_000))
+        assert (found.first_use, found.entry, found.stored) == (True, b"entry-a", False)
+        # A replayed jti (for a reusing client: another assertion with that jti), then a replayed
+        # proof: nothing written.
+        replayed = await store.consume_and_lookup("c1", "j1", "req-c", 60_000, "cache-2",
+                                                  reuse=reuse and "digest-2", proof=record(3),
+                                                  new=NewEntry(b"entry-c", "tok-c", 60_000))
+        assert (replayed.first_use, replayed.stored) == (False, False)
+        if proof:
+            again = await store.consume_and_lookup("c1", "j4", "req-d", 60_000, "cache-2", reuse=reuse,
+                                                   proof=record(1), new=NewEntry(b"entry-d", "tok-d", 60_000))
+            assert (again.proof_replayed, again.stored) == (True, False)
+        assert await store.read("c1", "cache-2") is None
+        # Another request holds the mint lock: it is minting, nothing written, no lock taken.
+        assert await store.lock_and_read("c1", "cache-3", "owner-x", 2_000) == (True, None)
+        held = await store.consume_and_lookup("c1", "j5", "req-e", 60_000, "cache-3", reuse=reuse, proof=record(5),
+                                              new=NewEntry(b"entry-e", "tok-e", 60_000))
+        assert (held.first_use, held.entry, held.locked, held.stored) == (True, None, False, False)
+        assert await store.read("c1", "cache-3") is None
+        # The stored token's revocation pointer was written with it: revoking purges the entry.
+        await store.revoke("c1", "tok-a", 60_000)
+        assert await store.read("c1", "cache-1") is None
+
+    run(target, body)
+
+
 def test_failure_counter(target: dict[str, Any]) -> None:
     async def body(client: Any) -> None:
         counter = RedisFailureCounter(client, **OPTS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import os
+import re
 
 import msgspec
 import pytest
@@ -282,6 +283,59 @@ def test_checked_entry_bytes_are_not_rebuilt_but_their_times_are_checked(broker,
     # the same bytes under another grant's id: checked in full, a mismatch
     other = msgspec.structs.replace(grant, scopes=("read", "write"))
     assert issue(other, cache.cache_id(other, 1, signer), now)[1] == "mint"
+
+
+def redis_calls(broker: Broker) -> dict[str, int]:
+    """Redis calls so far by ``op`` (``broker_redis_duration_seconds_count``)."""
+    text = broker.app.state.metrics.render().decode()
+    return {m[1]: int(float(m[2])) for m in re.finditer(r'broker_redis_duration_seconds_count\{op="([^"]+)"\} (\S+)', text)}
+
+
+def _diff(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {op: n - before.get(op, 0) for op, n in after.items() if n != before.get(op, 0)}
+
+
+def test_a_cold_miss_is_one_store_call_and_hits_sign_nothing(broker, c1, monkeypatch):
+    """A grant this process served no fresh token for: the token is signed before the lookup and
+    stored by it (one Redis call, no cache write after); while that token is fresh, requests sign
+    nothing ahead; once it is stale, the token signed ahead is the one minted (one signature)."""
+    signed: list[str] = []
+    sign = TokenSigner.sign
+
+    def counting(self: TokenSigner, claims: AccessTokenClaims) -> str:
+        signed.append(claims.jti)
+        return sign(self, claims)
+
+    monkeypatch.setattr(TokenSigner, "sign", counting)
+    tok(broker, c1, resource=RS2)  # the client's record now in this process (another grant, another entry)
+    signed.clear()
+    before = redis_calls(broker)
+    first = tok(broker, c1)
+    assert _diff(before, redis_calls(broker)) == {"replay": 1}
+    assert len(signed) == 1 and len(minted(broker)) == 2 and metric(broker, MINTED) == 2
+    stored = [msgspec.json.decode(broker.call(_redis(broker).get, key))["access_token"] for key in entry_keys(broker)]
+    assert first["access_token"] in stored
+
+    before = redis_calls(broker)
+    assert tok(broker, c1)["access_token"] == first["access_token"]
+    assert _diff(before, redis_calls(broker)) == {"replay": 1}
+    assert len(signed) == 1 and metric(broker, HITS) == 1
+
+    broker.clock.advance(200)  # past half the lifetime: stale, still in Redis
+    renewed = tok(broker, c1)["access_token"]
+    assert renewed != first["access_token"]
+    assert len(signed) == 2 and metric(broker, MINTED) == 3
+    assert tok(broker, c1)["access_token"] == renewed and len(signed) == 2
+
+
+def test_a_replay_signed_ahead_serves_and_stores_nothing(broker, c1):
+    assertion = c1.assertion(broker.clock.now)
+    first = assert_token(broker.token(form(assertion, scope="read")))
+    broker.call(_redis(broker).delete, *entry_keys(broker))
+    broker.app.state.token_cache._served.clear()  # a process that never served this grant: it signs ahead
+    assert_invalid_client(broker.token(form(assertion, scope="read")))
+    assert entry_keys(broker) == [] and metric(broker, MINTED) == 1
+    assert tok(broker, c1)["access_token"] != first["access_token"]
 
 
 # -- corrupt or poisoned entries and cache faults (attack matrix: `cache-poisoned-entry`, `cache-store-fails-open`) ---

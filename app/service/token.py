@@ -3,7 +3,8 @@ path (``app.service.client_auth``: parse, verify, record the jti, log, rate-limi
 
 1. ``record``: decide scope and audience (``app.oauth.grant``), then one Lua script call
    (``TokenStore.consume_and_lookup``) records the jti (fails closed) and reads the issued-token
-   cache entry for this grant (fails open). A refused grant is raised only after the jti is
+   cache entry for this grant (fails open); when a hit is unlikely, the token is signed before the
+   call and the call stores it (``TokenCache.sign_ahead``). A refused grant is raised only after the jti is
    recorded: the client has authenticated and its assertion is spent. With a request quota set
    the same call counts the request first (``app.service.quota``): over it, 429 and nothing recorded;
 2. ``answer``: the cached token if it is still fresh enough, else one signed once per cache key
@@ -40,7 +41,7 @@ from app.oauth.request import TokenRequest, parse_token_request
 from app.service.client_auth import Authenticated, ClientAuthenticator, EndpointRequest
 from app.service.dpop import ProofChecker
 from app.service.quota import over_quota
-from app.service.token_cache import TokenCache
+from app.service.token_cache import SignedAhead, TokenCache
 from app.store.base import CacheLookup, ProofRecord, QuotaExceeded, TokenStore
 
 
@@ -64,6 +65,8 @@ class _Lookup(msgspec.Struct, frozen=True):
     cache_id: str | None
     #: The DPoP proof key's thumbprint: the token is bound to it (``cnf.jkt``); None for bearer.
     jkt: str | None = None
+    #: The token signed before the lookup (``TokenCache.sign_ahead``), if any.
+    ahead: SignedAhead | None = None
 
     @property
     def reused(self) -> bool:
@@ -116,18 +119,21 @@ class TokenService:
         except OAuthError as exc:
             denial = exc
         signer = self._signer()  # once per request: the cache key and the token agree on the kid
+        ahead = None
         if grant is not None:
             cache_id = self._cache.cache_id(grant, auth.client.record.version, signer, jkt)
+            ahead = self._cache.sign_ahead(grant, signer, cache_id, self._clock(), jkt)
         try:
             lookup = await self._tokens.consume_and_lookup(
                 auth.client_id, auth.assertion.jti, request_id, auth.replay_ttl_ms, cache_id, reuse=auth.reuse,
                 proof=None if proof is None else ProofRecord(proof.jkt, proof.jti, self.proofs.policy.record_ttl_ms),
+                new=None if ahead is None else ahead.new,
             )
         except QuotaExceeded as exc:  # nothing recorded: the assertion is not spent
             raise over_quota(exc) from None
         if lookup.proof_replayed:  # nothing recorded: the assertion is not spent
             raise proof_replayed()
-        return _Lookup(lookup.first_use, lookup, grant, denial, signer, cache_id, jkt)
+        return _Lookup(lookup.first_use, lookup, grant, denial, signer, cache_id, jkt, ahead)
 
     async def answer(self, auth: Authenticated, form: TokenRequest, recorded: _Lookup, now: float,
                      request_id: str) -> bytes:
@@ -136,7 +142,8 @@ class TokenService:
         grant, cache_id = recorded.grant, recorded.cache_id
         assert grant is not None and cache_id is not None
         jkt = recorded.jkt
-        entry, how = await self._cache.issue(grant, recorded.signer, cache_id, recorded.lookup, now, request_id, jkt)
+        entry, how = await self._cache.issue(grant, recorded.signer, cache_id, recorded.lookup, now, request_id, jkt,
+                                             recorded.ahead)
         if tracing.on:
             tracing.cache(how)
         # Remaining life of the token actually served (RFC 6749 §5.1): never rounded up, and never

@@ -19,6 +19,10 @@ never served to another key, nor to a bearer request, nor a bearer token to a DP
   Redis lets one break the cache, not forge a signature. Bytes that passed under an id are
   remembered with it (up to 4,096 pairs per process): read again under the same id, only their
   times are checked;
+- signs a token ahead of the lookup when this process served no still-fresh token for the entry
+  (``sign_ahead``): the lookup stores it if the entry is absent and no lock is held, in the same
+  atomic step (a cold miss in one store call); otherwise it is thrown away, or minted with when
+  this request mints after all (a stale entry);
 - on a miss, mints once per entry across every replica: an in-process single flight (one task per
   entry; other requests in the process await it) in front of a short Redis lock (``SET NX PX``);
   a replica that loses the lock polls the entry for up to ``cache_stampede_wait`` seconds, then
@@ -51,12 +55,14 @@ from app.metrics import TOKENS_REVOKED as REVOKED
 from app.oauth.access_token import AccessTokenClaims, Confirmation, TokenSigner
 from app.oauth.clients import jti_registration, registration_jti
 from app.oauth.grant import Grant
-from app.store.base import LOCK_MS, CacheLookup, StoreUnavailable, TokenStore
+from app.store.base import LOCK_MS, CacheLookup, NewEntry, StoreUnavailable, TokenStore
 
 _POLL_INTERVAL = 0.02
 #: Entries remembered as checked (``TokenCache._checked``); all forgotten at once past it.
 _CHECKED_MAX = 4096
 _SIGNATURE = re.compile(r"[A-Za-z0-9_-]+")
+#: The miss reason of an entry that was not there (``check``'s, and the metric's label).
+_ABSENT = "absent"
 
 
 class CacheEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -66,6 +72,13 @@ class CacheEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     jti: str
     iat: int
     exp: int
+
+
+class SignedAhead(msgspec.Struct, frozen=True):
+    """A token signed before the lookup (``TokenCache.sign_ahead``) and what the lookup stores of it."""
+
+    token: CacheEntry
+    new: NewEntry
 
 
 _decode = msgspec.json.Decoder(CacheEntry).decode
@@ -88,6 +101,9 @@ class TokenCache:
         # registration and version, kid, federation, jkt; the issuer is the process's), so the
         # same bytes under the same id pass again and only their times are checked anew.
         self._checked: dict[tuple[str, bytes], CacheEntry] = {}
+        # cache id -> the last entry this process served under it: while that one is fresh a hit
+        # is likely, and no token is signed ahead of the lookup (``sign_ahead``).
+        self._served: dict[str, CacheEntry] = {}
 
     def cache_id(self, grant: Grant, version: int, signer: TokenSigner, jkt: str | None = None) -> str:
         """The id of the entry for this grant (its registration), registration ``version``, signing
@@ -95,13 +111,32 @@ class TokenCache:
         return self.store.cache_id(grant.client_id, grant.scopes, grant.audience, grant.registration_id, version,
                                    signer.kid, grant.federation, jkt)
 
+    def sign_ahead(self, grant: Grant, signer: TokenSigner, cache_id: str, now: float,
+                   jkt: str | None = None) -> SignedAhead | None:
+        """A token for this grant signed before the lookup, for the lookup to store when the entry
+        is absent (a miss then costs one store call, not two); None while the last token this
+        process served under ``cache_id`` is still fresh (a hit is likely: no signature spent)."""
+        last = self._served.get(cache_id)
+        if last is not None and self._fresh(last, now) is None:
+            return None
+        entry = self._sign(grant, signer, int(now), jkt)
+        return SignedAhead(entry, NewEntry(_encode(entry), entry.jti, max(1, int((entry.exp - now) * 1000))))
+
     async def issue(self, grant: Grant, signer: TokenSigner, cache_id: str, lookup: CacheLookup, now: float,
-                    request_id: str, jkt: str | None = None) -> tuple[CacheEntry, str]:
-        """The token to answer with and how it was found: ``hit``, ``wait`` or ``mint``."""
+                    request_id: str, jkt: str | None = None, ahead: SignedAhead | None = None) -> tuple[CacheEntry, str]:
+        """The token to answer with and how it was found: ``hit``, ``wait`` or ``mint``. ``ahead``:
+        the token signed before the lookup (``sign_ahead``), served when the lookup stored it and
+        used instead of a new signature when this request mints."""
         raw = lookup.entry
+        if lookup.stored and ahead is not None:  # the lookup found no entry and stored this one
+            self._metrics.inc(MISSES, reason=_ABSENT)  # a metric label, not a refusal reason
+            entry = self._mint(grant, signer, int(now), jkt, ahead)
+            self._remember(cache_id, entry)
+            return entry, "mint"
         known = None if raw is None else self._checked.get((cache_id, raw))
         if known is not None and self._fresh(known, now) is None:  # these bytes passed check() for this id
             self._metrics.inc(HITS)
+            self._remember(cache_id, known)
             return known, "hit"
         entry, reason = self.check(raw, grant, signer, now, jkt)
         if entry is not None:
@@ -110,6 +145,7 @@ class TokenCache:
                 self._checked.clear()
             self._checked[(cache_id, raw)] = entry
             self._metrics.inc(HITS)
+            self._remember(cache_id, entry)
             return entry, "hit"
         if lookup.cache_error is not None:
             reason = "error"
@@ -129,10 +165,11 @@ class TokenCache:
             try:
                 entry, _ = await asyncio.wait_for(asyncio.shield(task), self._wait + LOCK_MS / 1000)
             except Exception:  # the leader failed or is stuck: do not make this request fail too
-                return self._mint(grant, signer, int(now), jkt), "mint"
+                return self._mint(grant, signer, int(now), jkt, ahead), "mint"
             return entry, "wait"
         # The fill runs as its own task so a leader whose client goes away cannot strand the others.
-        task = running_loop().create_task(self._fill(grant, signer, cache_id, now, request_id, lookup.locked, jkt))
+        task = running_loop().create_task(self._fill(grant, signer, cache_id, now, request_id, lookup.locked, jkt,
+                                                     ahead))
         self._inflight[cache_id] = task  # the lock holder's fill replaces a polling one: later misses join it
         task.add_done_callback(lambda t: self._inflight.pop(cache_id) if self._inflight.get(cache_id) is t else None)
         return await asyncio.shield(task)
@@ -141,7 +178,7 @@ class TokenCache:
               jkt: str | None = None) -> tuple[CacheEntry | None, str]:
         """A servable entry, or None and the miss reason (``jkt``: the proof key of a DPoP request)."""
         if raw is None:
-            return None, "absent"
+            return None, _ABSENT
         try:
             entry = _decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -175,7 +212,8 @@ class TokenCache:
         return None
 
     async def _fill(self, grant: Grant, signer: TokenSigner, cache_id: str, now: float,
-                    request_id: str, prelocked: bool, jkt: str | None) -> tuple[CacheEntry, str]:
+                    request_id: str, prelocked: bool, jkt: str | None,
+                    ahead: SignedAhead | None = None) -> tuple[CacheEntry, str]:
         client_id = grant.client_id
         if prelocked:  # the lookup found no entry and took the lock in the same atomic step
             locked, raw = True, None
@@ -207,14 +245,27 @@ class TokenCache:
                 if entry is not None:
                     return entry, "wait"
             self._log.info("token_cache.stampede_timeout", request_id=request_id, client_id=client_id)
-        entry = self._mint(grant, signer, int(now), jkt)
+        entry = self._mint(grant, signer, int(now), jkt, ahead)
         try:
             await self.store.write(client_id, cache_id, entry.jti, _encode(entry), max(1, int((entry.exp - now) * 1000)))
         except StoreUnavailable as exc:
             self._log.warning("token_cache.write_failed", request_id=request_id, client_id=client_id, error=str(exc))
+        self._remember(cache_id, entry)
         return entry, "mint"
 
-    def _mint(self, grant: Grant, signer: TokenSigner, now: int, jkt: str | None) -> CacheEntry:
+    def _remember(self, cache_id: str, entry: CacheEntry) -> None:
+        if len(self._served) >= _CHECKED_MAX and cache_id not in self._served:
+            self._served.clear()
+        self._served[cache_id] = entry
+
+    def _mint(self, grant: Grant, signer: TokenSigner, now: int, jkt: str | None,
+              ahead: SignedAhead | None = None) -> CacheEntry:
+        """The token signed ahead for this request if there is one, else a new one; counted as minted."""
+        entry = ahead.token if ahead is not None else self._sign(grant, signer, now, jkt)
+        self._metrics.inc(MINTED)  # logged as the request's token.issued line (cache: mint)
+        return entry
+
+    def _sign(self, grant: Grant, signer: TokenSigner, now: int, jkt: str | None) -> CacheEntry:
         claims = AccessTokenClaims(
             iss=self._issuer,
             sub=grant.client_id,
@@ -227,9 +278,7 @@ class TokenCache:
             federation=grant.federation,
             cnf=None if jkt is None else Confirmation(jkt),  # RFC 9449 §6.1
         )
-        token = signer.sign(claims)
-        self._metrics.inc(MINTED)  # logged as the request's token.issued line (cache: mint)
-        return CacheEntry(token, claims.jti, claims.iat, claims.exp)
+        return CacheEntry(signer.sign(claims), claims.jti, claims.iat, claims.exp)
 
     async def revoked(self, client_id: str, token_jti: str, ttl_ms: int) -> None:
         await self.store.revoke(client_id, token_jti, ttl_ms)

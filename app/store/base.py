@@ -237,6 +237,20 @@ class CacheLookup(msgspec.Struct, frozen=True):
     #: The DPoP proof's jti was recorded before: nothing was recorded (``first_use`` is False, the
     #: assertion is not spent).
     proof_replayed: bool = False
+    #: The token signed ahead (``consume_and_lookup``'s ``new``) is now the entry, with its
+    #: revocation pointer: the entry was absent and no mint lock held, in the same atomic step.
+    stored: bool = False
+
+
+class NewEntry(msgspec.Struct, frozen=True):
+    """A token signed before the lookup, for ``consume_and_lookup`` to store if the entry is absent."""
+
+    #: The cache entry's bytes (``app.service.token_cache.CacheEntry`` as JSON).
+    entry: bytes
+    #: The token's jti: its revocation pointer is written with it.
+    token_jti: str
+    #: The entry's time to live: the token's remaining lifetime.
+    ttl_ms: int
 
 
 #: ``ReplayGuard.record_reusable`` verdicts.
@@ -281,7 +295,7 @@ class TokenStore(Protocol):
 
     async def consume_and_lookup(
         self, client_id: str, jti: str, request_id: str, ttl_ms: int, cache_id: str | None, lock_ms: int = LOCK_MS,
-        reuse: str | None = None, proof: ProofRecord | None = None,
+        reuse: str | None = None, proof: ProofRecord | None = None, new: NewEntry | None = None,
     ) -> CacheLookup:
         """Record the assertion's jti and look the cache entry up, in one atomic call.
 
@@ -293,6 +307,9 @@ class TokenStore(Protocol):
                 the same digest again is accepted (``CacheLookup.reused``).
             proof: The request's DPoP proof jti, recorded in the same call; one recorded before
                 (``CacheLookup.proof_replayed``) records nothing, not even the assertion's jti.
+            new: A token signed ahead: on first use, when the entry is absent and no mint lock is
+                held, it becomes the entry (with its revocation pointer) in the same atomic step
+                (``CacheLookup.stored``); otherwise nothing of it is written.
 
         Returns:
             The replay verdict, the entry if present, whether the lock was taken.

@@ -11,7 +11,10 @@ atomically:
 
 So a cache hit costs one round trip and a miss two (this call, then the write), and the read and
 the lock are one atomic step (no request can read "absent", lose the race to another's write and
-mint a second token). The keys share the client's hash tag (one Redis Cluster slot). An error of
+mint a second token). A miss with a token signed ahead (``NewEntry``: the caller signed it before
+the call because it expected no entry) costs one: step 3 becomes "when the entry is absent and no
+lock is held, store the new entry and its revocation pointer" (``_LOOKUP_OR_STORE``), still one
+atomic step. The keys share the client's hash tag (one Redis Cluster slot). An error of
 the call as a whole fails closed (``StoreUnavailable``); an error reading the entry alone comes
 back in ``CacheLookup.cache_error`` and the caller mints (fails open).
 
@@ -48,7 +51,7 @@ from redis.exceptions import ResponseError
 
 from app.oauth.access_token import FederatedIdentity
 from app.store import keyspace
-from app.store.base import LOCK_MS, CacheLookup, ProofRecord, QuotaExceeded, StoreUnavailable, reuse_verdict
+from app.store.base import LOCK_MS, CacheLookup, NewEntry, ProofRecord, QuotaExceeded, StoreUnavailable, reuse_verdict
 from app.store.redis import RedisReplayGuard
 
 # The token endpoint's script, in parts: with the request quota off it is _REPLAY + _LOOKUP, with
@@ -150,22 +153,61 @@ end
 _PROOF_RECORD = """
 redis.call('SET', proof, ARGV[1], 'PX', proof_ttl)
 """
+# A token signed ahead (``NewEntry``): the entry and its ttl are the last ARGV entries and the
+# revocation pointer the last KEYS entry (before a DPoP proof's, which _PROOF_CHECK takes off
+# first); _NEW_TAKE takes them off, so the rest sees the KEYS and ARGV it always did. _LOOKUP_OR_STORE
+# replaces _LOOKUP: an absent entry with no mint lock held is written with its pointer in the same
+# atomic step as the read ({ok, false, 2}: stored), so no lock is needed and no other request can
+# write in between; a lock held by another request means that one is minting ({ok, false, 0}: the
+# caller waits for its entry, as without a token signed ahead).
+_NEW_TAKE = """
+local new_ttl = table.remove(ARGV)
+local new_entry = table.remove(ARGV)
+local new_pointer = table.remove(KEYS)
+"""
+_LOOKUP_OR_STORE = """
+local entry = redis.pcall('GET', KEYS[2])
+if type(entry) == 'table' and entry.err then
+  return {2, entry.err, ok}
+end
+if entry then
+  return {ok, entry, 0}
+end
+local held = redis.pcall('EXISTS', KEYS[3])
+if type(held) == 'table' and held.err then
+  return {ok, false, 0}
+end
+if held == 1 then
+  return {ok, false, 0}
+end
+local stored = redis.pcall('SET', KEYS[2], new_entry, 'PX', new_ttl)
+if type(stored) == 'table' and stored.err then
+  return {ok, false, 0}
+end
+redis.pcall('SET', new_pointer, KEYS[2], 'PX', new_ttl)
+return {ok, false, 2}
+"""
 #: The script's code for an allowed reuse of the same assertion (a fresh record is 1), and for a
-#: replayed DPoP proof.
+#: replayed DPoP proof; the lookup's third value when the token signed ahead was stored.
 _REUSED = 4
 _PROOF_REPLAYED = 5
+_STORED = 2
 
 
-def _script(*, quota: bool, reuse: bool, proof: bool, lookup: bool) -> str:
+def _script(*, quota: bool, reuse: bool, proof: bool, lookup: bool, new: bool = False) -> str:
     """The token endpoint's script for one combination of options, from the parts above. Without a
-    proof it is exactly one of the scripts above (the quota ones read the cache only when given
-    its keys). With one: the check first, the record right after the replay record."""
+    proof or a token signed ahead it is exactly one of the scripts above (the quota ones read the
+    cache only when given its keys). With a proof: the check first, the record right after the
+    replay record. With a token signed ahead (``new``, only with a lookup): its arguments taken
+    off next, and the lookup stores it when the entry is absent and no lock is held."""
     replay = _REPLAY_REUSE if reuse else _REPLAY
-    parts = [_PROOF_CHECK if proof else "", _QUOTA_CHECK if quota else "", replay, _PROOF_RECORD if proof else ""]
+    parts = [_PROOF_CHECK if proof else "", _NEW_TAKE if new else "", _QUOTA_CHECK if quota else "", replay,
+             _PROOF_RECORD if proof else ""]
+    found = _LOOKUP_OR_STORE if new else _LOOKUP
     if quota:
-        parts += [_QUOTA_COUNT, _LOOKUP]
+        parts += [_QUOTA_COUNT, found]
     else:
-        parts.append(_LOOKUP if lookup else _RECORD_ONLY)
+        parts.append(found if lookup else _RECORD_ONLY)
     return "".join(parts)
 
 # KEYS: cache entry, revocation pointer, mint lock. ARGV: entry, ttl (ms).
@@ -191,9 +233,10 @@ class RedisTokenStore(RedisReplayGuard):
         # Registering costs no round trip (redis-py sends EVALSHA, and the script once if Redis
         # lacks it). Without a quota, a plain refused grant needs no script (``first_use``).
         self._scripts = {
-            (reuse, proof, lookup): redis.register_script(_script(quota=bool(quota), reuse=reuse, proof=proof,
-                                                                  lookup=lookup))
+            (reuse, proof, lookup, new): redis.register_script(_script(quota=bool(quota), reuse=reuse, proof=proof,
+                                                                       lookup=lookup, new=new))
             for reuse in (False, True) for proof in (False, True) for lookup in ((True,) if quota else (False, True))
+            for new in ((False, True) if lookup else (False,))
             if quota or lookup or reuse or proof
         }
         if quota:
@@ -206,9 +249,11 @@ class RedisTokenStore(RedisReplayGuard):
 
     async def consume_and_lookup(
         self, client_id: str, jti: str, request_id: str, ttl_ms: int, cache_id: str | None, lock_ms: int = LOCK_MS,
-        reuse: str | None = None, proof: ProofRecord | None = None,
+        reuse: str | None = None, proof: ProofRecord | None = None, new: NewEntry | None = None,
     ) -> CacheLookup:
         replay = keyspace.replay(client_id, jti)
+        if cache_id is None:
+            new = None  # nothing to store it under
         if cache_id is None and not self._quota and reuse is None and proof is None:
             # The grant was refused: only the replay record matters.
             return CacheLookup(await self.first_use(client_id, jti, request_id, ttl_ms), None)
@@ -220,12 +265,15 @@ class RedisTokenStore(RedisReplayGuard):
             names.append(keyspace.token_quota(client_id))
             args += self._quota_args
         if reuse is not None:
-            args.append(reuse)  # always the last but the proof's ttl
+            args.append(reuse)  # always the last but the new entry's and the proof's
+        if new is not None:  # last but the proof's: _NEW_TAKE takes them off right after _PROOF_CHECK
+            names.append(keyspace.token_pointer(client_id, new.token_jti))
+            args += [new.entry, new.ttl_ms]
         if proof is not None:  # always last: _PROOF_CHECK takes them off first
             names.append(keyspace.dpop_proof(client_id, proof.jkt, proof.jti))
             args.append(proof.ttl_ms)
-        call = self._scripts[reuse is not None, proof is not None, cache_id is not None or bool(self._quota)](
-            keys=names, args=args)
+        call = self._scripts[reuse is not None, proof is not None, cache_id is not None or bool(self._quota),
+                             new is not None](keys=names, args=args)
         try:
             # Labelled "replay": this is the token endpoint's replay round trip (the cache rides along).
             reply = await self._run(call, op="replay")
@@ -263,8 +311,9 @@ class RedisTokenStore(RedisReplayGuard):
             return CacheLookup(True, None, "cache_read_error", reused=reply[2] == _REUSED)
         if code == 3:
             raise QuotaExceeded(int(reply[1]))
-        entry = reply[1]
-        return CacheLookup(True, None if entry is None else bytes(entry), None, bool(reply[2]), code == _REUSED)
+        entry, third = reply[1], reply[2]
+        return CacheLookup(True, None if entry is None else bytes(entry), None, third == 1, code == _REUSED,
+                           stored=third == _STORED)
 
     async def read(self, client_id: str, cache_id: str) -> bytes | None:
         value = await self._run(self.redis.get(keyspace.token_entry(client_id, cache_id)))
