@@ -51,6 +51,11 @@ def test_bench_smoke(tmp_path: Path) -> None:
         r = results["scenarios"][name]
         assert r["broker_reads_per_request"] >= 1 and r["broker_writes_per_request"] >= 1, (name, r)
     assert "broker read / write system calls per request: miss" in proc.stdout
+    # A hit is one script call; so is a cold miss (its token signed ahead is stored by that call).
+    for name in ("miss", "hit"):
+        calls = results["scenarios"][name]["redis_calls_per_request"]
+        assert calls["replay"] >= 1 and "token_cache" not in calls, (name, calls)
+    assert "broker Redis calls per request: miss " in proc.stdout
     fixed = results["scenarios"]["fixed_rate"]  # its latency split: the generator alone, the broker's own time
     assert fixed["generator_alone"]["p99_ms"] > 0 and fixed["generator_alone"]["achieved_rps"] > 0, fixed
     assert fixed["in_broker"]["share_at_most_ms"]["inf"] == 1.0 and fixed["in_broker"]["p99_at_most_ms"] > 0, fixed

@@ -47,10 +47,12 @@ def _metrics(broker: BrokerProcess) -> list[str]:
         conn.close()
 
 
-def redis_calls(broker: BrokerProcess, op: str) -> int:
-    """``broker_redis_duration_seconds_count{op=...}`` from the broker's management ``/metrics``."""
-    prefix = f'broker_redis_duration_seconds_count{{op="{op}"}} '
-    return next((int(float(line[len(prefix):])) for line in _metrics(broker) if line.startswith(prefix)), 0)
+_REDIS_COUNT = re.compile(r'^broker_redis_duration_seconds_count\{op="(?P<op>[^"]+)"\} (?P<n>\S+)$')
+
+
+def redis_calls(broker: BrokerProcess) -> dict[str, int]:
+    """``broker_redis_duration_seconds_count`` by ``op`` from the broker's management ``/metrics``."""
+    return {m["op"]: int(float(m["n"])) for line in _metrics(broker) if (m := _REDIS_COUNT.match(line))}
 
 
 _BUCKET = re.compile(r'^broker_http_request_duration_seconds_bucket\{(?P<labels>[^}]*)\} (?P<count>\S+)$')

@@ -83,6 +83,17 @@ def _syscalls(scenarios: dict[str, Any]) -> list[str]:
     return [f"broker read / write system calls per request: {', '.join(parts)}"] if parts else []
 
 
+def _redis_calls(scenarios: dict[str, Any]) -> list[str]:
+    """The broker's Redis calls per request, by ``op`` (a hit makes one ``replay`` call, a cold miss too)."""
+    parts = []
+    for name, r in scenarios.items():
+        if isinstance(r, dict) and r.get("redis_calls_per_request") is not None:
+            label = f"{name} [{r['label']}]" if r.get("label") else name
+            ops = " + ".join(f"{op} {n:.2f}" for op, n in r["redis_calls_per_request"].items()) or "none"
+            parts.append(f"{label} {ops}")
+    return [f"broker Redis calls per request: {'; '.join(parts)}"] if parts else []
+
+
 def _fixed_rate_parts(scenarios: dict[str, Any]) -> list[str]:
     """The fixed-rate row's latency, split: the generator against a server that answers at once,
     and the broker's own time per request (its histogram)."""
@@ -165,7 +176,7 @@ def table(results: dict[str, Any]) -> str:
                       *_http_rows(results.get("floor_raw") or {}, results)[3:],
                       *_floor_share(scenarios, results.get("floor"), "floor"),
                       *_floor_share(scenarios, results.get("floor_raw"), "raw floor"),
-                      *_dpop_cost(scenarios, results.get("ceiling")), *_refusal_calls(scenarios), *_syscalls(scenarios),
+                      *_dpop_cost(scenarios, results.get("ceiling")), *_refusal_calls(scenarios), *_redis_calls(scenarios), *_syscalls(scenarios),
                       *_fixed_rate_parts(scenarios),
                       *_other_rows(scenarios),
                       *_worker_rows(results.get("workers")), *_profile_rows(results.get("profile") or {})])

@@ -36,6 +36,10 @@ class WrkRun(msgspec.Struct, kw_only=True):
     #: writes; the counts include the rare /metrics and start-up work of the window).
     broker_reads_per_request: float | None = None
     broker_writes_per_request: float | None = None
+    #: The broker's Redis calls per request in the window by ``op``
+    #: (``broker_redis_duration_seconds_count``): ``replay`` is the token endpoint's script,
+    #: ``token_cache`` the cache write, lock and reads, ``ratelimit`` the failure counter.
+    redis_calls_per_request: dict[str, float] | None = None
 
     @property
     def rate(self) -> float:

@@ -80,13 +80,17 @@ def run_scenario(args: argparse.Namespace, scenario: Scenario, broker: BrokerPro
     bodies = make(scenario.fixed_pool or pool_size(args, guess * scenario.pool_factor))
     if scenario.spend_first:
         spend(broker, bodies)
-    refusals = scenario.expected_status == 401
-    calls = redis_calls(broker, "ratelimit") if refusals else 0
+    counted = bool(broker.management_port)  # the floor and granian rows have no /metrics
+    calls = redis_calls(broker) if counted else {}
     run = run_wrk(broker, bodies, scenario.send, duration=args.duration, connections=args.connections,
                   threads=threads, pin_cmd=gen_pin, workdir=workdir, name=scenario.name)
-    if refusals and run.requests:
+    if counted and run.requests:
         # wrk's count ends with the window; requests still in flight then may add a few calls
-        run.ratelimit_calls_per_request = round((redis_calls(broker, "ratelimit") - calls) / run.requests, 3)
+        after = redis_calls(broker)
+        run.redis_calls_per_request = {op: round((n - calls.get(op, 0)) / run.requests, 3)
+                                       for op, n in sorted(after.items()) if n != calls.get(op, 0)}
+        if scenario.expected_status == 401:
+            run.ratelimit_calls_per_request = run.redis_calls_per_request.get("ratelimit", 0.0)
     return run
 
 
