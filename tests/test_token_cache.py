@@ -447,7 +447,12 @@ def test_replay_store_down_is_503_even_with_a_warm_cache(real_redis, tmp_path, c
 # -- stampede -----------------------------------------------------------------------------------------
 
 
-def test_concurrent_misses_in_one_process_mint_once(broker, c1):
+def test_concurrent_misses_in_one_process_mint_once(broker, c1, monkeypatch):
+    """40 cold requests at once in one process: one signature (the first signs ahead and its
+    lookup stores it; the others expect a hit, and their lookups, sent after, find it)."""
+    signed: list[str] = []
+    sign = TokenSigner.sign
+    monkeypatch.setattr(TokenSigner, "sign", lambda self, claims: signed.append(claims.jti) or sign(self, claims))
     service = broker.app.state.token_service
     bodies = [form(c1.assertion(broker.clock.now)) for _ in range(40)]
 
@@ -462,8 +467,35 @@ def test_concurrent_misses_in_one_process_mint_once(broker, c1):
 
     results = [msgspec.json.decode(r) for r in broker.call(burst)]
     assert len({r["access_token"] for r in results}) == 1
-    assert len(minted(broker)) == 1
+    assert len(minted(broker)) == 1 and len(signed) == 1
     assert metric(broker, STAMPEDE_WAITS, via="process") + metric(broker, HITS) == 39
+
+
+@pytest.mark.redis
+def test_a_cold_burst_in_one_process_signs_once_on_real_redis(real_redis, tmp_path, clock, monkeypatch):
+    """The same burst where every store call really waits on Redis: the first request signs ahead,
+    the 39 others (their lookups sent after its) expect its token and find it stored."""
+    signed: list[str] = []
+    sign = TokenSigner.sign
+    monkeypatch.setattr(TokenSigner, "sign", lambda self, claims: signed.append(claims.jti) or sign(self, claims))
+    settings = Settings(issuer=ISS, keys_dir=tmp_path / "keys", token_lifetime=300, redis_url=real_redis.url)
+    with Broker(settings, clock) as b:
+        client = TestClient("c1", alg="ES256", kid="c1-1")
+        b.register(client)
+        tok(b, client, resource=RS2)  # the client's record in this process (another entry)
+        signed.clear()
+        bodies = [str(__import__("httpx").QueryParams(form(client.assertion(clock.now)))).encode() for _ in range(40)]
+
+        async def burst() -> list[bytes]:
+            return await asyncio.gather(*[b.app.state.token_service.token(EndpointRequest(
+                body, "application/x-www-form-urlencoded", False, f"r{i}", None)) for i, body in enumerate(bodies)])
+
+        results = [msgspec.json.decode(r) for r in b.call(burst)]
+        outcomes = [e["cache"] for e in b.logs() if e.get("event") == "token.issued" and e.get("scope") == "read"
+                    and e.get("aud") == RS1]
+    assert len({r["access_token"] for r in results}) == 1
+    assert len(signed) == 1
+    assert sorted(outcomes) == ["hit"] * 39 + ["mint"]
 
 
 def _lock_key(broker: Broker, client_id: str = "c1") -> tuple[str, str]:

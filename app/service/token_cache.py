@@ -101,8 +101,10 @@ class TokenCache:
         # registration and version, kid, federation, jkt; the issuer is the process's), so the
         # same bytes under the same id pass again and only their times are checked anew.
         self._checked: dict[tuple[str, bytes], CacheEntry] = {}
-        # cache id -> the last entry this process served under it: while that one is fresh a hit
-        # is likely, and no token is signed ahead of the lookup (``sign_ahead``).
+        # cache id -> the last entry this process served or signed ahead under it: while that one
+        # is fresh a hit is likely, and no token is signed ahead of the lookup (``sign_ahead``).
+        # A token signed ahead counts at once, so a burst of cold requests in one process signs
+        # one: the others' lookups run after its store and find it.
         self._served: dict[str, CacheEntry] = {}
 
     def cache_id(self, grant: Grant, version: int, signer: TokenSigner, jkt: str | None = None) -> str:
@@ -115,11 +117,13 @@ class TokenCache:
                    jkt: str | None = None) -> SignedAhead | None:
         """A token for this grant signed before the lookup, for the lookup to store when the entry
         is absent (a miss then costs one store call, not two); None while the last token this
-        process served under ``cache_id`` is still fresh (a hit is likely: no signature spent)."""
+        process served or signed ahead under ``cache_id`` is still fresh (a hit is likely: no
+        signature spent)."""
         last = self._served.get(cache_id)
         if last is not None and self._fresh(last, now) is None:
             return None
         entry = self._sign(grant, signer, int(now), jkt)
+        self._remember(cache_id, entry)
         return SignedAhead(entry, NewEntry(_encode(entry), entry.jti, max(1, int((entry.exp - now) * 1000))))
 
     async def issue(self, grant: Grant, signer: TokenSigner, cache_id: str, lookup: CacheLookup, now: float,

@@ -86,7 +86,7 @@ if previous and previous ~= mine then
   ok = 4
 end
 """
-_LOOKUP = """
+_READ = """
 local entry = redis.pcall('GET', KEYS[2])
 if type(entry) == 'table' and entry.err then
   return {2, entry.err, ok}
@@ -94,7 +94,8 @@ end
 if entry then
   return {ok, entry, 0}
 end
-local locked = redis.pcall('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[3])
+"""
+_LOOKUP = _READ + """local locked = redis.pcall('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[3])
 if type(locked) == 'table' and locked.err then
   return {ok, false, 0}
 end
@@ -165,15 +166,7 @@ local new_ttl = table.remove(ARGV)
 local new_entry = table.remove(ARGV)
 local new_pointer = table.remove(KEYS)
 """
-_LOOKUP_OR_STORE = """
-local entry = redis.pcall('GET', KEYS[2])
-if type(entry) == 'table' and entry.err then
-  return {2, entry.err, ok}
-end
-if entry then
-  return {ok, entry, 0}
-end
-local held = redis.pcall('EXISTS', KEYS[3])
+_LOOKUP_OR_STORE = _READ + """local held = redis.pcall('EXISTS', KEYS[3])
 if type(held) == 'table' and held.err then
   return {ok, false, 0}
 end
