@@ -253,8 +253,8 @@ def test_no_answer_is_sent_when_its_lines_cannot_be_written(stdout: RecordingStd
 
 def test_a_shutdown_writes_the_pass_before_closing_the_connection(stdout: RecordingStdout) -> None:
     """uvicorn's shutdown closes a connection whose answer is complete: a queued answer goes first."""
-    shut: list[Any] = []
-    app = _logging_app(stdout, after_answer=lambda: shut[0].shutdown())
+    shut: list[Any] = []  # the connection's protocol, handed over once it exists
+    app = _logging_app(stdout, after_answer=lambda: shut[0].shutdown())  # uvicorn's SIGTERM path, right after the answer
     events = asyncio.run(_answer_together(app, [GET], stdout, after=shut.extend))
     assert [kind for kind, _ in events] == ["log", "write 0", "close 0"]
 

@@ -475,6 +475,8 @@ def test_concurrent_misses_in_one_process_mint_once(broker, c1, monkeypatch):
 def test_a_cold_burst_in_one_process_signs_once_on_real_redis(real_redis, tmp_path, clock, monkeypatch):
     """The same burst where every store call really waits on Redis: the first request signs ahead,
     the 39 others (their lookups sent after its) expect its token and find it stored."""
+    import httpx
+
     signed: list[str] = []
     sign = TokenSigner.sign
     monkeypatch.setattr(TokenSigner, "sign", lambda self, claims: signed.append(claims.jti) or sign(self, claims))
@@ -484,7 +486,7 @@ def test_a_cold_burst_in_one_process_signs_once_on_real_redis(real_redis, tmp_pa
         b.register(client)
         tok(b, client, resource=RS2)  # the client's record in this process (another entry)
         signed.clear()
-        bodies = [str(__import__("httpx").QueryParams(form(client.assertion(clock.now)))).encode() for _ in range(40)]
+        bodies = [str(httpx.QueryParams(form(client.assertion(clock.now)))).encode() for _ in range(40)]
 
         async def burst() -> list[bytes]:
             return await asyncio.gather(*[b.app.state.token_service.token(EndpointRequest(
