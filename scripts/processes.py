@@ -39,11 +39,16 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now (the kernel's pick for port 0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(other_than: int | None = None) -> int:
+    """A TCP port nothing listens on right now (the kernel's pick for port 0), never ``other_than``
+    (the kernel may hand out a port again as soon as it is closed: a broker's public and management
+    ports picked one after the other were once the same)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port != other_than:
+            return port
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, *, what: str = "the condition", interval: float = 0.05,
@@ -230,7 +235,8 @@ def start_broker(keys_dir: Path, log_path: Path, *, port: int | None = None, iss
     """
     port = port or free_port()
     issuer = issuer or f"http://127.0.0.1:{port}"
-    environ = broker_env(issuer, keys_dir, redis_url, {"BROKER_MANAGEMENT_PORT": str(free_port()), **(env or {})})
+    environ = broker_env(issuer, keys_dir, redis_url, {"BROKER_MANAGEMENT_PORT": str(free_port(other_than=port)),
+                                                       **(env or {})})
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", str(workers)],
