@@ -58,7 +58,7 @@ from app.oauth.grant import Grant
 from app.store.base import LOCK_MS, CacheLookup, NewEntry, StoreUnavailable, TokenStore
 
 _POLL_INTERVAL = 0.02
-#: Entries remembered as checked (``TokenCache._checked``); all forgotten at once past it.
+#: Keys of each per-process memo (``TokenCache._checked``, ``_served``); all forgotten at once past it.
 _CHECKED_MAX = 4096
 _SIGNATURE = re.compile(r"[A-Za-z0-9_-]+")
 #: The miss reason of an entry that was not there (``check``'s, and the metric's label).
@@ -72,6 +72,13 @@ class CacheEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     jti: str
     iat: int
     exp: int
+
+
+def _put(table: dict[Any, CacheEntry], key: Any, entry: CacheEntry) -> None:
+    """One of the per-process memos: at most ``_CHECKED_MAX`` keys, all forgotten at once past it."""
+    if len(table) >= _CHECKED_MAX and key not in table:
+        table.clear()
+    table[key] = entry
 
 
 class SignedAhead(msgspec.Struct, frozen=True):
@@ -145,9 +152,7 @@ class TokenCache:
         entry, reason = self.check(raw, grant, signer, now, jkt)
         if entry is not None:
             assert raw is not None
-            if len(self._checked) >= _CHECKED_MAX:
-                self._checked.clear()
-            self._checked[(cache_id, raw)] = entry
+            _put(self._checked, (cache_id, raw), entry)
             self._metrics.inc(HITS)
             self._remember(cache_id, entry)
             return entry, "hit"
@@ -258,9 +263,7 @@ class TokenCache:
         return entry, "mint"
 
     def _remember(self, cache_id: str, entry: CacheEntry) -> None:
-        if len(self._served) >= _CHECKED_MAX and cache_id not in self._served:
-            self._served.clear()
-        self._served[cache_id] = entry
+        _put(self._served, cache_id, entry)
 
     def _mint(self, grant: Grant, signer: TokenSigner, now: int, jkt: str | None,
               ahead: SignedAhead | None = None) -> CacheEntry:
