@@ -9,6 +9,8 @@ its marker) brings every replica back without a restart. Real redis-server proce
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import os
 import subprocess
@@ -24,6 +26,8 @@ import pytest
 from app.config import Settings
 from app.metrics import REDIS_SECONDS, REGISTRY_LOST
 from app.store import keyspace
+from app.store.redis import connect
+from app.web.app import create_app
 from tests.conftest import ROOT, Broker, FrozenClock, RedisServer, _redis_binary
 from tests.expect import assert_error, assert_invalid_client, assert_token
 from tests.helpers import ISS, TestClient, form
@@ -231,6 +235,34 @@ def test_start_warns_when_redis_keeps_nothing(real_redis, tmp_path, clock, setup
             real_redis.command("ACL", "DELUSER", "tb-noconfig")
         elif setup is not None:
             real_redis.command("CONFIG", "SET", setup[0], "no" if setup[0] == "appendonly" else "")
+
+
+@pytest.mark.parametrize("store", ["embedded", "redis", "redis-client-passed-in"])
+def test_stop_ends_every_background_task(store, real_redis, tmp_path, clock):
+    """The lifespan's stop cancels the pollers (registry, keys folder, clients file, Redis memory)
+    and waits until they have ended, before it closes the Redis client (or, with a client passed
+    in, returns): none is left for the event loop's own shutdown."""
+    clients_file = tmp_path / "clients.json"
+    clients_file.write_text('{"clients": []}')
+    extra = {"clients_file": clients_file}
+    settings = (Settings(issuer=ISS, keys_dir=tmp_path / "keys", **extra) if store == "embedded"
+                else settings_for(real_redis.url, tmp_path / "keys", **extra))
+
+    async def run() -> tuple[set[str], list[str]]:
+        client = connect(settings.redis_url, timeout=1.0, retries=0) if store == "redis-client-passed-in" else None
+        app = create_app(settings, redis=client, clock=clock, log_stream=io.StringIO())
+        async with app.lifespan():
+            started = asyncio.all_tasks() - {asyncio.current_task()}
+        # (The auto-pipeline's reader belongs to the client: it ends when the client closes.)
+        left = [t.get_coro().__qualname__ for t in started if not t.done() and t.get_coro().__qualname__ != "_Link._read"]
+        if client is not None:
+            await client.aclose()
+        return {t.get_coro().__qualname__ for t in started}, left
+
+    names, left = asyncio.run(run())
+    pollers = {"ClientDirectory.run", "SigningKeyReloader.run", "ClientsFile.run"}
+    assert pollers | ({"RedisMemoryMonitor.run"} if store != "embedded" else set()) <= names
+    assert left == []
 
 
 def test_embedded_store_says_state_is_in_process(tmp_path, clock):

@@ -218,16 +218,28 @@ def _lifespan(settings: Settings, state: dict[str, Any], log: Any,
         try:
             yield
         finally:
-            poller.cancel()
-            key_poller.cancel()
-            for task in (memory, clients_file):
-                if task:
-                    task.cancel()
+            await _stop_tasks([t for t in (poller, key_poller, memory, clients_file) if t], log)
             if close is not None:
                 await close.aclose()
             log.info("broker.stopped")
 
     return lifespan
+
+
+#: Seconds the stop waits for the cancelled background tasks to end.
+STOP_TASKS_WAIT = 5.0
+
+
+async def _stop_tasks(tasks: list[asyncio.Task[Any]], log: Any) -> None:
+    """Cancel the background tasks and wait until they have ended, before the Redis client closes:
+    no store call of theirs is still in flight when its connection is closed, and none is left for
+    the event loop's own shutdown to wait on. A task that has not ended after ``STOP_TASKS_WAIT``
+    is logged (``broker.task_not_stopped``) and left behind."""
+    for task in tasks:
+        task.cancel()
+    _done, pending = await asyncio.wait(tasks, timeout=STOP_TASKS_WAIT)
+    for task in pending:
+        log.warning("broker.task_not_stopped", task=task.get_coro().__qualname__)
 
 
 async def _open_registry(settings: Settings, state: dict[str, Any], log: Any) -> None:
