@@ -209,12 +209,13 @@ class BrokerProcess:
 
 
 def broker_env(issuer: str, keys_dir: Path, redis_url: str | None = None,
-               env: dict[str, str] | None = None) -> dict[str, str]:
+               env: dict[str, str] | None = None, root: Path = ROOT) -> dict[str, str]:
     """The environment of a broker process: this one's, minus any ``BROKER_*`` setting of the
-    caller's shell (a broker under test gets only what the caller asks for), plus ``env``."""
+    caller's shell (a broker under test gets only what the caller asks for), plus ``env``.
+    ``root``: the checkout whose ``app`` runs (another revision's, for the benchmark)."""
     out = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
     out["PYTHONUNBUFFERED"] = "1"
-    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)
     out["BROKER_ISSUER"] = issuer
     out["BROKER_KEYS_DIR"] = str(keys_dir)
     if redis_url:
@@ -225,8 +226,8 @@ def broker_env(issuer: str, keys_dir: Path, redis_url: str | None = None,
 
 def start_broker(keys_dir: Path, log_path: Path, *, port: int | None = None, issuer: str | None = None,
                  redis_url: str | None = None, env: dict[str, str] | None = None, workers: int = 1,
-                 prefix: Sequence[str] = (), timeout: float = 30) -> BrokerProcess:
-    """Start ``python -m app serve`` and return once it is ready.
+                 prefix: Sequence[str] = (), timeout: float = 30, root: Path = ROOT) -> BrokerProcess:
+    """Start ``python -m app serve`` (of the checkout ``root``) and return once it is ready.
 
     Ready means the management listener's ``/readyz`` answered 200 and, with several workers, that
     every worker has connected to Redis (its lifespan ran: the shared socket lets the first ready
@@ -236,11 +237,11 @@ def start_broker(keys_dir: Path, log_path: Path, *, port: int | None = None, iss
     port = port or free_port()
     issuer = issuer or f"http://127.0.0.1:{port}"
     environ = broker_env(issuer, keys_dir, redis_url, {"BROKER_MANAGEMENT_PORT": str(free_port(other_than=port)),
-                                                       **(env or {})})
+                                                       **(env or {})}, root=root)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", str(workers)],
-            cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT,
+            cwd=root, env=environ, stdout=log, stderr=subprocess.STDOUT,
         )
     broker = BrokerProcess(port, proc, log_path, int(environ["BROKER_MANAGEMENT_PORT"]))
     try:

@@ -18,6 +18,7 @@ from scripts.bench.profile import profile_runs, summarize_profile
 from scripts.bench.redis_clients import measure_redis_clients
 from scripts.bench.report import table
 from scripts.bench.results import Ceiling
+from scripts.bench.revisions import compare_revisions
 from scripts.bench.runner import (
     broker_settings,
     detect_cache,
@@ -66,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list: also run miss and hit, in labelled rows, with the broker app under granian "
                         "(measurement only, pip install granian==2.8.7) and/or against 'floor' (scripts/bench/floor.py: "
                         "the ceiling's work alone as a bare ASGI app under uvicorn)")
+    p.add_argument("--compare-rev", default="", metavar="REV[,REV...]",
+                   help="also run miss and hit on the broker of another git revision (e.g. the commit before a "
+                        "change), alternated with this checkout's for --compare-rounds rounds; prints the ratio of "
+                        "the medians (scripts/bench/revisions.py)")
+    p.add_argument("--compare-rounds", type=int, default=3, help="alternated rounds for --compare-rev (default 3)")
     p.add_argument("--ratelimit-mode", default="enforce", choices=("observe", "enforce", "off"),
                    help="BROKER_RATELIMIT_MODE for the headline rows (default enforce, the deployment default). With "
                         "enforce the rejection scenarios run on a second broker in observe mode (labelled): enforce "
@@ -180,6 +186,9 @@ def measure(args: argparse.Namespace, names: list[str], results: dict[str, Any],
                                            [n for n in ("miss", "hit") if n in names])
         results["floor_raw"] = floor_scenarios(args, redis, work, pin, ceiling, workdir,
                                                [n for n in ("miss", "hit") if n in names], raw=True)
+    revs = [r for r in args.compare_rev.split(",") if r.strip()]
+    if revs:
+        results["revisions"] = compare_revisions(args, redis, work, pin, ceiling, workdir, revs)
     if "redis_clients" in names:
         scenarios["redis_clients"] = measure_redis_clients(redis.url, pin, args.ceiling_n * 2, 3 if args.smoke else 5,
                                                            1 if args.smoke else 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from scripts.bench.revisions import rows as revision_rows
 from scripts.bench.scenarios import HTTP_SCENARIOS
 
 
@@ -177,6 +178,6 @@ def table(results: dict[str, Any]) -> str:
                       *_floor_share(scenarios, results.get("floor"), "floor"),
                       *_floor_share(scenarios, results.get("floor_raw"), "raw floor"),
                       *_dpop_cost(scenarios, results.get("ceiling")), *_refusal_calls(scenarios), *_redis_calls(scenarios), *_syscalls(scenarios),
-                      *_fixed_rate_parts(scenarios),
+                      *_fixed_rate_parts(scenarios), *revision_rows(results.get("revisions")),
                       *_other_rows(scenarios),
                       *_worker_rows(results.get("workers")), *_profile_rows(results.get("profile") or {})])
