@@ -51,6 +51,27 @@ def test_pair_hash_is_the_hash_of_the_json_array(first: str, second: str) -> Non
 
 # -- the form parser ------------------------------------------------------------------------------
 
+@FAST
+@given(st.binary(max_size=40).map(lambda b: bytes(c for c in b if 0x21 <= c <= 0x7E)) | st.sampled_from(
+    [b"a%2Bb", b"a+b", b"%", b"%ZZ", b"%C3%A9", b"%FF", b"urn%3Aietf", b"eyJ.e30.sig-_"]))
+def test_form_value_decoding_is_urllibs(raw_value: bytes) -> None:
+    """A form name or value decodes as ``unquote_to_bytes`` + UTF-8 does, with or without ``%``/``+``
+    (the parser skips unquoting when neither is there)."""
+    from urllib.parse import unquote_to_bytes
+
+    from app.oauth.request import _decode
+
+    try:
+        expected: str | type = unquote_to_bytes(raw_value.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        expected = UnicodeDecodeError
+    try:
+        got: str | type = _decode(raw_value)
+    except UnicodeDecodeError:
+        got = UnicodeDecodeError
+    assert got == expected
+
+
 names = st.sampled_from(["grant_type", "client_assertion_type", "client_assertion", "client_id", "scope",
                          "resource", "client_secret", "foo", ""]) | st.text(max_size=8)
 values = (

@@ -166,6 +166,42 @@ def test_cache_key_injection(broker):
     assert len(ids) == 9
 
 
+ID_INPUTS = [
+    ("plain", ("a", ("b",), RS1, "r", 1, "k", None, None)),
+    ("client-with-colon", ("a:b", ("c",), RS1, "r", 1, "k", None, None)),
+    ("two-scopes", ("a", ("b", "c"), RS1, "r", 1, "k", None, None)),
+    ("other-version", ("a", ("b",), RS1, "r", 2, "k", None, None)),
+    ("other-kid", ("a", ("b",), RS1, "r", 1, "k2", None, None)),
+    ("dpop-bound", ("a", ("b",), RS1, "r", 1, "k", None, "thumbprint")),
+    ("federated", ("a", ("b",), RS1, "r", 1, "k", ("https://issuer", "workload"), None)),
+]
+
+
+def test_store_cache_id_is_the_keyspace_id_memo_or_not(broker):
+    """The store keeps each grant's id worked out (a bounded memo): every id it answers, first
+    time, again, and after the memo filled up and was forgotten, is ``keyspace.token_cache_id``."""
+    from app.oauth.access_token import FederatedIdentity
+    from app.store.token_cache import IDS_MAX
+
+    store = broker.app.state.token_cache.store
+
+    def both(inputs):
+        client_id, scopes, aud, reg, version, kid, fed, jkt = inputs
+        identity = None if fed is None else FederatedIdentity(iss=fed[0], sub=fed[1])
+        return (store.cache_id(client_id, scopes, aud, reg, version, kid, identity, jkt),
+                keyspace.token_cache_id(client_id, scopes, aud, reg, version, kid, fed, jkt))
+
+    for _ in range(2):
+        ids = [both(inputs) for _, inputs in ID_INPUTS]
+        assert [memo for memo, _ in ids] == [plain for _, plain in ids]
+        assert len({memo for memo, _ in ids}) == len(ID_INPUTS)
+    for n in range(IDS_MAX + 10):  # past the bound: forgotten whole, never wrong
+        memo, plain = both((f"c{n}", ("b",), RS1, "r", 1, "k", None, None))
+        assert memo == plain
+    assert len(store._ids) <= IDS_MAX
+    assert [both(inputs)[0] for _, inputs in ID_INPUTS] == [plain for _, plain in ids]
+
+
 # -- a warm cache never bypasses authentication (attack matrix: `cache-after-authentication`) -----------
 
 

@@ -142,6 +142,15 @@ def _one_auth_method(params: dict[str, str], has_authorization: bool) -> None:
     raise InvalidClient("client_secret_unsupported")
 
 
+def _decode(raw: bytes) -> str:
+    """One name or value of the form: ``+`` is a space, ``%XX`` a byte, the bytes UTF-8. Most
+    (an assertion, ``client_credentials``) have neither ``%`` nor ``+``: printable ASCII (the
+    body's charset, ``_FORM_BYTES``) that decodes as it is."""
+    if b"%" in raw or b"+" in raw:
+        return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+    return raw.decode("ascii")
+
+
 def _parse_form(body: bytes, known: frozenset[str] = _KNOWN) -> tuple[dict[str, str], list[str]]:
     """Split ``a=b&c=d`` strictly; blank values are dropped, duplicates refused."""
     if not _FORM_BYTES.fullmatch(body):
@@ -156,8 +165,8 @@ def _parse_form(body: bytes, known: frozenset[str] = _KNOWN) -> tuple[dict[str, 
             continue
         name_b, sep, value_b = field.partition(b"=")
         try:
-            name = unquote_to_bytes(name_b.replace(b"+", b" ")).decode("utf-8")
-            value = unquote_to_bytes(value_b.replace(b"+", b" ")).decode("utf-8")
+            name = _decode(name_b)
+            value = _decode(value_b)
         except UnicodeDecodeError:
             raise InvalidRequest("form_encoding") from None
         if name in seen and name != "resource":

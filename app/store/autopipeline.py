@@ -11,7 +11,8 @@ redis-py's pool.
 Connections are made by the client's own pool (or, on a Cluster, the node's connection class)
 with the same settings as redis-py's: TLS, ACL user and password, database, connect timeout; a
 Sentinel pool's connection asks the Sentinels for the master on every connect. Commands are
-packed by the connection's ``pack_command``, written to its stream writer (``_writer``: redis-py
+packed as the connection's ``pack_command`` packs them (``pack``: the same bytes, without its
+per-argument encoder calls, for the str, bytes and int arguments of the broker's scripts), written to its stream writer (``_writer``: redis-py
 has no public write without a drain; redis-py is pinned exactly in pyproject.toml) and read by
 its parser (``read_response``). Failures behave as
 with redis-py's pool (``Retry(NoBackoff(), retries)``):
@@ -46,6 +47,27 @@ _RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 _REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError)
 
 
+def pack(conn: Any, args: tuple[Any, ...]) -> bytes:
+    """One command in RESP, as ``conn.pack_command(*args)`` joined: str encoded with the
+    connection's encoder settings, bytes as they are, int in decimal. Any other argument (a float,
+    a bool, a memoryview...) and a command name with a space go through ``pack_command`` itself,
+    which encodes or refuses them."""
+    encoder = conn.encoder
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        kind = type(arg)
+        if kind is str:
+            arg = arg.encode(encoder.encoding, encoder.encoding_errors)
+        elif kind is int:
+            arg = b"%d" % arg
+        elif kind is not bytes:
+            return b"".join(conn.pack_command(*args))
+        parts += (b"$%d\r\n" % len(arg), arg, b"\r\n")
+    if len(parts) > 2 and b" " in parts[2]:  # a command name with a space ("CONFIG GET") is split by pack_command
+        return b"".join(conn.pack_command(*args))
+    return b"".join(parts)
+
+
 class _Link:
     """One connection, the callers waiting for its replies (in the order their commands were
     written) and its reader task."""
@@ -66,7 +88,7 @@ class _Link:
         fut = self.loop.create_future()
         if not self.out:
             self.loop.call_soon(self._write)
-        self.out.extend(self.conn.pack_command(*args))
+        self.out.append(pack(self.conn, args))
         if not self.waiting:
             self._progress = self.loop.time()
             if self._watchdog is None and self._timeout:
