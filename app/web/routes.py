@@ -61,13 +61,15 @@ def _endpoint_request(scope: Any, body: bytes) -> EndpointRequest:
 async def token(scope: Any, receive: Any, send: Any) -> None:
     """``POST /token``: the hot path, served as a plain ASGI handler.
 
-    Litestar routes here (and its middleware wraps it), but no Request/Response objects are built:
+    ``app.web.app.token_first`` routes ``/token`` here before Litestar's router, through the same
+    middleware (Litestar's route is kept for the other spellings of the path, which the strict
+    middleware refuses); no Request/Response objects are built:
     the body is read with the size cap enforced as it arrives, the service returns the JSON bytes,
     and the answer is two ASGI messages. Other methods get 405 with ``Allow: POST``.
     """
     state = scope["litestar_app"].state
     if scope["method"] != "POST":
-        await _send_error(send, MethodNotAllowed("method_not_allowed", headers={"Allow": "POST"}))
+        await send_error(send, MethodNotAllowed("method_not_allowed", headers={"Allow": "POST"}))
         return
     try:
         body = await _read_body(receive, state.settings.body_max)
@@ -75,13 +77,13 @@ async def token(scope: Any, receive: Any, send: Any) -> None:
         result = await state.token_service.token(request)
     except OAuthError as exc:
         record_token_outcome(state.metrics, exc)
-        await _send_error(send, exc)
+        await send_error(send, exc)
         return
     except Exception as exc:  # never a traceback or a Litestar error body on the token endpoint
         state.log.error("token.unexpected_error", error=type(exc).__name__)
         error = ServerError("unexpected")
         record_token_outcome(state.metrics, error)
-        await _send_error(send, error)
+        await send_error(send, error)
         return
     record_token_outcome(state.metrics, None)
     headers = [*_JSON_NO_STORE, (b"content-length", str(len(result)).encode())]
@@ -108,7 +110,7 @@ async def _read_body(receive: Any, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _send_error(send: Any, exc: OAuthError) -> None:
+async def send_error(send: Any, exc: OAuthError) -> None:
     body = exc.body()
     headers = [*_JSON_NO_STORE, (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]

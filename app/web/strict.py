@@ -11,7 +11,8 @@ of the broker may read the same request differently, so the broker accepts only:
 - at most one ``Content-Type`` and one ``Content-Length``; a repeat is 400 ``invalid_request``.
 
 Runs as the outermost Litestar middleware, after routing has set ``path_template`` and
-``path_params``, for every route including the plain-ASGI token handler.
+``path_params``, for every route; and first on ``/token``, which ``app.web.app.token_first``
+routes before Litestar's router (setting the same two keys).
 """
 
 from __future__ import annotations
