@@ -49,6 +49,24 @@ def test_pair_hash_is_the_hash_of_the_json_array(first: str, second: str) -> Non
     assert pair_hash(first, second) == expected
 
 
+@FAST
+@given(st.text(), st.lists(st.text(), max_size=4), st.text(), st.text(), st.integers(min_value=-2**70, max_value=2**70),
+       st.text(), st.none() | st.tuples(st.text(), st.text()), st.none() | st.text())
+@example("a", ["\ud800"], "\u2028", '"', 0, "\\", ("\x00", "é"), "\ufeff")
+def test_token_cache_id_is_the_hash_of_the_compact_json_array(client_id: str, scopes: list[str], audience: str,
+                                                              registration: str, version: int, kid: str,
+                                                              federation: tuple[str, str] | None, jkt: str | None) -> None:
+    """Token cache entries keep the names they had with ``json.dumps``: replicas of the old and the
+    new version share one Redis during an upgrade."""
+    from app.store.keyspace import token_cache_id
+
+    fields: list[Any] = [client_id, scopes, audience, registration, version, kid]
+    fields += [list(federation)] if federation is not None else []
+    fields += [jkt] if jkt is not None else []
+    expected = hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode("ascii")).hexdigest()
+    assert token_cache_id(client_id, tuple(scopes), audience, registration, version, kid, federation, jkt) == expected
+
+
 # -- the form parser ------------------------------------------------------------------------------
 
 @FAST
