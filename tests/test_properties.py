@@ -67,6 +67,22 @@ def test_token_cache_id_is_the_hash_of_the_compact_json_array(client_id: str, sc
     assert token_cache_id(client_id, tuple(scopes), audience, registration, version, kid, federation, jkt) == expected
 
 
+@FAST
+@given(st.text(alphabet=st.sampled_from("ab \"\\!~\x7f\té"), max_size=300) | st.sampled_from(
+    ["read", "read write", "write read read", "", " ", "a" * 257, " ".join(["s"] * 101), "x" * 4097]))
+def test_scope_parsing_remembered_or_not(scope: str) -> None:
+    """``parse_scope`` answers, or refuses, exactly as the parsing it remembers, every time."""
+    from app.oauth.grant import _parse_scope, parse_scope
+
+    def outcome(parse: Any) -> Any:
+        try:
+            return parse(scope)
+        except OAuthError as exc:
+            return (type(exc), exc.reason)
+
+    assert outcome(parse_scope) == outcome(parse_scope) == outcome(_parse_scope)
+
+
 # -- the form parser ------------------------------------------------------------------------------
 
 @FAST

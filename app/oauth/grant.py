@@ -8,6 +8,7 @@ client's registration.
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import urlsplit
 
@@ -40,6 +41,12 @@ class Grant(msgspec.Struct, frozen=True):
 
 
 def parse_scope(scope: str) -> tuple[str, ...]:
+    """The sorted, unique scope tokens. A client asks for the same few scope strings again and
+    again: those up to 256 characters are remembered (1,024 of them, at most 256 KiB held)."""
+    return _parse_scope_short(scope) if len(scope) <= 256 else _parse_scope(scope)
+
+
+def _parse_scope(scope: str) -> tuple[str, ...]:
     if len(scope) > SCOPE_MAX_LENGTH:
         raise InvalidRequest("scope_too_large")
     if not _SCOPE.fullmatch(scope):
@@ -48,6 +55,9 @@ def parse_scope(scope: str) -> tuple[str, ...]:
     if len(tokens) > SCOPE_MAX_TOKENS:
         raise InvalidRequest("scope_too_large")
     return tuple(sorted(set(tokens)))
+
+
+_parse_scope_short = functools.lru_cache(maxsize=1024)(_parse_scope)
 
 
 def check_resource(resource: str) -> str:

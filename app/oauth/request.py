@@ -23,6 +23,7 @@ precisely what is wrong (``app.oauth.errors.PRE_CLIENT_DESCRIPTIONS``).
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import unquote_to_bytes
 
@@ -147,8 +148,18 @@ def _decode(raw: bytes) -> str:
     (an assertion, ``client_credentials``) have neither ``%`` nor ``+``: printable ASCII (the
     body's charset, ``_FORM_BYTES``) that decodes as it is."""
     if b"%" in raw or b"+" in raw:
-        return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+        return _unquote_short(raw) if len(raw) <= _MEMO_MAX else _unquote(raw)
     return raw.decode("ascii")
+
+
+def _unquote(raw: bytes) -> str:
+    return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+
+
+#: Quoted values up to this many bytes (client_assertion_type, a multi-word scope: the same bytes
+#: on every request) are remembered, 256 of them: at most 64 KiB held, whatever the requests.
+_MEMO_MAX = 256
+_unquote_short = functools.lru_cache(maxsize=256)(_unquote)
 
 
 def _parse_form(body: bytes, known: frozenset[str] = _KNOWN) -> tuple[dict[str, str], list[str]]:
