@@ -90,3 +90,31 @@ def test_bench_floor_smoke(tmp_path: Path) -> None:
             assert r["unexpected"] == 0 and set(r["statuses"]) == {"200"} and r["requests"] > 0, (kind, name, r["statuses"])
     assert "broker / floor per CPU-second: miss" in proc.stdout and "broker / raw floor per CPU-second" in proc.stdout
 
+
+
+@pytest.mark.timeout(180)
+def test_bench_compare_rev_smoke(tmp_path: Path) -> None:
+    """``--compare-rev``: another revision's broker (here this checkout's own commit: an A/A run)
+    answers every miss and hit request with a 200 beside a fresh broker of this checkout, in
+    alternated rounds; the ratios are printed and written, and the worktree is gone afterwards."""
+    _require("redis-server")
+    _require("wrk")
+    out = tmp_path / "latest.json"
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--smoke", "--scenarios", "miss,hit", "--compare-log-level",
+         "none", "--compare-rev", "HEAD", "--compare-rounds", "2", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=170,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    entry = json.loads(out.read_text())["revisions"]["HEAD"]
+    assert (entry["commit"], entry["rounds"]) == (head.stdout.strip(), 2)
+    for name in ("miss", "hit"):
+        s = entry["scenarios"][name]
+        for side in ("this", "other"):
+            assert s[side]["unexpected"] == 0 and s[side]["rps_per_broker_cpu_s"] > 0, (name, side, s[side])
+            assert len(s["each_round_per_cpu_s"][side]) == 2, s
+        assert s["ratio_per_cpu_s"] > 0 and s["ratio_rps"] > 0, s
+    assert f"this checkout / HEAD ({head.stdout.strip()[:12]}), medians of 2 alternated rounds:" in proc.stdout
+    worktrees = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True, check=True)
+    assert "rev-" not in worktrees.stdout, worktrees.stdout

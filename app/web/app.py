@@ -109,8 +109,8 @@ def token_first(handler: Any, middleware: list[Callable[[Any], Any]], log: Any) 
     the same handler through the same middleware as on Litestar's route, with the scope keys its
     router would set (``path_template``, ``path_params``): the strict middleware still refuses
     any other spelling of the path (``/%74oken``). Every other path, ``/token/`` included, goes to
-    Litestar as before. An exception escaping the middleware is answered like Litestar's handler
-    for it answers (``request.unexpected_error``, 500 ``server_error``)."""
+    Litestar as before. An exception escaping the middleware is answered as Litestar's exception
+    handler answers one (``request.unexpected_error`` logged, 500 ``server_error``)."""
     chain = token.fn
     for factory in reversed(middleware):
         chain = factory(chain)
