@@ -7,6 +7,7 @@ window, so the load generator only sends bytes.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import secrets
 import time
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from app.oauth.constants import CLIENT_ASSERTION_TYPE
 
 RS = "https://api.bench.test"
-MISS_SCOPES = [f"m{i:02d}" for i in range(64)]  # C(64,1..3) = 43,744 distinct scope sets per client
+MISS_SCOPES = [f"m{i:02d}" for i in range(64)]  # C(64,1..3) = 43,744 distinct scope sets per client, then C(64,4)
 N_MISS_CLIENTS = 24
 N_HIT_CLIENTS = 4
 
@@ -72,7 +73,8 @@ def form(assertion: str, scope: str | None) -> str:
 
 
 def miss_scope_sets() -> Iterator[str]:
-    """Distinct scope sets (1-3 of 64 tokens), so each miss request has its own cache key."""
+    """Distinct scope sets (1-3 of 64 tokens, then 4 of them for long runs: --compare-rev's
+    rounds), so each miss request has its own cache key."""
     n = len(MISS_SCOPES)
     for i in range(n):
         for j in range(i + 1, n):
@@ -83,6 +85,8 @@ def miss_scope_sets() -> Iterator[str]:
             yield f"{MISS_SCOPES[i]} {MISS_SCOPES[j]}"
     for i in range(n):
         yield MISS_SCOPES[i]
+    for four in itertools.combinations(MISS_SCOPES, 4):
+        yield " ".join(four)
 
 
 class Workload:
