@@ -42,7 +42,7 @@ class Grant(msgspec.Struct, frozen=True):
 
 def parse_scope(scope: str) -> tuple[str, ...]:
     """The sorted, unique scope tokens. A client asks for the same few scope strings again and
-    again: those up to 256 characters are remembered (1,024 of them, at most 256 KiB held)."""
+    again: those up to 256 characters are remembered (at most 1,024 of them: a few hundred KiB)."""
     return _parse_scope_short(scope) if len(scope) <= 256 else _parse_scope(scope)
 
 

@@ -157,7 +157,7 @@ def _unquote(raw: bytes) -> str:
 
 
 #: Quoted values up to this many bytes (client_assertion_type, a multi-word scope: the same bytes
-#: on every request) are remembered, 256 of them: at most 64 KiB held, whatever the requests.
+#: on every request) are remembered, at most 256 of them (under 200 KiB, whatever the requests).
 _MEMO_MAX = 256
 _unquote_short = functools.lru_cache(maxsize=256)(_unquote)
 

@@ -12,9 +12,9 @@ Connections are made by the client's own pool (or, on a Cluster, the node's conn
 with the same settings as redis-py's: TLS, ACL user and password, database, connect timeout; a
 Sentinel pool's connection asks the Sentinels for the master on every connect. Commands are
 packed as the connection's ``pack_command`` packs them (``pack``: the same bytes, without its
-per-argument encoder calls, for the str, bytes and int arguments of the broker's scripts), written to its stream writer (``_writer``: redis-py
-has no public write without a drain; redis-py is pinned exactly in pyproject.toml) and read by
-its parser (``read_response``). Failures behave as
+per-argument encoder calls, for the str, bytes and int arguments of the broker's scripts),
+written to its stream writer (``_writer``: redis-py has no public write without a drain; redis-py
+is pinned exactly in pyproject.toml) and read by its parser (``read_response``). Failures behave as
 with redis-py's pool (``Retry(NoBackoff(), retries)``):
 
 - a lost connection (reset, EOF, a failed connect, a master demoted under a Sentinel pool) fails
