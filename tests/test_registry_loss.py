@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app import log as broker_log
 from app.config import Settings
 from app.metrics import REDIS_SECONDS, REGISTRY_LOST
 from app.store import keyspace
@@ -263,6 +264,36 @@ def test_stop_ends_every_background_task(store, real_redis, tmp_path, clock):
     pollers = {"ClientDirectory.run", "SigningKeyReloader.run", "ClientsFile.run"}
     assert pollers | ({"RedisMemoryMonitor.run"} if store != "embedded" else set()) <= names
     assert left == []
+
+
+@pytest.mark.parametrize("absorbed", [0, 1, 3], ids=["ends-at-once", "absorbs-one-cancel", "absorbs-three"])
+def test_stop_cancels_again_a_task_that_absorbed_a_cancellation(absorbed):
+    """``_stop_tasks`` cancels a task that is still running again, until it ends: the event loop's
+    own shutdown cancels each task once and then waits for ever."""
+    from app.web.app import _stop_tasks
+
+    async def run() -> tuple[bool, int, list[str]]:
+        seen = 0
+
+        async def poller() -> None:
+            nonlocal seen
+            while True:
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    seen += 1
+                    if seen > absorbed:
+                        raise
+
+        task = asyncio.create_task(poller())
+        await asyncio.sleep(0)
+        log = io.StringIO()
+        broker_log.configure("info", log)
+        await _stop_tasks([task], broker_log.get_logger())
+        broker_log.flush_or_raise()
+        return task.cancelled(), seen, [json.loads(line)["event"] for line in log.getvalue().splitlines()]
+
+    assert asyncio.run(run()) == (True, absorbed + 1, [])
 
 
 def test_embedded_store_says_state_is_in_process(tmp_path, clock):

@@ -264,14 +264,26 @@ def _lifespan(settings: Settings, state: dict[str, Any], log: Any,
 STOP_TASKS_WAIT = 5.0
 
 
+#: Seconds between two cancellations of a background task that has not ended yet.
+STOP_TASKS_RECANCEL = 0.1
+
+
 async def _stop_tasks(tasks: list[asyncio.Task[Any]], log: Any) -> None:
     """Cancel the background tasks and wait until they have ended, before the Redis client closes:
     no store call of theirs is still in flight when its connection is closed, and none is left for
-    the event loop's own shutdown to wait on. A task that has not ended after ``STOP_TASKS_WAIT``
-    is logged (``broker.task_not_stopped``) and left behind."""
-    for task in tasks:
-        task.cancel()
-    _done, pending = await asyncio.wait(tasks, timeout=STOP_TASKS_WAIT)
+    the event loop's own shutdown (which cancels each remaining task once, then waits for ever).
+
+    A task still running ``STOP_TASKS_RECANCEL`` after a cancellation is cancelled again (as
+    anyio's cancel scopes do), so one that absorbed a cancellation (its own code or a library it
+    calls catching ``CancelledError`` on the way) still ends. One that has not ended after
+    ``STOP_TASKS_WAIT`` is logged (``broker.task_not_stopped``) and left behind."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + STOP_TASKS_WAIT
+    pending = set(tasks)
+    while pending and loop.time() < until:
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=min(STOP_TASKS_RECANCEL, max(0.0, until - loop.time())))
     for task in pending:
         log.warning("broker.task_not_stopped", task=task.get_coro().__qualname__)
 
