@@ -178,28 +178,31 @@ ID_INPUTS = [
 
 
 def test_store_cache_id_is_the_keyspace_id_memo_or_not(broker):
-    """The store keeps each grant's id worked out (a bounded memo): every id it answers, first
-    time, again, and after the memo filled up and was forgotten, is ``keyspace.token_cache_id``."""
+    """Each grant's id is remembered (``keyspace.token_cache_id``, a bounded LRU memo): every id
+    the store answers, first time, again, and after the memo filled up, is the one worked out anew."""
     from app.oauth.access_token import FederatedIdentity
-    from app.store.token_cache import IDS_MAX
 
     store = broker.app.state.token_cache.store
+    plain_id = keyspace.token_cache_id.__wrapped__
+    bound = keyspace.token_cache_id.cache_info().maxsize
 
     def both(inputs):
         client_id, scopes, aud, reg, version, kid, fed, jkt = inputs
         identity = None if fed is None else FederatedIdentity(iss=fed[0], sub=fed[1])
         return (store.cache_id(client_id, scopes, aud, reg, version, kid, identity, jkt),
-                keyspace.token_cache_id(client_id, scopes, aud, reg, version, kid, fed, jkt))
+                plain_id(client_id, scopes, aud, reg, version, kid, fed, jkt))
 
     for _ in range(2):
         ids = [both(inputs) for _, inputs in ID_INPUTS]
         assert [memo for memo, _ in ids] == [plain for _, plain in ids]
         assert len({memo for memo, _ in ids}) == len(ID_INPUTS)
-    for n in range(IDS_MAX + 10):  # past the bound: forgotten whole, never wrong
+    for n in range(bound + 10):  # past the bound: the oldest forgotten, never wrong
         memo, plain = both((f"c{n}", ("b",), RS1, "r", 1, "k", None, None))
         assert memo == plain
-    assert len(store._ids) <= IDS_MAX
+    assert keyspace.token_cache_id.cache_info().currsize <= bound
     assert [both(inputs)[0] for _, inputs in ID_INPUTS] == [plain for _, plain in ids]
+    assert store.cache_id("a", ("b",), RS1, "r", True, "k") == plain_id("a", ("b",), RS1, "r", True, "k") != \
+        store.cache_id("a", ("b",), RS1, "r", 1, "k")
 
 
 # -- a warm cache never bypasses authentication (attack matrix: `cache-after-authentication`) -----------

@@ -72,6 +72,8 @@ def _token_tag(client_id: str) -> str:
     return "{tb:tok:" + hashlib.sha256(json.dumps(client_id).encode("ascii")).hexdigest()[:32] + "}"
 
 
+# A hit's grant repeats: its id is worked out once (typed: a version of True is not 1).
+@functools.lru_cache(maxsize=4096, typed=True)
 def token_cache_id(client_id: str, scopes: tuple[str, ...], audience: str, registration_id: str, version: int,
                    kid: str, federation: tuple[str, str] | None = None, jkt: str | None = None) -> str:
     """SHA-256 of the canonical JSON of everything that makes two tokens interchangeable.

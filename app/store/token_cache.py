@@ -54,9 +54,6 @@ from app.store import keyspace
 from app.store.base import LOCK_MS, CacheLookup, NewEntry, ProofRecord, QuotaExceeded, StoreUnavailable, reuse_verdict
 from app.store.redis import RedisReplayGuard
 
-#: Grants whose cache id this process keeps worked out (``RedisTokenStore.cache_id``).
-IDS_MAX = 4096
-
 # The token endpoint's script, in parts: with the request quota off it is _REPLAY + _LOOKUP, with
 # it on _QUOTA_CHECK + _REPLAY + _QUOTA_COUNT + _LOOKUP (a second registered script, so the
 # quota costs nothing when it is off).
@@ -235,23 +232,13 @@ class RedisTokenStore(RedisReplayGuard):
             for new in ((False, True) if lookup else (False,))
             if quota or lookup or reuse or proof
         }
-        self._ids: dict[tuple[Any, ...], str] = {}
         if quota:
             self._quota_args = [str(quota).encode(), str(quota_window * 1000).encode()]  # encoded once, not per call
 
     def cache_id(self, client_id: str, scopes: tuple[str, ...], audience: str, registration_id: str, version: int,
                  kid: str, federation: FederatedIdentity | None = None, jkt: str | None = None) -> str:
-        fed = None if federation is None else (federation.iss, federation.sub)
-        key = (client_id, scopes, audience, registration_id, version, kid, fed, jkt)
-        found = self._ids.get(key)
-        if found is None:
-            # The id is a hash of canonical JSON, the same for the same grant: worked out once per
-            # grant (a hit's grant repeats) and kept in a bounded memo, forgotten whole when full.
-            if len(self._ids) >= IDS_MAX:
-                self._ids.clear()
-            found = self._ids[key] = keyspace.token_cache_id(client_id, scopes, audience, registration_id, version,
-                                                             kid, fed, jkt)
-        return found
+        return keyspace.token_cache_id(client_id, scopes, audience, registration_id, version, kid,
+                                       None if federation is None else (federation.iss, federation.sub), jkt)
 
     async def consume_and_lookup(
         self, client_id: str, jti: str, request_id: str, ttl_ms: int, cache_id: str | None, lock_ms: int = LOCK_MS,
