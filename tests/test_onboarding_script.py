@@ -381,3 +381,15 @@ def test_a_broker_that_cannot_reach_its_store_is_not_blamed_on_the_admin_key(rea
             "broker_admin.py list: error: the broker cannot reach its store or client registry: The service is "
             "temporarily unavailable; retry later. (HTTP 503 temporarily_unavailable): check its Redis (the "
             "broker's /readyz says what it misses) and retry")
+
+
+@pytest.mark.parametrize("kid", ["-Ab3_x", "--dash-dash", "plain_Kid-9"], ids=["leading-dash", "two-dashes", "plain"])
+def test_remove_key_takes_a_kid_that_begins_with_a_dash(kid: str) -> None:
+    """A kid is a base64url thumbprint: one in 64 begins with ``-``, and ``--kid VALUE`` must take it
+    (argparse alone refuses ``--kid -Ab3_x`` as a missing value)."""
+    from app.client.admin_cli import kid_values_joined
+
+    argv = ["remove-key", "svc", "--kid", kid]
+    args = build_parser().parse_args(kid_values_joined(argv))
+    assert (args.command, args.kid) == ("remove-key", kid)
+    assert build_parser().parse_args(kid_values_joined(["remove-key", "svc", f"--kid={kid}"])).kid == kid

@@ -358,8 +358,20 @@ def _backup(admin: BrokerAdmin, args: argparse.Namespace) -> Any:
     return f"exported {len(document['clients'])} clients to {args.out}\n"
 
 
+def kid_values_joined(argv: list[str]) -> list[str]:
+    """``--kid X`` as ``--kid=X``: a kid is a base64url thumbprint (RFC 7638), so one in 64
+    begins with ``-``, which argparse would take for an option and refuse."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--kid":
+            out[-1] = "--kid=" + arg
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(kid_values_joined(sys.argv[1:] if argv is None else argv))
     try:
         result = run(args)
     except AdminError as exc:
