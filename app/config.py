@@ -361,11 +361,14 @@ SETTING_DOCS: dict[str, SettingDoc] = {
                             "in-process store, for one process only (no `--workers`, no replicas).",
                             "a redis://, rediss:// or unix:// URL",
                             "the password in it is redacted by `token-broker settings` and in start-up errors; "
-                            "use `rediss://` off the host (Redis faults entries)"),
+                            "use `rediss://` off the host (Redis faults entries): the server's certificate is "
+                            "checked against the system's CAs, or `?ssl_ca_certs=/path/ca.pem`; a client "
+                            "certificate with `ssl_certfile` and `ssl_keyfile` (docs/operations.md)"),
     "redis_cluster": SettingDoc(_REDIS, "Treat `BROKER_REDIS_URL` as one node of a Redis Cluster.",
                                 "needs `BROKER_REDIS_URL` and no `BROKER_REDIS_SENTINELS`"),
     "redis_sentinels": SettingDoc(_REDIS, "Sentinels (`host:port,host:port`) that name the master; "
-                                  "`BROKER_REDIS_URL` then gives only db, password and TLS.",
+                                  "`BROKER_REDIS_URL` then gives only db, password and TLS (to the master; "
+                                  "the Sentinels are asked over plain TCP).",
                                   "host:port list; set together with `BROKER_REDIS_SENTINEL_MASTER`"),
     "redis_sentinel_master": SettingDoc(_REDIS, "The master's name at the Sentinels.", "set together with `BROKER_REDIS_SENTINELS`"),
     "shutdown_drain": SettingDoc(_OPS, "Seconds `/readyz` answers 503 `draining` after SIGTERM before the graceful "

@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from time import perf_counter
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 from redis.asyncio import ConnectionPool, Redis
@@ -49,8 +50,7 @@ def connect(url: str | None, *, timeout: float, retries: int, cluster: bool = Fa
         from redis.asyncio.sentinel import Sentinel
 
         if url is not None:  # db, username, password, TLS from the URL; its host is not used
-            pool_kwargs = ConnectionPool.from_url(url).connection_kwargs
-            opts.update({k: v for k, v in pool_kwargs.items() if k in ("db", "username", "password", "ssl")})
+            opts.update(_master_options(url))
         nodes = [(host, int(port)) for host, _, port in (a.rpartition(":") for a in sentinels)]
         sentinel = Sentinel(nodes, sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout})
         opts.pop("max_connections")
@@ -69,6 +69,20 @@ def connect(url: str | None, *, timeout: float, retries: int, cluster: bool = Fa
     client = _Redis.from_url(url, **opts)
     client.scripts = AutoPipeline(client, **pipelined)
     return client
+
+
+def _master_options(url: str) -> dict[str, Any]:
+    """What a Sentinel-managed master's connections take from ``BROKER_REDIS_URL``: db, ACL user and
+    password, and for ``rediss://`` TLS with the URL's ``ssl_*`` options (``ssl_ca_certs``,
+    ``ssl_certfile``, ``ssl_keyfile``, ...). redis-py's URL parsing says TLS by a connection class,
+    not by an ``ssl`` flag, and the Sentinel pool picks its own class: without ``ssl=True`` here a
+    ``rediss://`` URL would give plain-text connections to the master."""
+    pool_kwargs = ConnectionPool.from_url(url).connection_kwargs
+    opts = {k: v for k, v in pool_kwargs.items() if k in ("db", "username", "password")}
+    if urlsplit(url).scheme == "rediss":
+        opts["ssl"] = True
+        opts.update({k: v for k, v in pool_kwargs.items() if k.startswith("ssl_")})
+    return opts
 
 
 class _PipelinedScripts:
