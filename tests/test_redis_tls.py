@@ -4,8 +4,9 @@ The certificates come from a CA made for the test (``trustme``); the broker is g
 URL's ``ssl_ca_certs`` option (docs/operations.md). Checked: the token endpoint's auto-pipelined
 script calls and the registry's pooled commands both work over TLS (in process and in a
 ``python -m app serve`` process); a server certificate the broker does not trust fails closed (the
-process refuses to start; an in-process broker answers 503, never a token); and behind Sentinel a
-``rediss://`` URL gives TLS connections to the master (it used to give plain ones).
+process refuses to start; a running broker answers 503, never a token); a client certificate; a
+3-node Cluster; and behind Sentinel a ``rediss://`` URL gives TLS connections to the master (it
+used to give plain ones).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import redis
 from app.config import Settings
 from app.store.redis import connect
 from scripts.processes import free_port, start_broker, stop_process, wait_until
-from tests.conftest import Broker, FrozenClock, _redis_binary
+from tests.conftest import Broker, FrozenClock, _redis_binary, require_binary
 from tests.expect import assert_invalid_client, assert_token
 from tests.helpers import ISS, TestClient, form
+from tests.redis_topology import pick_ports
 from tests.test_redis_faults import assert_unavailable
 
 MASTER = "tlsmaster"
@@ -113,13 +115,7 @@ class TlsRedis:
         return self.command("PING") is True
 
     def command(self, *args: Any) -> Any:
-        r = redis.Redis(host="127.0.0.1", port=self.port, ssl=True, ssl_ca_certs=str(self.files.ca),
-                        ssl_certfile=str(self.files.client_cert), ssl_keyfile=str(self.files.client_key),
-                        socket_timeout=2, socket_connect_timeout=2)
-        try:
-            return r.execute_command(*args)
-        finally:
-            r.close()
+        return _tls_command(self.files, self.port, *args)
 
     def present(self, cert: Path, key: Path, *, trusted_by: Path) -> None:
         """Switch the server's certificate and cut every client connection (the next ones meet the
@@ -131,6 +127,52 @@ class TlsRedis:
             r.execute_command("CLIENT", "KILL", "TYPE", "normal")  # not this connection (SKIPME yes)
         finally:
             r.close()
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop_process(proc, timeout=5)
+
+
+def _tls_command(files: TlsFiles, port: int, *args: Any) -> Any:
+    """One command on a fresh TLS connection (with the client certificate, for servers that ask)."""
+    r = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(files.ca),
+                    ssl_certfile=str(files.client_cert), ssl_keyfile=str(files.client_key),
+                    socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return r.execute_command(*args)
+    finally:
+        r.close()
+
+
+class TlsCluster:
+    """Three masters on TLS ports only, their cluster bus on TLS too (``tls-cluster yes``)."""
+
+    def __init__(self, files: TlsFiles) -> None:
+        self.files = files
+        self.ports = pick_ports(3, bus=True)
+        self.dir = Path(tempfile.mkdtemp(prefix="tb-redis-tls-cluster-"))
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def url(self) -> str:
+        return f"rediss://127.0.0.1:{self.ports[0]}/0?ssl_ca_certs={quote(str(self.files.ca))}"
+
+    def start(self) -> TlsCluster:
+        for port in self.ports:
+            self.procs.append(subprocess.Popen(
+                [_redis_binary(), "--port", "0", "--tls-port", str(port), "--tls-cluster", "yes", *self.files.server_args(),
+                 "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "2000",
+                 "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in self.ports:
+            wait_until(lambda port=port: _tls_command(self.files, port, "PING") is True, 10,
+                       what=f"cluster node on TLS port {port}", ignore=(redis.RedisError, OSError))
+        cli = require_binary("redis-cli", "the Redis Cluster tests", "apt-get install redis-tools")
+        subprocess.run([cli, "--tls", "--cacert", str(self.files.ca), "--cluster", "create",
+                        *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, timeout=30)
+        wait_until(lambda: all(b"cluster_state:ok" in _tls_command(self.files, p, "CLUSTER", "INFO") for p in self.ports),
+                   20, what="cluster_state:ok on every node", ignore=(redis.RedisError, OSError))
+        return self
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -279,6 +321,32 @@ def test_sentinel_with_a_rediss_url_connects_to_the_master_over_tls(tls_files: T
             assert_invalid_client(b.token(form(spent)))
     finally:
         server.stop()
+
+
+@pytest.mark.redis
+def test_cluster_over_tls(tls_files: TlsFiles, tmp_path: Path) -> None:
+    """``BROKER_REDIS_CLUSTER`` with a ``rediss://`` URL: the client finds the other nodes and
+    reaches each over TLS (no node has a plain port). Eight clients' records land on more than
+    one node; each gets a token, its replay is refused and its second token comes from the cache."""
+    cluster = TlsCluster(tls_files).start()
+    try:
+        settings = Settings(issuer=ISS, keys_dir=tmp_path / "keys", token_lifetime=300, redis_url=cluster.url(),
+                            redis_cluster=True)
+        clock = FrozenClock(time.time())
+        with Broker(settings, clock) as b:
+            for n in range(8):
+                client = TestClient(f"c{n}")
+                b.register(client)
+                spent = client.assertion(clock.now)
+                first = assert_token(b.token(form(spent)))
+                assert_invalid_client(b.token(form(spent)))
+                assert assert_token(b.token(form(client.assertion(clock.now))))["access_token"] == first["access_token"]
+        holding = [p for p in cluster.ports if _tls_command(tls_files, p, "DBSIZE") > 0]
+        assert len(holding) >= 2, holding
+        events = [e.get("event") for e in b.logs()]
+        assert "token.store_unavailable" not in events and "token.unexpected_error" not in events
+    finally:
+        cluster.stop()
 
 
 @pytest.mark.parametrize(
