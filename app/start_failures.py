@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,8 +135,40 @@ def redis_failure(exc: BaseException, settings: Settings) -> StartupFailure:
         return StartupFailure(f"BROKER_REDIS_URL: the Redis user may not run a command the broker needs ({text[:120]}); "
                               "grant it in the Redis ACL (the broker runs scripts and key commands on its keys)",
                               CONFIGURATION)
-    return StartupFailure(f"{var}: cannot reach {where} ({_network_reason(exc)}); start Redis or fix the "
-                          f"{'addresses' if var == 'BROKER_REDIS_SENTINELS' else 'URL'}", ENVIRONMENT)
+    tls = _tls_failure(exc, where)
+    if tls is not None:
+        return StartupFailure(f"{var}: {tls}", CONFIGURATION)
+    reason = _network_reason(exc)
+    return StartupFailure(f"{var}: cannot reach {where} ({reason}); start Redis or fix the "
+                          f"{'addresses' if var == 'BROKER_REDIS_SENTINELS' else 'URL'}"
+                          f"{_scheme_hint(settings, reason)}", ENVIRONMENT)
+
+
+def _tls_failure(exc: BaseException, where: str) -> str | None:
+    """A TLS handshake the broker or Redis refused (the settings are wrong, not the network)."""
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (f"{where} presented a TLS certificate the broker does not trust "
+                    f"({(cause.verify_message or 'certificate verify failed')[:120]}); give the CA that signed it "
+                    "in the URL (rediss://host:port/db?ssl_ca_certs=/path/ca.pem), and connect by a name or "
+                    "address the certificate holds")
+    if "CERTIFICATE_REQUIRED" in str(exc) or any("CERTIFICATE_REQUIRED" in str(c) for c in _causes(exc)):
+        return (f"{where} asks for a client certificate (tls-auth-clients); give it in the URL: "
+                "rediss://host:port/db?ssl_certfile=/path/cert.pem&ssl_keyfile=/path/key.pem")
+    return None
+
+
+def _scheme_hint(settings: Settings, reason: str) -> str:
+    """What a plain-text client meeting a TLS port (or the reverse) looks like, said once."""
+    scheme = (settings.redis_url or "").partition(":")[0]
+    if scheme == "redis" and reason == "connection reset by the server":
+        return " (a port that speaks only TLS resets plain-text connections: use rediss://)"
+    if scheme == "rediss" and reason == "connection reset by the server":  # (TLS 1.3: the alert may be lost)
+        return (" (a server that asks for a client certificate resets a client that sends none: "
+                "ssl_certfile and ssl_keyfile in the URL)")
+    if scheme == "rediss" and reason == "no answer in time":
+        return " (a plain-text port does not answer a TLS handshake: use redis://, or the server's tls-port)"
+    return ""
 
 
 def redis_target(settings: Settings) -> tuple[str, str]:
@@ -156,6 +189,8 @@ def _network_reason(exc: BaseException) -> str:
         number = getattr(cause, "errno", None)
         if number == errno.ECONNREFUSED or "Connection refused" in str(cause):
             return "connection refused"
+        if number == errno.ECONNRESET or "reset by peer" in str(cause):
+            return "connection reset by the server"
         if number == errno.ENOENT or "No such file" in str(cause):
             return "no such socket file"
         if "Name or service not known" in str(cause) or "nodename nor servname" in str(cause):

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import redis
 
-from app.config import Settings
+from app.config import Settings, redact_url
 from app.store.redis import connect
 from scripts.processes import free_port, start_broker, stop_process, wait_until
 from tests.conftest import Broker, FrozenClock, _redis_binary, require_binary
@@ -279,7 +279,59 @@ def test_serve_refuses_to_start_without_trust(flushed: TlsRedis, tmp_path: Path,
     with pytest.raises(RuntimeError) as refused:
         start_broker(tmp_path / "keys", tmp_path / "refused.log", port=free_port(), issuer=ISS,
                      redis_url=flushed.url(ca), timeout=30)
-    assert "certificate verify failed" in str(refused.value), str(refused.value)
+    assert (f"token-broker: BROKER_REDIS_URL: {redact_url(flushed.url(ca))} presented a TLS certificate the broker "
+            "does not trust") in str(refused.value), str(refused.value)
+
+
+#: (case, the start-up line, exit status): what ``token-broker serve`` says for each TLS mistake.
+TLS_START_FAILURES = [
+    ("system-store", "BROKER_REDIS_URL: {url} presented a TLS certificate the broker does not trust (self-signed "
+     "certificate in certificate chain); give the CA that signed it in the URL "
+     "(rediss://host:port/db?ssl_ca_certs=/path/ca.pem), and connect by a name or address the certificate holds", 2),
+    ("other-ca", "BROKER_REDIS_URL: {url} presented a TLS certificate the broker does not trust (self-signed "
+     "certificate in certificate chain); give the CA that signed it in the URL "
+     "(rediss://host:port/db?ssl_ca_certs=/path/ca.pem), and connect by a name or address the certificate holds", 2),
+    ("no-client-certificate", "BROKER_REDIS_URL: {url} asks for a client certificate (tls-auth-clients); give it in "
+     "the URL: rediss://host:port/db?ssl_certfile=/path/cert.pem&ssl_keyfile=/path/key.pem", 2),
+    ("no-client-certificate", "BROKER_REDIS_URL: cannot reach {url} (connection reset by the server); start Redis "
+     "or fix the URL (a server that asks for a client certificate resets a client that sends none: ssl_certfile "
+     "and ssl_keyfile in the URL)", 1),
+    ("redis-to-a-tls-port", "BROKER_REDIS_URL: cannot reach {url} (connection reset by the server); start Redis or "
+     "fix the URL (a port that speaks only TLS resets plain-text connections: use rediss://)", 1),
+    ("rediss-to-a-plain-port", "BROKER_REDIS_URL: cannot reach {url} (no answer in time); start Redis or fix the URL "
+     "(a plain-text port does not answer a TLS handshake: use redis://, or the server's tls-port)", 1),
+]
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("case", sorted({c[0] for c in TLS_START_FAILURES}))
+def test_start_up_says_what_is_wrong_with_tls(flushed: TlsRedis, real_redis: Any, tls_files: TlsFiles, tmp_path: Path,
+                                             case: str) -> None:
+    """The start-up check's one line for each TLS mistake (``token-broker serve`` prints it and
+    exits with ``status``: 2 for settings to change, 1 for something to start or reach)."""
+    from app.preflight import redis as check_redis
+    from app.start_failures import StartupFailure
+
+    if case == "no-client-certificate":
+        server = TlsRedis(tls_files, auth_clients=True).start()
+    try:
+        url = {
+            "system-store": lambda: flushed.url(None),
+            "other-ca": lambda: flushed.url(tls_files.other_ca),
+            "no-client-certificate": lambda: server.url(tls_files.ca),
+            "redis-to-a-tls-port": lambda: f"redis://127.0.0.1:{flushed.port}/0",
+            "rediss-to-a-plain-port": lambda: f"rediss://127.0.0.1:{real_redis.port}/0",
+        }[case]()
+        with pytest.raises(StartupFailure) as failed:
+            check_redis(_settings(tmp_path, url))
+    finally:
+        if case == "no-client-certificate":
+            server.stop()
+    answer = (failed.value.line, failed.value.status)
+    expected = [(text.format(url=redact_url(url)), code) for name, text, code in TLS_START_FAILURES if name == case]
+    # Without a client certificate, TLS 1.3 ends the handshake before the server checks: the client
+    # reads either the server's alert or the reset of the closed connection, whichever comes first.
+    assert answer in expected, answer
 
 
 @pytest.mark.redis
