@@ -4,6 +4,7 @@ no processes."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -42,3 +43,83 @@ def test_compare_rev_medians_and_ratios() -> None:
     assert miss["each_round_per_cpu_s"] == {"this": [2000, 3000, 2100], "other": [1000, 1050, 500]}
     assert rows({"HEAD~1": entry})[1] == ("  miss: 2100 / 1000 requests per broker CPU-second = x2.1; req/s 2090 / 990 = "
                                           "x2.11; p99 2.0 / 2.0 ms")
+
+
+def _results(**parts: Any) -> dict[str, Any]:
+    """A results document with the rows the targets read, every target met; ``parts`` replaces any."""
+    def row(per_cpu: float, ceiling: int, p50: float = 10.0, p99: float = 20.0) -> dict[str, Any]:
+        return {"rps": per_cpu, "rps_per_broker_cpu_s": per_cpu, "ceiling_rps": ceiling,
+                "ceiling_share_per_cpu_s": round(per_cpu / ceiling, 2), "p50_ms": p50, "p99_ms": p99, "connections": 32}
+
+    scenarios = {
+        "miss": row(3100, 5000), "hit": row(3600, 5000), "bad_signature": row(3700, 5000), "replay": row(3600, 5000),
+        "dpop": row(2000, 4000),
+        "fixed_rate": {"offered_rps": 1550, "p99_ms": 4.8, "in_broker": {"p99_at_most_ms": 2.5}, "generator_alone": {"p99_ms": 1.2}},
+        "memory": {"long_run": {"requests": 1_000_000, "non_200": 0, "rss_kib_first_batch": 80_000, "rss_kib_last": 81_000,
+                                "change_pct_after_warmup": 1.2}},
+    }
+    revisions = {"4897e12": {"commit": "4897e12" + "0" * 33, "rounds": 5,
+                             "scenarios": {"miss": {"ratio_per_cpu_s": 2.1}, "hit": {"ratio_per_cpu_s": 2.0}}}}
+    doc = {"scenarios": scenarios, "revisions": revisions, "workers": {"workers": 2, "miss_speedup": 1.7, "hit_speedup": 1.6}}
+    for key, value in parts.items():
+        if key in scenarios or key in ("miss_row", "hit_row"):
+            scenarios[key.removesuffix("_row")] = value
+        elif value is None:
+            doc.pop(key, None)
+            scenarios.pop(key, None)
+        else:
+            doc[key] = value
+    return doc
+
+
+TARGET_CASES = [
+    pytest.param({}, ["met"] * 8, id="all-met"),
+    pytest.param({"hit": {"rps": 3400, "rps_per_broker_cpu_s": 3400, "ceiling_rps": 5000, "ceiling_share_per_cpu_s": 0.68,
+                          "p50_ms": 10.0, "p99_ms": 20.0, "connections": 32}},
+                 ["met", "not met", "met", "met", "met", "met", "met", "met"], id="hit-share-68%"),
+    pytest.param({"revisions": {"4897e12": {"commit": "4897e12" + "0" * 33, "rounds": 3,
+                                            "scenarios": {"miss": {"ratio_per_cpu_s": 2.01}, "hit": {"ratio_per_cpu_s": 1.66}}}}},
+                 ["met", "met", "not met", "met", "met", "met", "met", "met"], id="hit-1.66x-base"),
+    pytest.param({"revisions": {"HEAD~1": {"commit": "a" * 40, "rounds": 3,
+                                           "scenarios": {"miss": {"ratio_per_cpu_s": 3.0}, "hit": {"ratio_per_cpu_s": 3.0}}}}},
+                 ["met", "met", "not measured", "met", "met", "met", "met", "met"], id="another-revision-is-not-the-base"),
+    pytest.param({"dpop": {"rps": 2000, "rps_per_broker_cpu_s": 2000, "ceiling_rps": 4000, "ceiling_share_per_cpu_s": 0.5,
+                           "p50_ms": 10.0, "p99_ms": 25.1, "connections": 32}},
+                 ["met", "met", "met", "not met", "met", "met", "met", "met"], id="one-row-p99-over-2.5x-p50"),
+    pytest.param({"fixed_rate": {"offered_rps": 1550, "p99_ms": 5.92, "in_broker": {"p99_at_most_ms": 5.0}}},
+                 ["met", "met", "met", "met", "not met", "met", "met", "met"], id="fixed-rate-p99-5.92ms"),
+    pytest.param({"replay": {"rps": 3500, "rps_per_broker_cpu_s": 3500, "ceiling_rps": 5000, "ceiling_share_per_cpu_s": 0.7,
+                             "p50_ms": 10.0, "p99_ms": 20.0, "connections": 32}},
+                 ["met", "met", "met", "met", "met", "not met", "met", "met"], id="replay-dearer-than-a-hit"),
+    pytest.param({"memory": {"long_run": {"requests": 1_000_000, "non_200": 0, "rss_kib_first_batch": 80_000,
+                                          "rss_kib_last": 88_000, "change_pct_after_warmup": 10.0}}},
+                 ["met", "met", "met", "met", "met", "met", "not met", "met"], id="rss-grew-10%"),
+    pytest.param({"memory": {"long_run": {"requests": 80_000, "non_200": 0, "rss_kib_first_batch": 80_000,
+                                          "rss_kib_last": 80_000, "change_pct_after_warmup": 0.0}}},
+                 ["met", "met", "met", "met", "met", "met", "not measured", "met"], id="rss-run-too-short"),
+    pytest.param({"workers": {"workers": 2, "miss_speedup": 1.77, "hit_speedup": 1.45}},
+                 ["met", "met", "met", "met", "met", "met", "met", "not met"], id="two-workers-hit-1.45x"),
+    pytest.param({"workers": None, "revisions": None, "fixed_rate": None, "memory": None},
+                 ["met", "met", "not measured", "met", "not measured", "met", "not measured", "not measured"],
+                 id="a-plain-run-measures-four"),
+]
+
+
+@pytest.mark.parametrize(("parts", "statuses"), TARGET_CASES)
+def test_targets_are_judged_from_the_run(parts: dict[str, Any], statuses: list[str]) -> None:
+    from scripts.bench.targets import check
+
+    assert [t["status"] for t in check(_results(**parts))] == statuses
+
+
+def test_target_lines_name_the_figures() -> None:
+    from scripts.bench.targets import check, rows
+
+    lines = rows(check(_results(hit={"rps": 3400, "rps_per_broker_cpu_s": 3400, "ceiling_rps": 5000,
+                                     "ceiling_share_per_cpu_s": 0.68, "p50_ms": 10.0, "p99_ms": 20.0, "connections": 32})))
+    assert lines[1] == "round-2 targets (scripts/bench/targets.py):"
+    assert [line.rsplit("  ", 1)[-1].strip() for line in lines[2:]] == [
+        "62% (3100 of 5000 /cpu-s)", "68% (3400 of 5000 /cpu-s)", "miss x2.1, hit x2.0 (medians of 5 rounds)",
+        "worst miss 2.00x (5 rows)", "1550/s (miss 3100/s): p99 4.8 ms end to end; inside the broker p99 <= 2.5 ms; "
+        "the generator alone 1.2 ms", "bad_signature 1.09x a hit, replay 1.06x a hit",
+        "80000 -> 81000 KiB (+1.2%) over 1000000 requests, 0 not 200", "miss x1.7, hit x1.6"]

@@ -67,6 +67,12 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert {"nproc", "cpu_model", "python"} <= set(results["machine"])
     assert results["pinning"] and results["date"]
     assert "scenario" in proc.stdout and "ceiling" in proc.stdout  # the printed table
+    # The targets, judged by the run: a smoke run measures the shares, the fixed rate and the
+    # refusals; the tail is judged at 32 connections only (smoke runs fewer), and the before/after
+    # ratio, the long RSS run and 2 workers need their options.
+    statuses = [(t["target"].split(" ")[0], t["status"]) for t in results["targets"]]
+    assert [s == "not measured" for _, s in statuses] == [False, False, True, True, False, False, True, True], statuses
+    assert "round-2 targets (scripts/bench/targets.py):" in proc.stdout
 
 
 @pytest.mark.timeout(180)

@@ -11,6 +11,7 @@ used to give plain ones).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tempfile
 import time
@@ -131,6 +132,7 @@ class TlsRedis:
     def stop(self) -> None:
         for proc in self.procs:
             stop_process(proc, timeout=5)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _tls_command(files: TlsFiles, port: int, *args: Any) -> Any:
@@ -177,6 +179,7 @@ class TlsCluster:
     def stop(self) -> None:
         for proc in self.procs:
             stop_process(proc, timeout=5)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from scripts.bench.runner import (
 from scripts.bench.scenarios import ALL_SCENARIOS, HTTP_SCENARIOS, REJECTION_SCENARIOS
 from scripts.bench.servers import floor_scenarios, granian_scenarios
 from scripts.bench.system import Pinning, loadavg, log, machine, rss_kib
+from scripts.bench.targets import check as check_targets
 from scripts.bench.workload import Workload
 from scripts.processes import ROOT, BrokerProcess, RedisServer, register_clients, start_broker
 
@@ -212,6 +213,7 @@ def measure(args: argparse.Namespace, names: list[str], results: dict[str, Any],
 def report(results: dict[str, Any], out: Path) -> int:
     """Write the JSON, print the table; exit status 1 if any scenario saw an unexpected response."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    results["targets"] = check_targets(results)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     print(f"\nJSON: {out}")

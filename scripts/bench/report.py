@@ -6,6 +6,8 @@ from typing import Any
 
 from scripts.bench.revisions import rows as revision_rows
 from scripts.bench.scenarios import HTTP_SCENARIOS
+from scripts.bench.targets import check as check_targets
+from scripts.bench.targets import rows as target_rows
 
 
 def _header(results: dict[str, Any]) -> list[str]:
@@ -180,4 +182,5 @@ def table(results: dict[str, Any]) -> str:
                       *_dpop_cost(scenarios, results.get("ceiling")), *_refusal_calls(scenarios), *_redis_calls(scenarios), *_syscalls(scenarios),
                       *_fixed_rate_parts(scenarios), *revision_rows(results.get("revisions")),
                       *_other_rows(scenarios),
-                      *_worker_rows(results.get("workers")), *_profile_rows(results.get("profile") or {})])
+                      *_worker_rows(results.get("workers")), *_profile_rows(results.get("profile") or {}),
+                      *target_rows(results.get("targets") or check_targets(results))])
