@@ -152,7 +152,7 @@ def _tls_failure(exc: BaseException, where: str) -> str | None:
                     f"({(cause.verify_message or 'certificate verify failed')[:120]}); give the CA that signed it "
                     "in the URL (rediss://host:port/db?ssl_ca_certs=/path/ca.pem), and connect by a name or "
                     "address the certificate holds")
-    if "CERTIFICATE_REQUIRED" in str(exc) or any("CERTIFICATE_REQUIRED" in str(c) for c in _causes(exc)):
+    if any("CERTIFICATE_REQUIRED" in str(cause) for cause in _causes(exc)):  # the server's TLS 1.3 alert
         return (f"{where} asks for a client certificate (tls-auth-clients); give it in the URL: "
                 "rediss://host:port/db?ssl_certfile=/path/cert.pem&ssl_keyfile=/path/key.pem")
     return None
