@@ -204,6 +204,17 @@ def _settings(tmp_path: Path, url: str, **kw: Any) -> Settings:
     return Settings(issuer=ISS, keys_dir=tmp_path / "keys", token_lifetime=300, redis_url=url, **kw)
 
 
+def _issue_refuse_reuse(b: Broker, client_id: str = "c1") -> None:
+    """Register a client; its assertion gets a token and is refused the second time; its next
+    assertion gets the same token back (the token cache): every store path of /token, once."""
+    client = TestClient(client_id)
+    b.register(client)
+    spent = client.assertion(b.clock.now)
+    first = assert_token(b.token(form(spent)))
+    assert_invalid_client(b.token(form(spent)))
+    assert assert_token(b.token(form(client.assertion(b.clock.now))))["access_token"] == first["access_token"]
+
+
 @pytest.mark.redis
 def test_the_server_has_no_plain_listener(flushed: TlsRedis) -> None:
     """What the other tests rely on: every connection that works here is a TLS one."""
@@ -218,13 +229,7 @@ def test_tokens_over_tls(flushed: TlsRedis, tmp_path: Path, host: str) -> None:
     script call) all over TLS, with the server's name checked against its certificate."""
     clock = FrozenClock(time.time())
     with Broker(_settings(tmp_path, flushed.url(flushed.files.ca, host)), clock) as b:
-        c1 = TestClient("c1")
-        b.register(c1)
-        spent = c1.assertion(clock.now)
-        first = assert_token(b.token(form(spent)))
-        assert_invalid_client(b.token(form(spent)))
-        again = assert_token(b.token(form(c1.assertion(clock.now))))
-        assert again["access_token"] == first["access_token"]  # from the cache kept in Redis
+        _issue_refuse_reuse(b)
     events = [e["event"] for e in b.logs()]
     assert "token.store_unavailable" not in events and "token.unexpected_error" not in events
 
@@ -345,12 +350,8 @@ def test_a_client_certificate_when_the_server_asks_for_one(tls_files: TlsFiles, 
     server = TlsRedis(tls_files, auth_clients=True).start()
     try:
         clock = FrozenClock(time.time())
-        c1 = TestClient("c1")
         with Broker(_settings(tmp_path, server.url(tls_files.ca, client_cert=True)), clock) as b:
-            b.register(c1)
-            spent = c1.assertion(clock.now)
-            assert_token(b.token(form(spent)))
-            assert_invalid_client(b.token(form(spent)))
+            _issue_refuse_reuse(b)
         with pytest.raises(ExceptionGroup) as refused, Broker(_settings(tmp_path / "no-cert", server.url(tls_files.ca)), clock):
             pass
         assert [repr(e) for e in refused.value.exceptions] == ["StoreUnavailable('ConnectionError')"]
@@ -369,11 +370,7 @@ def test_sentinel_with_a_rediss_url_connects_to_the_master_over_tls(tls_files: T
                             redis_sentinels=(f"127.0.0.1:{server.sentinel_port}",), redis_sentinel_master=MASTER)
         clock = FrozenClock(time.time())
         with Broker(settings, clock) as b:
-            c1 = TestClient("c1")
-            b.register(c1)
-            spent = c1.assertion(clock.now)
-            assert_token(b.token(form(spent)))
-            assert_invalid_client(b.token(form(spent)))
+            _issue_refuse_reuse(b)
     finally:
         server.stop()
 
@@ -390,12 +387,7 @@ def test_cluster_over_tls(tls_files: TlsFiles, tmp_path: Path) -> None:
         clock = FrozenClock(time.time())
         with Broker(settings, clock) as b:
             for n in range(8):
-                client = TestClient(f"c{n}")
-                b.register(client)
-                spent = client.assertion(clock.now)
-                first = assert_token(b.token(form(spent)))
-                assert_invalid_client(b.token(form(spent)))
-                assert assert_token(b.token(form(client.assertion(clock.now))))["access_token"] == first["access_token"]
+                _issue_refuse_reuse(b, f"c{n}")
         holding = [p for p in cluster.ports if _tls_command(tls_files, p, "DBSIZE") > 0]
         assert len(holding) >= 2, holding
         events = [e.get("event") for e in b.logs()]
