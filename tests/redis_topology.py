@@ -49,8 +49,9 @@ def _wait(predicate: Any, what: str, timeout: float = 15.0) -> None:
         raise RuntimeError(str(exc)) from None
 
 
-def _command(port: int, *args: Any) -> Any:
-    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+def _command(port: int, *args: Any, **connect: Any) -> Any:
+    """One command on a fresh connection to 127.0.0.1:``port`` (``connect``: more redis-py options, e.g. TLS)."""
+    r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, **connect)
     try:
         return r.execute_command(*args)
     finally:

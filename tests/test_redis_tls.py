@@ -30,7 +30,7 @@ from scripts.processes import free_port, start_broker, stop_process, wait_until
 from tests.conftest import Broker, FrozenClock, _redis_binary, require_binary
 from tests.expect import assert_invalid_client, assert_token
 from tests.helpers import ISS, TestClient, form
-from tests.redis_topology import pick_ports
+from tests.redis_topology import _command, pick_ports
 from tests.test_redis_faults import assert_unavailable
 
 MASTER = "tlsmaster"
@@ -104,11 +104,7 @@ class TlsRedis:
     def _sentinel_answers(self) -> bool:
         if any(proc.poll() is not None for proc in self.procs):
             raise RuntimeError("a redis-server of the TLS set-up exited")
-        r = redis.Redis(host="127.0.0.1", port=self.sentinel_port, socket_timeout=2)
-        try:
-            return r.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER) is not None
-        finally:
-            r.close()
+        return _command(self.sentinel_port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER) is not None
 
     def _master_answers(self) -> bool:
         if self.procs[0].poll() is not None:
@@ -121,6 +117,7 @@ class TlsRedis:
     def present(self, cert: Path, key: Path, *, trusted_by: Path) -> None:
         """Switch the server's certificate and cut every client connection (the next ones meet the
         new certificate); ``trusted_by``: the CA that signed the one presented now."""
+        # One connection for both commands: a new one would meet the new certificate.
         r = redis.Redis(host="127.0.0.1", port=self.port, ssl=True, ssl_ca_certs=str(trusted_by),
                         socket_timeout=2, socket_connect_timeout=2)
         try:
@@ -137,13 +134,8 @@ class TlsRedis:
 
 def _tls_command(files: TlsFiles, port: int, *args: Any) -> Any:
     """One command on a fresh TLS connection (with the client certificate, for servers that ask)."""
-    r = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(files.ca),
-                    ssl_certfile=str(files.client_cert), ssl_keyfile=str(files.client_key),
-                    socket_timeout=2, socket_connect_timeout=2)
-    try:
-        return r.execute_command(*args)
-    finally:
-        r.close()
+    return _command(port, *args, ssl=True, ssl_ca_certs=str(files.ca), ssl_certfile=str(files.client_cert),
+                    ssl_keyfile=str(files.client_key), socket_connect_timeout=2)
 
 
 class TlsCluster:
