@@ -53,6 +53,7 @@ from app.store.redis import RedisClientRegistry, RedisJwksUriCache, connect
 from app.store.token_cache import RedisTokenStore
 from app.store.trust import RedisTrustStore
 from app.web.access import InFlight, request_context
+from app.web.direct import direct_token
 from app.web.drain import Drain
 from app.web.management import management_app
 from app.web.metrics import http_metrics_middleware
@@ -75,6 +76,9 @@ def create_app(settings: Settings, *, redis: Any = None, clock: Callable[[], flo
     state = _build(settings, client, log=log, clock=clock, metrics=metrics)
     in_flight = InFlight()
     state["drain"] = Drain(settings.shutdown_drain, log, in_flight=lambda: in_flight.count)
+    # POST /token straight from the HTTP server's protocol (app.web.server, under ``serve``).
+    state["direct_token"] = direct_token(settings, service=state["token_service"], metrics=metrics, log=log,
+                                         in_flight=in_flight)
     handlers = {OAuthError: _oauth_error, HTTPException: _http_error, Exception: _unexpected_error}
     middleware = [strict_request_middleware, http_metrics_middleware(metrics), *tracing.middleware(settings)]
     app = Litestar(

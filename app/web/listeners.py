@@ -112,6 +112,11 @@ class BrokerConfig(uvicorn.Config):
             ManagementLifespan, app_lifespan=self.lifespan_class, management=self.management, sock=self.management_socket)
         self.callback_notify = self._listening
 
+    @property
+    def direct_token(self) -> Any:
+        """What ``app.web.server``'s protocol answers ``POST /token`` with (``app.web.direct``), or None."""
+        return None if self._broker_app is None else self._broker_app.state.get("direct_token")
+
     async def _listening(self) -> None:
         """uvicorn's first main-loop tick: the public socket listens (module docstring)."""
         if self._announced:

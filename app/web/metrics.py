@@ -48,14 +48,17 @@ def http_metrics_middleware(metrics: Metrics) -> Any:
             try:
                 await app(scope, receive, send_wrapper)
             finally:
-                endpoint = scope.get("path_template") or "unmatched"
-                metrics.inc(HTTP_REQUESTS, endpoint=endpoint, status=str(status))
-                metrics.observe(HTTP_REQUEST_SECONDS, perf_counter() - start, endpoint=endpoint,
-                                outcome=_OUTCOMES.get(status, "error"))
+                record_request(metrics, scope.get("path_template") or "unmatched", status, perf_counter() - start)
 
         return middleware
 
     return factory
+
+
+def record_request(metrics: Metrics, endpoint: str, status: int, seconds: float) -> None:
+    """One answered request (also called by ``app.web.direct`` for the token endpoint it serves)."""
+    metrics.inc(HTTP_REQUESTS, endpoint=endpoint, status=str(status))
+    metrics.observe(HTTP_REQUEST_SECONDS, seconds, endpoint=endpoint, outcome=_OUTCOMES.get(status, "error"))
 
 
 def record_token_outcome(metrics: Metrics, error: Any) -> None:

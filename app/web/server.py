@@ -42,6 +42,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from app import log as broker_log
 from app.config import Settings
 from app.oauth.errors import InvalidRequest, OAuthError
+from app.web.direct import DirectToken
 
 
 class HeadersTooLarge(OAuthError):
@@ -84,6 +85,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # loop.time() by which the open header section or body must be complete; None when idle.
         self._deadline: float | None = None
         self._in_request = False  # a request line has begun and its message is not complete
+        # POST /token answered without ASGI (app.web.direct); None on the management listener,
+        # with tracing, access lines or trusted proxies on, and outside ``serve``.
+        self._direct: DirectToken | None = getattr(self.config, "direct_token", None)
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -121,6 +125,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._budget = None
         self._deadline = None
+        direct = self._direct
+        if direct is not None and self.url == direct.path and self._direct_request(direct):
+            return
         _on_headers_complete(self)
         cycle = self.cycle
         # A new cycle (not an upgrade): its answer goes through the loop's answer writer, its head
@@ -128,11 +135,80 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if cycle is not None and cycle.transport is self.transport:
             cycle.transport = _OneWrite(self.transport, self._answers, self.scope["method"] != "HEAD")
 
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if type(cycle) is _DirectCycle:
+            cycle.body.append(body)  # at most BROKER_BODY_MAX: its Content-Length was checked
+        else:
+            _on_body(self, body)
+
     def on_message_complete(self) -> None:
         self._budget = self._limits.header_max
         self._deadline = None
         self._in_request = False
-        _on_message_complete(self)
+        cycle = self.cycle
+        if type(cycle) is _DirectCycle:
+            task = self.loop.create_task(self._answer_directly(cycle))
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)  # counted by the connection cap, awaited by a graceful shutdown
+        else:
+            _on_message_complete(self)
+
+    def _direct_request(self, direct: DirectToken) -> bool:
+        """This request (its target is ``direct.path``) is answered by ``direct``: the conditions in
+        ``app.web.direct``'s docstring; when they hold, its cycle is a ``_DirectCycle``."""
+        parser = self.parser
+        if (parser.get_method() != b"POST" or parser.get_http_version() != "1.1" or self.expect_100_continue
+                or parser.should_upgrade() or self.root_path
+                or (self.cycle is not None and not self.cycle.response_complete)
+                or (self.limit_concurrency is not None and (len(self.connections) >= self.limit_concurrency
+                                                            or len(self.tasks) >= self.limit_concurrency))):
+            return False
+        content_type: str | None = None
+        length: bytes | None = None
+        has_authorization = False
+        dpop: tuple[str, ...] = ()
+        for name, value in self.headers:
+            if name == b"content-type":
+                if content_type is not None:
+                    return False
+                content_type = value.decode("latin-1")
+            elif name == b"content-length":
+                if length is not None:
+                    return False
+                length = value
+            elif name == b"authorization":
+                has_authorization = True
+            elif name == b"dpop":
+                dpop += (value.decode("latin-1"),)
+            elif name == b"transfer-encoding":
+                return False
+        if length is None or not length.isdigit() or int(length) > direct.body_max:
+            return False
+        self.cycle = _DirectCycle(content_type, has_authorization, dpop, parser.should_keep_alive())
+        return True
+
+    async def _answer_directly(self, cycle: _DirectCycle) -> None:
+        """Run ``DirectToken.answer`` and write its answer: the status line, uvicorn's default
+        headers (``date``), the endpoint's, ``connection: close`` when the connection ends with it."""
+        assert self._direct is not None
+        client = self.client
+        status, head, body = await self._direct.answer(b"".join(cycle.body), cycle.content_type, cycle.has_authorization,
+                                                       client[0] if client else None, cycle.dpop)
+        transport = self.transport
+        cycle.response_started = cycle.response_complete = True
+        if cycle.disconnected or transport.is_closing():
+            return
+        parts = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            parts += [name, b": ", value, b"\r\n"]
+        parts.append(head)
+        parts.append(b"\r\n" if cycle.keep_alive else b"connection: close\r\n\r\n")
+        parts.append(body)
+        self._answers.write(transport, b"".join(parts))
+        if not cycle.keep_alive:
+            self._answers.close(transport)
+        self.on_response_complete()
 
     def shutdown(self) -> None:
         """uvicorn closes the idle kept-alive connections: the answers of this pass go out first."""
@@ -290,7 +366,41 @@ def _answer_writer(loop: Any) -> _AnswerWriter:
     return writer
 
 
+class _NoEvent:
+    """``connection_lost`` sets the cycle's ``message_event``: a direct cycle has nobody waiting."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+_NO_EVENT = _NoEvent()
+
+
+class _DirectCycle:
+    """A request answered by ``app.web.direct``, where uvicorn keeps its request/response cycle
+    (``self.cycle``): the attributes uvicorn's protocol reads or sets on a cycle (``keep_alive``,
+    ``response_complete``, ``disconnected``, ``message_event``) and ``expire`` reads
+    (``response_started``), and the parts of the request the endpoint takes."""
+
+    __slots__ = ("content_type", "has_authorization", "dpop", "keep_alive", "body", "response_started",
+                 "response_complete", "disconnected", "message_event")
+
+    def __init__(self, content_type: str | None, has_authorization: bool, dpop: tuple[str, ...], keep_alive: bool) -> None:
+        self.content_type = content_type
+        self.has_authorization = has_authorization
+        self.dpop = dpop
+        self.keep_alive = keep_alive
+        self.body: list[bytes] = []
+        self.response_started = False
+        self.response_complete = False
+        self.disconnected = False
+        self.message_event = _NO_EVENT
+
+
 _data_received = HttpToolsProtocol.data_received
+_on_body = HttpToolsProtocol.on_body
 _on_message_begin = HttpToolsProtocol.on_message_begin
 _on_headers_complete = HttpToolsProtocol.on_headers_complete
 _on_message_complete = HttpToolsProtocol.on_message_complete
