@@ -9,9 +9,11 @@ token requests through the same path over real sockets."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from typing import Any
 
+import httpx
 import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
@@ -23,8 +25,10 @@ from tests.conftest import Broker
 from tests.expect import error_body
 from tests.helpers import ISS, TestClient, form
 from tests.test_http_one_write import RecordingTransport
+from tests.test_unexpected_errors import SECRET, SERVER_ERROR, _boom
 
 FORM = "application/x-www-form-urlencoded"
+LIMITS = HttpLimits(16384, 10.0, 10.0)
 
 
 class _Config(Config):
@@ -38,9 +42,9 @@ class _Config(Config):
 class Connection:
     """One connection to the protocol: ``send`` feeds bytes, ``answers`` waits for its tasks."""
 
-    def __init__(self, broker: Broker, direct: bool, limits: HttpLimits = HttpLimits(16384, 10.0, 10.0)) -> None:
+    def __init__(self, broker: Broker, direct: bool) -> None:
         config = _Config(broker.app, broker.app.state.direct_token if direct else None)
-        self.protocol = BoundedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={}, limits=limits)
+        self.protocol = BoundedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={}, limits=LIMITS)
         self.transport = RecordingTransport()
         self.protocol.connection_made(self.transport)
 
@@ -70,8 +74,6 @@ def _request(body: str | bytes, *, headers: list[tuple[str, str]] | None = None,
 
 
 def _form(params: dict[str, str]) -> str:
-    import httpx
-
     return str(httpx.QueryParams(params))
 
 
@@ -129,8 +131,6 @@ CASE_IDS = ["issued", "issued with scope", "no client authentication", "bad sign
 
 @pytest.mark.parametrize("case", CASE_IDS)
 def test_the_direct_answer_is_the_asgi_answer(broker: Broker, c1: TestClient, case: str) -> None:
-    import json
-
     request, status, body = _cases(c1, broker.clock.now)[case]
     took_direct, direct = _one(broker, True, request)
     request_asgi = _cases(c1, broker.clock.now)[case][0]
@@ -329,3 +329,18 @@ def test_direct_token_is_off_where_a_layer_it_lacks_is_on(broker: Broker, change
     result = direct_token(settings, service=state.token_service, metrics=state.direct_token._metrics,
                           log=state.log, in_flight=state.direct_token._in_flight)
     assert (result is not None) is on
+
+
+def test_an_unexpected_exception_is_the_same_bare_500(broker: Broker, c1: TestClient,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attack matrix: `response-hygiene`, on the direct path: the fixed ``server_error`` body, the
+    exception's type logged, never its message."""
+    monkeypatch.setattr(broker.app.state.token_service, "token", _boom)
+    took_direct, direct = _one(broker, True, _request(_form(form(c1.assertion(broker.clock.now)))))
+    asgi = _one(broker, False, _request(_form(form(c1.assertion(broker.clock.now)))))[1]
+    assert took_direct is True
+    answer = direct[0][1]
+    assert (_status(answer), json.loads(_body(answer))) == (500, SERVER_ERROR)
+    assert _without_id(answer) == _without_id(asgi[0][1])
+    assert [e["error"] for e in broker.logs() if e["event"] == "token.unexpected_error"] == ["RuntimeError"] * 2
+    assert SECRET not in broker.log_text()

@@ -71,8 +71,10 @@ def _profile_one(args: argparse.Namespace, broker: BrokerProcess, work: Workload
 #: Inclusive buckets: a sample counts in a bucket when a frame on its stack matches
 #: (function name ends with the first string, file path contains the second).
 PROFILE_BUCKETS: list[tuple[str, tuple[tuple[str, str], ...]]] = [
-    ("route handler (app/web/routes.py token)", (("token", "/app/web/routes.py"),)),
-    ("TokenService.token", (("token", "/app/service/token.py"),)),
+    ("route handler (app/web/direct.py, or routes.py token through ASGI)",
+     (("answer", "/app/web/direct.py"), ("token", "/app/web/routes.py"))),
+    ("TokenService.token (its ClientAuthenticator.run)", (("token", "/app/service/token.py"),
+                                                          ("run", "/app/service/client_auth.py"))),
     ("  form parse (parse_token_request)", (("parse_token_request", ""),)),
     ("  assertion parse (parse_assertion)", (("parse_assertion", ""),)),
     ("  assertion verify (verify_assertion)", (("verify_assertion", ""),)),
@@ -87,7 +89,7 @@ PROFILE_BUCKETS: list[tuple[str, tuple[tuple[str, str], ...]]] = [
     ("  logging (structlog, app/log.py)", (("", "/structlog/"), ("", "/app/log.py"))),
     ("redis-py client code (anywhere)", (("", "site-packages/redis/"),)),
     ("Litestar code (anywhere)", (("", "site-packages/litestar/"),)),
-    ("uvicorn code (anywhere)", (("", "site-packages/uvicorn/"),)),
+    ("uvicorn's HTTP protocol (anywhere)", (("", "site-packages/uvicorn/protocols/"),)),
 ]
 #: Exclusive: the leaf frame's file decides where a sample's CPU went (sums to 100%).
 LEAF_GROUPS = [
@@ -122,6 +124,7 @@ EXCLUSIVE_AREAS: list[tuple[str, tuple[tuple[str, str], ...]]] = [
     ("assertion parse + claim checks (app/oauth/assertion.py, jose.py)", (("", "/app/oauth/assertion.py"), ("", "/app/oauth/jose.py"))),
     ("form parse (app/oauth/request.py)", (("", "/app/oauth/request.py"),)),
     ("access-token claims/encode (app/oauth/access_token.py)", (("", "/app/oauth/access_token.py"),)),
+    ("HTTP protocol and answer writes (app/web/server.py)", (("", "/app/web/server.py"),)),
     ("other app code (route, TokenService, grant, directory, metrics)", (("", "/app/"),)),
     ("Litestar (routing, Request/Response, middleware)", (("", "site-packages/litestar/"),)),
     ("uvicorn + httptools + event loop (HTTP parse, writes, task steps)", (("", "site-packages/uvicorn/"),)),
