@@ -32,18 +32,20 @@ LIMITS = HttpLimits(16384, 10.0, 10.0)
 
 
 class _Config(Config):
-    """uvicorn's config as ``app.web.listeners.BrokerConfig`` gives it to the protocol."""
+    """uvicorn's config as ``app.web.listeners.BrokerConfig`` gives it to the protocol
+    (``proxies``: BROKER_TRUSTED_PROXIES, as ``forwarded_allow_ips``)."""
 
-    def __init__(self, app: Any, direct: DirectToken | None) -> None:
-        super().__init__(app=app, lifespan="off", log_level="critical", proxy_headers=False)
+    def __init__(self, app: Any, direct: DirectToken | None, proxies: list[str] | None = None) -> None:
+        super().__init__(app=app, lifespan="off", log_level="critical", proxy_headers=proxies is not None,
+                         forwarded_allow_ips=proxies)
         self.direct_token = direct
 
 
 class Connection:
     """One connection to the protocol: ``send`` feeds bytes, ``answers`` waits for its tasks."""
 
-    def __init__(self, broker: Broker, direct: bool) -> None:
-        config = _Config(broker.app, broker.app.state.direct_token if direct else None)
+    def __init__(self, broker: Broker, direct: bool, proxies: list[str] | None = None) -> None:
+        config = _Config(broker.app, broker.app.state.direct_token if direct else None, proxies)
         self.protocol = BoundedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={}, limits=LIMITS)
         self.transport = RecordingTransport()
         self.protocol.connection_made(self.transport)
@@ -86,9 +88,10 @@ def _without_id(answer: bytes) -> bytes:
     return _ID.sub(b"x-request-id: <id>\r\n", answer)
 
 
-def _one(broker: Broker, direct: bool, request: bytes) -> tuple[bool, list[tuple[str, bytes]]]:
+def _one(broker: Broker, direct: bool, request: bytes,
+         proxies: list[str] | None = None) -> tuple[bool, list[tuple[str, bytes]]]:
     async def run() -> tuple[bool, list[tuple[str, bytes]]]:
-        conn = Connection(broker, direct)
+        conn = Connection(broker, direct, proxies)
         conn.send(request)
         took_direct = conn.direct
         return took_direct, await conn.answers()
@@ -317,7 +320,7 @@ SETTINGS_OFF = [
     pytest.param({}, True, id="defaults: on"),
     pytest.param({"access_log": "on"}, False, id="access log"),
     pytest.param({"access_log": "0.1"}, False, id="sampled access log"),
-    pytest.param({"trusted_proxies": ("10.0.0.1",)}, False, id="trusted proxies"),
+    pytest.param({"trusted_proxies": ("10.0.0.1",)}, True, id="trusted proxies: on (the source is uvicorn's)"),
     pytest.param({"tracing": "console"}, False, id="tracing"),
 ]
 
@@ -344,3 +347,50 @@ def test_an_unexpected_exception_is_the_same_bare_500(broker: Broker, c1: TestCl
     assert _without_id(answer) == _without_id(asgi[0][1])
     assert [e["error"] for e in broker.logs() if e["event"] == "token.unexpected_error"] == ["RuntimeError"] * 2
     assert SECRET not in broker.log_text()
+
+
+# -- behind trusted proxies: the source address uvicorn's proxy-headers layer gives ----------------
+
+# The recording transport's peer is 127.0.0.1. (trusted proxies, X-Forwarded-For headers, the
+# source the refusal's log line and the rate limiter get).
+FORWARDED = [
+    pytest.param(["127.0.0.1"], ["203.0.113.7"], "203.0.113.7", id="trusted peer: the address it names"),
+    pytest.param(["127.0.0.1"], ["198.51.100.9, 203.0.113.7"], "203.0.113.7",
+                 id="a chain: the last address not trusted"),
+    pytest.param(["127.0.0.1", "203.0.113.0/24"], ["198.51.100.9, 203.0.113.7"], "198.51.100.9",
+                 id="a chain through a trusted network"),
+    pytest.param(["127.0.0.1"], ["198.51.100.9", "203.0.113.7"], "203.0.113.7",
+                 id="two headers: read as one list"),
+    pytest.param(["127.0.0.1"], [], "127.0.0.1", id="trusted peer, no header: the peer"),
+    pytest.param(["127.0.0.1"], [""], "127.0.0.1", id="trusted peer, empty header: the peer"),
+    pytest.param(["10.0.0.1"], ["203.0.113.7"], "127.0.0.1", id="untrusted peer: the header is ignored"),
+    pytest.param(None, ["203.0.113.7"], "127.0.0.1", id="no trusted proxies: the header is ignored"),
+]
+
+
+@pytest.mark.parametrize(("proxies", "forwarded", "source"), FORWARDED)
+def test_the_source_behind_trusted_proxies_is_uvicorns(broker: Broker, proxies: list[str] | None,
+                                                       forwarded: list[str], source: str) -> None:
+    """Attack matrix: `token-direct-path` (a forged X-Forwarded-For); the per-address rate limit
+    and the logs get the same source on both paths."""
+    other = TestClient("c1", kid="c1-1")  # a bad signature: refused, logged with its source
+    headers = [("Content-Type", FORM)] + [("X-Forwarded-For", value) for value in forwarded]
+    sources = []
+    for direct in (True, False):
+        body = _form(form(other.assertion(broker.clock.now)))
+        took_direct, answers = _one(broker, direct, _request(body, headers=headers), proxies)
+        assert took_direct is direct and _status(answers[0][1]) == 401
+        refusals = [e for e in broker.logs() if e["event"] == "token.rejected"]
+        sources.append(refusals[-1]["source"])
+    assert sources == [source, source]
+
+
+def test_trusted_proxies_without_uvicorns_layer_turn_the_direct_path_off(broker: Broker) -> None:
+    """Where uvicorn's proxy-headers layer is not the app the protocol holds, the direct path could
+    not give the forwarded source: every request goes through ASGI instead."""
+    config = _Config(broker.app, broker.app.state.direct_token, ["127.0.0.1"])
+    config.load()
+    config.loaded_app = broker.app  # the layer somewhere else (not where uvicorn puts it)
+    protocol = BoundedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={}, limits=LIMITS)
+    assert protocol._direct is None
+    assert Connection(broker, True, ["127.0.0.1"]).protocol._direct is broker.app.state.direct_token

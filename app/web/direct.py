@@ -18,8 +18,10 @@ Which requests take it is decided by the server (``BoundedHttpToolsProtocol._dir
 ``POST`` with the request target exactly ``/token``, HTTP/1.1, exactly one ``Content-Length`` (at
 most ``BROKER_BODY_MAX``) and no ``Transfer-Encoding``, at most one ``Content-Type``, no
 ``Expect``, no upgrade, nothing pipelined before it, under the connection cap. Every other request,
-and every request when tracing, the access log or trusted proxies are on (``direct_token``
-returns None), goes through ASGI as before, where the strict middleware and the route answer it.
+and every request when tracing or the access log is on (``direct_token`` returns None), goes
+through ASGI as before, where the strict middleware and the route answer it. Behind trusted
+proxies (``BROKER_TRUSTED_PROXIES``) the server gives the same source address as uvicorn's
+proxy-headers layer, from the same table (``BoundedHttpToolsProtocol._source``).
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ _JSON_HEAD = b"content-type: application/json\r\ncache-control: no-store\r\nprag
 def direct_token(settings: Settings, *, service: TokenService, metrics: Metrics, log: Any,
                  in_flight: InFlight) -> DirectToken | None:
     """The composition root's hook: None when a layer the direct path does not have is on
-    (tracing spans, access lines, X-Forwarded-For from trusted proxies)."""
-    if settings.tracing != "off" or settings.access_log_sample or settings.trusted_proxies:
+    (tracing spans, access lines)."""
+    if settings.tracing != "off" or settings.access_log_sample:
         return None
     return DirectToken(service=service, metrics=metrics, log=log, in_flight=in_flight, body_max=settings.body_max)
 

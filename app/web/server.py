@@ -37,6 +37,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app import log as broker_log
@@ -86,8 +87,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline: float | None = None
         self._in_request = False  # a request line has begun and its message is not complete
         # POST /token answered without ASGI (app.web.direct); None on the management listener,
-        # with tracing, access lines or trusted proxies on, and outside ``serve``.
+        # with tracing or access lines on, and outside ``serve``.
         self._direct: DirectToken | None = getattr(self.config, "direct_token", None)
+        # BROKER_TRUSTED_PROXIES: uvicorn's own trusted-hosts table, from the proxy-headers layer
+        # it put around the app, so that a direct request's source is the one ASGI would see.
+        self._proxies: Any = None
+        if self.config.proxy_headers:
+            if isinstance(self.app, ProxyHeadersMiddleware):
+                self._proxies = self.app.trusted_hosts
+            else:  # not where uvicorn puts it: no direct path rather than the proxy's address
+                self._direct = None
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -168,6 +177,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         length: bytes | None = None
         has_authorization = False
         dpop: tuple[str, ...] = ()
+        forwarded: list[bytes] = []
         for name, value in self.headers:
             if name == b"content-type":
                 if content_type is not None:
@@ -181,20 +191,35 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 has_authorization = True
             elif name == b"dpop":
                 dpop += (value.decode("latin-1"),)
+            elif name == b"x-forwarded-for":
+                forwarded.append(value)
             elif name == b"transfer-encoding":
                 return False
         if length is None or not length.isdigit() or int(length) > direct.body_max:
             return False
-        self.cycle = _DirectCycle(content_type, has_authorization, dpop, parser.should_keep_alive())
+        self.cycle = _DirectCycle(content_type, has_authorization, dpop, parser.should_keep_alive(),
+                                  self._source(forwarded))
         return True
+
+    def _source(self, forwarded: list[bytes]) -> str | None:
+        """The caller's address as ASGI would have it: the TCP peer, or, when the peer is a trusted
+        proxy, the address its ``X-Forwarded-For`` names (uvicorn's ``ProxyHeadersMiddleware``,
+        the same table and the same steps)."""
+        client = self.client
+        host = client[0] if client else None
+        proxies = self._proxies
+        if forwarded and proxies is not None and host in proxies:
+            named, _ = proxies.get_trusted_client_address(b", ".join(forwarded).decode("latin1"))
+            if named:
+                return named
+        return host
 
     async def _answer_directly(self, cycle: _DirectCycle) -> None:
         """Run ``DirectToken.answer`` and write its answer: the status line, uvicorn's default
         headers (``date``), the endpoint's, ``connection: close`` when the connection ends with it."""
         assert self._direct is not None
-        client = self.client
         status, head, body = await self._direct.answer(b"".join(cycle.body), cycle.content_type, cycle.has_authorization,
-                                                       client[0] if client else None, cycle.dpop)
+                                                       cycle.source, cycle.dpop)
         transport = self.transport
         cycle.response_started = cycle.response_complete = True
         if cycle.disconnected or transport.is_closing():
@@ -384,14 +409,16 @@ class _DirectCycle:
     ``response_complete``, ``disconnected``, ``message_event``) and ``expire`` reads
     (``response_started``), and the parts of the request the endpoint takes."""
 
-    __slots__ = ("content_type", "has_authorization", "dpop", "keep_alive", "body", "response_started",
+    __slots__ = ("content_type", "has_authorization", "dpop", "keep_alive", "source", "body", "response_started",
                  "response_complete", "disconnected", "message_event")
 
-    def __init__(self, content_type: str | None, has_authorization: bool, dpop: tuple[str, ...], keep_alive: bool) -> None:
+    def __init__(self, content_type: str | None, has_authorization: bool, dpop: tuple[str, ...], keep_alive: bool,
+                 source: str | None) -> None:
         self.content_type = content_type
         self.has_authorization = has_authorization
         self.dpop = dpop
         self.keep_alive = keep_alive
+        self.source = source
         self.body: list[bytes] = []
         self.response_started = False
         self.response_complete = False
