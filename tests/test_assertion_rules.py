@@ -632,3 +632,24 @@ def test_payload_of_128kb_is_refused_by_the_body_limit(broker, c1):
     h, _, s = c1.assertion(NOW).split(".")
     r = broker.token(form(f"{h}.{'A' * 128_001}.{s}"))
     assert r.status_code == 413
+
+
+def test_a_decoded_header_is_shared_read_only_and_a_refused_one_is_refused_every_time() -> None:
+    """``app.oauth.assertion._header`` decodes a header once per distinct bytes: the mapping two
+    assertions share cannot be changed by either, and a refusal is not remembered as a header."""
+    from app.oauth.assertion import AssertionPolicy, parse_assertion
+    from app.oauth.errors import InvalidClient
+
+    policy = AssertionPolicy(issuer=ISS, algs=frozenset({"ES256"}))
+    c1 = TestClient("c1", kid="c1-1")
+    first, second = (parse_assertion(c1.assertion(NOW), policy) for _ in range(2))
+    assert first.header is second.header and dict(first.header) == {
+        "alg": "ES256", "kid": "c1-1", "typ": "client-authentication+jwt"}
+    with pytest.raises(TypeError):
+        first.header["kid"] = "other"  # type: ignore[index]
+    forbidden = sign({"alg": "ES256", "kid": "c1-1", "jku": "https://attacker.example/jwks"}, good("c1", now=NOW),
+                     c1.key)
+    for _ in range(2):
+        with pytest.raises(InvalidClient) as refused:
+            parse_assertion(forbidden, policy)
+        assert refused.value.reason == "header_param_forbidden"

@@ -39,6 +39,7 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 from json.encoder import encode_basestring_ascii as _json_string
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -109,7 +110,8 @@ ASSERTION_REUSE = "assertion_reuse"
 
 
 class ParsedAssertion(msgspec.Struct, frozen=True):
-    header: dict[str, Any]
+    #: Read-only: one mapping shared by every assertion with the same header bytes (``_header``).
+    header: Mapping[str, Any]
     claims: dict[str, Any]
     signing_input: bytes
     signature: bytes
@@ -150,11 +152,7 @@ def parse_assertion(value: str, policy: AssertionPolicy, route: Callable[[dict[s
     if len(h64) > _HEADER_MAX or len(s64) > _SIGNATURE_MAX:
         raise InvalidClient("assertion_malformed")
 
-    header = _strict_object(h64, "header_invalid")
-    if not _ALLOWED_HEADER.issuperset(header):
-        raise InvalidClient("header_param_forbidden")
-    if not all(type(v) is str and clean(v) for v in header.values()):
-        raise InvalidClient("header_invalid")
+    header = _header(h64)
     alg = header.get("alg")
     alg = ALG_SYNONYMS.get(alg, alg)
     refusal: InvalidClient | None = None
@@ -188,6 +186,22 @@ def parse_assertion(value: str, policy: AssertionPolicy, route: Callable[[dict[s
     if signature is None:
         raise InvalidClient("assertion_malformed")
     return ParsedAssertion(header, claims, h64 + b"." + p64, signature, iss, alg)
+
+
+@functools.lru_cache(maxsize=256)
+def _header(h64: bytes) -> Mapping[str, Any]:
+    """The header segment decoded and checked (only its parameters and their characters: ``alg``
+    and ``typ`` are checked against the policy by the caller). Every assertion of a client carries
+    the same header (``alg``, ``kid``, ``typ``), so it is decoded once per distinct header, not
+    once per request (≈ 5.5 µs); a refusal is raised every time, never remembered. Read-only,
+    since the same mapping goes to every assertion with these bytes. At most 256 headers of at most
+    ``_HEADER_MAX`` bytes are kept; many distinct headers only cost their own decoding, as before."""
+    header = _strict_object(h64, "header_invalid")
+    if not _ALLOWED_HEADER.issuperset(header):
+        raise InvalidClient("header_param_forbidden")
+    if not all(type(v) is str and clean(v) for v in header.values()):
+        raise InvalidClient("header_invalid")
+    return MappingProxyType(header)
 
 
 def _check_header(alg: str | None, typ: str | None, policy: AssertionPolicy) -> None:
