@@ -388,9 +388,13 @@ def test_the_source_behind_trusted_proxies_is_uvicorns(broker: Broker, proxies: 
 def test_trusted_proxies_without_uvicorns_layer_turn_the_direct_path_off(broker: Broker) -> None:
     """Where uvicorn's proxy-headers layer is not the app the protocol holds, the direct path could
     not give the forwarded source: every request goes through ASGI instead."""
-    config = _Config(broker.app, broker.app.state.direct_token, ["127.0.0.1"])
-    config.load()
-    config.loaded_app = broker.app  # the layer somewhere else (not where uvicorn puts it)
-    protocol = BoundedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={}, limits=LIMITS)
-    assert protocol._direct is None
-    assert Connection(broker, True, ["127.0.0.1"]).protocol._direct is broker.app.state.direct_token
+    async def directs() -> tuple[Any, Any]:  # protocols are made on the broker's loop, as uvicorn makes them
+        config = _Config(broker.app, broker.app.state.direct_token, ["127.0.0.1"])
+        config.load()
+        config.loaded_app = broker.app  # the layer somewhere else (not where uvicorn puts it)
+        protocol = BoundedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={}, limits=LIMITS)
+        return protocol._direct, Connection(broker, True, ["127.0.0.1"]).protocol._direct
+
+    without_layer, with_layer = broker.call(directs)
+    assert without_layer is None
+    assert with_layer is broker.app.state.direct_token
