@@ -208,14 +208,21 @@ class BrokerProcess:
         stop_process(self.proc)
 
 
+def _own_code(root: Path) -> list[str]:
+    packages = root / "packages"
+    return [str(root), *(str(p) for p in sorted(packages.glob("*")) if p.is_dir())]
+
+
 def broker_env(issuer: str, keys_dir: Path, redis_url: str | None = None,
                env: dict[str, str] | None = None, root: Path = ROOT) -> dict[str, str]:
     """The environment of a broker process: this one's, minus any ``BROKER_*`` setting of the
     caller's shell (a broker under test gets only what the caller asks for), plus ``env``.
-    ``root``: the checkout whose ``app`` runs (another revision's, for the benchmark)."""
+    ``root``: the checkout whose ``app`` runs (another revision's, or a snapshot's, for the
+    benchmark): its ``app`` and its ``packages/*`` come first on ``PYTHONPATH``, ahead of the
+    virtualenv's editable installs (which point at the checkout that made the virtualenv)."""
     out = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
     out["PYTHONUNBUFFERED"] = "1"
-    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)
+    out["PYTHONPATH"] = os.pathsep.join(p for p in (*_own_code(root), os.environ.get("PYTHONPATH")) if p)
     out["BROKER_ISSUER"] = issuer
     out["BROKER_KEYS_DIR"] = str(keys_dir)
     if redis_url:

@@ -17,7 +17,6 @@ this / other. The worktree is removed at the end of the run.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 from pathlib import Path
@@ -50,13 +49,6 @@ def remove(tree: Path) -> None:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], capture_output=True)
 
 
-def _python_path(tree: Path) -> str:
-    """The revision's own code first: its ``app`` and its ``packages/*`` (this virtualenv's
-    editable installs point at this checkout's packages, which come later on the path)."""
-    packages = sorted(p for p in (tree / "packages").glob("*") if p.is_dir()) if (tree / "packages").is_dir() else []
-    return os.pathsep.join(str(p) for p in (tree, *packages))
-
-
 def _medians(runs: list[ScenarioResult]) -> dict[str, float]:
     return {
         "rps": round(statistics.median(r.run.rate for r in runs), 1),
@@ -71,9 +63,8 @@ def _start(args: argparse.Namespace, redis: RedisServer, work: Workload, pin: Pi
            db: int, tree: Path = ROOT) -> tuple[BrokerProcess, Workload]:
     """A fresh broker of the checkout ``tree`` on Redis database ``db``, its clients registered."""
     keys = workdir / f"keys-{name}"
-    env = {**broker_settings(args), **({"PYTHONPATH": _python_path(tree)} if tree != ROOT else {})}
     broker = start_broker(keys, workdir / f"broker-{name}.log", redis_url=redis.url.rsplit("/", 1)[0] + f"/{db}",
-                          prefix=pin.broker(), env=env, root=tree)
+                          prefix=pin.broker(), env=broker_settings(args), root=tree)
     there = work.for_issuer(broker.url)
     register_clients(broker.url, keys / "admin.jwk", [c.metadata() for c in there.clients])
     warm_up(broker, there)
