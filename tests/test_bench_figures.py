@@ -4,6 +4,7 @@ no processes."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -123,3 +124,49 @@ def test_target_lines_name_the_figures() -> None:
         "worst miss 2.00x (5 rows)", "1550/s (miss 3100/s): p99 4.8 ms end to end; inside the broker p99 <= 2.5 ms; "
         "the generator alone 1.2 ms", "bad_signature 1.09x a hit, replay 1.06x a hit",
         "80000 -> 81000 KiB (+1.2%) over 1000000 requests, 0 not 200", "miss x1.7, hit x1.6"]
+
+
+@pytest.mark.parametrize(("before", "after", "want"), [
+    pytest.param({"core 0": (10, 1000), "core 1": (0, 1000)}, {"core 0": (40, 1100), "core 1": (0, 1100)},
+                 {"core 0": 0.3, "core 1": 0.0}, id="a-third-taken-from-core-0"),
+    pytest.param({"core 0": (10, 1000)}, {"core 0": (10, 1000)}, {}, id="no-ticks-no-share"),
+    pytest.param({"core 0": (10, 1000)}, {"core 0": (15, 1010), "core 1": (3, 500)}, {"core 0": 0.5},
+                 id="a-core-that-came-online-is-left-out"),
+    pytest.param({}, {}, {}, id="no-proc-stat"),
+])
+def test_steal_shares_from_two_readings(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
+                                        want: dict[str, float]) -> None:
+    from scripts.bench.system import steal_shares
+
+    assert steal_shares(before, after) == want
+
+
+def test_core_times_reads_every_online_core() -> None:
+    """Linux only (the benchmark's machine): one (steal, all) pair per ``cpuN`` line of /proc/stat."""
+    from scripts.bench.system import core_times
+
+    stat = Path("/proc/stat").read_text().splitlines()
+    lines = [ln.split()[0] for ln in stat if ln.startswith("cpu") and not ln.startswith("cpu ")]
+    times = core_times()
+    assert sorted(times) == sorted("core " + name[3:] for name in lines)
+    assert all(0 <= steal <= total for steal, total in times.values())
+
+
+def test_fixed_rate_target_names_the_windows_load_and_steal() -> None:
+    from scripts.bench.report import _fixed_rate_parts, _steal_rows
+    from scripts.bench.targets import check, rows
+
+    fixed = {"offered_rps": 1550, "p50_ms": 1.1, "p99_ms": 26.5, "in_broker": {"p99_at_most_ms": 25.0, "share_over_5ms": 0.0371},
+             "generator_alone": {"p50_ms": 0.16, "p99_ms": 1.88}, "broker_cpu_share": 0.71, "broker_cpu_us_per_request": 458,
+             "steal": {"core 0": 0.22, "core 1": 0.3}}
+    doc = _results(fixed_rate=fixed)
+    line = rows(check(doc))[6]
+    assert line.split()[:2] == ["not", "met"] and line.rsplit("  ", 1)[-1].strip() == (
+        "1550/s (miss 3100/s): p99 26.5 ms end to end; inside the broker p99 <= 25.0 ms; the generator alone 1.88 ms; "
+        "broker busy 0.71 of its core; hypervisor steal core 0 22%, core 1 30%")
+    doc["scenarios"]["miss"]["steal"] = {"core 0": 0.02, "core 1": 0.125}
+    assert [*_fixed_rate_parts(doc["scenarios"])[2:], *_steal_rows(doc["scenarios"])] == [
+        "fixed 1550/s, the window's load: broker busy 0.71 of its core (458 CPU µs per request; the miss row 323); "
+        "hypervisor steal core 0 22%, core 1 30%",
+        "hypervisor steal per window (/proc/stat): miss core 0 2%, core 1 12%; fixed_rate core 0 22%, core 1 30%"]
+

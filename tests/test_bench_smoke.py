@@ -60,6 +60,11 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert fixed["generator_alone"]["p99_ms"] > 0 and fixed["generator_alone"]["achieved_rps"] > 0, fixed
     assert fixed["in_broker"]["share_at_most_ms"]["inf"] == 1.0 and fixed["in_broker"]["p99_at_most_ms"] > 0, fixed
     assert "the generator alone (no-op server" in proc.stdout and "inside the broker (its /token histogram)" in proc.stdout
+    # The window's load and what the hypervisor took (steal, per core): every row has both cores.
+    assert 0 < fixed["broker_cpu_share"] <= 1.5 and set(fixed["steal"]) >= {"core 0"}, fixed
+    assert fixed["broker_cpu_us_per_request"] > 0 and fixed["broker_reads_per_request"] >= 1, fixed
+    assert all(set(results["scenarios"][n]["steal"]) == set(fixed["steal"]) for n in ("miss", "hit")), results["scenarios"]["miss"]
+    assert "the window's load: broker busy" in proc.stdout and "hypervisor steal per window (/proc/stat): miss core 0" in proc.stdout
     assert results["scenarios"]["redis_memory"]["bytes_per_jti"] > 0
     assert results["scenarios"]["memory"]["rss_kib_after"] > 0
     for part in ("verify_us", "sign_us", "redis_set_nx_get_us", "dpop_proof_us"):

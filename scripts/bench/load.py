@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.bench.results import FixedRateRun, WrkRun
-from scripts.bench.system import Pinning, cpu_seconds, io_calls, run_async
+from scripts.bench.system import Pinning, core_times, cpu_seconds, io_calls, run_async, steal_shares
 from scripts.bench.workload import remove_bodies, write_bodies
 from scripts.processes import BrokerProcess, free_port, wait_until
 
@@ -101,10 +101,11 @@ def run_wrk(broker: BrokerProcess, bodies: list[str], mode: str, *, duration: fl
                      "--timeout", "5s", "-s", str(LUA), broker.url, "--", str(prefix), mode]
     before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     io0 = io_calls(broker.proc.pid)
-    cpu0, t0 = cpu_seconds(broker.proc.pid), time.monotonic()
+    cores0, cpu0, t0 = core_times(), cpu_seconds(broker.proc.pid), time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     wall = time.monotonic() - t0
     broker_cpu = cpu_seconds(broker.proc.pid) - cpu0
+    steal = steal_shares(cores0, core_times())
     io1 = io_calls(broker.proc.pid)
     after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     remove_bodies(prefix, threads)
@@ -127,6 +128,7 @@ def run_wrk(broker: BrokerProcess, bodies: list[str], mode: str, *, duration: fl
         generator=f"wrk -t{threads} -c{connections}",
         broker_reads_per_request=round((io1[0] - io0[0]) / res["requests"], 2) if res["requests"] else None,
         broker_writes_per_request=round((io1[1] - io0[1]) / res["requests"], 2) if res["requests"] else None,
+        steal=steal or None,
     )
 
 

@@ -8,6 +8,7 @@ from scripts.bench.revisions import rows as revision_rows
 from scripts.bench.scenarios import HTTP_SCENARIOS
 from scripts.bench.targets import check as check_targets
 from scripts.bench.targets import rows as target_rows
+from scripts.bench.targets import steal_text
 
 
 def _header(results: dict[str, Any]) -> list[str]:
@@ -97,6 +98,12 @@ def _redis_calls(scenarios: dict[str, Any]) -> list[str]:
     return [f"broker Redis calls per request: {'; '.join(parts)}"] if parts else []
 
 
+def _steal_rows(scenarios: dict[str, Any]) -> list[str]:
+    """How much of each window the host took away from this VM's cores (noisy neighbours)."""
+    parts = [f"{name} {steal_text(r['steal'])}" for name, r in scenarios.items() if isinstance(r, dict) and r.get("steal")]
+    return [f"hypervisor steal per window (/proc/stat): {'; '.join(parts)}"] if parts else []
+
+
 def _fixed_rate_parts(scenarios: dict[str, Any]) -> list[str]:
     """The fixed-rate row's latency, split: the generator against a server that answers at once,
     and the broker's own time per request (its histogram)."""
@@ -108,6 +115,13 @@ def _fixed_rate_parts(scenarios: dict[str, Any]) -> list[str]:
     if (inside := r.get("in_broker")) and inside.get("p99_at_most_ms") is not None:
         lines.append(f"fixed {r['offered_rps']:.0f}/s, inside the broker (its /token histogram): p99 <= {inside['p99_at_most_ms']} ms, "
                      f"{inside['share_over_5ms']:.2%} of requests over 5 ms")
+    if r.get("broker_cpu_share") is not None:
+        per = f" ({r['broker_cpu_us_per_request']:.0f} CPU µs per request" if r.get("broker_cpu_us_per_request") else ""
+        if per and (miss := (scenarios.get("miss") or {}).get("rps_per_broker_cpu_s")):
+            per += f"; the miss row {1e6 / miss:.0f}"
+        steal = f"; hypervisor steal {steal_text(r.get('steal'))}" if r.get("steal") else ""
+        lines.append(f"fixed {r['offered_rps']:.0f}/s, the window's load: broker busy {r['broker_cpu_share']:.2f} of its core"
+                     f"{per + ')' if per else ''}{steal}")
     return lines
 
 
@@ -180,7 +194,7 @@ def table(results: dict[str, Any]) -> str:
                       *_floor_share(scenarios, results.get("floor"), "floor"),
                       *_floor_share(scenarios, results.get("floor_raw"), "raw floor"),
                       *_dpop_cost(scenarios, results.get("ceiling")), *_refusal_calls(scenarios), *_redis_calls(scenarios), *_syscalls(scenarios),
-                      *_fixed_rate_parts(scenarios), *revision_rows(results.get("revisions")),
+                      *_fixed_rate_parts(scenarios), *_steal_rows(scenarios), *revision_rows(results.get("revisions")),
                       *_other_rows(scenarios),
                       *_worker_rows(results.get("workers")), *_profile_rows(results.get("profile") or {}),
                       *target_rows(results.get("targets") or check_targets(results))])

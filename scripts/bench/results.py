@@ -40,6 +40,9 @@ class WrkRun(msgspec.Struct, kw_only=True):
     #: (``broker_redis_duration_seconds_count``): ``replay`` is the token endpoint's script,
     #: ``token_cache`` the cache write, lock and reads, ``ratelimit`` the failure counter.
     redis_calls_per_request: dict[str, float] | None = None
+    #: Per core, the share of the window the hypervisor took away (``/proc/stat`` steal): the
+    #: broker, Redis or the generator had work and the host ran something else. None off Linux.
+    steal: dict[str, float] | None = None
 
     @property
     def rate(self) -> float:
@@ -66,6 +69,17 @@ class FixedRateRun(msgspec.Struct, kw_only=True):
     #: The same generator, rate and pinning against a server that answers at once
     #: (``scripts/bench/noop.py``): what the generator itself adds.
     generator_alone: dict[str, float] | None = None
+    #: The broker's CPU time over the window's wall time (1.0 = its core fully busy): how loaded
+    #: "half the miss rate" left it in this window.
+    broker_cpu_share: float | None = None
+    #: The broker's CPU time and read / write system calls per request in the window (as the
+    #: closed-loop rows' figures: at a fixed rate fewer requests share each loop pass).
+    broker_cpu_us_per_request: float | None = None
+    broker_reads_per_request: float | None = None
+    broker_writes_per_request: float | None = None
+    #: Per core, the share of the window the hypervisor took away (``/proc/stat`` steal): the
+    #: broker, Redis or the generator had work and the host ran something else. None off Linux.
+    steal: dict[str, float] | None = None
 
     @property
     def rate(self) -> float:

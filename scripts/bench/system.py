@@ -43,6 +43,31 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def core_times() -> dict[str, tuple[int, int]]:
+    """Per core, (steal, all) clock ticks so far from ``/proc/stat``: steal is the time the core
+    (a virtual CPU) had work but the hypervisor ran something else on the host."""
+    out: dict[str, tuple[int, int]] = {}
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name != "cpu" and len(fields) >= 8:
+            ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
+            out["core " + name[3:]] = (ticks[7], sum(ticks))
+    return out
+
+
+def steal_shares(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, float]:
+    """Each core's share of a window the hypervisor took away (steal), from two ``core_times``."""
+    shares = {}
+    for core, (steal, total) in after.items():
+        if core in before and total > before[core][1]:
+            shares[core] = round((steal - before[core][0]) / (total - before[core][1]), 3)
+    return shares
+
+
 def io_calls(pid: int) -> tuple[int, int]:
     """(read, write) system calls so far, summed over the process tree (``/proc/<pid>/io``
     ``syscr`` / ``syscw``: read/readv/pread and write/writev/pwrite, which is what uvloop uses

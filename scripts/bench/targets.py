@@ -63,6 +63,11 @@ def _tail(scenarios: dict[str, Any]) -> dict[str, str]:
                 MET if ratios[worst] <= 2.5 else NOT_MET)
 
 
+def steal_text(steal: dict[str, float] | None) -> str:
+    """``core 0 3%, core 1 5%``: the share of a window the hypervisor took from each core."""
+    return ", ".join(f"{core} {share:.0%}" for core, share in sorted((steal or {}).items()))
+
+
 def _fixed_rate(scenarios: dict[str, Any]) -> dict[str, str]:
     target = "fixed rate at half the miss rate: p99 <= 5 ms"
     r = scenarios.get("fixed_rate")
@@ -74,7 +79,9 @@ def _fixed_rate(scenarios: dict[str, Any]) -> dict[str, str]:
     within = f"; inside the broker p99 <= {inside} ms" if inside is not None else ""
     alone = (r.get("generator_alone") or {}).get("p99_ms")
     generator = f"; the generator alone {alone} ms" if alone is not None else ""
-    return _row(target, f"{r['offered_rps']:.0f}/s{half}: p99 {r['p99_ms']} ms end to end{within}{generator}",
+    busy = f"; broker busy {r['broker_cpu_share']:.2f} of its core" if r.get("broker_cpu_share") is not None else ""
+    steal = f"; hypervisor steal {steal_text(r['steal'])}" if r.get("steal") else ""
+    return _row(target, f"{r['offered_rps']:.0f}/s{half}: p99 {r['p99_ms']} ms end to end{within}{generator}{busy}{steal}",
                 MET if r["p99_ms"] <= 5.0 else NOT_MET)
 
 
