@@ -62,6 +62,32 @@ def _verify_cost(work: Workload, settings: Any, n: int, rounds: int) -> tuple[fl
     return per_op_us(verify, assertions, rounds)
 
 
+#: The idle gap before each verify of ``verify_after_idle_us`` (about the gap between requests
+#: at the fixed-rate row's load).
+IDLE_GAP_S = 0.001
+
+
+def _verify_after_idle(work: Workload, settings: Any, n: int) -> float:
+    """The same verify, each one after the core sat idle for ``IDLE_GAP_S``: the median CPU µs
+    of one verify (its thread's CPU time, the sleep excluded). On a VM whose core idles between
+    requests the same work costs more (caches and the host's core state); this is how much."""
+    from app.oauth.assertion import parse_assertion, verify_assertion
+    from app.oauth.clients import ClientRecord, prepare_client
+    from app.service.client_auth import assertion_policy
+
+    policy = assertion_policy(settings)
+    bc = work.hit_clients[0]
+    client = prepare_client(msgspec.convert(bc.metadata(), ClientRecord))
+    now = int(time.time())
+    costs = []
+    for a in [bc.assertion(work.issuer, now) for _ in range(n)]:
+        time.sleep(IDLE_GAP_S)
+        c0 = time.thread_time_ns()
+        verify_assertion(parse_assertion(a, policy), client, policy, time.time())
+        costs.append(time.thread_time_ns() - c0)
+    return round(statistics.median(costs) / 1000, 1)
+
+
 def _dpop_cost(work: Workload, settings: Any, n: int, rounds: int) -> tuple[float, float]:
     """The broker's own DPoP proof check at /token, on proofs shaped as the dpop scenario sends."""
     from app.oauth.dpop import proof_policy, verify_token_proof
@@ -131,6 +157,7 @@ def measure_ceiling(work: Workload, redis_url: str, pin: Pinning, n: int, rounds
     settings = Settings(issuer=work.issuer, redis_url=redis_url)
     with pin.run_on(pin.broker_core):
         verify_wall, verify_us = _verify_cost(work, settings, n, rounds)
+        verify_idle_us = _verify_after_idle(work, settings, min(n, 300))
         dpop_wall, dpop_us = _dpop_cost(work, settings, n, rounds)
         (sign_wall, sign_us), (rs_wall, rs_us) = _sign_and_rs_costs(work.issuer, n, rounds)
         redis_wall, redis_us = run_async(_redis_cost(settings, n, rounds))
@@ -138,7 +165,7 @@ def measure_ceiling(work: Workload, redis_url: str, pin: Pinning, n: int, rounds
         script_wall, script_us = run_async(store_call_us(client, n, rounds))
     return Ceiling(
         verify_us=verify_us, sign_us=sign_us, redis_script_us=script_us, redis_set_nx_get_us=redis_us, rs_verify_us=rs_us,
-        dpop_proof_us=dpop_us,
+        dpop_proof_us=dpop_us, verify_after_idle_us=verify_idle_us,
         wall_us={"verify": verify_wall, "dpop_proof": dpop_wall, "sign": sign_wall, "redis_script": script_wall, "redis_set_nx_get": redis_wall,
                  "rs_verify": rs_wall},
         ceiling_rps=ceiling_rps(Costs(verify=verify_us, sign=sign_us, redis=script_us, dpop=dpop_us), rs_us),

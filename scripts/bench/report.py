@@ -23,7 +23,8 @@ def _header(results: dict[str, Any]) -> list[str]:
     ]
     c = results.get("ceiling")
     if c:
-        lines.append(f"ceiling (CPU µs/op on the broker core): assertion verify {c['verify_us']}, token sign {c['sign_us']}, "
+        idle = f" (after 1 ms idle: {c['verify_after_idle_us']})" if c.get("verify_after_idle_us") else ""
+        lines.append(f"ceiling (CPU µs/op on the broker core): assertion verify {c['verify_us']}{idle}, token sign {c['sign_us']}, "
                      f"Redis script call (broker's client) {c.get('redis_script_us')} "
                      f"(redis-py pooled SET NX PX GET {c['redis_set_nx_get_us']}), "
                      f"DPoP proof check {c.get('dpop_proof_us', '-')}")

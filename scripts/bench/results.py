@@ -117,6 +117,9 @@ class Ceiling(msgspec.Struct, kw_only=True):
     wall_us: dict[str, float]
     ceiling_rps: dict[str, int]
     note: str
+    #: The same verify, each after 1 ms of idle core (``ceiling._verify_after_idle``): not a
+    #: ceiling, the price of a cold core at a fixed rate's load.
+    verify_after_idle_us: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return msgspec.to_builtins(self)
