@@ -69,8 +69,8 @@ IDLE_GAP_S = 0.001
 
 def _verify_after_idle(work: Workload, settings: Any, n: int) -> float:
     """The same verify, each one after the core sat idle for ``IDLE_GAP_S``: the median CPU µs
-    of one verify (its thread's CPU time, the sleep excluded). On a VM whose core idles between
-    requests the same work costs more (caches and the host's core state); this is how much."""
+    of one verify (its thread's CPU time, the sleep excluded). On a shared VM the same work costs
+    more when it comes spaced out, as requests at a fixed rate do; this is how much."""
     from app.oauth.assertion import parse_assertion, verify_assertion
     from app.oauth.clients import ClientRecord, prepare_client
     from app.service.client_auth import assertion_policy
