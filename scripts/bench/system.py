@@ -52,7 +52,7 @@ def core_times() -> dict[str, tuple[int, int]]:
     except OSError:
         return out
     for line in lines:
-        name, *fields = line.split()
+        name, *fields = line.split() or [""]
         if name.startswith("cpu") and name != "cpu" and len(fields) >= 8:
             ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
             out["core " + name[3:]] = (ticks[7], sum(ticks))
