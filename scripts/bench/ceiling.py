@@ -45,7 +45,9 @@ def per_op_us(fn: Callable[[Any], Any], items: list[Any], rounds: int) -> tuple[
     return round(statistics.median(wall), 1), round(statistics.median(cpu), 1)
 
 
-def _verify_cost(work: Workload, settings: Any, n: int, rounds: int) -> tuple[float, float]:
+def _verifier(work: Workload, settings: Any, n: int) -> tuple[Callable[[str], None], list[str]]:
+    """The broker's own ``parse_assertion`` + ``verify_assertion`` for a hit client, and ``n`` of
+    its assertions."""
     from app.oauth.assertion import parse_assertion, verify_assertion
     from app.oauth.clients import ClientRecord, prepare_client
     from app.service.client_auth import assertion_policy
@@ -54,11 +56,15 @@ def _verify_cost(work: Workload, settings: Any, n: int, rounds: int) -> tuple[fl
     bc = work.hit_clients[0]
     client = prepare_client(msgspec.convert(bc.metadata(), ClientRecord))
     now = int(time.time())
-    assertions = [bc.assertion(work.issuer, now) for _ in range(n)]
 
     def verify(a: str) -> None:
         verify_assertion(parse_assertion(a, policy), client, policy, time.time())
 
+    return verify, [bc.assertion(work.issuer, now) for _ in range(n)]
+
+
+def _verify_cost(work: Workload, settings: Any, n: int, rounds: int) -> tuple[float, float]:
+    verify, assertions = _verifier(work, settings, n)
     return per_op_us(verify, assertions, rounds)
 
 
@@ -71,19 +77,12 @@ def _verify_after_idle(work: Workload, settings: Any, n: int) -> float:
     """The same verify, each one after the core sat idle for ``IDLE_GAP_S``: the median CPU µs
     of one verify (its thread's CPU time, the sleep excluded). On a shared VM the same work costs
     more when it comes spaced out, as requests at a fixed rate do; this is how much."""
-    from app.oauth.assertion import parse_assertion, verify_assertion
-    from app.oauth.clients import ClientRecord, prepare_client
-    from app.service.client_auth import assertion_policy
-
-    policy = assertion_policy(settings)
-    bc = work.hit_clients[0]
-    client = prepare_client(msgspec.convert(bc.metadata(), ClientRecord))
-    now = int(time.time())
+    verify, assertions = _verifier(work, settings, n)
     costs = []
-    for a in [bc.assertion(work.issuer, now) for _ in range(n)]:
+    for a in assertions:
         time.sleep(IDLE_GAP_S)
         c0 = time.thread_time_ns()
-        verify_assertion(parse_assertion(a, policy), client, policy, time.time())
+        verify(a)
         costs.append(time.thread_time_ns() - c0)
     return round(statistics.median(costs) / 1000, 1)
 

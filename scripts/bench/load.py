@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.bench.results import FixedRateRun, WrkRun
-from scripts.bench.system import Pinning, core_times, cpu_seconds, io_calls, run_async, steal_shares
+from scripts.bench.system import BrokerWindow, Pinning, run_async
 from scripts.bench.workload import remove_bodies, write_bodies
 from scripts.processes import BrokerProcess, free_port, wait_until
 
@@ -100,13 +100,10 @@ def run_wrk(broker: BrokerProcess, bodies: list[str], mode: str, *, duration: fl
     cmd = pin_cmd + ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s",
                      "--timeout", "5s", "-s", str(LUA), broker.url, "--", str(prefix), mode]
     before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    io0 = io_calls(broker.proc.pid)
-    cores0, cpu0, t0 = core_times(), cpu_seconds(broker.proc.pid), time.monotonic()
+    window = BrokerWindow(broker.proc.pid)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
-    wall = time.monotonic() - t0
-    broker_cpu = cpu_seconds(broker.proc.pid) - cpu0
-    steal = steal_shares(cores0, core_times())
-    io1 = io_calls(broker.proc.pid)
+    window.close()
+    wall, broker_cpu = window.wall, window.cpu
     after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     remove_bodies(prefix, threads)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
@@ -116,6 +113,7 @@ def run_wrk(broker: BrokerProcess, bodies: list[str], mode: str, *, duration: fl
     seconds = res["duration_us"] / 1e6
     gen_cpu = (after_children.ru_utime - before_children.ru_utime) + (after_children.ru_stime - before_children.ru_stime)
     latency = {p: round(res["latency_us"][p] / 1000, 2) for p in ("p50", "p90", "p99", "max")}
+    reads, writes = window.per_request(res["requests"])
     return WrkRun(
         rps=round(res["requests"] / seconds, 1), requests=res["requests"], seconds=round(seconds, 2),
         p50_ms=latency["p50"], p90_ms=latency["p90"], p99_ms=latency["p99"], max_ms=latency["max"],
@@ -126,9 +124,7 @@ def run_wrk(broker: BrokerProcess, bodies: list[str], mode: str, *, duration: fl
         rps_per_broker_cpu_s=round(res["requests"] / broker_cpu, 1) if broker_cpu > 0 else None,
         generator_cpu_share=round(gen_cpu / wall, 2), connections=connections,
         generator=f"wrk -t{threads} -c{connections}",
-        broker_reads_per_request=round((io1[0] - io0[0]) / res["requests"], 2) if res["requests"] else None,
-        broker_writes_per_request=round((io1[1] - io0[1]) / res["requests"], 2) if res["requests"] else None,
-        steal=steal or None,
+        broker_reads_per_request=reads, broker_writes_per_request=writes, steal=window.steal,
     )
 
 

@@ -77,8 +77,7 @@ class FixedRateRun(msgspec.Struct, kw_only=True):
     broker_cpu_us_per_request: float | None = None
     broker_reads_per_request: float | None = None
     broker_writes_per_request: float | None = None
-    #: Per core, the share of the window the hypervisor took away (``/proc/stat`` steal): the
-    #: broker, Redis or the generator had work and the host ran something else. None off Linux.
+    #: As ``WrkRun.steal``.
     steal: dict[str, float] | None = None
 
     @property
@@ -118,7 +117,7 @@ class Ceiling(msgspec.Struct, kw_only=True):
     ceiling_rps: dict[str, int]
     note: str
     #: The same verify, each after 1 ms of idle core (``ceiling._verify_after_idle``): not a
-    #: ceiling, the price of a cold core at a fixed rate's load.
+    #: ceiling, the price of work that comes spaced out, as at a fixed rate's load.
     verify_after_idle_us: float | None = None
 
     def to_json(self) -> dict[str, Any]:

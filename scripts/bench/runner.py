@@ -19,7 +19,7 @@ from scripts.bench.load import (
 )
 from scripts.bench.results import Ceiling, FixedRateRun, ScenarioResult, Verdict, WrkRun
 from scripts.bench.scenarios import BY_NAME, Scenario
-from scripts.bench.system import Pinning, core_times, cpu_seconds, io_calls, log, rss_kib, steal_shares
+from scripts.bench.system import BrokerWindow, Pinning, log, rss_kib
 from scripts.bench.workload import Workload, form
 from scripts.processes import BrokerProcess, RedisServer, start_broker
 
@@ -73,15 +73,13 @@ def run_scenario(args: argparse.Namespace, scenario: Scenario, broker: BrokerPro
         rate = resolve_rate(args, done)
         bodies = make(max(10, int(rate * args.duration)))
         before = token_latency_buckets(broker)
-        io0, cores0, cpu0, t0 = io_calls(broker.proc.pid), core_times(), cpu_seconds(broker.proc.pid), time.monotonic()
+        window = BrokerWindow(broker.proc.pid)
         run = run_fixed_rate(broker.port, bodies, rate, args.connections, pin)
-        cpu, io1 = cpu_seconds(broker.proc.pid) - cpu0, io_calls(broker.proc.pid)
-        run.broker_cpu_share = round(cpu / (time.monotonic() - t0), 2)
-        run.steal = steal_shares(cores0, core_times()) or None
+        window.close()
+        run.broker_cpu_share, run.steal = round(window.cpu / window.wall, 2), window.steal
+        run.broker_reads_per_request, run.broker_writes_per_request = window.per_request(run.requests)
         if run.requests:
-            run.broker_cpu_us_per_request = round(cpu / run.requests * 1e6)
-            run.broker_reads_per_request = round((io1[0] - io0[0]) / run.requests, 2)
-            run.broker_writes_per_request = round((io1[1] - io0[1]) / run.requests, 2)
+            run.broker_cpu_us_per_request = round(window.cpu / run.requests * 1e6)
         run.in_broker = in_broker_latency(before, token_latency_buckets(broker))
         run.generator_alone = generator_alone(bodies, rate, args.connections, pin)
         return run

@@ -68,6 +68,29 @@ def steal_shares(before: dict[str, tuple[int, int]], after: dict[str, tuple[int,
     return shares
 
 
+class BrokerWindow:
+    """What the broker used across one timed window: CPU time, read / write system calls and
+    the hypervisor's steal per core. ``BrokerWindow(pid)`` opens it, ``close()`` reads the end."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._io, self._cores = io_calls(pid), core_times()
+        self._cpu, self._t0 = cpu_seconds(pid), time.monotonic()
+
+    def close(self) -> None:
+        self.wall = time.monotonic() - self._t0
+        self.cpu = cpu_seconds(self.pid) - self._cpu
+        self.steal = steal_shares(self._cores, core_times()) or None
+        io = io_calls(self.pid)
+        self.reads, self.writes = io[0] - self._io[0], io[1] - self._io[1]
+
+    def per_request(self, requests: int) -> tuple[float | None, float | None]:
+        """(reads, writes) per request; None without requests."""
+        if not requests:
+            return None, None
+        return round(self.reads / requests, 2), round(self.writes / requests, 2)
+
+
 def io_calls(pid: int) -> tuple[int, int]:
     """(read, write) system calls so far, summed over the process tree (``/proc/<pid>/io``
     ``syscr`` / ``syscw``: read/readv/pread and write/writev/pwrite, which is what uvloop uses
