@@ -152,6 +152,38 @@ def test_core_times_reads_every_online_core() -> None:
     assert all(0 <= steal <= total for steal, total in times.values())
 
 
+@pytest.mark.parametrize(("files", "want_states", "want_line"), [
+    pytest.param({"devices/system/cpu/cpuidle/current_driver": "haltpoll\n",
+                  "devices/system/cpu/cpuidle/current_governor_ro": "haltpoll\n",
+                  "module/haltpoll/parameters/guest_halt_poll_ns": "0\n"},
+                 {"driver": "haltpoll", "governor": "haltpoll", "guest_halt_poll_ns": 0},
+                 ["idle cores: cpuidle driver haltpoll, guest halt polling off (an idle core halts at once)"],
+                 id="kvm-guest-polling-off"),
+    pytest.param({"devices/system/cpu/cpuidle/current_driver": "haltpoll\n",
+                  "module/haltpoll/parameters/guest_halt_poll_ns": "200000\n"},
+                 {"driver": "haltpoll", "guest_halt_poll_ns": 200000},
+                 ["idle cores: cpuidle driver haltpoll, guest halt polling up to 200 µs before a halt"],
+                 id="kvm-guest-kernel-default-poll"),
+    pytest.param({"devices/system/cpu/cpuidle/current_driver": "intel_idle\n",
+                  "devices/system/cpu/cpuidle/current_governor_ro": "menu\n"},
+                 {"driver": "intel_idle", "governor": "menu"},
+                 ["idle cores: cpuidle driver intel_idle"], id="bare-metal-no-haltpoll"),
+    pytest.param({}, None, [], id="no-cpuidle"),
+])
+def test_idle_states_and_their_header_line(tmp_path: Path, files: dict[str, str], want_states: dict[str, Any] | None,
+                                           want_line: list[str]) -> None:
+    """The header states what an idle core does: the fixed-rate row depends on it."""
+    from scripts.bench.report import idle_line
+    from scripts.bench.system import idle_states
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    states = idle_states(tmp_path)
+    assert states == want_states
+    assert idle_line(states) == want_line
+
+
 def test_fixed_rate_target_names_the_windows_load_and_steal() -> None:
     from scripts.bench.report import _fixed_rate_parts, _steal_rows
     from scripts.bench.targets import check, rows

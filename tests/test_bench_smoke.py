@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from scripts.bench.scenarios import ALL_SCENARIOS, SCENARIOS
+from scripts.bench.system import idle_states
 from tests.conftest import ROOT, require_binary
 
 pytestmark = [pytest.mark.live, pytest.mark.redis]
@@ -69,7 +70,11 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert results["scenarios"]["memory"]["rss_kib_after"] > 0
     for part in ("verify_us", "verify_after_idle_us", "sign_us", "redis_set_nx_get_us", "dpop_proof_us"):
         assert results["ceiling"][part] > 0, part
-    assert {"nproc", "cpu_model", "python"} <= set(results["machine"])
+    assert {"nproc", "cpu_model", "python", "idle"} <= set(results["machine"])
+    # What an idle core does, as this machine's kernel shows it (None where it shows no cpuidle).
+    idle = idle_states()
+    assert (results["machine"]["idle"] is None) == (idle is None)
+    assert ("idle cores: cpuidle driver" in proc.stdout) == (idle is not None)
     assert results["pinning"] and results["date"]
     assert "scenario" in proc.stdout and "ceiling" in proc.stdout  # the printed table
     # The targets, judged by the run: a smoke run measures the shares, the fixed rate and the

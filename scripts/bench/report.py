@@ -18,6 +18,7 @@ def _header(results: dict[str, Any]) -> list[str]:
         f"machine: {m['nproc']} cores ({m['cpu_model']}), Python {m['python']}, {m.get('redis')}",
         f"pinning: {results['pinning']}",
         f"load average at start/end: {m.get('loadavg_at_start')} / {m.get('loadavg_at_end')} (other processes share these cores)",
+        *idle_line(m.get("idle")),
         f"token cache on /token: {'yes' if results.get('token_cache', {}).get('detected') else 'no'}",
         "",
     ]
@@ -30,6 +31,19 @@ def _header(results: dict[str, Any]) -> list[str]:
                      f"DPoP proof check {c.get('dpop_proof_us', '-')}")
         lines.append("")
     return lines
+
+
+def idle_line(idle: dict[str, Any] | None) -> list[str]:
+    """The header's line on what an idle core does (``system.idle_states``): the fixed-rate row
+    depends on it (docs/performance.md, eleventh pass)."""
+    if not idle:
+        return []
+    line = f"idle cores: cpuidle driver {idle['driver']}"
+    poll = idle.get("guest_halt_poll_ns")
+    if isinstance(poll, int):
+        line += (", guest halt polling off (an idle core halts at once)" if poll == 0 else
+                 f", guest halt polling up to {poll / 1000:g} µs before a halt")
+    return [line]
 
 
 def _http_rows(scenarios: dict[str, Any], results: dict[str, Any]) -> list[str]:

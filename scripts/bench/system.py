@@ -133,6 +133,27 @@ def _tool_versions() -> dict[str, str | None]:
     return versions
 
 
+def idle_states(sys_root: Path = Path("/sys")) -> dict[str, Any] | None:
+    """What an idle core does: the cpuidle driver and governor and, under the ``haltpoll`` driver
+    of a KVM guest, ``guest_halt_poll_ns``, the longest an idle virtual CPU polls before it halts
+    (0: it halts at once, and the next wake-up from another core waits for the host to run it
+    again). None when the kernel shows no cpuidle."""
+    cpuidle = sys_root / "devices/system/cpu/cpuidle"
+    try:
+        driver = (cpuidle / "current_driver").read_text().strip()
+    except OSError:
+        return None
+    states: dict[str, Any] = {"driver": driver}
+    for name, path in (("governor", cpuidle / "current_governor_ro"),
+                       ("guest_halt_poll_ns", sys_root / "module/haltpoll/parameters/guest_halt_poll_ns")):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        states[name] = int(text) if text.isdigit() else text
+    return states
+
+
 def machine() -> dict[str, Any]:
     return {
         "loadavg_at_start": loadavg(),
@@ -141,6 +162,7 @@ def machine() -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "idle": idle_states(),
         **_tool_versions(),
     }
 
