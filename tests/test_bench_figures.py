@@ -25,6 +25,28 @@ def test_in_broker_latency_from_histogram_snapshots(before: dict[float, float], 
     assert (got["p99_at_most_ms"], got["share_over_5ms"]) == want
 
 
+def test_latency_buckets_read_the_token_endpoint_and_its_redis_call_from_the_brokers_metrics() -> None:
+    """The fixed-rate row splits the broker's own tail: its ``/token`` histogram (successful
+    answers only) and the token endpoint's Redis call (``op="replay"``), read from what the
+    broker's real ``Metrics`` renders; other endpoints, outcomes and Redis ops are left out."""
+    from app.metrics import REDIS_SECONDS, Metrics
+    from app.web.metrics import record_request
+    from scripts.bench.load import latency_buckets
+
+    metrics = Metrics()
+    for seconds in (0.0004, 0.003, 0.007):
+        record_request(metrics, "/token", 200, seconds)
+    record_request(metrics, "/token", 401, 0.0004)  # a refusal: not counted
+    record_request(metrics, "/jwks", 200, 0.0004)  # another endpoint: not counted
+    for seconds in (0.0002, 0.006):
+        metrics.observe(REDIS_SECONDS, seconds, op="replay")
+    metrics.observe(REDIS_SECONDS, 0.0002, op="registry")  # another op: not counted
+    got = latency_buckets(metrics.render().decode().splitlines())
+    assert (got["token"][0.0005], got["token"][0.005], got["token"][0.01], got["token"][math.inf]) == (1, 2, 3, 3)
+    assert (got["redis"][0.0005], got["redis"][0.005], got["redis"][0.01], got["redis"][math.inf]) == (1, 1, 2, 2)
+    assert in_broker_latency({}, got["redis"])["share_over_5ms"] == 0.5
+
+
 def test_compare_rev_medians_and_ratios() -> None:
     """``--compare-rev``: each side's figure is the median over its rounds; the ratio is this / other."""
     from types import SimpleNamespace
@@ -189,6 +211,7 @@ def test_fixed_rate_target_names_the_windows_load_and_steal() -> None:
     from scripts.bench.targets import check, rows
 
     fixed = {"offered_rps": 1550, "p50_ms": 1.1, "p99_ms": 26.5, "in_broker": {"p99_at_most_ms": 25.0, "share_over_5ms": 0.0371},
+             "in_broker_redis": {"p99_at_most_ms": 10.0, "share_over_5ms": 0.0288},
              "generator_alone": {"p50_ms": 0.16, "p99_ms": 1.88}, "broker_cpu_share": 0.71, "broker_cpu_us_per_request": 458,
              "steal": {"core 0": 0.22, "core 1": 0.3}}
     doc = _results(fixed_rate=fixed)
@@ -197,6 +220,9 @@ def test_fixed_rate_target_names_the_windows_load_and_steal() -> None:
         "1550/s (miss 3100/s): p99 26.5 ms end to end; inside the broker p99 <= 25.0 ms; the generator alone 1.88 ms; "
         "broker busy 0.71 of its core; hypervisor steal core 0 22%, core 1 30%")
     doc["scenarios"]["miss"]["steal"] = {"core 0": 0.02, "core 1": 0.125}
+    assert _fixed_rate_parts(doc["scenarios"])[1] == (
+        "fixed 1550/s, inside the broker (its /token histogram): p99 <= 25.0 ms, 3.71% of requests over 5 ms; "
+        "its Redis call: p99 <= 10.0 ms, 2.88% over 5 ms")
     assert [*_fixed_rate_parts(doc["scenarios"])[2:], *_steal_rows(doc["scenarios"])] == [
         "fixed 1550/s, the window's load: broker busy 0.71 of its core (458 CPU µs per request; the miss row 323); "
         "hypervisor steal core 0 22%, core 1 30%",

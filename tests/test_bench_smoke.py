@@ -60,6 +60,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
     fixed = results["scenarios"]["fixed_rate"]  # its latency split: the generator alone, the broker's own time
     assert fixed["generator_alone"]["p99_ms"] > 0 and fixed["generator_alone"]["achieved_rps"] > 0, fixed
     assert fixed["in_broker"]["share_at_most_ms"]["inf"] == 1.0 and fixed["in_broker"]["p99_at_most_ms"] > 0, fixed
+    # Every request of the row made its one Redis call (op "replay"), timed as the broker awaits it.
+    assert fixed["in_broker_redis"]["share_at_most_ms"]["inf"] == 1.0 and fixed["in_broker_redis"]["p99_at_most_ms"] > 0, fixed
     assert "the generator alone (no-op server" in proc.stdout and "inside the broker (its /token histogram)" in proc.stdout
     # The window's load and what the hypervisor took (steal, per core): every row has both cores.
     assert 0 < fixed["broker_cpu_share"] <= 1.5 and set(fixed["steal"]) >= {"core 0"}, fixed

@@ -55,20 +55,31 @@ def redis_calls(broker: BrokerProcess) -> dict[str, int]:
     return {m["op"]: int(float(m["n"])) for line in _metrics(broker) if (m := _REDIS_COUNT.match(line))}
 
 
-_BUCKET = re.compile(r'^broker_http_request_duration_seconds_bucket\{(?P<labels>[^}]*)\} (?P<count>\S+)$')
+_BUCKET = re.compile(r'^(?P<name>broker_http_request_duration_seconds|broker_redis_duration_seconds)_bucket'
+                     r'\{(?P<labels>[^}]*)\} (?P<count>\S+)$')
 _LE = re.compile(r'le="(?P<le>[^"]+)"')
+#: The token endpoint's successful requests, and its Redis call (the replay script: every
+#: request of the miss and hit rows makes exactly one).
+_TOKEN_OK = ("broker_http_request_duration_seconds", ('endpoint="/token"', 'outcome="ok"'))
+_TOKEN_REDIS = ("broker_redis_duration_seconds", ('op="replay"',))
 
 
-def token_latency_buckets(broker: BrokerProcess) -> dict[float, float]:
-    """The broker's own time per successful ``/token`` request so far (its latency histogram,
-    cumulative counts by upper bound in seconds; ``inf`` is the total)."""
-    out: dict[float, float] = {}
-    for line in _metrics(broker):
+def token_latency_buckets(broker: BrokerProcess) -> dict[str, dict[float, float]]:
+    """The broker's own latency histograms so far, cumulative counts by upper bound in seconds
+    (``inf`` is the total): ``token``, its time per successful ``/token`` request, and ``redis``,
+    the time of the token endpoint's Redis call as the broker awaits it."""
+    return latency_buckets(_metrics(broker))
+
+
+def latency_buckets(lines: list[str]) -> dict[str, dict[float, float]]:
+    out: dict[str, dict[float, float]] = {"token": {}, "redis": {}}
+    for line in lines:
         m = _BUCKET.match(line)
-        if m and 'endpoint="/token"' in m["labels"] and 'outcome="ok"' in m["labels"]:
-            le = _LE.search(m["labels"])
-            if le:
-                out[float(le["le"].replace("+Inf", "inf"))] = float(m["count"])
+        if not m:
+            continue
+        for key, (name, labels) in (("token", _TOKEN_OK), ("redis", _TOKEN_REDIS)):
+            if m["name"] == name and all(label in m["labels"] for label in labels) and (le := _LE.search(m["labels"])):
+                out[key][float(le["le"].replace("+Inf", "inf"))] = float(m["count"])
     return out
 
 

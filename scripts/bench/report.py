@@ -128,8 +128,11 @@ def _fixed_rate_parts(scenarios: dict[str, Any]) -> list[str]:
         lines.append(f"fixed {r['offered_rps']:.0f}/s, the generator alone (no-op server on the broker's core, same rate): "
                      f"p50 {alone['p50_ms']} ms, p99 {alone['p99_ms']} ms (broker row: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms)")
     if (inside := r.get("in_broker")) and inside.get("p99_at_most_ms") is not None:
+        redis = r.get("in_broker_redis") or {}
+        of_which = (f"; its Redis call: p99 <= {redis['p99_at_most_ms']} ms, {redis['share_over_5ms']:.2%} over 5 ms"
+                    if redis.get("p99_at_most_ms") is not None else "")
         lines.append(f"fixed {r['offered_rps']:.0f}/s, inside the broker (its /token histogram): p99 <= {inside['p99_at_most_ms']} ms, "
-                     f"{inside['share_over_5ms']:.2%} of requests over 5 ms")
+                     f"{inside['share_over_5ms']:.2%} of requests over 5 ms{of_which}")
     if r.get("broker_cpu_share") is not None:
         per = f" ({r['broker_cpu_us_per_request']:.0f} CPU µs per request" if r.get("broker_cpu_us_per_request") else ""
         if per and (miss := (scenarios.get("miss") or {}).get("rps_per_broker_cpu_s")):

@@ -66,6 +66,9 @@ class FixedRateRun(msgspec.Struct, kw_only=True):
     #: The broker's own time per request in the window (its ``/token`` latency histogram):
     #: ``p99_at_most_ms`` (a bucket bound) and ``share_over_5ms``.
     in_broker: dict[str, Any] | None = None
+    #: The same figures for the token endpoint's Redis call (``broker_redis_duration_seconds``,
+    #: ``op="replay"``): how much of the broker's tail is spent waiting for Redis.
+    in_broker_redis: dict[str, Any] | None = None
     #: The same generator, rate and pinning against a server that answers at once
     #: (``scripts/bench/noop.py``): what the generator itself adds.
     generator_alone: dict[str, float] | None = None

@@ -80,7 +80,9 @@ def run_scenario(args: argparse.Namespace, scenario: Scenario, broker: BrokerPro
         run.broker_reads_per_request, run.broker_writes_per_request = window.per_request(run.requests)
         if run.requests:
             run.broker_cpu_us_per_request = round(window.cpu / run.requests * 1e6)
-        run.in_broker = in_broker_latency(before, token_latency_buckets(broker))
+        after = token_latency_buckets(broker)
+        run.in_broker = in_broker_latency(before["token"], after["token"])
+        run.in_broker_redis = in_broker_latency(before["redis"], after["redis"])
         run.generator_alone = generator_alone(bodies, rate, args.connections, pin)
         return run
     bodies = make(scenario.fixed_pool or pool_size(args, guess * scenario.pool_factor))
