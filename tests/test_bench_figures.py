@@ -47,6 +47,30 @@ def test_latency_buckets_read_the_token_endpoint_and_its_redis_call_from_the_bro
     assert in_broker_latency({}, got["redis"])["share_over_5ms"] == 0.5
 
 
+@pytest.mark.parametrize(("late", "want"), [
+    pytest.param([], {}, id="no-requests"),
+    pytest.param([0.0001] * 100, {"p99_ms": 0.1, "max_ms": 0.1, "share_over_1ms": 0.0}, id="all-on-time"),
+    pytest.param([0.0001] * 98 + [0.002, 0.0065], {"p99_ms": 6.5, "max_ms": 6.5, "share_over_1ms": 0.02},
+                 id="two-late-one-by-6.5ms"),
+    pytest.param([0.0002] * 180 + [0.0015] * 20, {"p99_ms": 1.5, "max_ms": 1.5, "share_over_1ms": 0.1}, id="a-tenth-late"),
+])
+def test_generator_start_lateness(late: list[float], want: dict[str, float]) -> None:
+    from scripts.bench.load import start_lateness
+
+    assert start_lateness(late) == want
+
+
+def test_fixed_rate_line_on_the_generators_start_lateness() -> None:
+    from scripts.bench.report import _fixed_rate_parts
+
+    fixed = {"offered_rps": 1100, "p50_ms": 0.9, "p99_ms": 11.3,
+             "generator_alone": {"p50_ms": 0.16, "p99_ms": 1.1, "start_late": {"p99_ms": 1.09, "max_ms": 3.47, "share_over_1ms": 0.0138}},
+             "generator_start_late": {"p99_ms": 2.19, "max_ms": 8.37, "share_over_1ms": 0.0385}}
+    assert _fixed_rate_parts({"fixed_rate": fixed})[1] == (
+        "fixed 1100/s, how late the generator started requests: in the broker's window p99 2.19 ms, largest 8.37 ms, "
+        "3.9% over 1 ms; alone p99 1.09 ms, largest 3.47 ms, 1.4% over 1 ms")
+
+
 def test_compare_rev_medians_and_ratios() -> None:
     """``--compare-rev``: each side's figure is the median over its rounds; the ratio is this / other."""
     from types import SimpleNamespace

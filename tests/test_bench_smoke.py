@@ -60,6 +60,10 @@ def test_bench_smoke(tmp_path: Path) -> None:
     fixed = results["scenarios"]["fixed_rate"]  # its latency split: the generator alone, the broker's own time
     assert fixed["generator_alone"]["p99_ms"] > 0 and fixed["generator_alone"]["achieved_rps"] > 0, fixed
     assert fixed["in_broker"]["share_at_most_ms"]["inf"] == 1.0 and fixed["in_broker"]["p99_at_most_ms"] > 0, fixed
+    # How late the generator itself started each request, in the broker's window and alone.
+    for late in (fixed["generator_start_late"], fixed["generator_alone"]["start_late"]):
+        assert set(late) == {"p99_ms", "max_ms", "share_over_1ms"} and 0 <= late["p99_ms"] <= late["max_ms"], fixed
+    assert "how late the generator started requests: in the broker's window p99" in proc.stdout
     # Every request of the row made its one Redis call (op "replay"), timed as the broker awaits it.
     assert fixed["in_broker_redis"]["share_at_most_ms"]["inf"] == 1.0 and fixed["in_broker_redis"]["p99_at_most_ms"] > 0, fixed
     assert "the generator alone (no-op server" in proc.stdout and "inside the broker (its /token histogram)" in proc.stdout

@@ -154,6 +154,9 @@ class _OpenLoop:
         self.latencies: list[float] = []
         self.statuses: collections.Counter[str] = collections.Counter()
         self.errors = 0
+        #: Per request, how late the generator itself started it (s after its due time): the
+        #: schedule thread's wake-up and the hand-over to the loop, before any connection wait.
+        self.start_late: list[float] = []
 
     async def one(self, due: float, body: bytes) -> None:
         reader, writer = await self.pool.get()
@@ -188,6 +191,7 @@ class _OpenLoop:
         t0 = self.clock() + 0.05
 
         def start(due: float, body: bytes) -> None:
+            self.start_late.append(self.clock() - due)
             tasks.append(loop.create_task(self.one(due, body)))
 
         def schedule() -> None:  # request i is due at t0 + i/rate
@@ -229,7 +233,20 @@ def run_fixed_rate(port: int, bodies: list[str], rate: float, conns: int, pin: P
         p50_ms=client.percentile(50), p90_ms=client.percentile(90), p99_ms=client.percentile(99),
         max_ms=client.percentile(100), statuses=dict(client.statuses), socket_errors={"io": client.errors},
         connections=conns, generator="asyncio open-loop client (uvloop, scheduled from a thread)",
+        generator_start_late=start_lateness(client.start_late),
     )
+
+
+def start_lateness(late: list[float]) -> dict[str, float]:
+    """How late the generator started its requests (from their due times): p99 and largest in
+    ms, and the share started more than 1 ms late. A late start comes from the generator's side
+    (its core, its threads) and sends the requests it held back together."""
+    if not late:
+        return {}
+    late = sorted(late)
+    return {"p99_ms": round(late[min(len(late) - 1, int(0.99 * len(late)))] * 1000, 2),
+            "max_ms": round(late[-1] * 1000, 2),
+            "share_over_1ms": round(sum(x > 0.001 for x in late) / len(late), 4)}
 
 
 def _accepts(port: int, proc: subprocess.Popen[bytes]) -> bool:
@@ -242,7 +259,7 @@ def _accepts(port: int, proc: subprocess.Popen[bytes]) -> bool:
         return False
 
 
-def generator_alone(bodies: list[str], rate: float, conns: int, pin: Pinning) -> dict[str, float]:
+def generator_alone(bodies: list[str], rate: float, conns: int, pin: Pinning) -> dict[str, Any]:
     """The fixed-rate generator at the same rate, connections and pinning against
     ``scripts/bench/noop.py`` on the broker's core (the broker idle): its own latency figures."""
     port = free_port()
@@ -255,4 +272,4 @@ def generator_alone(bodies: list[str], rate: float, conns: int, pin: Pinning) ->
         proc.terminate()
         proc.wait(10)
     return {"p50_ms": run.p50_ms, "p90_ms": run.p90_ms, "p99_ms": run.p99_ms, "max_ms": run.max_ms,
-            "achieved_rps": run.achieved_rps}
+            "achieved_rps": run.achieved_rps, "start_late": run.generator_start_late}

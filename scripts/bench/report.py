@@ -127,6 +127,10 @@ def _fixed_rate_parts(scenarios: dict[str, Any]) -> list[str]:
     if alone := r.get("generator_alone"):
         lines.append(f"fixed {r['offered_rps']:.0f}/s, the generator alone (no-op server on the broker's core, same rate): "
                      f"p50 {alone['p50_ms']} ms, p99 {alone['p99_ms']} ms (broker row: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms)")
+    if late := r.get("generator_start_late"):
+        alone_late = (r.get("generator_alone") or {}).get("start_late")
+        lines.append(f"fixed {r['offered_rps']:.0f}/s, how late the generator started requests: in the broker's window "
+                     f"{_late_text(late)}" + (f"; alone {_late_text(alone_late)}" if alone_late else ""))
     if (inside := r.get("in_broker")) and inside.get("p99_at_most_ms") is not None:
         redis = r.get("in_broker_redis") or {}
         of_which = (f"; its Redis call: p99 <= {redis['p99_at_most_ms']} ms, {redis['share_over_5ms']:.2%} over 5 ms"
@@ -141,6 +145,10 @@ def _fixed_rate_parts(scenarios: dict[str, Any]) -> list[str]:
         lines.append(f"fixed {r['offered_rps']:.0f}/s, the window's load: broker busy {r['broker_cpu_share']:.2f} of its core"
                      f"{per + ')' if per else ''}{steal}")
     return lines
+
+
+def _late_text(late: dict[str, float]) -> str:
+    return f"p99 {late['p99_ms']} ms, largest {late['max_ms']} ms, {late['share_over_1ms']:.1%} over 1 ms"
 
 
 def _floor_share(scenarios: dict[str, Any], floor: dict[str, Any] | None, what: str) -> list[str]:

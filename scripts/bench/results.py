@@ -71,7 +71,10 @@ class FixedRateRun(msgspec.Struct, kw_only=True):
     in_broker_redis: dict[str, Any] | None = None
     #: The same generator, rate and pinning against a server that answers at once
     #: (``scripts/bench/noop.py``): what the generator itself adds.
-    generator_alone: dict[str, float] | None = None
+    generator_alone: dict[str, Any] | None = None
+    #: How late the generator itself started the requests of this window (``load.start_lateness``):
+    #: ``p99_ms``, ``max_ms``, ``share_over_1ms``. Bursts it sent are its own, not the broker's.
+    generator_start_late: dict[str, float] | None = None
     #: The broker's CPU time over the window's wall time (1.0 = its core fully busy): how loaded
     #: "half the miss rate" left it in this window.
     broker_cpu_share: float | None = None
