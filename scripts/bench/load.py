@@ -72,6 +72,7 @@ def token_latency_buckets(broker: BrokerProcess) -> dict[str, dict[float, float]
 
 
 def latency_buckets(lines: list[str]) -> dict[str, dict[float, float]]:
+    """``token_latency_buckets`` from the lines of a ``/metrics`` answer."""
     out: dict[str, dict[float, float]] = {"token": {}, "redis": {}}
     for line in lines:
         m = _BUCKET.match(line)
@@ -216,8 +217,12 @@ class _OpenLoop:
         return elapsed
 
     def percentile(self, p: float) -> float:
-        lat = self.latencies
-        return round(lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1000, 2) if lat else 0.0
+        return percentile_ms(self.latencies, p)
+
+
+def percentile_ms(ordered: list[float], p: float) -> float:
+    """The ``p``-th percentile of sorted seconds, in ms (0.0 for none)."""
+    return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000, 2) if ordered else 0.0
 
 
 def run_fixed_rate(port: int, bodies: list[str], rate: float, conns: int, pin: Pinning) -> FixedRateRun:
@@ -244,8 +249,7 @@ def start_lateness(late: list[float]) -> dict[str, float]:
     if not late:
         return {}
     late = sorted(late)
-    return {"p99_ms": round(late[min(len(late) - 1, int(0.99 * len(late)))] * 1000, 2),
-            "max_ms": round(late[-1] * 1000, 2),
+    return {"p99_ms": percentile_ms(late, 99), "max_ms": percentile_ms(late, 100),
             "share_over_1ms": round(sum(x > 0.001 for x in late) / len(late), 4)}
 
 
