@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import scripts.bench
-from scripts.bench.ceiling import measure_ceiling, measure_redis_memory
+from scripts.bench.ceiling import IDLE_GAP_S, measure_ceiling, measure_redis_memory
 from scripts.bench.profile import profile_runs, summarize_profile
 from scripts.bench.redis_clients import measure_redis_clients
 from scripts.bench.report import table
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
         log("ceiling: measuring on the broker's core (broker idle)")
         ceiling = measure_ceiling(work, redis.url, pin, args.ceiling_n, 3 if args.smoke else 5)
         results["ceiling"] = ceiling.to_json()
-        log(f"ceiling: verify {ceiling.verify_us} µs ({ceiling.verify_after_idle_us} µs after 1 ms idle), sign {ceiling.sign_us} µs, redis script {ceiling.redis_script_us} µs, "
+        log(f"ceiling: verify {ceiling.verify_us} µs ({ceiling.verify_after_idle_us} µs after {IDLE_GAP_S * 1000:g} ms idle), sign {ceiling.sign_us} µs, redis script {ceiling.redis_script_us} µs, "
             f"DPoP proof check {ceiling.dpop_proof_us} µs")
         measure(args, names, results, redis, broker, work, pin, ceiling, workdir)
     finally:

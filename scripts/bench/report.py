@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from scripts.bench.ceiling import IDLE_GAP_S
 from scripts.bench.revisions import rows as revision_rows
 from scripts.bench.scenarios import HTTP_SCENARIOS
 from scripts.bench.targets import check as check_targets
@@ -24,7 +25,7 @@ def _header(results: dict[str, Any]) -> list[str]:
     ]
     c = results.get("ceiling")
     if c:
-        idle = f" (after 1 ms idle: {c['verify_after_idle_us']})" if c.get("verify_after_idle_us") else ""
+        idle = f" (after {IDLE_GAP_S * 1000:g} ms idle: {c['verify_after_idle_us']})" if c.get("verify_after_idle_us") else ""
         lines.append(f"ceiling (CPU µs/op on the broker core): assertion verify {c['verify_us']}{idle}, token sign {c['sign_us']}, "
                      f"Redis script call (broker's client) {c.get('redis_script_us')} "
                      f"(redis-py pooled SET NX PX GET {c['redis_set_nx_get_us']}), "
