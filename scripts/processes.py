@@ -101,6 +101,21 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def worker_pids(supervisor: int) -> set[int]:
+    """The live worker processes of ``serve --workers N`` (multiprocessing's ``spawn_main``, not
+    its resource tracker). A process listed by ``process_tree`` can exit before its ``cmdline`` is
+    read (a killed worker, just reaped): it is no longer a worker."""
+    workers = set()
+    for pid in process_tree(supervisor)[1:]:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            workers.add(pid)
+    return workers
+
+
 # -- redis-server ----------------------------------------------------------------------------------
 
 

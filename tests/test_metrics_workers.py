@@ -34,7 +34,7 @@ from app.metrics import (
     Metrics,
 )
 from app.metrics_files import DIRECTORY_ENV, worker_directory, worker_metrics_directory
-from scripts.processes import ROOT, broker_env, process_tree
+from scripts.processes import ROOT, broker_env, worker_pids
 from tests.conftest import Broker, FrozenClock, RedisServer, free_port, start_broker, wait_until
 from tests.helpers import ISS, TestClient, form
 
@@ -230,9 +230,6 @@ def test_serve_refuses_several_workers_without_a_metrics_directory(tmp_path: Pat
 # -- for real: serve --workers 2 ------------------------------------------------------------------------
 
 
-def _workers(supervisor: int) -> set[int]:
-    return {pid for pid in process_tree(supervisor)[1:]
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()}  # not the resource tracker
 
 
 def _scrape(url: str) -> str:
@@ -259,7 +256,7 @@ def test_two_workers_one_scrape_shows_every_token(real_redis: RedisServer, tmp_p
         with Broker(Settings(issuer=ISS, keys_dir=keys_dir, redis_url=real_redis.url), FrozenClock(time.time())) as admin:
             admin.register(client)  # straight into the registry: no admin token counted
         _issue(broker.url, client, 100)
-        workers = _workers(broker.proc.pid)
+        workers = worker_pids(broker.proc.pid)
         assert len(workers) == 2
         directory = Path(_environ(min(workers))[DIRECTORY_ENV].split(":", 1)[1])
         counted = _issued_per_file(directory)
@@ -275,7 +272,7 @@ def test_two_workers_one_scrape_shows_every_token(real_redis: RedisServer, tmp_p
         os.kill(killed, signal.SIGKILL)
 
         def replaced() -> set[int] | None:
-            now = _workers(broker.proc.pid)
+            now = worker_pids(broker.proc.pid)
             return now if len(now) == 2 and killed not in now else None
 
         restarted = wait_until(replaced, 30, what="uvicorn to restart the killed worker")

@@ -19,6 +19,7 @@ import pytest
 
 from app.__main__ import _workers, main
 from app.config import Settings
+from scripts.processes import worker_pids
 from tests.conftest import Broker, FrozenClock, RedisServer, wait_until
 from tests.helpers import ISS, TestClient, form
 from tests.redis_topology import redis_cluster, shared_redis  # noqa: F401 (fixtures)
@@ -47,18 +48,6 @@ def _register(real_redis: RedisServer, keys_dir: Path, client: TestClient) -> No
         admin.register(client)  # new to every replica: each reads it from the registry on first use
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(entry))
-    return out
 
 
 @pytest.mark.redis
@@ -67,8 +56,7 @@ def test_two_workers_serve(real_redis: RedisServer, spawn_broker: Any) -> None:
     broker = spawn_broker(redis_url=real_redis.url, workers=2)
     client = TestClient("c1")
     _register(real_redis, spawn_broker.keys_dir, client)
-    workers = [pid for pid in _children(broker.proc.pid)
-               if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]  # not the resource tracker
+    workers = worker_pids(broker.proc.pid)
     assert len(workers) == 2, workers
     # Fresh connections are spread by the kernel over both workers' accept calls.
     statuses = Counter()
