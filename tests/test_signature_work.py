@@ -7,7 +7,7 @@ An unknown client, a disabled one, an unknown kid, a kid that is not the key's a
 measurably faster than a registered client's bad signature: the answer's timing would tell which
 clients and kids exist. The broker verifies such an assertion against a decoy key of the header's
 algorithm (made once at start) before refusing it. This suite asserts no timings: it counts the
-verifications joserfc performs and checks which key each used.
+verifications the broker's algorithms perform and checks which key each used.
 """
 
 from __future__ import annotations
@@ -18,19 +18,20 @@ from typing import Any
 
 import pytest
 from joserfc.jwk import ECKey
-from joserfc.jws import JWSRegistry
 
 from app.config import Settings
 from app.keystore import public_jwk
 from app.oauth.constants import ALG_KEY_TYPES
 from tests.conftest import Broker, FrozenClock, free_port
 from tests.helpers import ISS, TestClient, decode_unverified, form
+from token_broker_jose.jose import ALGORITHMS
 
 INVALID_CLIENT = {"error": "invalid_client", "error_description": "Client authentication failed."}
 
 
 class CountingAlgorithm:
-    """joserfc's algorithm for one ``alg``, recording the public key of every ``verify`` call."""
+    """The broker's algorithm for one ``alg`` (``token_broker_jose.jose.ALGORITHMS``), recording the
+    public key of every ``verify`` call."""
 
     def __init__(self, inner: Any, calls: list[tuple[str, str]]) -> None:
         self._inner = inner
@@ -49,7 +50,7 @@ def verifications(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Installed before the broker starts, so its decoys and its clients' keys both use it."""
     calls: list[tuple[str, str]] = []
     for alg in ALG_KEY_TYPES:
-        monkeypatch.setitem(JWSRegistry.algorithms, alg, CountingAlgorithm(JWSRegistry.algorithms[alg], calls))
+        monkeypatch.setitem(ALGORITHMS, alg, CountingAlgorithm(ALGORITHMS[alg], calls))
     return calls
 
 

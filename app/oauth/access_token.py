@@ -14,11 +14,10 @@ import os
 from typing import Any
 
 import msgspec
-from joserfc.jws import JWSRegistry
 
 from app.oauth.jose import b64url
 from token_broker_jose.access_token import AT_TYP, InvalidToken, verification_keys_from_jwks, verify_access_token
-from token_broker_jose.jose import VerificationKey
+from token_broker_jose.jose import ALGORITHMS, VerificationKey
 
 
 class FederatedIdentity(msgspec.Struct, frozen=True):
@@ -82,7 +81,7 @@ class TokenSigner:
         self.kid = kid
         self.alg = alg
         self._key = key
-        self._algorithm = JWSRegistry.algorithms[alg]
+        self._algorithm = ALGORITHMS[alg]
         self._algorithm.check_key(key)
         header = json.dumps({"alg": alg, "kid": kid, "typ": AT_TYP}, separators=(",", ":")).encode()
         self._prefix = b64url(header) + b"."

@@ -11,10 +11,16 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from joserfc.jws import JWSRegistry
-
 from token_broker_jose.constants import ACCESS_TOKEN_MAX
-from token_broker_jose.jose import Malformed, VerificationKey, b64decode, numeric_date, strict_object, verification_key
+from token_broker_jose.jose import (
+    ALGORITHMS,
+    Malformed,
+    VerificationKey,
+    b64decode,
+    numeric_date,
+    strict_object,
+    verification_key,
+)
 
 AT_TYP = "at+jwt"
 _COMPACT = re.compile(rb"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
@@ -97,7 +103,7 @@ def verification_keys_from_jwks(jwks: Mapping[str, Any]) -> dict[str, Verificati
         if not isinstance(jwk, dict):
             continue
         alg, kid = jwk.get("alg"), jwk.get("kid")
-        if alg not in JWSRegistry.algorithms or alg.startswith(("HS", "none")) or not isinstance(kid, str):
+        if alg not in ALGORITHMS or alg.startswith(("HS", "none")) or not isinstance(kid, str):
             continue
         if jwk.get("use", "sig") != "sig" or set(jwk) & {"d", "p", "q", "k"}:
             continue

@@ -33,11 +33,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from joserfc import jws
-from joserfc.jws import JWSRegistry
 
 from token_broker_jose.constants import ALG_KEY_TYPES, ASSERTION_MAX, JTI_MAX_LENGTH
 from token_broker_jose.jose import (
     ALG_SYNONYMS,
+    ALGORITHMS,
     KEY_TYPES,
     Malformed,
     b64decode,
@@ -210,7 +210,7 @@ def _header(h64: bytes, algs: Collection[str]) -> _Header:
     try:
         jkt = jwk_thumbprint(jwk)
         key = KEY_TYPES[kty].import_key(jwk)
-        JWSRegistry.algorithms[alg].check_key(key)
+        ALGORITHMS[alg].check_key(key)
         if kty == "RSA":
             _check_rsa(key.raw_value.public_numbers())
         canonical = _canonical_members(kty, key.raw_value)
@@ -287,8 +287,7 @@ def verify_proof(
     header = _header(h64, algs)
     signature = b64decode(s64)
     try:
-        ok = signature is not None and JWSRegistry.algorithms[header.alg].verify(h64 + b"." + p64, signature,
-                                                                                  header.key)
+        ok = signature is not None and ALGORITHMS[header.alg].verify(h64 + b"." + p64, signature, header.key)
     except Exception:
         ok = False
     if not ok:
