@@ -68,6 +68,11 @@ def _profile_one(args: argparse.Namespace, broker: BrokerProcess, work: Workload
     return summary
 
 
+#: The signature itself: ``EcdsaAlgorithm`` (token_broker_jose/jose.py, cryptography called
+#: directly) for ES256/384/512, joserfc's algorithms (jws_algs.py) for the others.
+_ECDSA_VERIFY = (("verify", "/token_broker_jose/jose.py"), ("verify", "/joserfc/_rfc7518/jws_algs.py"))
+_ECDSA_SIGN = (("sign", "/token_broker_jose/jose.py"), ("sign", "/joserfc/_rfc7518/jws_algs.py"))
+
 #: Inclusive buckets: a sample counts in a bucket when a frame on its stack matches
 #: (function name ends with the first string, file path contains the second).
 PROFILE_BUCKETS: list[tuple[str, tuple[tuple[str, str], ...]]] = [
@@ -78,14 +83,14 @@ PROFILE_BUCKETS: list[tuple[str, tuple[tuple[str, str], ...]]] = [
     ("  form parse (parse_token_request)", (("parse_token_request", ""),)),
     ("  assertion parse (parse_assertion)", (("parse_assertion", ""),)),
     ("  assertion verify (verify_assertion)", (("verify_assertion", ""),)),
-    ("    ECDSA verify (joserfc -> cryptography)", (("verify", "jws_algs.py"),)),
+    ("    ECDSA verify (cryptography)", _ECDSA_VERIFY),
     ("  client directory lookup", (("get", "/app/service/directory.py"),)),
     ("  grant decision (decide_grant)", (("decide_grant", ""),)),
     ("  rate limiter", (("", "/app/service/ratelimit.py"),)),
     ("  Redis calls from app/store (replay, cache, counters)", (("", "/app/store/"),)),
     ("  token cache (app/service/token_cache.py)", (("", "/app/service/token_cache.py"),)),
     ("  access-token sign (TokenSigner.sign)", (("sign", "/app/oauth/access_token.py"),)),
-    ("    ECDSA sign (joserfc -> cryptography)", (("sign", "jws_algs.py"),)),
+    ("    ECDSA sign (cryptography)", _ECDSA_SIGN),
     ("  logging (structlog, app/log.py)", (("", "/structlog/"), ("", "/app/log.py"))),
     ("redis-py client code (anywhere)", (("", "site-packages/redis/"),)),
     ("Litestar code (anywhere)", (("", "site-packages/litestar/"),)),
@@ -93,7 +98,8 @@ PROFILE_BUCKETS: list[tuple[str, tuple[tuple[str, str], ...]]] = [
 ]
 #: Exclusive: the leaf frame's file decides where a sample's CPU went (sums to 100%).
 LEAF_GROUPS = [
-    ("ECDSA (cryptography via joserfc)", "/joserfc/_rfc7518/jws_algs.py"),
+    ("JWS signatures (cryptography via token_broker_jose or joserfc)", "/joserfc/_rfc7518/jws_algs.py"),
+    ("JWS signatures (cryptography via token_broker_jose or joserfc)", "/token_broker_jose/jose.py"),
     ("redis-py", "site-packages/redis/"),
     ("Litestar", "site-packages/litestar/"),
     ("uvicorn (+httptools, uvloop transport calls)", "site-packages/uvicorn/"),
@@ -113,14 +119,14 @@ IDLE_LEAVES = ("Runner.run", "run_until_complete", "run_forever", "Server.serve"
 #: decides (so json.loads called from app/oauth/jose.py counts as assertion parsing, and the
 #: asyncio.timeout redis-py opens per read counts as redis-py). Sums to 100% of busy samples.
 EXCLUSIVE_AREAS: list[tuple[str, tuple[tuple[str, str], ...]]] = [
-    ("ECDSA verify (cryptography, via joserfc)", (("verify", "/joserfc/_rfc7518/jws_algs.py"),)),
-    ("ECDSA sign (cryptography, via joserfc)", (("sign", "/joserfc/_rfc7518/jws_algs.py"),)),
+    ("ECDSA verify (cryptography, via token_broker_jose)", _ECDSA_VERIFY),
+    ("ECDSA sign (cryptography, via token_broker_jose)", _ECDSA_SIGN),
     ("redis-py client (incl. its per-read asyncio timeout)", (("", "site-packages/redis/"),)),
     ("logging (structlog, jti fingerprint)", (("", "/structlog/"), ("", "/app/log.py"))),
     ("token cache (app/service + app/store token_cache.py)", (("", "/app/service/token_cache.py"), ("", "/app/store/token_cache.py"))),
     ("failure rate limiter (app/*/ratelimit.py)", (("", "/app/service/ratelimit.py"), ("", "/app/store/ratelimit.py"))),
     ("Redis auto-pipeline (app/store/autopipeline.py)", (("", "/app/store/autopipeline.py"),)),
-    ("Redis store glue (app/store: key hashing, asyncio.timeout per call)", (("", "/app/store/"),)),
+    ("Redis store glue (app/store: key names and hashing, the call deadline)", (("", "/app/store/"),)),
     ("assertion parse + claim checks (app/oauth/assertion.py, jose.py)", (("", "/app/oauth/assertion.py"), ("", "/app/oauth/jose.py"))),
     ("form parse (app/oauth/request.py)", (("", "/app/oauth/request.py"),)),
     ("access-token claims/encode (app/oauth/access_token.py)", (("", "/app/oauth/access_token.py"),)),
