@@ -252,3 +252,39 @@ def test_fixed_rate_target_names_the_windows_load_and_steal() -> None:
         "hypervisor steal core 0 22%, core 1 30%",
         "hypervisor steal per window (/proc/stat): miss core 0 2%, core 1 12%; fixed_rate core 0 22%, core 1 30%"]
 
+
+
+def test_profile_summary_puts_each_signature_and_parse_frame_where_it_belongs(tmp_path: Path) -> None:
+    """py-spy's collapsed stacks (root first): the ECDSA work of ``token_broker_jose``'s algorithms
+    and of joserfc's counts as the signature, the package's strict parsing as assertion parsing
+    (its caller), and the event loop's epoll wait as idle."""
+    from scripts.bench.profile import summarize_profile
+
+    root = "main (/srv/app/__main__.py:1);ClientAuthenticator.run (/srv/app/service/client_auth.py:203)"
+    raw = tmp_path / "profile.txt"
+    raw.write_text("\n".join([
+        f"{root};ClientAuthenticator._verify (/srv/app/service/client_auth.py:304);"
+        "EcdsaAlgorithm.verify (/srv/packages/jose/token_broker_jose/jose.py:69) 50",
+        f"{root};TokenSigner.sign (/srv/app/oauth/access_token.py:96);"
+        "EcdsaAlgorithm.sign (/srv/packages/jose/token_broker_jose/jose.py:59) 20",
+        f"{root};deserialize_compact (/v/site-packages/joserfc/jws.py:120);"
+        "ESAlgorithm.verify (/v/site-packages/joserfc/_rfc7518/jws_algs.py:171) 10",
+        f"{root};parse_assertion (/srv/app/oauth/assertion.py:150);"
+        "strict_object (/srv/packages/jose/token_broker_jose/jose.py:181);"
+        "JSONDecoder.raw_decode (/usr/lib/python3.11/json/decoder.py:353) 20",
+        "Runner.run (/usr/lib/python3.11/asyncio/runners.py:118) 7",
+    ]) + "\n")
+    summary = summarize_profile(raw)
+    assert (summary["samples"], summary["idle_samples_excluded"]) == (100, 7)
+    assert summary["exclusive_pct"] == {
+        "ECDSA verify (cryptography)": 60.0,
+        "ECDSA sign (cryptography)": 20.0,
+        "assertion parse + claim checks (app/oauth/assertion.py, jose.py)": 20.0,
+    }
+    assert summary["inclusive_pct"]["    ECDSA verify (cryptography)"] == 60.0
+    assert summary["inclusive_pct"]["    ECDSA sign (cryptography)"] == 20.0
+    assert summary["self_pct_by_area"] == {
+        "token_broker_jose (ECDSA via cryptography, strict parsing)": 70.0,
+        "Python stdlib (json, contextlib, abc, ...)": 20.0,
+        "JWS signatures (cryptography via joserfc)": 10.0,
+    }

@@ -98,8 +98,8 @@ PROFILE_BUCKETS: list[tuple[str, tuple[tuple[str, str], ...]]] = [
 ]
 #: Exclusive: the leaf frame's file decides where a sample's CPU went (sums to 100%).
 LEAF_GROUPS = [
-    ("JWS signatures (cryptography via token_broker_jose or joserfc)", "/joserfc/_rfc7518/jws_algs.py"),
-    ("JWS signatures (cryptography via token_broker_jose or joserfc)", "/token_broker_jose/jose.py"),
+    ("JWS signatures (cryptography via joserfc)", "/joserfc/_rfc7518/jws_algs.py"),
+    ("token_broker_jose (ECDSA via cryptography, strict parsing)", "/token_broker_jose/"),
     ("redis-py", "site-packages/redis/"),
     ("Litestar", "site-packages/litestar/"),
     ("uvicorn (+httptools, uvloop transport calls)", "site-packages/uvicorn/"),
@@ -119,8 +119,8 @@ IDLE_LEAVES = ("Runner.run", "run_until_complete", "run_forever", "Server.serve"
 #: decides (so json.loads called from app/oauth/jose.py counts as assertion parsing, and the
 #: asyncio.timeout redis-py opens per read counts as redis-py). Sums to 100% of busy samples.
 EXCLUSIVE_AREAS: list[tuple[str, tuple[tuple[str, str], ...]]] = [
-    ("ECDSA verify (cryptography, via token_broker_jose)", _ECDSA_VERIFY),
-    ("ECDSA sign (cryptography, via token_broker_jose)", _ECDSA_SIGN),
+    ("ECDSA verify (cryptography)", _ECDSA_VERIFY),
+    ("ECDSA sign (cryptography)", _ECDSA_SIGN),
     ("redis-py client (incl. its per-read asyncio timeout)", (("", "site-packages/redis/"),)),
     ("logging (structlog, jti fingerprint)", (("", "/structlog/"), ("", "/app/log.py"))),
     ("token cache (app/service + app/store token_cache.py)", (("", "/app/service/token_cache.py"), ("", "/app/store/token_cache.py"))),
