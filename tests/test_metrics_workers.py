@@ -230,8 +230,6 @@ def test_serve_refuses_several_workers_without_a_metrics_directory(tmp_path: Pat
 # -- for real: serve --workers 2 ------------------------------------------------------------------------
 
 
-
-
 def _scrape(url: str) -> str:
     with httpx.Client(timeout=5) as http:  # a new connection: the kernel picks the worker
         resp = http.get(url + "/metrics")

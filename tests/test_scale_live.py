@@ -48,8 +48,6 @@ def _register(real_redis: RedisServer, keys_dir: Path, client: TestClient) -> No
         admin.register(client)  # new to every replica: each reads it from the registry on first use
 
 
-
-
 @pytest.mark.redis
 @pytest.mark.live
 def test_two_workers_serve(real_redis: RedisServer, spawn_broker: Any) -> None:
